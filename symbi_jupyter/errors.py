@@ -1,0 +1,26 @@
+"""Exceptions raised by symbi-jupyter.
+
+A limit that stops the code is not an exception: it is an :class:`ExecutionResult`
+with ``success=False`` and ``killed_by`` set. These exceptions mean the code was
+never run (or could not be run as asked).
+"""
+
+from __future__ import annotations
+
+
+class SymbiError(Exception):
+    """Base class of every error symbi-jupyter raises on purpose."""
+
+
+class PolicyViolation(SymbiError):
+    """The request is refused by policy: native off, production guard, a ceiling,
+    an executable or directory that is not allowed."""
+
+
+class TierUnavailable(SymbiError):
+    """The tier cannot run on this host; the message says what is missing and how to
+    provide it. Never answered by running at another tier."""
+
+
+class ConfigError(SymbiError):
+    """A bad configuration value, file, environment variable or tier name."""

@@ -1,0 +1,87 @@
+"""Resource limits of one execution, and the ceiling rule that bounds them."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+from .errors import ConfigError, PolicyViolation
+
+# Field of ResourceLimits -> (SandboxOrchestrator trait that sets its ceiling, unit).
+CEILING_TRAITS: dict[str, tuple[str, str]] = {
+    "max_memory_mb": ("max_memory_mb", "MB"),
+    "max_cpu_seconds": ("max_cpu_seconds", "s CPU"),
+    "max_cpu_cores": ("max_cpu_cores", "cores"),
+    "timeout_seconds": ("max_execution_time_seconds", "s"),
+    "max_processes": ("max_processes", "processes"),
+    "max_file_size_mb": ("max_file_size_mb", "MB"),
+    "max_open_files": ("max_open_files", "files"),
+    "max_output_bytes": ("max_output_bytes", "bytes"),
+    "network": ("allow_network", ""),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ResourceLimits:
+    """Limits for one execution. ``None`` means "the policy ceiling".
+
+    A request may lower any limit below the operator's ceiling, never raise it:
+    see :meth:`within`.
+    """
+
+    max_memory_mb: float | None = None
+    max_cpu_seconds: float | None = None
+    max_cpu_cores: float | None = None
+    timeout_seconds: float | None = None
+    max_processes: int | None = None
+    max_file_size_mb: float | None = None
+    max_open_files: int | None = None
+    max_output_bytes: int | None = None
+    network: bool | None = None
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if value is None:
+                continue
+            if field.name == "network":
+                if not isinstance(value, bool):
+                    raise ConfigError(f"network must be true or false, not {value!r}")
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ConfigError(f"{field.name} must be a number, not {value!r}")
+            if not math.isfinite(value) or value <= 0:
+                raise ConfigError(f"{field.name} must be a positive number, not {value!r}")
+
+    def within(self, ceilings: ResourceLimits) -> ResourceLimits:
+        """Fill unset limits from ``ceilings``; raise :class:`PolicyViolation` naming the
+        ceiling and its trait when a limit asks for more than the ceiling allows."""
+        effective: dict[str, Any] = {}
+        for name, (trait, unit) in CEILING_TRAITS.items():
+            asked, ceiling = getattr(self, name), getattr(ceilings, name)
+            if asked is None:
+                effective[name] = ceiling
+                continue
+            if ceiling is not None and asked > ceiling:
+                if name == "network":
+                    raise PolicyViolation(
+                        "network access was requested but the policy forbids it; an "
+                        "operator can allow it with SandboxOrchestrator.allow_network = True"
+                    )
+                raise PolicyViolation(
+                    f"{name}={_fmt(asked)} {unit} exceeds the policy ceiling of "
+                    f"{_fmt(ceiling)} {unit}; ask for at most {_fmt(ceiling)} or have the "
+                    f"operator raise SandboxOrchestrator.{trait}"
+                )
+            effective[name] = asked
+        return ResourceLimits(**effective)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _fmt(value: float | bool) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)

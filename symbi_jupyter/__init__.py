@@ -14,7 +14,31 @@ __all__ = [
     "ExecutionResult",
     "PolicyViolation",
     "ResourceLimits",
+    "SandboxOrchestrator",
     "SecurityTier",
     "SymbiError",
     "TierUnavailable",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # The orchestrator pulls in traitlets config machinery; import it on first use.
+    if name == "SandboxOrchestrator":
+        from .orchestrator import SandboxOrchestrator
+
+        return SandboxOrchestrator
+    raise AttributeError(name)
+
+
+def load_ipython_extension(ipython: object) -> None:
+    """``%load_ext symbi_jupyter``: register the %%symbi magics."""
+    from .magics import SymbiMagics
+
+    ipython.register_magics(SymbiMagics(shell=ipython))  # type: ignore[attr-defined]
+
+
+def unload_ipython_extension(ipython: object) -> None:
+    """Stop the sandboxes' helper processes when the extension is unloaded."""
+    magics = ipython.magics_manager.registry.get("SymbiMagics")  # type: ignore[attr-defined]
+    if magics is not None:
+        magics.orchestrator.close()

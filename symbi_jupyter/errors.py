@@ -11,6 +11,10 @@ from __future__ import annotations
 class SymbiError(Exception):
     """Base class of every error symbi-jupyter raises on purpose."""
 
+    def _render_traceback_(self) -> list[str]:
+        # IPython shows this instead of a traceback: the message is the whole story.
+        return [f"\x1b[0;31m{type(self).__name__}\x1b[0m: {self}"]
+
 
 class PolicyViolation(SymbiError):
     """The request is refused by policy: native off, production guard, a ceiling,

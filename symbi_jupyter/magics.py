@@ -1,0 +1,183 @@
+"""IPython magics: ``%%symbi`` runs a cell in a sandbox, ``%symbi_tiers`` shows the
+ladder and what this host can run."""
+
+from __future__ import annotations
+
+import codecs
+import sys
+from typing import Any
+
+from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.display import display
+from traitlets import Bool, Instance
+
+from .errors import ConfigError
+from .limits import ResourceLimits
+from .orchestrator import SandboxOrchestrator
+from .render import ResultDisplay, TierLadder
+from .result import ExecutionResult
+from .tiers import SecurityTier
+
+
+@magics_class
+class SymbiMagics(Magics):
+    """Magics that send notebook code through a :class:`SandboxOrchestrator`."""
+
+    stream_output = Bool(
+        True,
+        config=True,
+        help="Show the code's output while it runs (else only when it ends).",
+    )
+    show_stats = Bool(
+        True, config=True, help="Display the result's statistics after each %%symbi cell."
+    )
+    orchestrator = Instance(SandboxOrchestrator, allow_none=True)
+
+    def __init__(self, shell: Any = None, **kwargs: Any) -> None:
+        super().__init__(shell=shell, **kwargs)
+        self.orchestrator = SandboxOrchestrator(parent=self)
+        self._register(self, self.orchestrator, ResultDisplay.instance())
+
+    def _register(self, *configurables: Any) -> None:
+        """Put objects in shell.configurables so %config reaches them."""
+        if self.shell is None:
+            return
+        for obj in configurables:
+            if all(obj is not c for c in self.shell.configurables):
+                self.shell.configurables.append(obj)
+
+    @magic_arguments()
+    @argument(
+        "-t", "--tier", "--sandbox-tier", dest="tier", default=None,
+        help="Security tier: none/native/tier0, tier1/docker, tier2/gvisor/runsc, "
+        "tier3/firecracker/microvm (default: SandboxOrchestrator.default_sandbox_tier).",
+    )
+    @argument("--native", action="store_true", help="Same as --tier none.")
+    @argument("--max-memory", type=float, metavar="MB", help="Memory limit in MB.")
+    @argument("--max-cpu", type=float, metavar="CORES", help="CPU cores (e.g. 2.0).")
+    @argument("--max-cpu-seconds", type=float, metavar="S", help="CPU time limit in seconds.")
+    @argument("--timeout", type=float, metavar="S", help="Wall-clock limit in seconds.")
+    @argument("--max-processes", type=int, metavar="N", help="Process limit.")
+    @argument(
+        "--network", dest="network", action="store_true", default=None,
+        help="Ask for network access (only if the policy allows it).",
+    )
+    @argument("--no-network", dest="network", action="store_false", help="No network.")
+    @argument(
+        "--exec", dest="language", default=None, metavar="INTERPRETER",
+        help="Interpreter: python3, python, bash, sh or node (default python3).",
+    )
+    @argument(
+        "--env", action="append", default=[], metavar="KEY=VALUE",
+        help="Environment variable for the code (repeatable).",
+    )
+    @argument("-o", "--out", metavar="NAME", help="Store the ExecutionResult in NAME.")
+    @argument("--quiet", action="store_true", help="Do not display the statistics.")
+    @argument("--keep-workdir", action="store_true", help="Keep the run directory.")
+    @cell_magic
+    def symbi(self, line: str, cell: str) -> None:
+        """Run the cell's code in a sandbox at a Symbiont security tier.
+
+        The output streams while the code runs; the statistics (exit status, what
+        stopped it, wall time, CPU, peak memory of the limit) follow.
+        """
+        args = parse_argstring(self.symbi, line)
+        if args.native and args.tier and SecurityTier.parse(args.tier) is not SecurityTier.NONE:
+            raise ConfigError(f"--native contradicts --tier {args.tier}")
+        tier = SecurityTier.NONE if args.native else args.tier
+        limits = ResourceLimits(
+            max_memory_mb=args.max_memory,
+            max_cpu_cores=args.max_cpu,
+            max_cpu_seconds=args.max_cpu_seconds,
+            timeout_seconds=args.timeout,
+            max_processes=args.max_processes,
+            network=args.network,
+        )
+        env = _parse_env(args.env)
+        writers = _LiveOutput() if self.stream_output else None
+        try:
+            result = self.orchestrator.execute_code(
+                tier, cell, env=env, language=args.language, limits=limits,
+                keep_workdir=args.keep_workdir,
+                on_output=writers.write if writers else None,
+            )
+        except KeyboardInterrupt as exc:
+            partial = exc.args[0] if exc.args else None
+            if isinstance(partial, ExecutionResult):
+                if writers is None:
+                    _print_output(partial)
+                if args.out:
+                    self.shell.user_ns[args.out] = partial
+            raise KeyboardInterrupt("the sandboxed code was interrupted and killed") from None
+        finally:
+            if writers:
+                writers.flush()
+            self._register(*self.orchestrator._sandboxes.values())
+        if writers is None:
+            _print_output(result)
+        else:
+            _print_truncation_markers(result)
+        if args.out:
+            self.shell.user_ns[args.out] = result
+        if self.show_stats and not args.quiet:
+            display(result)
+
+    @line_magic
+    def symbi_tiers(self, line: str = "") -> TierLadder:
+        """Show the tier ladder with this host's availability."""
+        return TierLadder(self.orchestrator.availability())
+
+
+def _parse_env(pairs: list[str]) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--env takes KEY=VALUE, not {pair!r}")
+        env[key] = value
+    return env
+
+
+class _LiveOutput:
+    """Write streamed chunks to sys.stdout / sys.stderr, decoding UTF-8 across chunk
+    boundaries so a character split between two reads is not mangled."""
+
+    def __init__(self) -> None:
+        self._decoders = {
+            name: codecs.getincrementaldecoder("utf-8")(errors="replace")
+            for name in ("stdout", "stderr")
+        }
+
+    def write(self, stream: str, chunk: bytes) -> None:
+        text = self._decoders[stream].decode(chunk)
+        if text:
+            target = sys.stdout if stream == "stdout" else sys.stderr
+            target.write(text)
+            target.flush()
+
+    def flush(self) -> None:
+        for stream, decoder in self._decoders.items():
+            tail = decoder.decode(b"", final=True)
+            if tail:
+                (sys.stdout if stream == "stdout" else sys.stderr).write(tail)
+        sys.stdout.flush()
+        sys.stderr.flush()
+
+
+def _print_truncation_markers(result: ExecutionResult) -> None:
+    """Streaming showed only the kept bytes; say where a stream was cut."""
+    for truncated, text, target in (
+        (result.stdout_truncated, result.stdout, sys.stdout),
+        (result.stderr_truncated, result.stderr, sys.stderr),
+    ):
+        if truncated:
+            marker = text[text.rfind("\n... [output truncated") :]
+            target.write(marker)
+
+
+def _print_output(result: ExecutionResult) -> None:
+    if result.stdout:
+        sys.stdout.write(result.stdout)
+    if result.stderr:
+        sys.stderr.write(result.stderr)

@@ -1,0 +1,274 @@
+"""SandboxOrchestrator: the one entry point. Policy and dispatch only; the sandboxes
+run code, the renderers show results."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+from importlib import import_module
+from typing import Any
+
+from traitlets import Bool, Float, Int, List, Unicode, default, validate
+from traitlets.config import Config, LoggingConfigurable
+
+from . import policy
+from .audit import AuditLog
+from .errors import SymbiError, TierUnavailable
+from .limits import ResourceLimits
+from .result import ExecutionResult
+from .sandboxes import Availability, ExecutionRequest, Sandbox, sandbox_classes
+from .sandboxes.base import OutputCallback
+from .tiers import SecurityTier
+
+# Backends shipped in this package, used when entry points are not installed (a
+# source checkout on sys.path); installed entry points override them.
+BUILTIN_SANDBOXES = {SecurityTier.NONE: "symbi_jupyter.sandboxes.native:NativeSandbox"}
+
+
+def _default_audit_path() -> str:
+    state = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    return os.path.join(state, "symbi-jupyter", "audit.jsonl")
+
+
+class SandboxOrchestrator(LoggingConfigurable):
+    """Apply policy to an execution request, dispatch it to the sandbox of its tier,
+    and audit it. Never runs code at a tier other than the one asked for."""
+
+    allow_native_execution = Bool(
+        False,
+        config=True,
+        help="""Allow tier None: code runs on this host with OS limits only, no isolation.
+        Off by default. Also set by [native_execution] enabled in Symbiont's config.toml
+        and SYMBIONT_ALLOW_NATIVE_EXECUTION.""",
+    )
+    default_sandbox_tier = Unicode(
+        "Tier1",
+        config=True,
+        help="Tier used when a request names none: None, Tier1, Tier2 or Tier3 (any alias).",
+    )
+    max_memory_mb = Float(2048, config=True, help="Ceiling on memory per execution, in MB.")
+    max_cpu_seconds = Float(300, config=True, help="Ceiling on CPU time per execution.")
+    max_cpu_cores = Float(
+        config=True, help="Ceiling on CPU cores per execution (default: this host's cores)."
+    )
+    max_execution_time_seconds = Float(
+        300, config=True, help="Ceiling on wall-clock time per execution, in seconds."
+    )
+    max_processes = Int(256, config=True, help="Ceiling on processes per execution.")
+    max_file_size_mb = Float(100, config=True, help="Ceiling on the size of any file written.")
+    max_open_files = Int(1024, config=True, help="Ceiling on open files per process.")
+    max_output_bytes = Int(
+        10 * 1024 * 1024,
+        config=True,
+        help="Bytes kept per output stream; the rest is drained, discarded and marked.",
+    )
+    allow_network = Bool(
+        False,
+        config=True,
+        help="""Whether executions may reach the network. Off by default; a request may
+        ask for the network only when this is on.""",
+    )
+    enforce_resource_limits = Bool(
+        True,
+        config=True,
+        help="Apply OS limits at tier None (Symbiont's enforce_resource_limits).",
+    )
+    working_directory = Unicode(
+        "/tmp/symbiont-native",
+        config=True,
+        help="Parent of the private per-run directories of tier None.",
+    )
+    allowed_executables = List(
+        Unicode(),
+        ["python3", "python", "bash", "sh", "node"],
+        config=True,
+        help="""Interpreters tier None may run, as names (looked up on PATH, this
+        Python's own directory first) or paths; compared by resolved real path.""",
+    )
+    default_language = Unicode(
+        "python3",
+        config=True,
+        help="Language of a request that names none: python3, python, bash, sh or node.",
+    )
+    env_passthrough = List(
+        Unicode(),
+        [],
+        config=True,
+        help="""Names of host environment variables copied into executions. Nothing else
+        from the host environment reaches the code.""",
+    )
+    audit_log_path = Unicode(
+        config=True,
+        help="""Hash-chained JSON-lines log of every execution and refusal
+        ('' switches auditing off). Check it with `symbi-jupyter audit verify PATH`.""",
+    )
+
+    def __init__(self, config: Config | None = None, **kwargs: Any) -> None:
+        from .config import load_config
+
+        parent = kwargs.get("parent")
+        if config is None and parent is not None:
+            config = parent.config
+        super().__init__(config=load_config(config), **kwargs)
+        self._sandboxes: dict[SecurityTier, Sandbox] = {}
+        self._lock = threading.Lock()
+
+    @default("max_cpu_cores")
+    def _default_cores(self) -> float:
+        return float(os.cpu_count() or 1)
+
+    @default("audit_log_path")
+    def _default_audit(self) -> str:
+        return _default_audit_path()
+
+    @validate("default_sandbox_tier")
+    def _valid_tier(self, proposal: Any) -> str:
+        return SecurityTier.parse(proposal["value"]).value
+
+    @validate("default_language")
+    def _valid_language(self, proposal: Any) -> str:
+        policy.language_spec(proposal["value"])
+        return proposal["value"]
+
+    # ------------------------------------------------------------------ policy
+    def ceilings(self) -> ResourceLimits:
+        """The operator's limits; a request may lower them, never raise them."""
+        return ResourceLimits(
+            max_memory_mb=self.max_memory_mb,
+            max_cpu_seconds=self.max_cpu_seconds,
+            max_cpu_cores=self.max_cpu_cores,
+            timeout_seconds=self.max_execution_time_seconds,
+            max_processes=self.max_processes,
+            max_file_size_mb=self.max_file_size_mb,
+            max_open_files=self.max_open_files,
+            max_output_bytes=self.max_output_bytes,
+            network=self.allow_network,
+        )
+
+    def sandbox(self, tier: SecurityTier | str) -> Sandbox:
+        """The (lazily created) sandbox of ``tier``; :class:`TierUnavailable` if this
+        installation has none."""
+        tier = SecurityTier.parse(tier)
+        with self._lock:
+            if tier not in self._sandboxes:
+                classes = {t: _load(path) for t, path in BUILTIN_SANDBOXES.items()}
+                classes.update(sandbox_classes())
+                if tier not in classes:
+                    raise TierUnavailable(
+                        f"{tier.display_name} is not implemented in this version of "
+                        "symbi-jupyter; nothing runs at a weaker tier in its place"
+                    )
+                self._sandboxes[tier] = classes[tier](parent=self)
+            return self._sandboxes[tier]
+
+    def availability(self) -> dict[SecurityTier, Availability]:
+        """What this host can run, tier by tier, and why not."""
+        report: dict[SecurityTier, Availability] = {}
+        for tier in SecurityTier:
+            try:
+                report[tier] = self.sandbox(tier).availability()
+            except TierUnavailable as exc:
+                report[tier] = Availability(False, str(exc))
+        return report
+
+    # ------------------------------------------------------------------ execution
+    def execute_code(
+        self,
+        tier: SecurityTier | str | None,
+        code: str | bytes,
+        env: dict[str, str] | None = None,
+        language: str | None = None,
+        limits: ResourceLimits | None = None,
+        *,
+        executable: str | None = None,
+        keep_workdir: bool = False,
+        on_output: OutputCallback | None = None,
+    ) -> ExecutionResult:
+        """Run ``code`` at ``tier`` (``None``: the default tier) and return its result.
+
+        Raises :class:`PolicyViolation`, :class:`TierUnavailable` or
+        :class:`ConfigError` when the code cannot run as asked; a limit that stops the
+        code is reported in the result instead.
+        """
+        data = code.encode("utf-8", "surrogateescape") if isinstance(code, str) else code
+        digest = hashlib.sha256(data).hexdigest()
+        started = time.monotonic()
+        record: dict[str, Any] = {"code_sha256": digest, "tier": str(tier)}
+        try:
+            chosen = SecurityTier.parse(tier if tier is not None else self.default_sandbox_tier)
+            record["tier"] = chosen.value
+            policy.check_tier_allowed(chosen, self.allow_native_execution)
+            language = language or self.default_language
+            policy.language_spec(language)
+            effective = (limits or ResourceLimits()).within(self.ceilings())
+            record["limits"] = effective.to_dict()
+            sandbox = self.sandbox(chosen)
+            request = ExecutionRequest(
+                tier=chosen,
+                code=data,
+                language=language,
+                limits=effective,
+                env=policy.check_env(env or {}),
+                executable=executable,
+                keep_workdir=keep_workdir,
+                on_output=on_output,
+                code_sha256=digest,
+                policy=self._policy_settings(),
+            )
+            result = sandbox.run(request)
+        except SymbiError as exc:
+            self._audit(record, outcome="refused", error=f"{type(exc).__name__}: {exc}",
+                        duration_seconds=time.monotonic() - started)
+            raise
+        except KeyboardInterrupt as exc:
+            interrupted = exc.args[0] if exc.args else None
+            extra = _result_record(interrupted) if isinstance(interrupted, ExecutionResult) else {}
+            self._audit(record, outcome="interrupted", **extra,
+                        duration_seconds=time.monotonic() - started)
+            raise
+        result.code_sha256 = digest
+        outcome = "success" if result.success else ("stopped" if result.killed_by else "failed")
+        self._audit(record, outcome=outcome, **_result_record(result),
+                    duration_seconds=time.monotonic() - started)
+        return result
+
+    def _policy_settings(self) -> dict[str, Any]:
+        return {
+            "working_directory": self.working_directory,
+            "allowed_executables": list(self.allowed_executables),
+            "env_passthrough": list(self.env_passthrough),
+            "enforce_resource_limits": self.enforce_resource_limits,
+        }
+
+    def _audit(self, record: dict[str, Any], **fields: Any) -> None:
+        if not self.audit_log_path:
+            return
+        AuditLog(self.audit_log_path).append({**record, **fields})
+
+    def close(self) -> None:
+        """Stop the sandboxes' helper processes."""
+        with self._lock:
+            for sandbox in self._sandboxes.values():
+                sandbox.close()
+            self._sandboxes.clear()
+
+
+def _result_record(result: ExecutionResult) -> dict[str, Any]:
+    return {
+        "exit_code": result.exit_code,
+        "killed_by": result.killed_by,
+        "timed_out": result.timed_out,
+        "wall_seconds": result.wall_seconds,
+        "cpu_user_seconds": result.cpu_user_seconds,
+        "cpu_system_seconds": result.cpu_system_seconds,
+        "peak_memory_bytes": result.peak_memory_bytes,
+        "memory_method": result.memory_method,
+        "language": result.language,
+    }
+
+
+def _load(path: str) -> type[Sandbox]:
+    module, _, name = path.partition(":")
+    return getattr(import_module(module), name)

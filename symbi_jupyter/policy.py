@@ -1,0 +1,227 @@
+"""Policy: pure functions of configuration and request that say yes or explain no.
+
+Nothing here runs code; the orchestrator calls these before any sandbox is touched.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+from .errors import ConfigError, PolicyViolation
+from .tiers import SecurityTier
+
+# SYMBIONT_ENV value -> deployment kind (tier-model.md section 2).
+DEPLOYMENTS = {
+    "": "development",
+    "development": "development",
+    "dev": "development",
+    "local": "development",
+    "staging": "staging",
+    "stage": "staging",
+    "preview": "staging",
+    "production": "production",
+    "prod": "production",
+    "test": "test",
+    "ci": "test",
+}
+
+# System trees no run directory may live in (prefix match); "/" itself is refused
+# only as the bare root, not as a prefix (Symbiont's prefix "/" rejects everything).
+BLOCKED_TREES = (
+    "/etc", "/bin", "/sbin", "/usr", "/lib", "/lib32", "/lib64", "/libx32", "/boot",
+    "/dev", "/proc", "/sys", "/root", "/run", "/var/run", "/var/lib/docker",
+    "/var/lib/containerd", "/var/lib/kubelet", "/snap",
+)
+
+# Language -> (default executable name, code file name).
+LANGUAGES = {
+    "python3": ("python3", "cell.py"),
+    "python": ("python3", "cell.py"),
+    "bash": ("bash", "cell.sh"),
+    "sh": ("sh", "cell.sh"),
+    "node": ("node", "cell.js"),
+}
+
+NATIVE_HOWTO = (
+    "native execution (tier None) is switched off. To allow it, set any of: "
+    "the trait SandboxOrchestrator.allow_native_execution = True (in ipython_config.py "
+    "or jupyter_symbi_config.py); in a notebook: "
+    "%config SandboxOrchestrator.allow_native_execution = True; "
+    "in Symbiont's config.toml: [native_execution] enabled = true "
+    "(or [security] allow_native_execution = true); "
+    "or the environment variable SYMBIONT_ALLOW_NATIVE_EXECUTION=true"
+)
+
+
+def deployment(environ: Mapping[str, str] | None = None) -> str:
+    """The deployment kind named by ``SYMBIONT_ENV``; unknown values are an error."""
+    env = os.environ if environ is None else environ
+    value = env.get("SYMBIONT_ENV", "").strip().lower()
+    if value not in DEPLOYMENTS:
+        raise ConfigError(
+            f"SYMBIONT_ENV={env.get('SYMBIONT_ENV')!r} is not a known deployment; use one "
+            "of: development, dev, local, staging, stage, preview, production, prod, test, ci"
+        )
+    return DEPLOYMENTS[value]
+
+
+def check_tier_allowed(
+    tier: SecurityTier, allow_native: bool, environ: Mapping[str, str] | None = None
+) -> None:
+    """Refuse tier None unless native execution is on, and in production unless
+    ``SYMBIONT_ALLOW_UNISOLATED`` is ``1`` or ``true``."""
+    env = os.environ if environ is None else environ
+    kind = deployment(env)  # validated for every tier: a typo must not pass silently
+    if tier is not SecurityTier.NONE:
+        return
+    if not allow_native:
+        raise PolicyViolation(NATIVE_HOWTO)
+    if kind == "production" and env.get("SYMBIONT_ALLOW_UNISOLATED", "").strip().lower() not in (
+        "1",
+        "true",
+    ):
+        raise PolicyViolation(
+            "tier None is refused in production (SYMBIONT_ENV="
+            f"{env.get('SYMBIONT_ENV')}): unisolated execution needs "
+            "SYMBIONT_ALLOW_UNISOLATED=1 (or true) as well as allow_native_execution"
+        )
+
+
+def language_spec(language: str) -> tuple[str, str]:
+    """(default executable, code file name) for a language name."""
+    spec = LANGUAGES.get(language.strip().lower())
+    if spec is None:
+        raise ConfigError(
+            f"unknown language {language!r}; accepted: {', '.join(LANGUAGES)}"
+        )
+    return spec
+
+
+def executable_search_path(environ: Mapping[str, str] | None = None) -> str:
+    """Where executable names are looked up: the running Python's own directory first
+    (so ``python3`` is the interpreter of this environment), then ``PATH``."""
+    env = os.environ if environ is None else environ
+    parts = [os.path.dirname(sys.executable)]
+    parts += env.get("PATH", os.defpath).split(os.pathsep)
+    seen: list[str] = []
+    for part in parts:
+        if part and os.path.isabs(part) and part not in seen:
+            seen.append(part)
+    return os.pathsep.join(seen)
+
+
+def find_executable(name: str, search_path: str) -> str | None:
+    """Absolute path of ``name`` as found (a name looked up on ``search_path``, or a
+    path), symlinks not resolved."""
+    found = name if os.sep in name else shutil.which(name, path=search_path)
+    if not found or not os.path.isfile(found) or not os.access(found, os.X_OK):
+        return None
+    return os.path.abspath(found)
+
+
+def resolve_executable(name: str, search_path: str) -> str | None:
+    """Absolute real path of ``name`` (symlinks resolved)."""
+    found = find_executable(name, search_path)
+    return os.path.realpath(found) if found else None
+
+
+def check_executable(name: str, allowed: Iterable[str], search_path: str) -> str:
+    """Resolve ``name`` and compare real paths with the allowlist's real paths, so a
+    file that merely *is called* ``python3`` (a symlink, a PATH trick) is refused.
+    Returns the real path to execute."""
+    allowed = list(allowed)
+    real = resolve_executable(name, search_path)
+    if real is None:
+        raise PolicyViolation(f"executable {name!r} was not found on {search_path}")
+    permitted = {r for r in (resolve_executable(a, search_path) for a in allowed) if r}
+    if real not in permitted:
+        raise PolicyViolation(
+            f"executable {name!r} resolves to {real}, which is not on the allowlist "
+            f"(SandboxOrchestrator.allowed_executables = {allowed}, resolving to "
+            f"{sorted(permitted)})"
+        )
+    return real
+
+
+def _blocked(path: str) -> str | None:
+    if path == "/":
+        return "/"
+    for tree in BLOCKED_TREES:
+        if path == tree or path.startswith(tree + "/"):
+            return tree
+    return None
+
+
+def validate_working_directory(path: str) -> Path:
+    """Check the native working directory: absolute, outside system trees, before and
+    after resolving symlinks. Creates it (mode 0711) if missing; returns the real path."""
+    if not path or not os.path.isabs(path):
+        raise PolicyViolation(
+            f"working directory {path!r} must be an absolute path "
+            "(SandboxOrchestrator.working_directory)"
+        )
+    normal = os.path.normpath(path)
+    tree = _blocked(normal)
+    if tree:
+        raise PolicyViolation(
+            f"working directory {path} is inside the system tree {tree}; choose another "
+            "SandboxOrchestrator.working_directory (default /tmp/symbiont-native)"
+        )
+    os.makedirs(normal, mode=0o711, exist_ok=True)
+    real = os.path.realpath(normal)
+    tree = _blocked(real)
+    if tree:
+        raise PolicyViolation(
+            f"working directory {path} resolves through a symlink to {real}, inside the "
+            f"system tree {tree}"
+        )
+    if not os.path.isdir(real):
+        raise PolicyViolation(f"working directory {path} is not a directory")
+    return Path(real)
+
+
+def check_env(env: Mapping[str, str]) -> dict[str, str]:
+    """Validate caller-supplied environment variables (names and values as strings,
+    no ``=`` in a name, no NUL or newline where the OS or a tier cannot carry it)."""
+    clean: dict[str, str] = {}
+    for key, value in env.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise ConfigError(f"environment entries must be strings: {key!r}={value!r}")
+        if not key or "=" in key or "\0" in key or "\n" in key:
+            raise ConfigError(f"invalid environment variable name {key!r}")
+        if "\0" in value:
+            raise ConfigError(f"environment variable {key} holds a NUL byte")
+        clean[key] = value
+    return clean
+
+
+def native_environment(
+    explicit: Mapping[str, str],
+    passthrough: Iterable[str],
+    run_dir: str,
+    host: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """The clean environment of a native run: nothing from the host but a PATH, the
+    locale and the names the operator lets through; then the caller's own values."""
+    host = os.environ if host is None else host
+    env = {
+        "PATH": os.pathsep.join(
+            dict.fromkeys([os.path.dirname(sys.executable), "/usr/local/bin", "/usr/bin", "/bin"])
+        ),
+        "HOME": run_dir,
+        "TMPDIR": os.path.join(run_dir, "tmp"),
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
+    for key, value in host.items():
+        if key in ("LANG", "LANGUAGE", "TZ") or key.startswith("LC_"):
+            env[key] = value
+    for key in passthrough:
+        if key in host:
+            env[key] = host[key]
+    env.update(check_env(explicit))
+    return env

@@ -1,0 +1,528 @@
+"""Tier None: native execution on the host, under real limits.
+
+Each run gets a private directory, a clean environment, rlimits, and (where the host
+allows it) its own cgroups; a small supervisor process (:mod:`._supervisor`) forks the
+code, enforces the wall clock and kills the whole process tree afterwards.
+"""
+
+from __future__ import annotations
+
+import array
+import contextlib
+import json
+import math
+import os
+import pwd
+import re
+import selectors
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from traitlets import Bool, Enum, Float, Unicode
+
+from .. import policy
+from ..errors import TierUnavailable
+from ..result import ExecutionResult
+from ..tiers import SecurityTier
+from .base import Availability, ExecutionRequest, Sandbox
+
+MiB = 1024 * 1024
+SUPERVISOR = Path(__file__).with_name("_supervisor.py")
+TRUNCATION_MARKER = "\n... [output truncated at {} bytes]\n"
+
+# Final stderr lines that are evidence of a limit, per killed_by reason.
+_EVIDENCE = {
+    "memory": re.compile(
+        r"^(MemoryError\b|.*Cannot allocate memory|.*xmalloc: cannot allocate|"
+        r".*JavaScript heap out of memory)",
+        re.M,
+    ),
+    "file_size": re.compile(r"(\[Errno 27\] File too large|File too large)"),
+    "processes": re.compile(
+        r"(\[Errno 11\] Resource temporarily unavailable|fork: retry|Cannot fork|"
+        r"fork: Resource temporarily unavailable)"
+    ),
+}
+
+
+class NativeSandbox(Sandbox):
+    """Runs code directly on the host (tier None) under rlimits and cgroups."""
+
+    tier = SecurityTier.NONE
+
+    run_as_user = Unicode(
+        "nobody",
+        config=True,
+        help="""When the orchestrator runs as root, native code runs as this unprivileged
+        user (RLIMIT_NPROC does not bind root, and root could undo every limit).
+        Set to '' to run as root anyway.""",
+    )
+    use_cgroups = Enum(
+        ["auto", "require", "never"],
+        "auto",
+        config=True,
+        help="""Per-run cgroups (v1 or v2) give exact peak memory, a pids limit, a CPU
+        quota and an exact kill-all. 'auto' uses them where the host allows and reports
+        what falls back to rlimits; 'require' makes the tier unavailable without them.""",
+    )
+    interrupt_grace_seconds = Float(
+        1.0,
+        config=True,
+        help="On interrupt, seconds between SIGINT to the code and killing its tree.",
+    )
+    stop_on_output_limit = Bool(
+        False,
+        config=True,
+        help="""Stop the run (killed_by='output') once a stream passes max_output_bytes.
+        By default output past the cap is drained and discarded and the run goes on.""",
+    )
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._lock = threading.Lock()
+        self._sock: socket.socket | None = None
+        self._proc: subprocess.Popen | None = None
+        self._cgroup_probe: dict = {}
+        self._runs = 0
+
+    # ------------------------------------------------------------------ supervisor
+    def _supervisor(self) -> socket.socket:
+        with self._lock:
+            if self._proc is not None and self._proc.poll() is None and self._sock:
+                return self._sock
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            self._proc = subprocess.Popen(
+                [sys.executable, "-I", "-S", "-B", str(SUPERVISOR), str(theirs.fileno())],
+                pass_fds=[theirs.fileno()],
+                stdin=subprocess.DEVNULL,
+                close_fds=True,
+            )
+            theirs.close()
+            hello = json.loads(ours.recv(1 << 16) or b"{}")
+            if hello.get("event") != "ready":
+                raise TierUnavailable("the native supervisor process failed to start")
+            self._cgroup_probe = hello["cgroup"]
+            self._sock = ours
+            return ours
+
+    def close(self) -> None:
+        with self._lock:
+            if self._sock is not None:
+                self._sock.close()  # the supervisor exits on EOF
+                self._sock = None
+            if self._proc is not None:
+                try:
+                    self._proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    self._proc.kill()
+                    self._proc.wait()
+                self._proc = None
+
+    def cgroup_version(self) -> int | None:
+        self._supervisor()
+        return self._cgroup_probe.get("version")
+
+    def availability(self) -> Availability:
+        if not sys.platform.startswith("linux"):
+            return Availability(False, "the native tier's limits need Linux (rlimits, /proc)")
+        try:
+            version = self.cgroup_version()
+        except OSError as exc:
+            return Availability(False, f"cannot start the native supervisor: {exc}")
+        details = {"cgroup": f"v{version}" if version else "none (rlimits only)"}
+        if version is None and self.use_cgroups == "require":
+            return Availability(
+                False,
+                "NativeSandbox.use_cgroups='require' but no writable cgroup hierarchy was "
+                "found: run as root, or in a delegated cgroup v2 subtree "
+                "(systemd-run --user --scope -p Delegate=yes ...)",
+                details,
+            )
+        return Availability(True, "", details)
+
+    # ------------------------------------------------------------------ running
+    def run(self, request: ExecutionRequest) -> ExecutionResult:
+        pol = request.policy
+        workdir = policy.validate_working_directory(pol["working_directory"])
+        language = request.language
+        default_exe, filename = policy.language_spec(language)
+        search_path = policy.executable_search_path()
+        real_exe = policy.check_executable(
+            request.executable or default_exe, pol.get("allowed_executables", []), search_path
+        )
+        # argv[0] keeps the path as found (a virtualenv's bin/python3) so the interpreter
+        # finds its environment; what is executed is the checked real path.
+        shown_exe = policy.find_executable(request.executable or default_exe, search_path)
+        if self.use_cgroups == "require" and self.cgroup_version() is None:
+            raise TierUnavailable(self.availability().reason)
+        sock = self._supervisor()
+        uid, gid = self._run_as(workdir)
+        if uid is not None:
+            _check_reachable(real_exe, uid, gid, self.run_as_user)
+        run_dir = Path(tempfile.mkdtemp(prefix=f"run-{os.getpid()}-", dir=workdir))
+        try:
+            (run_dir / "tmp").mkdir(mode=0o700)
+            code_path = run_dir / filename
+            code_path.write_bytes(request.code)
+            if uid is not None:
+                for path in (run_dir, run_dir / "tmp", code_path):
+                    os.chown(path, uid, gid)
+            env = policy.native_environment(
+                request.env, pol.get("env_passthrough", []), str(run_dir)
+            )
+            spec, enforcement = self._spec(request, uid, gid)
+            spec.update(
+                executable=real_exe,
+                argv=[shown_exe, str(code_path)],
+                cwd=str(run_dir),
+                env=env,
+                uid=uid,
+                gid=gid,
+                run_id=f"{os.getpid()}-{threading.get_ident()}-{self._next_run()}",
+                interrupt_grace=self.interrupt_grace_seconds,
+            )
+            result = self._execute(sock, spec, request, enforcement)
+        finally:
+            if request.keep_workdir:
+                kept = run_dir.with_name("kept-" + run_dir.name[len("run-") :])
+                run_dir.rename(kept)
+            else:
+                shutil.rmtree(run_dir, ignore_errors=True)
+        result.language = language
+        result.executable = real_exe
+        result.workdir = str(kept) if request.keep_workdir else None
+        return result
+
+    def _next_run(self) -> int:
+        with self._lock:
+            self._runs += 1
+            return self._runs
+
+    def _run_as(self, workdir: Path) -> tuple[int | None, int | None]:
+        if os.geteuid() != 0 or not self.run_as_user:
+            return None, None
+        try:
+            entry = pwd.getpwnam(self.run_as_user)
+        except KeyError:
+            raise TierUnavailable(
+                f"NativeSandbox.run_as_user={self.run_as_user!r} does not exist on this host; "
+                "create it or set the trait to another unprivileged user ('' runs as root)"
+            ) from None
+        # The unprivileged user must be able to reach its run directory.
+        mode = workdir.stat().st_mode
+        if mode & 0o111 != 0o111:
+            os.chmod(workdir, (mode & 0o7777) | 0o111)
+        return entry.pw_uid, entry.pw_gid
+
+    def _spec(
+        self, request: ExecutionRequest, uid: int | None, gid: int | None
+    ) -> tuple[dict[str, Any], dict[str, str]]:
+        """Translate limits into rlimits and cgroup settings, and say how each limit
+        is enforced here."""
+        lim = request.limits
+        cg = self._cgroup_probe
+        version = cg.get("version")
+        ctrls = set(cg.get("controllers", [])) if version == 2 else set(cg.get("parents", {}))
+        enforce = request.policy.get("enforce_resource_limits", True)
+        enforcement: dict[str, str] = {
+            "timeout": "supervisor (wall clock, whole tree killed)",
+            "output": "host (drained past the cap)",
+        }
+        spec: dict[str, Any] = {"timeout": lim.timeout_seconds, "rlimits": {"core": 0}}
+        if not enforce:
+            for name in ("memory", "cpu", "processes", "file_size", "open_files", "cpu_cores"):
+                enforcement[name] = "not enforced: enforce_resource_limits is off"
+            spec["use_cgroup"] = False
+            return spec, enforcement
+        rl = spec["rlimits"]
+        memory = int(lim.max_memory_mb * MiB) if lim.max_memory_mb else None
+        if memory and "memory" in ctrls and self.use_cgroups != "never":
+            spec["memory_bytes"] = memory
+            enforcement["memory"] = f"cgroup v{version} (resident memory)"
+        elif memory:
+            rl["as"] = memory
+            enforcement["memory"] = "rlimit (RLIMIT_AS, address space)"
+        if lim.max_cpu_seconds:
+            seconds = math.ceil(lim.max_cpu_seconds)
+            rl["cpu"] = [seconds, seconds + 1]  # SIGXCPU first, SIGKILL a second later
+            enforcement["cpu"] = "rlimit (RLIMIT_CPU, per process)"
+            if "cpuacct" in ctrls or (version == 2 and "cpu" in ctrls):
+                spec["cpu_seconds_total"] = lim.max_cpu_seconds
+                enforcement["cpu"] = "cgroup (whole tree) and RLIMIT_CPU"
+        if lim.max_file_size_mb:
+            rl["fsize"] = int(lim.max_file_size_mb * MiB)
+            enforcement["file_size"] = "rlimit (RLIMIT_FSIZE)"
+        if lim.max_open_files:
+            rl["nofile"] = int(lim.max_open_files)
+            enforcement["open_files"] = "rlimit (RLIMIT_NOFILE)"
+        if lim.max_processes:
+            if "pids" in ctrls and self.use_cgroups != "never":
+                spec["pids"] = int(lim.max_processes)
+                enforcement["processes"] = f"cgroup v{version} (pids.max)"
+            elif (uid if uid is not None else os.geteuid()) != 0:
+                rl["nproc"] = int(lim.max_processes)
+                enforcement["processes"] = "rlimit (RLIMIT_NPROC, counts all of the user's)"
+            else:
+                enforcement["processes"] = "not enforced: root without a pids cgroup"
+        if lim.max_cpu_cores:
+            if "cpu" in ctrls and self.use_cgroups != "never":
+                spec["cpu_cores"] = lim.max_cpu_cores
+                enforcement["cpu_cores"] = f"cgroup v{version} (CPU quota)"
+            else:
+                enforcement["cpu_cores"] = "not enforced: no cpu cgroup controller"
+        if lim.network is False:
+            if os.geteuid() == 0:
+                spec["new_netns"] = True
+                enforcement["network"] = "empty network namespace"
+            else:
+                enforcement["network"] = "not enforced: a network namespace needs root"
+        if self.use_cgroups == "never":
+            spec["use_cgroup"] = False
+        return spec, enforcement
+
+    def _execute(
+        self,
+        sock: socket.socket,
+        spec: dict[str, Any],
+        request: ExecutionRequest,
+        enforcement: dict[str, str],
+    ) -> ExecutionResult:
+        cap = request.limits.max_output_bytes or 10 * MiB
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        st_r, st_w = os.pipe()
+        try:
+            sock.sendmsg(
+                [json.dumps(spec).encode()],
+                [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [out_w, err_w, st_w]))],
+            )
+        finally:
+            for fd in (out_w, err_w, st_w):
+                os.close(fd)
+        streams = {out_r: _Stream("stdout", cap), err_r: _Stream("stderr", cap)}
+        status_buf = b""
+        events: dict[str, dict] = {}
+        monitor_pid = None
+        stopped_for_output = False
+        interrupted = False
+        sel = selectors.DefaultSelector()
+        for fd in (out_r, err_r, st_r):
+            os.set_blocking(fd, False)
+            sel.register(fd, selectors.EVENT_READ)
+        backstop = None
+        if request.limits.timeout_seconds:
+            backstop = time.monotonic() + request.limits.timeout_seconds + 30
+        try:
+            while sel.get_map():
+                try:
+                    ready = sel.select(timeout=1.0)
+                except KeyboardInterrupt:
+                    interrupted = True
+                    if monitor_pid:
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(monitor_pid, signal.SIGUSR1)
+                    continue
+                for key, _ in ready:
+                    fd = key.fd
+                    try:
+                        chunk = os.read(fd, 1 << 16)
+                    except BlockingIOError:
+                        continue
+                    if not chunk:
+                        sel.unregister(fd)
+                        continue
+                    if fd == st_r:
+                        status_buf += chunk
+                        while b"\n" in status_buf:
+                            line, status_buf = status_buf.split(b"\n", 1)
+                            event = json.loads(line)
+                            events[event["event"]] = event
+                            monitor_pid = monitor_pid or event.get("monitor_pid")
+                        continue
+                    stream = streams[fd]
+                    kept = stream.feed(chunk)
+                    if kept and request.on_output:
+                        request.on_output(stream.name, kept)
+                    if (
+                        stream.truncated
+                        and self.stop_on_output_limit
+                        and not stopped_for_output
+                        and monitor_pid
+                    ):
+                        stopped_for_output = True
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(monitor_pid, signal.SIGUSR1)
+                if backstop and time.monotonic() > backstop and monitor_pid:
+                    # The monitor enforces the timeout; this only guards against a
+                    # monitor that itself got stuck.
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(monitor_pid, signal.SIGKILL)
+                    backstop = None
+        finally:
+            sel.close()
+            for fd in (out_r, err_r, st_r):
+                os.close(fd)
+        exit_event = events.get("exit")
+        if exit_event is None:
+            raise TierUnavailable(
+                "the native supervisor lost this run (its monitor process died); "
+                "nothing is known about how the code ended"
+            )
+        enforcement.update(
+            {k: v for k, v in events.get("started", {}).get("enforcement", {}).items()
+             if k == "cgroup_error"}
+        )
+        result = self._result(request, exit_event, streams, enforcement, stopped_for_output)
+        if interrupted:
+            raise KeyboardInterrupt(result)
+        return result
+
+    def _result(
+        self,
+        request: ExecutionRequest,
+        ev: dict[str, Any],
+        streams: dict[int, _Stream],
+        enforcement: dict[str, str],
+        stopped_for_output: bool,
+    ) -> ExecutionResult:
+        out, err = (s for s in streams.values())
+        code = ev.get("exit_code")
+        term_signal = -code if code is not None and code < 0 else None
+        stderr_text = err.text()
+        reached: list[str] = []
+        if ev.get("oom_kills"):
+            reached.append("memory")
+        if ev.get("pids_limit_hits"):
+            reached.append("processes")
+        if out.truncated or err.truncated:
+            reached.append("output")
+        killed_by = _killed_by(request, ev, term_signal, code, stderr_text, stopped_for_output)
+        if killed_by and killed_by not in reached and killed_by != "signal":
+            reached.append(killed_by)
+        peak = ev.get("peak_memory_bytes")
+        method = "cgroup" if peak else None
+        if not peak:
+            peak, method = ev.get("maxrss_bytes") or None, "wait4"
+        wall = float(ev.get("wall_seconds") or 0.0)
+        return ExecutionResult(
+            tier=SecurityTier.NONE,
+            stdout=out.text(),
+            stderr=stderr_text,
+            exit_code=code if code is not None and code >= 0 else -1,
+            execution_time_ms=round(wall * 1000),
+            stdout_truncated=out.truncated,
+            stderr_truncated=err.truncated,
+            timed_out=bool(ev.get("timed_out")),
+            killed_by=killed_by,
+            term_signal=term_signal,
+            peak_memory_bytes=peak,
+            memory_method=method if peak else None,
+            cpu_user_seconds=ev.get("cpu_user_seconds"),
+            cpu_system_seconds=ev.get("cpu_system_seconds"),
+            wall_seconds=wall,
+            limits=request.limits,
+            enforcement=enforcement,
+            limits_reached=reached,
+            code_sha256=request.code_sha256,
+            stdout_bytes=out.total,
+            stderr_bytes=err.total,
+        )
+
+
+def _check_reachable(real: str, uid: int, gid: int, user: str) -> None:
+    """Refuse early, with the fix, when the unprivileged user cannot run the
+    interpreter (a Python installed under /root, say)."""
+    path = Path(real)
+    for node in [*reversed(path.parents), path]:
+        st = node.stat()
+        if st.st_uid == uid:
+            bits = st.st_mode >> 6
+        elif st.st_gid == gid:
+            bits = st.st_mode >> 3
+        else:
+            bits = st.st_mode
+        if not bits & 0o1:  # search a directory, execute the file
+            raise TierUnavailable(
+                f"the interpreter {real} cannot be run by the unprivileged user {user!r} "
+                f"that native code runs as under root: {node} (mode "
+                f"{st.st_mode & 0o7777:o}) is closed to it. Use a Python other users can "
+                "run (e.g. a virtualenv made from Debian's /usr/bin/python3), or set "
+                "NativeSandbox.run_as_user = '' to run as root (weaker)"
+            )
+
+
+def _killed_by(
+    request: ExecutionRequest,
+    ev: dict[str, Any],
+    term_signal: int | None,
+    code: int | None,
+    stderr: str,
+    stopped_for_output: bool,
+) -> str | None:
+    """Which limit stopped the run, from evidence: the supervisor's own decisions,
+    the terminating signal, cgroup events, and the interpreter's last words."""
+    if ev.get("timed_out"):
+        return "timeout"
+    if ev.get("cpu_exceeded"):
+        return "cpu"
+    if stopped_for_output:
+        return "output"
+    if term_signal == signal.SIGXCPU:
+        return "cpu"
+    if term_signal == signal.SIGXFSZ:
+        return "file_size"
+    if term_signal == signal.SIGKILL and ev.get("oom_kills"):
+        return "memory"
+    if term_signal == signal.SIGKILL and request.limits.max_cpu_seconds:
+        used = (ev.get("cpu_user_seconds") or 0) + (ev.get("cpu_system_seconds") or 0)
+        if used >= math.ceil(request.limits.max_cpu_seconds):
+            return "cpu"  # the RLIMIT_CPU hard limit is a SIGKILL
+    if term_signal is not None:
+        return "signal"
+    if code:
+        tail = "\n".join(stderr.rstrip().splitlines()[-3:])
+        if _EVIDENCE["memory"].search(tail) or ev.get("oom_kills"):
+            return "memory"
+        if _EVIDENCE["file_size"].search(tail):
+            return "file_size"
+        if _EVIDENCE["processes"].search(tail) and (
+            ev.get("pids_limit_hits") or request.limits.max_processes
+        ):
+            return "processes"
+    return None
+
+
+class _Stream:
+    """One output stream: keeps up to ``cap`` bytes, counts and discards the rest."""
+
+    def __init__(self, name: str, cap: int) -> None:
+        self.name = name
+        self.cap = cap
+        self.total = 0
+        self.chunks: list[bytes] = []
+
+    @property
+    def truncated(self) -> bool:
+        return self.total > self.cap
+
+    def feed(self, chunk: bytes) -> bytes:
+        room = max(0, self.cap - self.total)
+        self.total += len(chunk)
+        kept = chunk[:room]
+        if kept:
+            self.chunks.append(kept)
+        return kept
+
+    def text(self) -> str:
+        text = b"".join(self.chunks).decode("utf-8", errors="replace")
+        if self.truncated:
+            text += TRUNCATION_MARKER.format(self.cap)
+        return text

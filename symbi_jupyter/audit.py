@@ -1,0 +1,270 @@
+"""A hash-chained JSON-lines audit log, and its verifier.
+
+Each line is one record, a JSON object with the caller's fields plus:
+
+``time``  ISO-8601 UTC with microseconds
+``user``  login name of the writing process's uid (the uid itself if it has no name)
+``seq``   1-based position in the chain
+``prev``  SHA-256 (hex) of the previous line's bytes, without its newline; 64 zeros first
+``hash``  SHA-256 (hex) of the canonical JSON of the record without ``hash``
+
+Any edit, deletion, reordering or insertion in the middle of the file breaks the chain
+and :func:`verify` names the first bad line. Like every hash chain without an outside
+anchor, it cannot tell that records were cut off the *end* at a record boundary, or
+that the whole file was rewritten with a fresh chain: keep a copy of the last ``hash``
+elsewhere (or ship the log off the host) where that matters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import enum
+import fcntl
+import hashlib
+import json
+import os
+import pwd
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+GENESIS = "0" * 64
+
+#: Fields that :meth:`AuditLog.append` adds; a caller may not supply them.
+CHAIN_FIELDS = ("time", "user", "seq", "prev", "hash")
+
+_BLOCK = 8192
+
+
+def sha256_text(data: str | bytes) -> str:
+    """SHA-256 hex digest of ``data``; ``str`` is encoded UTF-8 with ``surrogateescape``
+    so text decoded from arbitrary bytes hashes to the hash of those bytes."""
+    if isinstance(data, str):
+        data = data.encode("utf-8", "surrogateescape")
+    return hashlib.sha256(data).hexdigest()
+
+
+def canonical_json(record: Mapping[str, Any]) -> str:
+    """The one serialisation that ``hash`` covers."""
+    return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def record_hash(record: Mapping[str, Any]) -> str:
+    """The ``hash`` a record must carry: over everything but ``hash`` itself."""
+    body = {k: v for k, v in record.items() if k != "hash"}
+    return hashlib.sha256(canonical_json(body).encode("utf-8")).hexdigest()
+
+
+class AuditLog:
+    """Append-only, hash-chained JSON-lines log at ``path``.
+
+    Safe to share between threads and processes: every :meth:`append` opens the file,
+    takes an exclusive ``flock``, reads the last line for ``prev`` and ``seq``, writes
+    one line and releases the lock. The file is created mode 0600, missing parent
+    directories mode 0700. ``fsync`` (default on) makes each record durable before
+    :meth:`append` returns.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, fsync: bool = True) -> None:
+        self.path = Path(path)
+        self.fsync = fsync
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self.path)!r})"
+
+    def append(self, record: Mapping[str, Any]) -> dict[str, Any]:
+        """Append ``record`` with the chain fields added; return what was written."""
+        clash = sorted(set(CHAIN_FIELDS) & set(record))
+        if clash:
+            raise ValueError(f"audit record may not set {', '.join(clash)}: the log adds them")
+        body = _jsonable(dict(record))
+        body["time"] = datetime.datetime.now(datetime.UTC).isoformat(timespec="microseconds")
+        body["user"] = _user()
+
+        _makedirs(self.path.parent)
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                last, seq, complete = _tail(fd)
+                body["seq"] = seq + 1
+                body["prev"] = GENESIS if last is None else hashlib.sha256(last).hexdigest()
+                body["hash"] = record_hash(body)
+                line = canonical_json(body).encode("utf-8")
+                # A torn last line (a writer died mid-write) stays visible to verify(),
+                # but our record must start on a line of its own.
+                _write_all(fd, (b"" if complete else b"\n") + line + b"\n")
+                if self.fsync:
+                    os.fsync(fd)
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+        return body
+
+
+@dataclasses.dataclass(frozen=True)
+class VerifyReport:
+    """Outcome of :func:`verify`. ``broken_at`` is the 1-based line number of the first
+    bad record; ``records`` counts the intact records before it (all of them if ``ok``)."""
+
+    ok: bool
+    records: int
+    broken_at: int | None = None
+    reason: str = ""
+
+    def __str__(self) -> str:
+        if self.ok:
+            return f"intact: {self.records} record{'' if self.records == 1 else 's'}"
+        if self.broken_at is None:
+            return f"BROKEN: {self.reason}"
+        return f"BROKEN at line {self.broken_at}: {self.reason}"
+
+
+def verify(path: str | os.PathLike[str]) -> VerifyReport:
+    """Check every record's ``hash``, ``seq`` and ``prev``; stop at the first bad line."""
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        return VerifyReport(ok=False, records=0, reason="no such file")
+    except OSError as exc:
+        return VerifyReport(ok=False, records=0, reason=f"cannot read: {exc.strerror or exc}")
+
+    def broken(lineno: int, reason: str) -> VerifyReport:
+        return VerifyReport(ok=False, records=lineno - 1, broken_at=lineno, reason=reason)
+
+    prev, count = GENESIS, 0
+    with f:
+        for lineno, raw in enumerate(f, start=1):
+            if not raw.endswith(b"\n"):
+                return broken(lineno, "incomplete last line (truncated)")
+            line = raw[:-1]
+            try:
+                record = json.loads(line.decode("utf-8"))
+            except (UnicodeDecodeError, ValueError):
+                return broken(lineno, "not a JSON record")
+            if not isinstance(record, dict):
+                return broken(lineno, "not a JSON record")
+            missing = [k for k in ("seq", "prev", "hash") if k not in record]
+            if missing:
+                return broken(lineno, f"missing field {missing[0]!r}")
+            try:
+                intact = record["hash"] == record_hash(record)
+            except (UnicodeEncodeError, TypeError, ValueError):
+                intact = False  # e.g. an escaped lone surrogate: never written by append()
+            if not intact:
+                return broken(lineno, "record was edited (hash mismatch)")
+            if record["seq"] != lineno:
+                return broken(
+                    lineno,
+                    f"record deleted, inserted or reordered (seq {record['seq']!r}, "
+                    f"expected {lineno})",
+                )
+            if record["prev"] != prev:
+                return broken(lineno, "previous record was edited or replaced (prev mismatch)")
+            prev, count = hashlib.sha256(line).hexdigest(), lineno
+    return VerifyReport(ok=True, records=count)
+
+
+def _tail(fd: int) -> tuple[bytes | None, int, bool]:
+    """Return (the last line without its newline, or None for an empty file; the seq
+    of that line; whether the file ends with a newline).
+
+    Reads backwards from the end, so an append costs the same on a long log.
+    """
+    size = os.fstat(fd).st_size
+    if size == 0:
+        return None, 0, True
+    complete = os.pread(fd, 1, size - 1) == b"\n"
+    lines = _lines_backwards(fd, size - 1 if complete else size)
+    last = next(lines)
+    seq = _seq_of(last)
+    if seq is None:
+        # The last line is not a record (torn or tampered; verify() will say so).
+        # Continue from the nearest record above, counting the lines in between, so
+        # seq still equals the line number.
+        above = 0
+        for above, line in enumerate(lines, start=1):
+            found = _seq_of(line)
+            if found is not None:
+                seq = found + above
+                break
+        else:
+            seq = above + 1
+    return last, seq, complete
+
+
+def _lines_backwards(fd: int, end: int) -> Iterator[bytes]:
+    """Yield the lines in the file's first ``end`` bytes, last line first."""
+    buf, pos = b"", end
+    while pos > 0:
+        start = max(0, pos - _BLOCK)
+        buf = os.pread(fd, pos - start, start) + buf
+        pos = start
+        parts = buf.split(b"\n")
+        # parts[0] may be the tail of a line that starts further back: carry it.
+        yield from reversed(parts[1:])
+        buf = parts[0]
+    yield buf
+
+
+def _seq_of(line: bytes) -> int | None:
+    try:
+        seq = json.loads(line.decode("utf-8")).get("seq")
+    except (UnicodeDecodeError, ValueError, AttributeError):
+        return None
+    return seq if isinstance(seq, int) and not isinstance(seq, bool) else None
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _makedirs(directory: Path) -> None:
+    # Path.mkdir(parents=True) ignores `mode` for the parents; create each level 0700.
+    missing = []
+    while not directory.exists():
+        missing.append(directory)
+        directory = directory.parent
+    for d in reversed(missing):
+        try:
+            d.mkdir(mode=0o700)
+        except FileExistsError:
+            pass  # another writer made it first
+
+
+def _user() -> str:
+    uid = os.getuid()
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def _jsonable(value: Any) -> Any:
+    """A JSON-ready copy of ``value``: enums by value, paths and unknown objects as str,
+    and strings made encodable as UTF-8 so a record can always be written."""
+    if isinstance(value, enum.Enum):
+        return _jsonable(value.value)
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:  # lone surrogates, e.g. from surrogateescape
+            return value.encode("utf-8", "backslashreplace").decode("utf-8")
+        return value
+    if isinstance(value, Mapping):
+        return {str(_jsonable(k)): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, set | frozenset):
+        return sorted((_jsonable(v) for v in value), key=repr)
+    if hasattr(value, "to_dict"):
+        return _jsonable(value.to_dict())
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _jsonable(dataclasses.asdict(value))
+    return str(value)

@@ -1,0 +1,82 @@
+"""Shared fixtures: real orchestrators in an isolated configuration."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from symbi_jupyter.orchestrator import SandboxOrchestrator
+
+CGROUP_V1_MEMORY = Path("/sys/fs/cgroup/memory")
+
+# Set in CI: a tier or facility the tests need but cannot find is a failure there,
+# a skip (with the reason) on a user's laptop.
+REQUIRE_ENV = "SYMBI_JUPYTER_REQUIRE_TIERS"
+
+
+def need(condition: bool, reason: str) -> None:
+    """Skip with ``reason`` unless the environment demands the facility."""
+    if condition:
+        return
+    if os.environ.get(REQUIRE_ENV):
+        pytest.fail(f"{reason} ({REQUIRE_ENV} is set, so this is a failure, not a skip)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(autouse=True)
+def isolated_config(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory):
+    """No host configuration leaks into a test: no SYMBIONT_* variables, no Jupyter
+    config files, no stable-rendering override."""
+    for key in list(os.environ):
+        if key.startswith("SYMBIONT_"):
+            monkeypatch.delenv(key)
+    empty = tmp_path_factory.mktemp("jupyter-config")
+    monkeypatch.setenv("JUPYTER_CONFIG_DIR", str(empty))
+    monkeypatch.setenv("JUPYTER_CONFIG_PATH", "")
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path_factory.mktemp("state")))
+
+
+@pytest.fixture
+def workdir():
+    """A native working directory the unprivileged run user can traverse
+    (pytest's tmp_path is 0700 under root)."""
+    path = Path("/tmp") / f"symbi-test-{uuid.uuid4().hex[:10]}"
+    path.mkdir(mode=0o711)
+    yield path
+    leftovers = [p.name for p in path.iterdir()]
+    shutil.rmtree(path, ignore_errors=True)
+    assert not [n for n in leftovers if n.startswith("run-")], f"run dirs left: {leftovers}"
+
+
+@pytest.fixture
+def audit_path(tmp_path: Path) -> Path:
+    return tmp_path / "audit.jsonl"
+
+
+@pytest.fixture
+def orch(workdir: Path, audit_path: Path):
+    o = SandboxOrchestrator(
+        allow_native_execution=True,
+        working_directory=str(workdir),
+        audit_log_path=str(audit_path),
+    )
+    yield o
+    o.close()
+
+
+@pytest.fixture
+def cgroups(orch: SandboxOrchestrator) -> int:
+    version = orch.sandbox("none").cgroup_version()
+    need(version is not None, "no writable cgroup hierarchy (run as root, or delegate cgroup v2)")
+    return version
+
+
+def python_runnable_by_others() -> bool:
+    """Whether sys.executable is reachable by an unprivileged user (not under /root)."""
+    path = Path(os.path.realpath(sys.executable))
+    return all(p.stat().st_mode & 0o001 for p in [*path.parents, path])

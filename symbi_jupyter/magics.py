@@ -4,11 +4,13 @@ ladder and what this host can run."""
 from __future__ import annotations
 
 import codecs
+import shlex
 import sys
 from typing import Any
 
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
-from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.core.error import UsageError
+from IPython.core.magic_arguments import argument, magic_arguments
 from IPython.display import display
 from traitlets import Bool, Instance
 
@@ -82,7 +84,7 @@ class SymbiMagics(Magics):
         The output streams while the code runs; the statistics (exit status, what
         stopped it, wall time, CPU, peak memory of the limit) follow.
         """
-        args = parse_argstring(self.symbi, line)
+        args = _parse_posix(self.symbi, line)
         if args.native and args.tier and SecurityTier.parse(args.tier) is not SecurityTier.NONE:
             raise ConfigError(f"--native contradicts --tier {args.tier}")
         tier = SecurityTier.NONE if args.native else args.tier
@@ -127,6 +129,16 @@ class SymbiMagics(Magics):
     def symbi_tiers(self, line: str = "") -> TierLadder:
         """Show the tier ladder with this host's availability."""
         return TierLadder(self.orchestrator.availability())
+
+
+def _parse_posix(magic: Any, line: str) -> Any:
+    """Parse flags with shell quoting (``--env "B=x y"`` gives ``B=x y``), unlike
+    IPython's default splitting which keeps the quotes."""
+    try:
+        argv = shlex.split(line)
+    except ValueError as exc:
+        raise UsageError(f"%%symbi: {exc}") from None
+    return magic.parser.parse_args(argv)
 
 
 def _parse_env(pairs: list[str]) -> dict[str, str]:

@@ -45,7 +45,7 @@ _EVIDENCE = {
         r".*JavaScript heap out of memory)",
         re.M,
     ),
-    "file_size": re.compile(r"(\[Errno 27\] File too large|File too large)"),
+    "file_size": re.compile(r"(\[Errno 27\] File too large|File size limit exceeded)"),
     "processes": re.compile(
         r"(\[Errno 11\] Resource temporarily unavailable|fork: retry|Cannot fork|"
         r"fork: Resource temporarily unavailable)"

@@ -1,0 +1,169 @@
+"""The %%symbi magic through a real IPython InteractiveShell."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from IPython.core.interactiveshell import InteractiveShell
+from IPython.utils.capture import capture_output
+
+from symbi_jupyter import ConfigError, ExecutionResult, PolicyViolation
+from symbi_jupyter.render import ResultDisplay
+
+
+@pytest.fixture
+def ip(workdir: Path, audit_path: Path):
+    shell = InteractiveShell.instance()
+    ResultDisplay.clear_instance()
+    shell.run_line_magic("load_ext", "symbi_jupyter")
+    shell.run_line_magic("config", f"SandboxOrchestrator.working_directory = '{workdir}'")
+    shell.run_line_magic("config", f"SandboxOrchestrator.audit_log_path = '{audit_path}'")
+    yield shell
+    shell.run_line_magic("unload_ext", "symbi_jupyter")
+    shell.configurables[:] = [
+        c for c in shell.configurables if type(c).__module__.split(".")[0] != "symbi_jupyter"
+    ]
+    ResultDisplay.clear_instance()
+
+
+def run(ip, cell: str):
+    with capture_output() as cap:
+        result = ip.run_cell(cell)
+    return result, cap
+
+
+def allow(ip) -> None:
+    ip.run_line_magic("config", "SandboxOrchestrator.allow_native_execution = True")
+
+
+def test_native_refused_until_allowed_one_line(ip):
+    result, cap = run(ip, "%%symbi --tier none\nprint('hi')")
+    assert isinstance(result.error_in_exec, PolicyViolation)
+    assert "Traceback" not in cap.stdout + cap.stderr
+    assert "PolicyViolation" in cap.stdout and "allow_native_execution" in cap.stdout
+    assert "hi" not in cap.stdout
+    allow(ip)
+    result, cap = run(ip, "%%symbi --tier none\nprint('hi')")
+    assert result.success and cap.stdout.startswith("hi\n")
+
+
+def test_output_then_stats_and_out_variable(ip):
+    allow(ip)
+    result, cap = run(ip, "%%symbi --tier none --max-memory 1024 -o res\nprint('hello')")
+    assert result.success
+    assert cap.stdout.startswith("hello\n")
+    res = ip.user_ns["res"]
+    assert isinstance(res, ExecutionResult) and res.limits.max_memory_mb == 1024
+    [shown] = cap.outputs
+    assert "[symbi] None (native) · exit 0" in shown.data["text/plain"]
+    assert 'class="symbi-result"' in shown.data["text/html"]
+    assert "application/vnd.symbi.result+json" in shown.data
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        "--native",
+        "--sandbox-tier=none",
+        "--tier=NATIVE",
+        "-t tier0",
+        "--native --max-memory=1024 --max-cpu=2.0 --timeout=300",
+        "--native --max-cpu-seconds 10 --max-processes 64 --no-network",
+    ],
+)
+def test_seed_cli_spellings(ip, flags):
+    allow(ip)
+    result, cap = run(ip, f"%%symbi {flags} -o r\nprint(6 * 7)")
+    assert result.success and cap.stdout.startswith("42\n")
+    r = ip.user_ns["r"]
+    if "--max-memory=1024" in flags:
+        assert (r.limits.max_memory_mb, r.limits.max_cpu_cores, r.limits.timeout_seconds) == (
+            1024, 2.0, 300)
+    if "--max-processes 64" in flags:
+        assert (r.limits.max_processes, r.limits.max_cpu_seconds, r.limits.network) == (
+            64, 10, False)
+
+
+def test_exec_env_quiet_keep(ip):
+    allow(ip)
+    result, cap = run(ip, '%%symbi --native --exec bash --env A=1 --env "B=x y" --quiet -o r\n'
+                          'echo "$A|$B"')
+    assert result.success
+    assert cap.stdout == "1|x y\n" and not cap.outputs  # --quiet: no stats
+    result, cap = run(ip, "%%symbi --native --keep-workdir --quiet -o r\nprint(1)")
+    kept = Path(ip.user_ns["r"].workdir)
+    assert kept.is_dir() and (kept / "cell.py").read_text() == "print(1)\n"
+
+
+def test_stopped_runs_render_why(ip):
+    allow(ip)
+    result, cap = run(ip, "%%symbi --native --timeout 1 -o r\nimport time\n"
+                          "print('partial', flush=True)\ntime.sleep(30)")
+    assert result.success  # a limit is a result, not an exception
+    assert cap.stdout.startswith("partial\n")
+    assert ip.user_ns["r"].timed_out
+    assert "stopped: timeout" in cap.outputs[0].data["text/plain"]
+
+
+@pytest.mark.parametrize(
+    ("cell", "error"),
+    [
+        ("%%symbi --tier nope\n1", ConfigError),
+        ("%%symbi --native --tier docker\n1", ConfigError),
+        ("%%symbi --native --env NOEQUALS\n1", ConfigError),
+        ("%%symbi --native --max-memory 999999\n1", PolicyViolation),
+        ("%%symbi --native --max-memory -5\n1", ConfigError),
+        ("%%symbi --native --exec cobol\n1", ConfigError),
+    ],
+)
+def test_bad_input_is_one_line(ip, cell, error):
+    allow(ip)
+    result, cap = run(ip, cell)
+    assert isinstance(result.error_in_exec, error)
+    assert "Traceback" not in cap.stdout + cap.stderr
+    assert len([ln for ln in cap.stdout.splitlines() if ln.strip()]) == 1
+
+
+@pytest.mark.parametrize("line", ["--bogus", "--max-memory lots", "--timeout", "--env 'A=1"])
+def test_bad_flags_are_usage_errors(ip, line):
+    allow(ip)
+    result, cap = run(ip, f"%%symbi --native {line}\nprint(1)")
+    assert type(result.error_in_exec).__name__ == "UsageError"
+    assert "Traceback" not in cap.stdout + cap.stderr
+    assert "1\n" not in cap.stdout
+
+
+def test_help_lists_every_flag(ip):
+    doc = ip.find_cell_magic("symbi").__doc__
+    for flag in ("--tier", "--sandbox-tier", "--native", "--max-memory", "--max-cpu",
+                 "--max-cpu-seconds", "--timeout", "--max-processes", "--network",
+                 "--no-network", "--exec", "--env", "--out", "--quiet", "--keep-workdir"):
+        assert flag in doc
+
+
+def test_config_reaches_sandbox_and_display(ip):
+    allow(ip)
+    ip.run_line_magic("config", "NativeSandbox.use_cgroups = 'never'")
+    ip.run_line_magic("config", "ResultDisplay.stable = True")
+    result, cap = run(ip, "%%symbi --native -o r\nprint(1)")
+    assert ip.user_ns["r"].memory_method == "wait4"
+    # Stable: no figures; the cgroup CPU quota is honestly reported as not enforced.
+    assert cap.outputs[0].data["text/plain"] == (
+        "[symbi] None (native) · exit 0 · not enforced: cpu_cores")
+    # Changing the trait after the sandbox exists reaches it too.
+    ip.run_line_magic("config", "NativeSandbox.use_cgroups = 'auto'")
+    run(ip, "%%symbi --native -o r\nprint(1)")
+    if os.geteuid() == 0:
+        assert ip.user_ns["r"].memory_method == "cgroup"
+
+
+def test_symbi_tiers(ip):
+    with capture_output() as cap:
+        ladder = ip.run_line_magic("symbi_tiers", "")
+    text = str(ladder)
+    assert "None (Native - No Isolation)" in text and "Tier3 (Firecracker)" in text
+    assert "unavailable" in text
+    assert "<table" in ladder._repr_html_()
+    assert cap.stdout == ""

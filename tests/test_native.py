@@ -1,0 +1,602 @@
+"""Tier None against real processes: limits, escapes, floods, secrets, clean-up."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from symbi_jupyter import (
+    ConfigError,
+    PolicyViolation,
+    ResourceLimits,
+    SecurityTier,
+    TierUnavailable,
+)
+from symbi_jupyter.audit import verify
+from symbi_jupyter.orchestrator import SandboxOrchestrator
+
+from .conftest import need
+
+MiB = 1024 * 1024
+NONE = SecurityTier.NONE
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def pids_in(path: Path) -> list[int]:
+    return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+
+def run_cgroup_dirs() -> list[str]:
+    """Per-run cgroups that exist now (the supervisor's parent groups stay)."""
+    found = []
+    for parent in Path("/sys/fs/cgroup").glob("**/symbi-jupyter"):
+        found += [str(p) for p in parent.iterdir() if p.is_dir()]
+    return found
+
+
+# ----------------------------------------------------------------------- basics
+def test_runs_code_and_reports_stats(orch):
+    res = orch.execute_code(NONE, "print('hello')", limits=ResourceLimits(max_memory_mb=256))
+    assert res.stdout == "hello\n"
+    assert res.exit_code == 0 and res.success and res.killed_by is None
+    assert res.tier is NONE
+    assert res.limits.max_memory_mb == 256
+    assert res.cpu_user_seconds is not None and res.cpu_system_seconds is not None
+    assert res.peak_memory_bytes and res.memory_method in ("cgroup", "wait4")
+    assert res.wall_seconds > 0 and res.execution_time_ms >= 0
+    assert res.to_dict()["success"] is True
+
+
+@pytest.mark.parametrize(
+    ("language", "code", "expected"),
+    [
+        ("bash", 'echo "bash $((6*7))"', "bash 42\n"),
+        ("sh", "echo sh-ok", "sh-ok\n"),
+        ("python", "print(2**10)", "1024\n"),
+    ],
+)
+def test_languages(orch, language, code, expected):
+    res = orch.execute_code(NONE, code, language=language)
+    assert res.stdout == expected and res.success
+
+
+def test_unknown_language_is_config_error(orch):
+    with pytest.raises(ConfigError, match="accepted: python3"):
+        orch.execute_code(NONE, "x", language="cobol")
+
+
+def test_exit_status_and_stderr(orch):
+    res = orch.execute_code(NONE, "import sys; print('e', file=sys.stderr); sys.exit(3)")
+    assert res.exit_code == 3 and not res.success and res.killed_by is None
+    assert res.stderr == "e\n"
+
+
+def test_signal_death_is_reported(orch):
+    res = orch.execute_code(NONE, "import os, signal; os.kill(os.getpid(), signal.SIGTERM)")
+    assert res.exit_code == -1 and res.term_signal == signal.SIGTERM
+    assert res.killed_by == "signal"
+
+
+def test_code_travels_intact_not_in_argv(orch):
+    code = "import sys\nprint(repr('it\\'s \"quoted\" $(id) `x`'))\nprint(sys.argv[1:])\n"
+    res = orch.execute_code(NONE, code)
+    assert res.stdout == "'it\\'s \"quoted\" $(id) `x`'\n[]\n"
+
+
+def test_non_utf8_bytes_and_nul(orch):
+    latin = b"# -*- coding: latin-1 -*-\nprint(ascii('\xe9t\xe9'))\n"
+    res = orch.execute_code(NONE, latin)
+    assert res.stdout == "'\\xe9t\\xe9'\n"
+    # A NUL would be refused in argv ("embedded null byte"); in the code file it arrives.
+    res = orch.execute_code(NONE, "import sys\nprint(open(sys.argv[0], 'rb').read()[-6:])\n#\x00end")
+    assert res.stdout == "b'\\n#\\x00end'\n"
+    # Bash passes NUL-free bytes that are not UTF-8 straight through.
+    res = orch.execute_code(NONE, b"printf '\\377\\376'", language="bash")
+    assert res.stdout == "\ufffd\ufffd"
+
+
+def test_code_is_in_a_private_file_not_on_the_command_line(orch):
+    res = orch.execute_code(
+        NONE,
+        "import os, sys, stat\n"
+        "print(open('/proc/self/cmdline','rb').read().split(b'\\0')[1].decode())\n"
+        "print(oct(stat.S_IMODE(os.stat(os.path.dirname(sys.argv[0])).st_mode)))\n",
+    )
+    path, mode = res.stdout.split()
+    assert path.endswith("/cell.py") and "print" not in path
+    assert mode == "0o700"
+
+
+# ----------------------------------------------------------------------- policy
+def test_native_off_by_default_explains_how(workdir, audit_path):
+    orch = SandboxOrchestrator(working_directory=str(workdir), audit_log_path=str(audit_path))
+    with pytest.raises(PolicyViolation) as err:
+        orch.execute_code(NONE, "print(1)")
+    msg = str(err.value)
+    for way in (
+        "SandboxOrchestrator.allow_native_execution",
+        "%config",
+        "[native_execution] enabled",
+        "SYMBIONT_ALLOW_NATIVE_EXECUTION",
+    ):
+        assert way in msg
+    assert verify(audit_path).records == 1
+    assert '"outcome":"refused"' in audit_path.read_text()
+
+
+@pytest.mark.parametrize("value", ["production", "prod"])
+def test_production_guard(orch, monkeypatch, value):
+    monkeypatch.setenv("SYMBIONT_ENV", value)
+    with pytest.raises(PolicyViolation, match="SYMBIONT_ALLOW_UNISOLATED"):
+        orch.execute_code(NONE, "print(1)")
+    monkeypatch.setenv("SYMBIONT_ALLOW_UNISOLATED", "0")
+    with pytest.raises(PolicyViolation):
+        orch.execute_code(NONE, "print(1)")
+    for ok in ("1", "true", "TRUE"):
+        monkeypatch.setenv("SYMBIONT_ALLOW_UNISOLATED", ok)
+        assert orch.execute_code(NONE, "print(1)").stdout == "1\n"
+
+
+@pytest.mark.parametrize("value", ["staging", "dev", "local", "test", "ci", ""])
+def test_non_production_deployments_allow_native(orch, monkeypatch, value):
+    monkeypatch.setenv("SYMBIONT_ENV", value)
+    assert orch.execute_code(NONE, "print(1)").success
+
+
+def test_unknown_deployment_is_an_error(orch, monkeypatch):
+    monkeypatch.setenv("SYMBIONT_ENV", "prodution")
+    with pytest.raises(ConfigError, match="SYMBIONT_ENV"):
+        orch.execute_code(NONE, "print(1)")
+
+
+def test_unknown_tier_lists_accepted_names(orch):
+    with pytest.raises(ConfigError, match="none, native, tier0, tier1, docker"):
+        orch.execute_code("tier9", "print(1)")
+
+
+@pytest.mark.parametrize("tier", ["tier1", "docker", "gvisor", "tier3"])
+def test_unimplemented_tier_never_falls_back(orch, tier):
+    with pytest.raises(TierUnavailable, match="nothing runs at a weaker tier"):
+        orch.execute_code(tier, "print(1)")
+
+
+def test_default_tier_is_tier1_and_not_native(orch):
+    assert orch.default_sandbox_tier == "Tier1"
+    with pytest.raises(TierUnavailable):
+        orch.execute_code(None, "print(1)")
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "trait"),
+    [
+        ("max_memory_mb", 4096, "max_memory_mb"),
+        ("timeout_seconds", 301, "max_execution_time_seconds"),
+        ("max_processes", 1000, "max_processes"),
+        ("max_cpu_seconds", 1000, "max_cpu_seconds"),
+        ("max_file_size_mb", 1000, "max_file_size_mb"),
+    ],
+)
+def test_limits_may_only_lower_the_ceilings(orch, field, value, trait):
+    with pytest.raises(PolicyViolation, match=f"SandboxOrchestrator.{trait}"):
+        orch.execute_code(NONE, "print(1)", limits=ResourceLimits(**{field: value}))
+
+
+def test_network_needs_policy(orch):
+    with pytest.raises(PolicyViolation, match="allow_network"):
+        orch.execute_code(NONE, "print(1)", limits=ResourceLimits(network=True))
+
+
+@pytest.mark.parametrize("bad", [0, -5, float("nan"), "10"])
+def test_bad_limit_values(bad):
+    with pytest.raises(ConfigError):
+        ResourceLimits(max_memory_mb=bad)
+
+
+def test_executable_allowlist_by_real_path(orch, tmp_path):
+    fake = tmp_path / "python3"
+    fake.symlink_to("/bin/cat")
+    with pytest.raises(PolicyViolation, match="not on the allowlist"):
+        orch.execute_code(NONE, "print(1)", executable=str(fake))
+    copy = tmp_path / "bin" / "python3"
+    copy.parent.mkdir()
+    copy.write_text("#!/bin/sh\necho pwned\n")
+    copy.chmod(0o755)
+    with pytest.raises(PolicyViolation, match="not on the allowlist"):
+        orch.execute_code(NONE, "print(1)", executable=str(copy))
+    # A symlink to the real interpreter is that interpreter.
+    good = tmp_path / "py"
+    good.symlink_to(os.path.realpath(sys.executable))
+    assert orch.execute_code(NONE, "print(7)", executable=str(good)).stdout == "7\n"
+
+
+def test_executable_outside_allowlist_refused(orch):
+    orch.allowed_executables = ["bash"]
+    with pytest.raises(PolicyViolation, match="allowlist"):
+        orch.execute_code(NONE, "print(1)")
+    assert orch.execute_code(NONE, "echo ok", language="bash").stdout == "ok\n"
+
+
+@pytest.mark.parametrize("path", ["/etc/symbi", "/usr/lib/x", "/", "relative/dir", "/proc/x"])
+def test_working_directory_blocklist(orch, path):
+    orch.working_directory = path
+    with pytest.raises(PolicyViolation, match="working directory"):
+        orch.execute_code(NONE, "print(1)")
+
+
+def test_working_directory_symlink_into_system_tree(orch, tmp_path):
+    link = Path("/tmp") / f"symbi-link-{os.getpid()}"
+    link.symlink_to("/etc")
+    try:
+        orch.working_directory = str(link)
+        with pytest.raises(PolicyViolation, match="resolves through a symlink"):
+            orch.execute_code(NONE, "print(1)")
+    finally:
+        link.unlink()
+
+
+# ----------------------------------------------------------------------- environment
+def test_host_secrets_do_not_reach_the_code(orch, monkeypatch):
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "hunter2")
+    monkeypatch.setenv("SHARED_NAME", "visible")
+    code = "import os; print(sorted(os.environ)); print(os.environ.get('AWS_SECRET_ACCESS_KEY'))"
+    res = orch.execute_code(NONE, code, env={"MINE": "a=b c"})
+    assert "hunter2" not in res.stdout and "AWS_SECRET_ACCESS_KEY" not in res.stdout
+    assert "'MINE'" in res.stdout and "SHARED_NAME" not in res.stdout
+    orch.env_passthrough = ["SHARED_NAME"]
+    res = orch.execute_code(NONE, "import os; print(os.environ['SHARED_NAME'], os.environ['M'])",
+                            env={"M": "x"})
+    assert res.stdout == "visible x\n"
+
+
+@pytest.mark.parametrize("env", [{"A=B": "1"}, {"": "1"}, {"A": "nul\x00"}, {"A\n": "1"}])
+def test_bad_environment_entries(orch, env):
+    with pytest.raises(ConfigError):
+        orch.execute_code(NONE, "print(1)", env=env)
+
+
+def test_home_and_tmp_are_private(orch):
+    res = orch.execute_code(NONE, "import os, tempfile; print(os.environ['HOME']); "
+                                  "print(tempfile.gettempdir())")
+    home, tmp = res.stdout.split()
+    assert home.startswith(orch.working_directory + "/run-")
+    assert tmp == home + "/tmp"
+    assert not Path(home).exists()  # removed afterwards
+
+
+def test_keep_workdir(orch):
+    res = orch.execute_code(NONE, "open('out.txt','w').write('kept')", keep_workdir=True)
+    assert res.workdir and Path(res.workdir, "out.txt").read_text() == "kept"
+    Path(res.workdir, "out.txt").unlink()
+    Path(res.workdir, "cell.py").unlink()
+    Path(res.workdir, "tmp").rmdir()
+    Path(res.workdir).rmdir()
+
+
+def test_runs_unprivileged_when_root(orch):
+    res = orch.execute_code(NONE, "import os; print(os.getuid(), os.getgid(), os.getgroups())")
+    if os.geteuid() == 0:
+        assert res.stdout == "65534 65534 []\n"
+    else:
+        assert res.stdout.split()[0] == str(os.getuid())
+
+
+def test_no_network_when_policy_forbids(orch):
+    need(os.geteuid() == 0, "an empty network namespace needs root")
+    code = (
+        "import socket\n"
+        "s = socket.socket(); s.settimeout(2)\n"
+        "try:\n    s.connect(('1.1.1.1', 53)); print('connected')\n"
+        "except OSError as e:\n    print('blocked', e.errno)\n"
+        "print(open('/proc/net/dev').read().count(':'))\n"
+    )
+    res = orch.execute_code(NONE, code)
+    lines = res.stdout.split("\n")
+    assert lines[0].startswith("blocked")
+    assert lines[1] == "1"  # only the loopback device exists
+    assert res.enforcement["network"] == "empty network namespace"
+
+
+# ----------------------------------------------------------------------- limits
+def test_memory_bomb_is_stopped(orch):
+    res = orch.execute_code(
+        NONE,
+        "print('before', flush=True)\nx = bytearray(1024 * 1024 * 1024)\nprint('after')",
+        limits=ResourceLimits(max_memory_mb=128),
+    )
+    assert res.killed_by == "memory" and not res.success
+    assert res.stdout == "before\n"
+    assert "memory" in res.limits_reached
+
+
+def test_memory_bomb_without_cgroups_uses_rlimit(orch):
+    orch.sandbox("none").use_cgroups = "never"
+    res = orch.execute_code(NONE, "x = bytearray(1024 * 1024 * 1024)",
+                            limits=ResourceLimits(max_memory_mb=128))
+    assert res.killed_by == "memory"
+    assert "MemoryError" in res.stderr
+    assert res.enforcement["memory"].startswith("rlimit")
+
+
+def test_cpu_spin_is_stopped(orch):
+    res = orch.execute_code(NONE, "while True: pass",
+                            limits=ResourceLimits(max_cpu_seconds=1, timeout_seconds=60))
+    assert res.killed_by == "cpu" and not res.timed_out
+    assert res.cpu_seconds >= 0.9
+
+
+def test_cpu_limit_counts_the_whole_tree(orch, cgroups):
+    # Four processes each under the per-process RLIMIT_CPU: only a tree-wide count stops them.
+    code = (
+        "import os\n"
+        "for _ in range(3):\n"
+        "    if os.fork() == 0: break\n"
+        "while True: pass\n"
+    )
+    res = orch.execute_code(NONE, code, limits=ResourceLimits(max_cpu_seconds=2,
+                                                              timeout_seconds=60))
+    assert res.killed_by == "cpu"
+
+
+def test_timeout_keeps_partial_output(orch):
+    code = "import time\nfor i in range(3): print('line', i, flush=True)\ntime.sleep(60)"
+    res = orch.execute_code(NONE, code, limits=ResourceLimits(timeout_seconds=1))
+    assert res.timed_out and res.killed_by == "timeout" and not res.success
+    assert res.stdout == "line 0\nline 1\nline 2\n"
+    assert res.exit_code == -1
+
+
+ESCAPE = """
+import os, sys, time
+pidfile = sys.argv[0] + '.{tag}'
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        os.closerange(0, 3)
+        with open('/proc/self/stat') as f: pass
+        os.write(os.open('{dir}/escaped.{tag}', os.O_WRONLY | os.O_CREAT, 0o666),
+                 str(os.getpid()).encode())
+        time.sleep(120)
+    os._exit(0)
+os.wait()
+time.sleep(0.5)
+print('parent done', flush=True)
+{tail}
+"""
+
+
+@pytest.mark.parametrize("ending", ["exit", "timeout"])
+def test_setsid_double_fork_escape_is_killed(orch, ending, tmp_path):
+    spool = Path("/tmp") / f"symbi-escape-{os.getpid()}-{ending}"
+    spool.mkdir(mode=0o777)
+    spool.chmod(0o777)
+    try:
+        tail = "time.sleep(60)" if ending == "timeout" else ""
+        code = ESCAPE.format(tag=ending, dir=spool, tail=tail)
+        res = orch.execute_code(NONE, code, limits=ResourceLimits(timeout_seconds=3))
+        pid = int((spool / f"escaped.{ending}").read_text())
+        assert res.stdout == "parent done\n"
+        assert res.timed_out is (ending == "timeout")
+        assert not alive(pid), f"escaped grandchild {pid} survived the run"
+    finally:
+        for f in spool.iterdir():
+            f.unlink()
+        spool.rmdir()
+
+
+def test_fork_bomb_is_contained(orch):
+    code = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n"
+    before = set(os.listdir("/proc"))
+    res = orch.execute_code(
+        NONE, code, limits=ResourceLimits(max_processes=32, timeout_seconds=3)
+    )
+    assert res.killed_by in ("timeout", "processes")
+    if os.geteuid() == 0 and res.enforcement["processes"].startswith("not enforced"):
+        pytest.fail("a root run without a pids cgroup cannot contain a fork bomb")
+    assert "processes" in res.limits_reached or res.enforcement["processes"].startswith("rlimit")
+    time.sleep(0.2)
+    new = set(os.listdir("/proc")) - before
+    leaked = [p for p in new if p.isdigit() and alive(int(p))
+              and "cell.py" in Path(f"/proc/{p}/cmdline").read_bytes().decode(errors="replace")]
+    assert not leaked
+
+
+def test_process_limit_stops_a_forking_script(orch, cgroups):
+    code = "import os, time\nfor i in range(64):\n    if os.fork() == 0:\n        time.sleep(5)\n" \
+           "        os._exit(0)\n"
+    res = orch.execute_code(NONE, code, limits=ResourceLimits(max_processes=8))
+    assert res.killed_by == "processes"
+    assert "BlockingIOError" in res.stderr
+
+
+def test_output_flood_is_drained_and_capped(orch):
+    code = "import sys\nchunk = 'x' * 65536\nfor _ in range(800): sys.stdout.write(chunk)\n" \
+           "print('\\nend', file=sys.stderr)"
+    res = orch.execute_code(NONE, code, limits=ResourceLimits(max_output_bytes=1 * MiB,
+                                                              timeout_seconds=60))
+    assert res.success and not res.timed_out  # the writer was never blocked
+    assert res.stdout_truncated and not res.stderr_truncated
+    assert res.stdout_bytes == 800 * 65536
+    assert res.stdout.startswith("x" * 1000)
+    assert res.stdout.endswith("[output truncated at 1048576 bytes]\n")
+    assert len(res.stdout) < 1 * MiB + 100
+    assert "output" in res.limits_reached and res.killed_by is None
+    assert res.stderr == "\nend\n"
+
+
+def test_fifty_megabyte_flood(orch):
+    res = orch.execute_code(
+        NONE, "import os\nb = b'y' * (1 << 20)\nfor _ in range(50): os.write(1, b)\n",
+        limits=ResourceLimits(timeout_seconds=120),
+    )
+    assert res.success and res.stdout_truncated
+    assert res.stdout_bytes == 50 * MiB
+    assert len(res.stdout.encode()) <= orch.max_output_bytes + 100
+
+
+def test_output_limit_can_stop_the_run(orch):
+    orch.sandbox("none").stop_on_output_limit = True
+    res = orch.execute_code(NONE, "while True: print('z' * 1000)",
+                            limits=ResourceLimits(max_output_bytes=100_000, timeout_seconds=30))
+    assert res.killed_by == "output" and not res.timed_out
+
+
+def test_streaming_callback_sees_output_live(orch):
+    seen: list[tuple[str, bytes, float]] = []
+    code = "import time, sys\nprint('first', flush=True)\ntime.sleep(1)\nprint('second')\n" \
+           "print('err', file=sys.stderr)"
+    res = orch.execute_code(NONE, code,
+                            on_output=lambda s, b: seen.append((s, b, time.monotonic())))
+    assert b"".join(b for s, b, _ in seen if s == "stdout") == b"first\nsecond\n"
+    assert b"".join(b for s, b, _ in seen if s == "stderr") == b"err\n"
+    assert seen[0][1] == b"first\n"  # arrived as its own chunk, before the sleep ended
+    assert res.stdout == "first\nsecond\n"
+
+
+def test_file_size_bomb(orch):
+    code = "with open('big', 'wb') as f:\n    f.write(b'0' * (8 * 1024 * 1024))\n"
+    res = orch.execute_code(NONE, code, limits=ResourceLimits(max_file_size_mb=1))
+    assert res.killed_by == "file_size"
+    assert "File too large" in res.stderr
+    res = orch.execute_code(NONE, "echo start; head -c 4000000 /dev/zero > big", language="bash",
+                            limits=ResourceLimits(max_file_size_mb=1))
+    assert res.killed_by == "file_size" and res.stdout == "start\n"
+    assert res.exit_code == 128 + signal.SIGXFSZ
+
+
+def test_open_files_limit(orch):
+    orch.max_open_files = 64
+    res = orch.execute_code(NONE, "fs = [open('/dev/null') for _ in range(200)]")
+    assert "Too many open files" in res.stderr and res.exit_code == 1
+
+
+def test_cpu_cores_quota_is_applied(orch, cgroups):
+    need(cgroups == 1, "reading the quota back is written for cgroup v1")
+    code = (
+        "for line in open('/proc/self/cgroup'):\n"
+        "    _, ctrl, path = line.strip().split(':', 2)\n"
+        "    if 'cpu' in ctrl.split(','):\n"
+        "        print(open(f'/sys/fs/cgroup/{ctrl}{path}/cpu.cfs_quota_us').read().strip())\n"
+    )
+    res = orch.execute_code(NONE, code, limits=ResourceLimits(max_cpu_cores=0.5))
+    assert res.stdout.split()[0] == "50000"
+    assert res.enforcement["cpu_cores"].startswith("cgroup")
+
+
+def test_limits_that_cannot_be_enforced_are_reported(orch):
+    orch.sandbox("none").use_cgroups = "never"
+    res = orch.execute_code(NONE, "print(1)", limits=ResourceLimits(max_cpu_cores=1))
+    assert res.enforcement["cpu_cores"].startswith("not enforced")
+    assert "not enforced" in str(res)
+
+
+def test_enforce_resource_limits_off_is_reported(orch):
+    orch.enforce_resource_limits = False
+    res = orch.execute_code(NONE, "print(1)")
+    assert res.enforcement["memory"].startswith("not enforced")
+    assert res.enforcement["timeout"].startswith("supervisor")
+
+
+# ----------------------------------------------------------------------- measurement
+def test_peak_memory_from_cgroup(orch, cgroups):
+    res = orch.execute_code(NONE, "x = bytearray(300 * 1024 * 1024)\nx[::4096] = b'1' * len(x[::4096])")
+    assert res.memory_method == "cgroup"
+    assert 300 * MiB <= res.peak_memory_bytes <= 300 * MiB * 1.05 + 20 * MiB
+
+
+def test_peak_memory_honest_under_a_large_parent(orch):
+    """ru_maxrss of a child forked from a large process starts at the parent's size;
+    runs are forked from the small supervisor, so a 1 GiB caller does not leak in."""
+    ballast = bytearray(1024 * MiB)
+    ballast[:: 4096] = b"1" * len(ballast[::4096])
+    orch.sandbox("none").use_cgroups = "never"
+    res = orch.execute_code(NONE, "x = bytearray(300 * 1024 * 1024)\nx[::4096] = b'1' * len(x[::4096])")
+    del ballast
+    assert res.memory_method == "wait4"
+    assert 300 * MiB <= res.peak_memory_bytes <= 300 * MiB * 1.05 + 20 * MiB
+
+
+def test_cpu_times_cover_the_whole_tree(orch):
+    code = (
+        "import os, time\n"
+        "def spin(t):\n"
+        "    end = time.process_time() + t\n"
+        "    while time.process_time() < end: pass\n"
+        "if os.fork() == 0:\n    spin(0.5); os._exit(0)\n"
+        "spin(0.5); os.wait()\n"
+    )
+    res = orch.execute_code(NONE, code)
+    assert res.cpu_user_seconds + res.cpu_system_seconds >= 0.95
+
+
+# ----------------------------------------------------------------------- concurrency, clean-up
+def test_sixteen_concurrent_runs_leave_nothing(orch, workdir):
+    code = "import os, time\nif os.fork() == 0:\n    time.sleep(30)\nprint(os.getpid())\n"
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(lambda i: orch.execute_code(
+            NONE, code, env={"I": str(i)}, limits=ResourceLimits(timeout_seconds=30)), range(16)))
+    assert all(r.success for r in results)
+    pids = {int(r.stdout) for r in results}
+    assert len(pids) == 16
+    assert not [p for p in pids if alive(p)]
+    assert not list(workdir.glob("run-*"))
+    assert not run_cgroup_dirs()
+    assert verify(orch.audit_log_path).records == 16
+
+
+def test_interrupt_kills_the_tree_and_raises(orch):
+    need(threading.current_thread() is threading.main_thread(), "SIGINT goes to the main thread")
+    spool = Path("/tmp") / f"symbi-int-{os.getpid()}"
+    spool.mkdir(mode=0o777)
+    spool.chmod(0o777)
+    code = (f"import os, time\nopen('{spool}/pid', 'w').write(str(os.getpid()))\n"
+            "print('running', flush=True)\ntime.sleep(60)\n")
+    timer = threading.Timer(1.5, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt) as err:
+            orch.execute_code(NONE, code, limits=ResourceLimits(timeout_seconds=30))
+        partial = err.value.args[0]
+        assert partial.stdout == "running\n"
+        assert not alive(int((spool / "pid").read_text()))
+        assert '"outcome":"interrupted"' in Path(orch.audit_log_path).read_text()
+    finally:
+        timer.cancel()
+        for f in spool.iterdir():
+            f.unlink()
+        spool.rmdir()
+
+
+def test_supervisor_exits_with_its_orchestrator(workdir, audit_path):
+    orch = SandboxOrchestrator(allow_native_execution=True, working_directory=str(workdir),
+                               audit_log_path=str(audit_path))
+    orch.execute_code(NONE, "print(1)")
+    proc = orch.sandbox("none")._proc
+    assert proc.poll() is None
+    orch.close()
+    assert proc.wait(timeout=5) == 0
+
+
+def test_every_execution_is_audited(orch, audit_path):
+    orch.execute_code(NONE, "print(1)")
+    orch.execute_code(NONE, "while True: pass", limits=ResourceLimits(timeout_seconds=0.5))
+    with pytest.raises(PolicyViolation):
+        orch.execute_code(NONE, "print(1)", limits=ResourceLimits(max_memory_mb=99999))
+    report = verify(audit_path)
+    assert report.ok and report.records == 3
+    text = audit_path.read_text()
+    assert '"outcome":"success"' in text and '"killed_by":"timeout"' in text
+    assert '"outcome":"refused"' in text and "max_memory_mb" in text

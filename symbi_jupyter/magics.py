@@ -8,8 +8,8 @@ import shlex
 import sys
 from typing import Any
 
-from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.error import UsageError
+from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 from IPython.display import display
 from traitlets import Bool, Instance

@@ -25,6 +25,8 @@ def ip(workdir: Path, audit_path: Path):
     shell.configurables[:] = [
         c for c in shell.configurables if type(c).__module__.split(".")[0] != "symbi_jupyter"
     ]
+    for section in ("SandboxOrchestrator", "NativeSandbox", "ResultDisplay", "SymbiMagics"):
+        shell.config.pop(section, None)
     ResultDisplay.clear_instance()
 
 
@@ -147,7 +149,7 @@ def test_config_reaches_sandbox_and_display(ip):
     allow(ip)
     ip.run_line_magic("config", "NativeSandbox.use_cgroups = 'never'")
     ip.run_line_magic("config", "ResultDisplay.stable = True")
-    result, cap = run(ip, "%%symbi --native -o r\nprint(1)")
+    _, cap = run(ip, "%%symbi --native -o r\nprint(1)")
     assert ip.user_ns["r"].memory_method == "wait4"
     # Stable: no figures; the cgroup CPU quota is honestly reported as not enforced.
     assert cap.outputs[0].data["text/plain"] == (

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -25,6 +26,7 @@ from symbi_jupyter.orchestrator import SandboxOrchestrator
 from .conftest import need
 
 MiB = 1024 * 1024
+ALLOC_300 = "x = b'1' * (300 * 1024 * 1024)"  # writes every page, unlike bytearray(n)
 NONE = SecurityTier.NONE
 
 
@@ -41,10 +43,11 @@ def pids_in(path: Path) -> list[int]:
 
 
 def run_cgroup_dirs() -> list[str]:
-    """Per-run cgroups that exist now (the supervisor's parent groups stay)."""
+    """Per-run cgroups of this test process that exist now (run ids start with the
+    host's pid; the parent groups stay)."""
     found = []
-    for parent in Path("/sys/fs/cgroup").glob("**/symbi-jupyter"):
-        found += [str(p) for p in parent.iterdir() if p.is_dir()]
+    for parent in Path("/sys/fs/cgroup").glob("*/**/symbi-jupyter"):
+        found += [str(p) for p in parent.iterdir() if p.name.startswith(f"{os.getpid()}-")]
     return found
 
 
@@ -102,7 +105,8 @@ def test_non_utf8_bytes_and_nul(orch):
     res = orch.execute_code(NONE, latin)
     assert res.stdout == "'\\xe9t\\xe9'\n"
     # A NUL would be refused in argv ("embedded null byte"); in the code file it arrives.
-    res = orch.execute_code(NONE, "import sys\nprint(open(sys.argv[0], 'rb').read()[-6:])\n#\x00end")
+    code = "import sys\nprint(open(sys.argv[0], 'rb').read()[-6:])\n#\x00end"
+    res = orch.execute_code(NONE, code)
     assert res.stdout == "b'\\n#\\x00end'\n"
     # Bash passes NUL-free bytes that are not UTF-8 straight through.
     res = orch.execute_code(NONE, b"printf '\\377\\376'", language="bash")
@@ -398,7 +402,7 @@ def test_setsid_double_fork_escape_is_killed(orch, ending, tmp_path):
 
 
 def test_fork_bomb_is_contained(orch):
-    code = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n"
+    code = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass"
     before = set(os.listdir("/proc"))
     res = orch.execute_code(
         NONE, code, limits=ResourceLimits(max_processes=32, timeout_seconds=3)
@@ -462,7 +466,8 @@ def test_streaming_callback_sees_output_live(orch):
                             on_output=lambda s, b: seen.append((s, b, time.monotonic())))
     assert b"".join(b for s, b, _ in seen if s == "stdout") == b"first\nsecond\n"
     assert b"".join(b for s, b, _ in seen if s == "stderr") == b"err\n"
-    assert seen[0][1] == b"first\n"  # arrived as its own chunk, before the sleep ended
+    # Streamed: "first" arrived in a callback of its own, before "second" was written.
+    assert seen[0][1].startswith(b"first") and b"second" not in seen[0][1]
     assert res.stdout == "first\nsecond\n"
 
 
@@ -512,7 +517,7 @@ def test_enforce_resource_limits_off_is_reported(orch):
 
 # ----------------------------------------------------------------------- measurement
 def test_peak_memory_from_cgroup(orch, cgroups):
-    res = orch.execute_code(NONE, "x = bytearray(300 * 1024 * 1024)\nx[::4096] = b'1' * len(x[::4096])")
+    res = orch.execute_code(NONE, ALLOC_300)
     assert res.memory_method == "cgroup"
     assert 300 * MiB <= res.peak_memory_bytes <= 300 * MiB * 1.05 + 20 * MiB
 
@@ -523,7 +528,7 @@ def test_peak_memory_honest_under_a_large_parent(orch):
     ballast = bytearray(1024 * MiB)
     ballast[:: 4096] = b"1" * len(ballast[::4096])
     orch.sandbox("none").use_cgroups = "never"
-    res = orch.execute_code(NONE, "x = bytearray(300 * 1024 * 1024)\nx[::4096] = b'1' * len(x[::4096])")
+    res = orch.execute_code(NONE, ALLOC_300)
     del ballast
     assert res.memory_method == "wait4"
     assert 300 * MiB <= res.peak_memory_bytes <= 300 * MiB * 1.05 + 20 * MiB
@@ -600,3 +605,47 @@ def test_every_execution_is_audited(orch, audit_path):
     text = audit_path.read_text()
     assert '"outcome":"success"' in text and '"killed_by":"timeout"' in text
     assert '"outcome":"refused"' in text and "max_memory_mb" in text
+
+
+HOST = """
+import sys
+from symbi_jupyter.orchestrator import SandboxOrchestrator
+from symbi_jupyter import ResourceLimits
+orch = SandboxOrchestrator(allow_native_execution=True, working_directory=sys.argv[1],
+                           audit_log_path=sys.argv[2])
+code = ("import os, time\\nif os.fork() == 0:\\n    os.setsid()\\n"
+        "open(%r, 'a').write(str(os.getpid()) + ' ')\\ntime.sleep(120)\\n" % sys.argv[3])
+orch.execute_code("none", code, limits=ResourceLimits(timeout_seconds=100))
+"""
+
+
+def test_kill_9_of_the_host_leaves_nothing(workdir, audit_path, tmp_path):
+    """The monitor notices its host is gone (the status pipe breaks), kills the run's
+    tree and removes its cgroups; the next host removes the orphaned run directory."""
+    pidfile = Path("/tmp") / f"symbi-k9-{os.getpid()}"
+    pidfile.touch(mode=0o666)
+    pidfile.chmod(0o666)
+    try:
+        host = subprocess.Popen([sys.executable, "-c", HOST, str(workdir), str(audit_path),
+                                 str(pidfile)])
+        deadline = time.monotonic() + 60
+        while len(pidfile.read_text().split()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        pids = [int(p) for p in pidfile.read_text().split()]
+        assert len(pids) == 2 and all(alive(p) for p in pids)
+        host.kill()
+        host.wait()
+        deadline = time.monotonic() + 20
+        while any(alive(p) for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not [p for p in pids if alive(p)]
+        time.sleep(0.5)
+        assert not [d for d in Path("/sys/fs/cgroup").glob(f"*/**/symbi-jupyter/{host.pid}-*")]
+        assert list(workdir.glob(f"run-{host.pid}-*"))  # the host could not clean up...
+        orch = SandboxOrchestrator(allow_native_execution=True, working_directory=str(workdir),
+                                   audit_log_path=str(audit_path))
+        orch.execute_code(NONE, "print(1)")
+        orch.close()
+        assert not list(workdir.glob(f"run-{host.pid}-*"))  # ...the next one did
+    finally:
+        pidfile.unlink()

@@ -272,6 +272,39 @@ class RunCgroup:
                     time.sleep(0.002)
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def reap_stale(probe: dict) -> list[str]:
+    """Remove run cgroups left by a host that died without its monitors cleaning up
+    (their names start with the host's pid), killing anything still inside."""
+    stale: dict[str, dict[str, str]] = {}
+    for ctrl, parent in probe.get("parents", {}).items():
+        try:
+            names = os.listdir(parent)
+        except OSError:
+            continue
+        for name in names:
+            head = name.split("-", 1)[0]
+            path = os.path.join(parent, name)
+            if head.isdigit() and os.path.isdir(path) and not _pid_alive(int(head)):
+                stale.setdefault(name, {})[ctrl] = path
+    for paths in stale.values():
+        group = RunCgroup.__new__(RunCgroup)
+        group.version, group.paths = probe.get("version"), paths
+        group.controllers = set(probe.get("controllers", [])) or set(paths)
+        group.kill_all()
+        group.remove()
+    return sorted(stale)
+
+
 # --------------------------------------------------------------------------- processes
 def descendants(root: int) -> set[int]:
     """Every live process below ``root``, from /proc (works with no cgroup at all,
@@ -510,7 +543,10 @@ def serve(sock: socket.socket) -> None:
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # monitors are reaped by the kernel
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in the notebook is not for us
     probe = probe_cgroups()
-    sock.send(json.dumps({"event": "ready", "pid": os.getpid(), "cgroup": probe}).encode())
+    reaped = reap_stale(probe)
+    sock.send(json.dumps(
+        {"event": "ready", "pid": os.getpid(), "cgroup": probe, "reaped": reaped}
+    ).encode())
     fds = array.array("i")
     while True:
         try:

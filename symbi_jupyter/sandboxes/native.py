@@ -92,6 +92,7 @@ class NativeSandbox(Sandbox):
         self._proc: subprocess.Popen | None = None
         self._cgroup_probe: dict = {}
         self._runs = 0
+        self._reaped_dirs: set[Path] = set()
 
     # ------------------------------------------------------------------ supervisor
     def _supervisor(self) -> socket.socket:
@@ -110,6 +111,8 @@ class NativeSandbox(Sandbox):
             if hello.get("event") != "ready":
                 raise TierUnavailable("the native supervisor process failed to start")
             self._cgroup_probe = hello["cgroup"]
+            if hello.get("reaped"):
+                self.log.warning("reaped run cgroups left by dead kernels: %s", hello["reaped"])
             self._sock = ours
             return ours
 
@@ -164,6 +167,7 @@ class NativeSandbox(Sandbox):
         if self.use_cgroups == "require" and self.cgroup_version() is None:
             raise TierUnavailable(self.availability().reason)
         sock = self._supervisor()
+        self._reap_run_dirs(workdir)
         uid, gid = self._run_as(workdir)
         if uid is not None:
             _check_reachable(real_exe, uid, gid, self.run_as_user)
@@ -200,6 +204,18 @@ class NativeSandbox(Sandbox):
         result.executable = real_exe
         result.workdir = str(kept) if request.keep_workdir else None
         return result
+
+    def _reap_run_dirs(self, workdir: Path) -> None:
+        """Remove run directories of hosts that died mid-run (``run-<pid>-*``), once
+        per working directory."""
+        if workdir in self._reaped_dirs:
+            return
+        self._reaped_dirs.add(workdir)
+        for path in workdir.glob("run-*-*"):
+            pid = path.name.split("-")[1]
+            if pid.isdigit() and not _pid_alive(int(pid)):
+                shutil.rmtree(path, ignore_errors=True)
+                self.log.warning("removed run directory left by a dead kernel: %s", path)
 
     def _next_run(self) -> int:
         with self._lock:
@@ -435,6 +451,16 @@ class NativeSandbox(Sandbox):
             stdout_bytes=out.total,
             stderr_bytes=err.total,
         )
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _check_reachable(real: str, uid: int, gid: int, user: str) -> None:

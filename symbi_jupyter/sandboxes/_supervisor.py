@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import array
 import ctypes
+import gc
 import json
 import os
 import resource
@@ -217,6 +218,8 @@ class RunCgroup:
             except OSError:
                 pass
         for _ in range(100):
+            if not self.pids():
+                return
             # Frozen, a fork bomb cannot fork between our listing and our kill.
             frozen = self.freeze(True)
             pids = self.pids()
@@ -307,8 +310,41 @@ def reap_stale(probe: dict) -> list[str]:
 
 # --------------------------------------------------------------------------- processes
 def descendants(root: int) -> set[int]:
-    """Every live process below ``root``, from /proc (works with no cgroup at all,
-    because the monitor is a subreaper: orphans are re-parented to it, not to init)."""
+    """Every live process below ``root``. Works with no cgroup at all, because the
+    monitor is a subreaper: orphans are re-parented to it, not to init."""
+    found: set[int] = set()
+    stack = [root]
+    while stack:
+        pid = stack.pop()
+        children = _children(pid)
+        if children is None:
+            return _descendants_from_proc(root)
+        for child in children:
+            if child not in found:
+                found.add(child)
+                stack.append(child)
+    return found
+
+
+def _children(pid: int) -> list[int] | None:
+    """Children of ``pid`` from /proc/PID/task/*/children (one small read per thread
+    instead of a scan of every process); None where the kernel lacks the file."""
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return []
+    out: list[int] = []
+    for tid in tasks:
+        text = _read(f"/proc/{pid}/task/{tid}/children")
+        if text is None:
+            if os.path.exists(f"/proc/{pid}/task/{tid}"):
+                return None
+            continue
+        out.extend(int(c) for c in text.split())
+    return out
+
+
+def _descendants_from_proc(root: int) -> set[int]:
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -368,9 +404,6 @@ def _exec_workload(req: dict, cgroup: RunCgroup | None, out_fd: int, err_fd: int
         os.setsid()
         if cgroup is not None:
             cgroup.join(os.getpid())
-        if req.get("new_netns"):
-            if _libc.unshare(CLONE_NEWNET) != 0:
-                raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNET) failed")
         for name, value in req.get("rlimits", {}).items():
             soft, hard = value if isinstance(value, list) else (value, value)
             resource.setrlimit(RLIMITS[name], (soft, hard))
@@ -399,147 +432,193 @@ def _exec_workload(req: dict, cgroup: RunCgroup | None, out_fd: int, err_fd: int
             os._exit(127)
 
 
-class _Flags:
-    cancel = False
+class Monitor:
+    """Owns one run. Created as a spare before any request arrives, so the slow parts
+    (a network namespace, the run's cgroups) are ready when one does."""
 
+    def __init__(self, probe: dict, host_pid: int) -> None:
+        self.probe = probe
+        self.cancel = False
+        self.cgroup: RunCgroup | None = None
+        self.cgroup_error: str | None = None
+        self.home_netns: int | None = None
+        if os.geteuid() == 0:
+            # The workload inherits this empty namespace; the monitor needs no network.
+            # Keep a way back for runs that are allowed the network.
+            self.home_netns = os.open("/proc/self/ns/net", os.O_RDONLY)
+            if _libc.unshare(CLONE_NEWNET) != 0:
+                os.close(self.home_netns)
+                self.home_netns = None
+        if probe.get("version"):
+            try:
+                self.cgroup = RunCgroup(probe, f"{host_pid}-{os.getpid()}")
+            except OSError as exc:
+                self.cgroup_error = str(exc)
 
-def monitor(req: dict, out_fd: int, err_fd: int, status_fd: int, probe: dict) -> None:
-    """Own one run from start to clean-up. Runs in a child of the supervisor."""
-    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    _prctl(PR_SET_CHILD_SUBREAPER, 1)
-    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-    signal.set_wakeup_fd(wake_w)
+    def run(self, req: dict, out_fd: int, err_fd: int, status_fd: int, on_started) -> None:
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        _prctl(PR_SET_CHILD_SUBREAPER, 1)
+        wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(wake_w)
+        signal.signal(signal.SIGCHLD, lambda s, f: None)
+        signal.signal(signal.SIGUSR1, self._on_cancel)
+        signal.signal(signal.SIGTERM, self._on_cancel)
 
-    def _on_cancel(signum: int, frame: object) -> None:
-        _Flags.cancel = True
+        def emit(event: dict) -> None:
+            try:
+                os.write(status_fd, (json.dumps(event) + "\n").encode())
+            except OSError:
+                pass
 
-    signal.signal(signal.SIGCHLD, lambda s, f: None)
-    signal.signal(signal.SIGUSR1, _on_cancel)
-    signal.signal(signal.SIGTERM, _on_cancel)
-
-    def emit(event: dict) -> None:
-        try:
-            os.write(status_fd, (json.dumps(event) + "\n").encode())
-        except OSError:
-            pass
-
-    enforcement: dict[str, str] = {}
-    cgroup = None
-    if probe.get("version") and req.get("use_cgroup", True):
-        try:
-            cgroup = RunCgroup(probe, req["run_id"])
-            enforcement.update(
-                cgroup.apply(req.get("memory_bytes"), req.get("pids"), req.get("cpu_cores"))
-            )
-        except OSError as exc:
-            if cgroup is not None:
-                cgroup.remove()
+        enforcement: dict[str, str] = {}
+        if self.home_netns is not None:
+            if req.get("new_netns"):
+                enforcement["network"] = "empty network namespace"
+            elif _libc.setns(self.home_netns, CLONE_NEWNET) != 0:
+                # Fails closed: the run stays without network, and says so.
+                enforcement["network"] = "denied: could not rejoin the host network namespace"
+            os.close(self.home_netns)
+        elif req.get("new_netns"):
+            enforcement["network"] = "not enforced: a network namespace needs root"
+        cgroup = self.cgroup
+        if cgroup is not None and not req.get("use_cgroup", True):
+            cgroup.remove()
             cgroup = None
-            enforcement["cgroup_error"] = str(exc)
+        if cgroup is not None:
+            try:
+                enforcement.update(
+                    cgroup.apply(req.get("memory_bytes"), req.get("pids"), req.get("cpu_cores"))
+                )
+            except OSError as exc:
+                cgroup.remove()
+                cgroup = None
+                self.cgroup_error = str(exc)
+        if self.cgroup_error:
+            enforcement["cgroup_error"] = self.cgroup_error
 
-    started = time.monotonic()
-    pid = os.fork()
-    if pid == 0:
-        _exec_workload(req, cgroup, out_fd, err_fd)
-    os.close(out_fd)
-    os.close(err_fd)
-    emit({"event": "started", "pid": pid, "monitor_pid": os.getpid(),
-          "enforcement": enforcement})
+        started = time.monotonic()
+        pid = os.fork()
+        if pid == 0:
+            _exec_workload(req, cgroup, out_fd, err_fd)
+        os.close(out_fd)
+        os.close(err_fd)
+        emit({"event": "started", "pid": pid, "monitor_pid": os.getpid(),
+              "enforcement": enforcement})
+        # Only now ask for a replacement spare: its fork must not delay this run.
+        on_started()
 
-    timeout = req.get("timeout")
-    deadline = started + timeout if timeout else None
-    cpu_limit = req.get("cpu_seconds_total")
-    status = None
-    rusage = None
-    timed_out = cancelled = host_gone = cpu_exceeded = False
-    poller = select.poll()
-    poller.register(wake_r, select.POLLIN)
-    # POLLERR on the write end of the status pipe: the host has gone away.
-    poller.register(status_fd, 0)
-    while status is None:
-        try:
-            done, st, ru = os.wait4(pid, os.WNOHANG)
-        except ChildProcessError:
-            break
-        if done:
-            status, rusage = st, ru
-            break
-        now = time.monotonic()
-        if _Flags.cancel:
-            cancelled = True
-            break
-        if deadline is not None and now >= deadline:
-            timed_out = True
-            break
-        if cpu_limit and cgroup is not None:
-            used = cgroup.cpu_usage_seconds()
-            if used is not None and used >= cpu_limit:
-                cpu_exceeded = True
-                break
-        wait = 0.1 if cpu_limit and cgroup is not None else 1.0
-        if deadline is not None:
-            wait = min(wait, max(0.0, deadline - now))
-        events = poller.poll(int(wait * 1000) + 1)
-        for fd, ev in events:
-            if fd == status_fd and ev & (select.POLLERR | select.POLLHUP):
-                host_gone = True
-            elif fd == wake_r:
-                try:
-                    os.read(wake_r, 4096)
-                except BlockingIOError:
-                    pass
-        if host_gone:
-            break
-    wall = time.monotonic() - started
-
-    if cancelled:
-        # Like Ctrl-C in a terminal first, so the code can show where it was.
-        try:
-            os.killpg(pid, signal.SIGINT)
-        except ProcessLookupError:
-            pass
-        grace = time.monotonic() + float(req.get("interrupt_grace", 1.0))
-        while time.monotonic() < grace:
+        timeout = req.get("timeout")
+        deadline = started + timeout if timeout else None
+        cpu_limit = req.get("cpu_seconds_total") if cgroup is not None else None
+        status = rusage = None
+        timed_out = cancelled = host_gone = cpu_exceeded = False
+        poller = select.poll()
+        poller.register(wake_r, select.POLLIN)
+        # POLLERR on the write end of the status pipe: the host has gone away.
+        poller.register(status_fd, 0)
+        while True:
             done, st, ru = os.wait4(pid, os.WNOHANG)
             if done:
                 status, rusage = st, ru
                 break
-            time.sleep(0.01)
-    reaped: dict[int, tuple] = {}
-    stragglers = kill_tree(cgroup, reaped)
-    if status is None and pid in reaped:
-        status, rusage = reaped[pid]
-    if host_gone:
+            now = time.monotonic()
+            if self.cancel:
+                cancelled = True
+                break
+            if deadline is not None and now >= deadline:
+                timed_out = True
+                break
+            if cpu_limit:
+                used = cgroup.cpu_usage_seconds()
+                if used is not None and used >= cpu_limit:
+                    cpu_exceeded = True
+                    break
+            wait = 0.1 if cpu_limit else 1.0
+            if deadline is not None:
+                wait = min(wait, max(0.0, deadline - now))
+            for fd, ev in poller.poll(int(wait * 1000) + 1):
+                if fd == status_fd and ev & (select.POLLERR | select.POLLHUP):
+                    host_gone = True
+                elif fd == wake_r:
+                    with _suppress(BlockingIOError):
+                        os.read(wake_r, 4096)
+            if host_gone:
+                break
+        wall = time.monotonic() - started
+
+        if cancelled:
+            # Like Ctrl-C in a terminal first, so the code can show where it was.
+            with _suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGINT)
+            grace = time.monotonic() + float(req.get("interrupt_grace", 1.0))
+            while time.monotonic() < grace:
+                done, st, ru = os.wait4(pid, os.WNOHANG)
+                if done:
+                    status, rusage = st, ru
+                    break
+                time.sleep(0.01)
+        reaped: dict[int, tuple] = {}
+        stragglers = kill_tree(cgroup, reaped)
+        if status is None and pid in reaped:
+            status, rusage = reaped[pid]
+        if host_gone:
+            if cgroup is not None:
+                cgroup.remove()
+            os._exit(0)
+        tree = resource.getrusage(resource.RUSAGE_CHILDREN)
+        result = {
+            "event": "exit",
+            "wait_status": status,
+            "exit_code": os.waitstatus_to_exitcode(status) if status is not None else None,
+            "timed_out": timed_out,
+            "cancelled": cancelled,
+            "cpu_exceeded": cpu_exceeded,
+            "wall_seconds": wall,
+            "cpu_user_seconds": tree.ru_utime,
+            "cpu_system_seconds": tree.ru_stime,
+            "maxrss_bytes": tree.ru_maxrss * 1024,
+            "main_maxrss_bytes": rusage.ru_maxrss * 1024 if rusage else None,
+            "stragglers_killed": stragglers,
+            "cgroup_version": cgroup.version if cgroup else None,
+        }
+        if cgroup is not None:
+            result["peak_memory_bytes"] = cgroup.peak_memory()
+            result["oom_kills"] = cgroup.oom_kills()
+            result["pids_limit_hits"] = cgroup.pids_limit_hits()
+            result["cgroup_cpu_seconds"] = cgroup.cpu_usage_seconds()
+        emit(result)
+        # Every process of the run is dead (kill_tree checked), so removing the empty
+        # groups can follow the report instead of delaying it.
         if cgroup is not None:
             cgroup.remove()
-        os._exit(0)
-    tree = resource.getrusage(resource.RUSAGE_CHILDREN)
-    result = {
-        "event": "exit",
-        "wait_status": status,
-        "exit_code": os.waitstatus_to_exitcode(status) if status is not None else None,
-        "timed_out": timed_out,
-        "cancelled": cancelled,
-        "cpu_exceeded": cpu_exceeded,
-        "wall_seconds": wall,
-        "cpu_user_seconds": tree.ru_utime,
-        "cpu_system_seconds": tree.ru_stime,
-        "maxrss_bytes": tree.ru_maxrss * 1024,
-        "main_maxrss_bytes": rusage.ru_maxrss * 1024 if rusage else None,
-        "stragglers_killed": stragglers,
-        "cgroup_version": cgroup.version if cgroup else None,
-    }
-    if cgroup is not None:
-        result["peak_memory_bytes"] = cgroup.peak_memory()
-        result["oom_kills"] = cgroup.oom_kills()
-        result["pids_limit_hits"] = cgroup.pids_limit_hits()
-        result["cgroup_cpu_seconds"] = cgroup.cpu_usage_seconds()
-        cgroup.remove()
-    emit(result)
+
+    def _on_cancel(self, signum: int, frame: object) -> None:
+        self.cancel = True
+
+    def discard(self) -> None:
+        if self.cgroup is not None:
+            self.cgroup.remove()
+
+
+class _suppress:
+    def __init__(self, *kinds: type[BaseException]) -> None:
+        self.kinds = kinds
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind, value, tb) -> bool:
+        return kind is not None and issubclass(kind, self.kinds)
 
 
 # --------------------------------------------------------------------------- server
-def serve(sock: socket.socket) -> None:
+SPARE_MONITORS = 2
+
+
+def serve(sock: socket.socket, host_pid: int) -> None:
+    """Keep ``SPARE_MONITORS`` monitors forked in advance, each waiting on the socket,
+    so a request costs no fork of the supervisor; replace each one that takes a
+    request. Exit when the host closes its end."""
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # monitors are reaped by the kernel
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in the notebook is not for us
     probe = probe_cgroups()
@@ -547,39 +626,68 @@ def serve(sock: socket.socket) -> None:
     sock.send(json.dumps(
         {"event": "ready", "pid": os.getpid(), "cgroup": probe, "reaped": reaped}
     ).encode())
-    fds = array.array("i")
+    # Frozen objects are never touched by the collector, so forked monitors share
+    # their pages with us instead of copying them.
+    gc.freeze()
+    taken_r, taken_w = os.pipe()
+    for _ in range(SPARE_MONITORS):
+        _fork_spare(sock, taken_r, taken_w, probe, host_pid)
     while True:
         try:
-            msg, ancdata, _, _ = sock.recvmsg(1 << 20, socket.CMSG_SPACE(3 * fds.itemsize))
+            news = os.read(taken_r, 64)
+        except InterruptedError:
+            continue
+        if not news or b"q" in news:
+            return  # a spare saw EOF: the host is gone or done with us
+        for _ in news:
+            _fork_spare(sock, taken_r, taken_w, probe, host_pid)
+
+
+def _fork_spare(
+    sock: socket.socket, taken_r: int, taken_w: int, probe: dict, host_pid: int
+) -> None:
+    if os.fork() != 0:
+        return
+    try:
+        gc.disable()
+        os.close(taken_r)
+        spare = Monitor(probe, host_pid)
+        request = _receive(sock)
+        if request is None:
+            spare.discard()
+            os.write(taken_w, b"q")
+            return
+        sock.close()
+        req, (out_fd, err_fd, status_fd) = request
+        spare.run(req, out_fd, err_fd, status_fd, on_started=lambda: os.write(taken_w, b"+"))
+    finally:
+        os._exit(0)
+
+
+def _receive(sock: socket.socket) -> tuple[dict, list[int]] | None:
+    """One request with its three descriptors; None at EOF."""
+    size = array.array("i").itemsize
+    while True:
+        try:
+            msg, ancdata, _, _ = sock.recvmsg(1 << 20, socket.CMSG_SPACE(3 * size))
         except InterruptedError:
             continue
         if not msg:
-            return  # the host closed its end: it is gone or done with us
-        received: list[int] = []
+            return None
+        fds: list[int] = []
         for level, kind, data in ancdata:
             if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                received.extend(array.array("i", data[: len(data) - len(data) % fds.itemsize]))
-        if len(received) != 3:
-            for fd in received:
-                os.close(fd)
-            continue
-        out_fd, err_fd, status_fd = received
-        req = json.loads(msg)
-        pid = os.fork()
-        if pid == 0:
-            try:
-                sock.close()
-                monitor(req, out_fd, err_fd, status_fd, probe)
-            finally:
-                os._exit(0)
-        for fd in received:
+                fds.extend(array.array("i", data[: len(data) - len(data) % size]))
+        if len(fds) == 3:
+            return json.loads(msg), fds
+        for fd in fds:
             os.close(fd)
 
 
 def main() -> None:
     # Orphans of a monitor killed from outside come here rather than to init.
     _prctl(PR_SET_CHILD_SUBREAPER, 1)
-    serve(socket.socket(fileno=int(sys.argv[1])))
+    serve(socket.socket(fileno=int(sys.argv[1])), int(sys.argv[2]))
 
 
 if __name__ == "__main__":

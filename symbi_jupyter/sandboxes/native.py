@@ -91,7 +91,6 @@ class NativeSandbox(Sandbox):
         self._sock: socket.socket | None = None
         self._proc: subprocess.Popen | None = None
         self._cgroup_probe: dict = {}
-        self._runs = 0
         self._reaped_dirs: set[Path] = set()
 
     # ------------------------------------------------------------------ supervisor
@@ -101,7 +100,8 @@ class NativeSandbox(Sandbox):
                 return self._sock
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             self._proc = subprocess.Popen(
-                [sys.executable, "-I", "-S", "-B", str(SUPERVISOR), str(theirs.fileno())],
+                [sys.executable, "-I", "-S", "-B", str(SUPERVISOR), str(theirs.fileno()),
+                 str(os.getpid())],
                 pass_fds=[theirs.fileno()],
                 stdin=subprocess.DEVNULL,
                 close_fds=True,
@@ -190,7 +190,6 @@ class NativeSandbox(Sandbox):
                 env=env,
                 uid=uid,
                 gid=gid,
-                run_id=f"{os.getpid()}-{threading.get_ident()}-{self._next_run()}",
                 interrupt_grace=self.interrupt_grace_seconds,
             )
             result = self._execute(sock, spec, request, enforcement)
@@ -216,11 +215,6 @@ class NativeSandbox(Sandbox):
             if pid.isdigit() and not _pid_alive(int(pid)):
                 shutil.rmtree(path, ignore_errors=True)
                 self.log.warning("removed run directory left by a dead kernel: %s", path)
-
-    def _next_run(self) -> int:
-        with self._lock:
-            self._runs += 1
-            return self._runs
 
     def _run_as(self, workdir: Path) -> tuple[int | None, int | None]:
         if os.geteuid() != 0 or not self.run_as_user:
@@ -295,11 +289,7 @@ class NativeSandbox(Sandbox):
             else:
                 enforcement["cpu_cores"] = "not enforced: no cpu cgroup controller"
         if lim.network is False:
-            if os.geteuid() == 0:
-                spec["new_netns"] = True
-                enforcement["network"] = "empty network namespace"
-            else:
-                enforcement["network"] = "not enforced: a network namespace needs root"
+            spec["new_netns"] = True  # the monitor reports how this was enforced
         if self.use_cgroups == "never":
             spec["use_cgroup"] = False
         return spec, enforcement
@@ -337,7 +327,9 @@ class NativeSandbox(Sandbox):
         if request.limits.timeout_seconds:
             backstop = time.monotonic() + request.limits.timeout_seconds + 30
         try:
-            while sel.get_map():
+            # Done when the monitor has reported and both streams are closed (the
+            # whole tree is dead); its own exit is not worth waiting for.
+            while sel.get_map() and not ("exit" in events and len(sel.get_map()) == 1):
                 try:
                     ready = sel.select(timeout=1.0)
                 except KeyboardInterrupt:
@@ -392,10 +384,8 @@ class NativeSandbox(Sandbox):
                 "the native supervisor lost this run (its monitor process died); "
                 "nothing is known about how the code ended"
             )
-        enforcement.update(
-            {k: v for k, v in events.get("started", {}).get("enforcement", {}).items()
-             if k == "cgroup_error"}
-        )
+        started = events.get("started", {}).get("enforcement", {})
+        enforcement.update({k: v for k, v in started.items() if k in ("cgroup_error", "network")})
         result = self._result(request, exit_event, streams, enforcement, stopped_for_output)
         if interrupted:
             raise KeyboardInterrupt(result)

@@ -104,6 +104,12 @@ class SandboxOrchestrator(LoggingConfigurable):
         help="""Hash-chained JSON-lines log of every execution and refusal
         ('' switches auditing off). Check it with `symbi-jupyter audit verify PATH`.""",
     )
+    audit_fsync = Bool(
+        True,
+        config=True,
+        help="""fsync each audit record before the execution returns, so a power loss
+        cannot drop it (costs a disk flush per execution).""",
+    )
 
     def __init__(self, config: Config | None = None, **kwargs: Any) -> None:
         from .config import load_config
@@ -245,7 +251,7 @@ class SandboxOrchestrator(LoggingConfigurable):
     def _audit(self, record: dict[str, Any], **fields: Any) -> None:
         if not self.audit_log_path:
             return
-        AuditLog(self.audit_log_path).append({**record, **fields})
+        AuditLog(self.audit_log_path, fsync=self.audit_fsync).append({**record, **fields})
 
     def close(self) -> None:
         """Stop the sandboxes' helper processes."""

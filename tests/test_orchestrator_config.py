@@ -1,0 +1,134 @@
+"""Every configuration source reaching the real SandboxOrchestrator, and their order."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from traitlets.config import Config
+
+from symbi_jupyter import ConfigError, PolicyViolation, SecurityTier
+from symbi_jupyter.config import load_symbiont_config
+from symbi_jupyter.orchestrator import SandboxOrchestrator
+
+DATA = Path(__file__).parent / "data"
+
+
+def test_seed_example_loads_unchanged(monkeypatch):
+    monkeypatch.setenv("SYMBIONT_CONFIG", str(DATA / "symbiont-config.toml"))
+    orch = SandboxOrchestrator()
+    assert orch.allow_native_execution is True
+    assert orch.default_sandbox_tier == "Tier1"
+    assert orch.max_memory_mb == 2048  # [native_execution] wins over [security.native_...]
+    assert orch.max_cpu_cores == 4.0  # only [security.native_execution] sets it
+    assert orch.working_directory == "/tmp/symbiont-native"
+    assert orch.default_language == "python3"
+    assert orch.allowed_executables == ["python3", "python", "bash", "sh", "node"]
+    assert orch.max_cpu_seconds == 300 and orch.max_execution_time_seconds == 300
+
+
+def test_load_symbiont_config_feeds_the_constructor():
+    orch = SandboxOrchestrator(config=load_symbiont_config(DATA / "symbiont-config.toml"))
+    assert orch.allow_native_execution and orch.max_cpu_cores == 4.0
+
+
+def test_environment_switches_native_on(monkeypatch, workdir, audit_path):
+    monkeypatch.setenv("SYMBIONT_ALLOW_NATIVE_EXECUTION", "true")
+    monkeypatch.setenv("SYMBIONT_NATIVE_WORKING_DIR", str(workdir))
+    monkeypatch.setenv("SYMBIONT_NATIVE_MAX_MEMORY_MB", "300")
+    monkeypatch.setenv("SYMBIONT_DEFAULT_SANDBOX_TIER", "native")
+    orch = SandboxOrchestrator(audit_log_path=str(audit_path))
+    try:
+        res = orch.execute_code(None, "print('via env')")
+        assert res.stdout == "via env\n" and res.tier is SecurityTier.NONE
+        assert res.limits.max_memory_mb == 300
+    finally:
+        orch.close()
+
+
+def test_bad_environment_value_is_config_error(monkeypatch):
+    monkeypatch.setenv("SYMBIONT_NATIVE_MAX_MEMORY_MB", "lots")
+    with pytest.raises(ConfigError, match="SYMBIONT_NATIVE_MAX_MEMORY_MB"):
+        SandboxOrchestrator()
+
+
+def test_bad_tier_in_config_is_config_error():
+    c = Config()
+    c.SandboxOrchestrator.default_sandbox_tier = "tier7"
+    with pytest.raises(ConfigError, match="accepted"):
+        SandboxOrchestrator(config=c)
+
+
+def test_native_stays_off_without_configuration(workdir, audit_path):
+    orch = SandboxOrchestrator(working_directory=str(workdir), audit_log_path=str(audit_path))
+    with pytest.raises(PolicyViolation):
+        orch.execute_code("none", "print(1)")
+
+
+def write_layers(tmp_path: Path, monkeypatch, layers: set[str]) -> Config:
+    """Set max_memory_mb in each chosen layer to a value that names the layer."""
+    if "toml" in layers:
+        toml = tmp_path / "config.toml"
+        toml.write_text("[native_execution]\nmax_memory_mb = 1001\n")
+        monkeypatch.setenv("SYMBIONT_CONFIG", str(toml))
+    if "jupyter" in layers:
+        jdir = tmp_path / "jupyter"
+        jdir.mkdir(exist_ok=True)
+        (jdir / "jupyter_symbi_config.py").write_text(
+            "c.SandboxOrchestrator.max_memory_mb = 1002\n")
+        monkeypatch.setenv("JUPYTER_CONFIG_DIR", str(jdir))
+    base = Config()
+    if "base" in layers:
+        base.SandboxOrchestrator.max_memory_mb = 1003
+    if "env" in layers:
+        monkeypatch.setenv("SYMBIONT_NATIVE_MAX_MEMORY_MB", "1004")
+    return base
+
+
+@pytest.mark.parametrize(
+    ("layers", "expected"),
+    [
+        (set(), 2048),
+        ({"toml"}, 1001),
+        ({"toml", "jupyter"}, 1002),
+        ({"toml", "jupyter", "base"}, 1003),
+        ({"toml", "jupyter", "base", "env"}, 1004),
+        ({"toml", "env"}, 1004),
+        ({"jupyter", "toml"}, 1002),
+        ({"base", "toml"}, 1003),
+    ],
+)
+def test_precedence(tmp_path, monkeypatch, layers, expected):
+    base = write_layers(tmp_path, monkeypatch, layers)
+    assert SandboxOrchestrator(config=base).max_memory_mb == expected
+    # Constructor keywords beat every file and variable.
+    assert SandboxOrchestrator(config=base, max_memory_mb=1005).max_memory_mb == 1005
+
+
+def test_ipython_config_py_and_percent_config(tmp_path, monkeypatch):
+    """A real ipython process with a profile's ipython_config.py; %config beats it."""
+    profile = tmp_path / "profile"
+    profile.mkdir()
+    (profile / "ipython_config.py").write_text(
+        "c.SandboxOrchestrator.max_memory_mb = 1111\n"
+        "c.SandboxOrchestrator.allowed_executables = ['python3']\n"
+        "c.InteractiveShellApp.extensions = ['symbi_jupyter']\n"
+    )
+    write_layers(tmp_path, monkeypatch, {"toml"})
+    script = tmp_path / "probe.ipy"
+    script.write_text(
+        "m = get_ipython().magics_manager.registry['SymbiMagics']\n"
+        "print('before', m.orchestrator.max_memory_mb, m.orchestrator.allowed_executables)\n"
+        "%config SandboxOrchestrator.max_memory_mb = 512\n"
+        "print('after', m.orchestrator.max_memory_mb)\n"
+    )
+    ipython = Path(sys.executable).with_name("ipython")
+    out = subprocess.run(
+        [str(ipython), f"--profile-dir={profile}", "--no-banner", "--colors=NoColor",
+         str(script)],
+        capture_output=True, text=True, timeout=120, check=True,
+    ).stdout
+    assert "before 1111.0 ['python3']" in out
+    assert "after 512.0" in out

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -181,6 +182,25 @@ def validate_working_directory(path: str) -> Path:
         )
     if not os.path.isdir(real):
         raise PolicyViolation(f"working directory {path} is not a directory")
+    st = os.stat(real)
+    # Someone else's directory, or one anyone may write to without the sticky bit,
+    # lets another user swap our run directories between creation and use.
+    if st.st_uid not in (os.geteuid(), 0):
+        raise PolicyViolation(
+            f"working directory {real} belongs to another user (uid {st.st_uid}); set "
+            "SandboxOrchestrator.working_directory to a directory of your own"
+        )
+    if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
+        raise PolicyViolation(
+            f"working directory {real} is writable by other users (mode "
+            f"{st.st_mode & 0o7777:o}); remove group/other write or set the sticky bit"
+        )
+    if not os.access(real, os.W_OK | os.X_OK):
+        raise PolicyViolation(
+            f"working directory {real} is not writable by you; set "
+            "SandboxOrchestrator.working_directory to a directory of your own, e.g. "
+            f"{os.path.expanduser('~/.cache/symbi-jupyter/native')}"
+        )
     return Path(real)
 
 

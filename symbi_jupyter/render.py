@@ -25,6 +25,7 @@ from .tiers import SecurityTier
 __all__ = [
     "KILL_REASON_WORDS",
     "MIME_TYPE",
+    "VOLATILE_FIELDS",
     "KillWords",
     "ResultDisplay",
     "TierLadder",
@@ -37,6 +38,18 @@ __all__ = [
 ]
 
 MIME_TYPE = "application/vnd.symbi.result+json"
+
+#: ExecutionResult fields that change from run to run, left out of stable renderings.
+VOLATILE_FIELDS = (
+    "execution_time_ms",
+    "wall_seconds",
+    "cpu_user_seconds",
+    "cpu_system_seconds",
+    "peak_memory_bytes",
+    "workdir",
+    "stdout_bytes",  # output that names its run directory varies in length
+    "stderr_bytes",
+)
 
 _TRUE_WORDS = ("1", "true", "yes")
 _MIB = 1024 * 1024
@@ -515,15 +528,21 @@ def render_mimebundle(
     """Every rendering by MIME type, plus the raw figures as
     ``application/vnd.symbi.result+json``.
 
-    The JSON is data, complete in stable mode too; nbval compares only text/plain by
-    default.
+    The JSON holds figures, not the output itself: stdout and stderr are already in
+    the notebook as streams, and a second copy of up to ``max_output_bytes`` each would
+    bloat it. nbval compares every MIME type, so in stable mode the JSON leaves the
+    volatile figures out too (``null``); the ``ExecutionResult`` itself keeps them all.
     """
     shown = _display(display)
+    data = result.to_dict()
+    del data["stdout"], data["stderr"]
+    if shown.stable:
+        data.update(dict.fromkeys(VOLATILE_FIELDS))
     return {
         "text/plain": render_text(result, shown),
         "text/html": render_html(result, shown),
         "text/markdown": render_markdown(result, shown),
-        MIME_TYPE: result.to_dict(),
+        MIME_TYPE: data,
     }
 
 

@@ -35,6 +35,7 @@ def isolated_config(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.Te
     for key in list(os.environ):
         if key.startswith("SYMBIONT_"):
             monkeypatch.delenv(key)
+    monkeypatch.delenv("SYMBI_JUPYTER_STABLE_OUTPUT", raising=False)
     empty = tmp_path_factory.mktemp("jupyter-config")
     monkeypatch.setenv("JUPYTER_CONFIG_DIR", str(empty))
     monkeypatch.setenv("JUPYTER_CONFIG_PATH", "")

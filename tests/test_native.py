@@ -22,6 +22,7 @@ from symbi_jupyter import (
 )
 from symbi_jupyter.audit import verify
 from symbi_jupyter.orchestrator import SandboxOrchestrator
+from symbi_jupyter.sandboxes.native import host_tag
 
 from .conftest import need
 
@@ -62,7 +63,7 @@ def run_cgroup_dirs() -> list[str]:
     host's pid; the parent groups stay)."""
     found = []
     for parent in Path("/sys/fs/cgroup").glob("*/**/symbi-jupyter"):
-        found += [str(p) for p in parent.iterdir() if p.name.startswith(f"{os.getpid()}-")]
+        found += [str(p) for p in parent.iterdir() if p.name.startswith(host_tag() + "-")]
     return found
 
 
@@ -575,7 +576,7 @@ def test_sixteen_concurrent_runs_leave_nothing(orch, workdir):
     # owned by live monitors; closing the orchestrator removes them too.
     left = run_cgroup_dirs()
     assert all(not (Path(d) / "cgroup.procs").read_text().strip() for d in left)
-    assert all(alive(int(Path(d).name.split("-")[1])) for d in left)
+    assert all(alive(int(Path(d).name.split("-")[2])) for d in left)
     assert len({Path(d).name for d in left}) <= 2
     assert verify(orch.audit_log_path).records == 16
     orch.close()
@@ -653,16 +654,36 @@ def test_kill_9_of_the_host_leaves_nothing(workdir, audit_path, tmp_path):
             time.sleep(0.05)
         pids = [int(p) for p in pidfile.read_text().split()]
         assert len(pids) == 2 and all(alive(p) for p in pids)
+        tag = f"{os.stat('/proc/self/ns/pid').st_ino}-{host.pid}"
         host.kill()
         host.wait()
         assert wait_until(lambda: not any(alive(p) for p in pids))
         assert wait_until(
-            lambda: not list(Path("/sys/fs/cgroup").glob(f"*/**/symbi-jupyter/{host.pid}-*")))
-        assert list(workdir.glob(f"run-{host.pid}-*"))  # the host could not clean up...
+            lambda: not list(Path("/sys/fs/cgroup").glob(f"*/**/symbi-jupyter/{tag}-*")))
+        assert list(workdir.glob(f"run-{tag}-*"))  # the host could not clean up...
         orch = SandboxOrchestrator(allow_native_execution=True, working_directory=str(workdir),
                                    audit_log_path=str(audit_path))
         orch.execute_code(NONE, "print(1)")
         orch.close()
-        assert not list(workdir.glob(f"run-{host.pid}-*"))  # ...the next one did
+        assert not list(workdir.glob(f"run-{tag}-*"))  # ...the next one did
     finally:
         pidfile.unlink()
+
+
+def test_working_directory_of_another_user_or_world_writable(orch, tmp_path):
+    shared = Path("/tmp") / f"symbi-shared-{os.getpid()}"
+    shared.mkdir()
+    try:
+        shared.chmod(0o777)
+        orch.working_directory = str(shared)
+        with pytest.raises(PolicyViolation, match="writable by other users"):
+            orch.execute_code(NONE, "print(1)")
+        shared.chmod(0o1777)  # sticky, like /tmp: others cannot touch our entries
+        assert orch.execute_code(NONE, "print(1)").success
+        if os.geteuid() == 0:
+            shared.chmod(0o755)
+            os.chown(shared, 65534, 65534)
+            with pytest.raises(PolicyViolation, match="belongs to another user"):
+                orch.execute_code(NONE, "print(1)")
+    finally:
+        shared.rmdir()

@@ -285,9 +285,17 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def host_tag(pid: int) -> str:
+    """``<pid namespace inode>-<pid>``: names a host uniquely on this machine, where
+    cgroup trees and /tmp may be shared by processes of other pid namespaces."""
+    return f"{os.stat('/proc/self/ns/pid').st_ino}-{pid}"
+
+
 def reap_stale(probe: dict) -> list[str]:
-    """Remove run cgroups left by a host that died without its monitors cleaning up
-    (their names start with the host's pid), killing anything still inside."""
+    """Remove run cgroups left by a host of this pid namespace that died without its
+    monitors cleaning up, killing anything still inside. Groups of other namespaces
+    belong to hosts we cannot see and are left alone."""
+    namespace = host_tag(0).split("-")[0]
     stale: dict[str, dict[str, str]] = {}
     for ctrl, parent in probe.get("parents", {}).items():
         try:
@@ -295,9 +303,15 @@ def reap_stale(probe: dict) -> list[str]:
         except OSError:
             continue
         for name in names:
-            head = name.split("-", 1)[0]
+            parts = name.split("-")
             path = os.path.join(parent, name)
-            if head.isdigit() and os.path.isdir(path) and not _pid_alive(int(head)):
+            if (
+                len(parts) == 3
+                and parts[0] == namespace
+                and parts[1].isdigit()
+                and os.path.isdir(path)
+                and not _pid_alive(int(parts[1]))
+            ):
                 stale.setdefault(name, {})[ctrl] = path
     for paths in stale.values():
         group = RunCgroup.__new__(RunCgroup)
@@ -451,7 +465,7 @@ class Monitor:
                 self.home_netns = None
         if probe.get("version"):
             try:
-                self.cgroup = RunCgroup(probe, f"{host_pid}-{os.getpid()}")
+                self.cgroup = RunCgroup(probe, f"{host_tag(host_pid)}-{os.getpid()}")
             except OSError as exc:
                 self.cgroup_error = str(exc)
 
@@ -484,15 +498,17 @@ class Monitor:
         if cgroup is not None and not req.get("use_cgroup", True):
             cgroup.remove()
             cgroup = None
+        applied: dict[str, str] = {}
         if cgroup is not None:
             try:
-                enforcement.update(
-                    cgroup.apply(req.get("memory_bytes"), req.get("pids"), req.get("cpu_cores"))
+                applied = cgroup.apply(
+                    req.get("memory_bytes"), req.get("pids"), req.get("cpu_cores")
                 )
             except OSError as exc:
                 cgroup.remove()
                 cgroup = None
                 self.cgroup_error = str(exc)
+        enforcement.update(self._fallbacks(req, cgroup, applied))
         if self.cgroup_error:
             enforcement["cgroup_error"] = self.cgroup_error
 
@@ -509,7 +525,7 @@ class Monitor:
 
         timeout = req.get("timeout")
         deadline = started + timeout if timeout else None
-        cpu_limit = req.get("cpu_seconds_total") if cgroup is not None else None
+        cpu_limit = req.get("cpu_seconds_total") if "cpu" in applied else None
         status = rusage = None
         timed_out = cancelled = host_gone = cpu_exceeded = False
         poller = select.poll()
@@ -591,6 +607,40 @@ class Monitor:
         # groups can follow the report instead of delaying it.
         if cgroup is not None:
             cgroup.remove()
+
+    def _fallbacks(self, req: dict, cgroup: RunCgroup | None, applied: dict) -> dict:
+        """Say how each cgroup-preferring limit is enforced; where the run's cgroup
+        could not take it, fall back to an rlimit in ``req`` or report it."""
+        enforcement: dict[str, str] = {}
+        version = cgroup.version if cgroup is not None else None
+        why = "cgroups are off" if not req.get("use_cgroup", True) else "no cgroup for it"
+        rlimits = req.setdefault("rlimits", {})
+        if req.get("memory_bytes"):
+            if "memory" in applied:
+                enforcement["memory"] = f"cgroup v{version} (resident memory)"
+            else:
+                rlimits["as"] = req["memory_bytes"]
+                enforcement["memory"] = "rlimit (RLIMIT_AS, address space)"
+        if req.get("cpu_seconds_total"):
+            if cgroup is not None and cgroup.cpu_usage_seconds() is not None:
+                applied["cpu"] = "cgroup"
+                enforcement["cpu"] = "cgroup (whole tree) and RLIMIT_CPU"
+            else:
+                enforcement["cpu"] = "rlimit (RLIMIT_CPU, per process)"
+        if req.get("pids"):
+            if "processes" in applied:
+                enforcement["processes"] = f"cgroup v{version} (pids.max)"
+            elif (req.get("uid") if req.get("uid") is not None else os.geteuid()) != 0:
+                rlimits["nproc"] = req["pids"]
+                enforcement["processes"] = "rlimit (RLIMIT_NPROC, counts all of the user's)"
+            else:
+                enforcement["processes"] = f"not enforced: root, and {why}"
+        if req.get("cpu_cores"):
+            if "cpu_cores" in applied:
+                enforcement["cpu_cores"] = f"cgroup v{version} (CPU quota)"
+            else:
+                enforcement["cpu_cores"] = f"not enforced: {why}"
+        return enforcement
 
     def _on_cancel(self, signum: int, frame: object) -> None:
         self.cancel = True

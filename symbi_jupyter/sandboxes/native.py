@@ -171,7 +171,7 @@ class NativeSandbox(Sandbox):
         uid, gid = self._run_as(workdir)
         if uid is not None:
             _check_reachable(real_exe, uid, gid, self.run_as_user)
-        run_dir = Path(tempfile.mkdtemp(prefix=f"run-{os.getpid()}-", dir=workdir))
+        run_dir = Path(tempfile.mkdtemp(prefix=f"run-{host_tag()}-", dir=workdir))
         try:
             (run_dir / "tmp").mkdir(mode=0o700)
             code_path = run_dir / filename
@@ -182,7 +182,7 @@ class NativeSandbox(Sandbox):
             env = policy.native_environment(
                 request.env, pol.get("env_passthrough", []), str(run_dir)
             )
-            spec, enforcement = self._spec(request, uid, gid)
+            spec, enforcement = self._spec(request)
             spec.update(
                 executable=real_exe,
                 argv=[shown_exe, str(code_path)],
@@ -205,13 +205,14 @@ class NativeSandbox(Sandbox):
         return result
 
     def _reap_run_dirs(self, workdir: Path) -> None:
-        """Remove run directories of hosts that died mid-run (``run-<pid>-*``), once
-        per working directory."""
+        """Remove run directories of hosts of this pid namespace that died mid-run
+        (``run-<namespace>-<pid>-*``), once per working directory."""
         if workdir in self._reaped_dirs:
             return
         self._reaped_dirs.add(workdir)
-        for path in workdir.glob("run-*-*"):
-            pid = path.name.split("-")[1]
+        namespace = host_tag().split("-")[0]
+        for path in workdir.glob(f"run-{namespace}-*-*"):
+            pid = path.name.split("-")[2]
             if pid.isdigit() and not _pid_alive(int(pid)):
                 shutil.rmtree(path, ignore_errors=True)
                 self.log.warning("removed run directory left by a dead kernel: %s", path)
@@ -232,41 +233,30 @@ class NativeSandbox(Sandbox):
             os.chmod(workdir, (mode & 0o7777) | 0o111)
         return entry.pw_uid, entry.pw_gid
 
-    def _spec(
-        self, request: ExecutionRequest, uid: int | None, gid: int | None
-    ) -> tuple[dict[str, Any], dict[str, str]]:
-        """Translate limits into rlimits and cgroup settings, and say how each limit
-        is enforced here."""
+    def _spec(self, request: ExecutionRequest) -> tuple[dict[str, Any], dict[str, str]]:
+        """Translate limits into the supervisor's request. The monitor decides, and
+        reports, how the limits that prefer a cgroup were enforced: it alone knows
+        whether the run's cgroups could be set up."""
         lim = request.limits
-        cg = self._cgroup_probe
-        version = cg.get("version")
-        ctrls = set(cg.get("controllers", [])) if version == 2 else set(cg.get("parents", {}))
-        enforce = request.policy.get("enforce_resource_limits", True)
         enforcement: dict[str, str] = {
             "timeout": "supervisor (wall clock, whole tree killed)",
             "output": "host (drained past the cap)",
         }
         spec: dict[str, Any] = {"timeout": lim.timeout_seconds, "rlimits": {"core": 0}}
-        if not enforce:
+        if lim.network is False:
+            spec["new_netns"] = True
+        if not request.policy.get("enforce_resource_limits", True):
             for name in ("memory", "cpu", "processes", "file_size", "open_files", "cpu_cores"):
                 enforcement[name] = "not enforced: enforce_resource_limits is off"
             spec["use_cgroup"] = False
             return spec, enforcement
         rl = spec["rlimits"]
-        memory = int(lim.max_memory_mb * MiB) if lim.max_memory_mb else None
-        if memory and "memory" in ctrls and self.use_cgroups != "never":
-            spec["memory_bytes"] = memory
-            enforcement["memory"] = f"cgroup v{version} (resident memory)"
-        elif memory:
-            rl["as"] = memory
-            enforcement["memory"] = "rlimit (RLIMIT_AS, address space)"
+        if lim.max_memory_mb:
+            spec["memory_bytes"] = int(lim.max_memory_mb * MiB)
         if lim.max_cpu_seconds:
             seconds = math.ceil(lim.max_cpu_seconds)
             rl["cpu"] = [seconds, seconds + 1]  # SIGXCPU first, SIGKILL a second later
-            enforcement["cpu"] = "rlimit (RLIMIT_CPU, per process)"
-            if "cpuacct" in ctrls or (version == 2 and "cpu" in ctrls):
-                spec["cpu_seconds_total"] = lim.max_cpu_seconds
-                enforcement["cpu"] = "cgroup (whole tree) and RLIMIT_CPU"
+            spec["cpu_seconds_total"] = lim.max_cpu_seconds
         if lim.max_file_size_mb:
             rl["fsize"] = int(lim.max_file_size_mb * MiB)
             enforcement["file_size"] = "rlimit (RLIMIT_FSIZE)"
@@ -274,24 +264,10 @@ class NativeSandbox(Sandbox):
             rl["nofile"] = int(lim.max_open_files)
             enforcement["open_files"] = "rlimit (RLIMIT_NOFILE)"
         if lim.max_processes:
-            if "pids" in ctrls and self.use_cgroups != "never":
-                spec["pids"] = int(lim.max_processes)
-                enforcement["processes"] = f"cgroup v{version} (pids.max)"
-            elif (uid if uid is not None else os.geteuid()) != 0:
-                rl["nproc"] = int(lim.max_processes)
-                enforcement["processes"] = "rlimit (RLIMIT_NPROC, counts all of the user's)"
-            else:
-                enforcement["processes"] = "not enforced: root without a pids cgroup"
+            spec["pids"] = int(lim.max_processes)
         if lim.max_cpu_cores:
-            if "cpu" in ctrls and self.use_cgroups != "never":
-                spec["cpu_cores"] = lim.max_cpu_cores
-                enforcement["cpu_cores"] = f"cgroup v{version} (CPU quota)"
-            else:
-                enforcement["cpu_cores"] = "not enforced: no cpu cgroup controller"
-        if lim.network is False:
-            spec["new_netns"] = True  # the monitor reports how this was enforced
-        if self.use_cgroups == "never":
-            spec["use_cgroup"] = False
+            spec["cpu_cores"] = lim.max_cpu_cores
+        spec["use_cgroup"] = self.use_cgroups != "never"
         return spec, enforcement
 
     def _execute(
@@ -384,8 +360,7 @@ class NativeSandbox(Sandbox):
                 "the native supervisor lost this run (its monitor process died); "
                 "nothing is known about how the code ended"
             )
-        started = events.get("started", {}).get("enforcement", {})
-        enforcement.update({k: v for k, v in started.items() if k in ("cgroup_error", "network")})
+        enforcement.update(events.get("started", {}).get("enforcement", {}))
         result = self._result(request, exit_event, streams, enforcement, stopped_for_output)
         if interrupted:
             raise KeyboardInterrupt(result)
@@ -441,6 +416,11 @@ class NativeSandbox(Sandbox):
             stdout_bytes=out.total,
             stderr_bytes=err.total,
         )
+
+
+def host_tag() -> str:
+    """This process as ``<pid namespace inode>-<pid>`` (see the supervisor)."""
+    return f"{os.stat('/proc/self/ns/pid').st_ino}-{os.getpid()}"
 
 
 def _pid_alive(pid: int) -> bool:

@@ -5,6 +5,7 @@ Nothing here runs code; the orchestrator calls these before any sandbox is touch
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import stat
@@ -138,7 +139,7 @@ def check_executable(name: str, allowed: Iterable[str], search_path: str) -> str
     real = resolve_executable(name, search_path)
     if real is None:
         raise PolicyViolation(f"executable {name!r} was not found on {search_path}")
-    permitted = {r for r in (resolve_executable(a, search_path) for a in allowed) if r}
+    permitted = _permitted(tuple(allowed), search_path)
     if real not in permitted:
         raise PolicyViolation(
             f"executable {name!r} resolves to {real}, which is not on the allowlist "
@@ -146,6 +147,13 @@ def check_executable(name: str, allowed: Iterable[str], search_path: str) -> str
             f"{sorted(permitted)})"
         )
     return real
+
+
+@functools.lru_cache(maxsize=32)
+def _permitted(allowed: tuple[str, ...], search_path: str) -> frozenset[str]:
+    # Cached: if an allowlisted name is later repointed, its new target is refused
+    # until restart (fails closed); the requested executable is resolved every time.
+    return frozenset(r for r in (resolve_executable(a, search_path) for a in allowed) if r)
 
 
 def _blocked(path: str) -> str | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -49,6 +50,10 @@ def workdir():
     path = Path("/tmp") / f"symbi-test-{uuid.uuid4().hex[:10]}"
     path.mkdir(mode=0o711)
     yield path
+    # The monitor removes a run directory just after it reports; give it a moment.
+    deadline = time.monotonic() + 10
+    while any(p.name.startswith("run-") for p in path.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.01)
     leftovers = [p.name for p in path.iterdir()]
     shutil.rmtree(path, ignore_errors=True)
     assert not [n for n in leftovers if n.startswith("run-")], f"run dirs left: {leftovers}"

@@ -25,6 +25,7 @@ import json
 import os
 import resource
 import select
+import shutil
 import signal
 import socket
 import sys
@@ -186,6 +187,22 @@ class RunCgroup:
     def join(self, pid: int) -> None:
         for path in self.paths.values():
             _write(os.path.join(path, "cgroup.procs"), str(pid))
+
+    def leave(self, pid: int) -> None:
+        """Move ``pid`` back to the cgroups the supervisor runs in."""
+        for path in self.paths.values():
+            _write(os.path.join(os.path.dirname(os.path.dirname(path)), "cgroup.procs"), str(pid))
+
+    @property
+    def joins_early(self) -> bool:
+        """Whether the workload may join while it waits: only where the peak can then
+        be reset before exec (v1; v2's memory.peak resets per open file only)."""
+        return self.version == 1
+
+    def reset_peak(self) -> None:
+        if self.version == 1 and "memory" in self.paths:
+            with _suppress(OSError):
+                _write(os.path.join(self.paths["memory"], "memory.max_usage_in_bytes"), "0")
 
     def pids(self) -> set[int]:
         found: set[int] = set()
@@ -412,12 +429,44 @@ def reap_all(reaped: dict[int, tuple]) -> None:
 
 
 # --------------------------------------------------------------------------- workload
+def _await_workload(
+    channel: socket.socket, cgroup: RunCgroup | None, home_netns: int | None
+) -> None:
+    """The pre-forked workload process: wait for the run's request, then confine
+    itself and exec the code. Exits quietly if the monitor is discarded."""
+    try:
+        gc.disable()
+        # Joining a v1 memory cgroup costs a quarter of a millisecond: pay it now.
+        early = cgroup is not None and cgroup.joins_early
+        if early:
+            cgroup.join(os.getpid())
+        received = _receive(channel, 2)
+    except BaseException:  # nothing to report to: the monitor is gone
+        os._exit(1)
+    if received is None:
+        os._exit(0)
+    req, (out_fd, err_fd) = received
+    if early and not req.get("join_cgroup"):
+        cgroup.leave(os.getpid())
+    if home_netns is not None and not req.get("new_netns"):
+        # Allowed the network: leave the empty namespace prepared for us, or fail
+        # closed, visibly.
+        if _libc.setns(home_netns, CLONE_NEWNET) != 0:
+            os.write(err_fd, b"symbi-jupyter: could not rejoin the host network namespace\n")
+            os._exit(126)
+    _exec_workload(req, cgroup if req.get("join_cgroup") else None, out_fd, err_fd)
+
+
 def _exec_workload(req: dict, cgroup: RunCgroup | None, out_fd: int, err_fd: int) -> None:
-    """In the forked workload child: confine, then exec. Never returns."""
+    """In the workload process: confine, then exec. Never returns."""
     try:
         os.setsid()
         if cgroup is not None:
-            cgroup.join(os.getpid())
+            if cgroup.joins_early:
+                # Pages this process touched while it waited are not the run's.
+                cgroup.reset_peak()
+            else:
+                cgroup.join(os.getpid())
         for name, value in req.get("rlimits", {}).items():
             soft, hard = value if isinstance(value, list) else (value, value)
             resource.setrlimit(RLIMITS[name], (soft, hard))
@@ -450,7 +499,7 @@ class Monitor:
     """Owns one run. Created as a spare before any request arrives, so the slow parts
     (a network namespace, the run's cgroups) are ready when one does."""
 
-    def __init__(self, probe: dict, host_pid: int) -> None:
+    def __init__(self, probe: dict, host_pid: int, inherited: tuple[int, ...] = ()) -> None:
         self.probe = probe
         self.cancel = False
         self.cgroup: RunCgroup | None = None
@@ -468,10 +517,22 @@ class Monitor:
                 self.cgroup = RunCgroup(probe, f"{host_tag(host_pid)}-{os.getpid()}")
             except OSError as exc:
                 self.cgroup_error = str(exc)
+        # The workload process is forked now, while idle, and waits for its request:
+        # a fork of a Python process costs about a millisecond we need not spend later.
+        _prctl(PR_SET_CHILD_SUBREAPER, 1)
+        # Not SIG_IGN (inherited from the supervisor): that would reap the workload
+        # behind our back and lose its exit status.
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        self.channel, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.workload_pid = os.fork()
+        if self.workload_pid == 0:
+            for fd in inherited:
+                os.close(fd)
+            self.channel.close()
+            _await_workload(theirs, self.cgroup, self.home_netns)
+        theirs.close()
 
     def run(self, req: dict, out_fd: int, err_fd: int, status_fd: int, on_started) -> None:
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        _prctl(PR_SET_CHILD_SUBREAPER, 1)
         wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(wake_w)
         signal.signal(signal.SIGCHLD, lambda s, f: None)
@@ -486,18 +547,14 @@ class Monitor:
 
         enforcement: dict[str, str] = {}
         if self.home_netns is not None:
+            os.close(self.home_netns)
             if req.get("new_netns"):
                 enforcement["network"] = "empty network namespace"
-            elif _libc.setns(self.home_netns, CLONE_NEWNET) != 0:
-                # Fails closed: the run stays without network, and says so.
-                enforcement["network"] = "denied: could not rejoin the host network namespace"
-            os.close(self.home_netns)
         elif req.get("new_netns"):
             enforcement["network"] = "not enforced: a network namespace needs root"
-        cgroup = self.cgroup
-        if cgroup is not None and not req.get("use_cgroup", True):
-            cgroup.remove()
-            cgroup = None
+        # An unused group is removed with the others at the end: the waiting workload
+        # process may still be inside it until it reads the request.
+        cgroup = self.cgroup if req.get("use_cgroup", True) else None
         applied: dict[str, str] = {}
         if cgroup is not None:
             try:
@@ -505,7 +562,6 @@ class Monitor:
                     req.get("memory_bytes"), req.get("pids"), req.get("cpu_cores")
                 )
             except OSError as exc:
-                cgroup.remove()
                 cgroup = None
                 self.cgroup_error = str(exc)
         enforcement.update(self._fallbacks(req, cgroup, applied))
@@ -513,9 +569,13 @@ class Monitor:
             enforcement["cgroup_error"] = self.cgroup_error
 
         started = time.monotonic()
-        pid = os.fork()
-        if pid == 0:
-            _exec_workload(req, cgroup, out_fd, err_fd)
+        pid = self.workload_pid
+        req["join_cgroup"] = cgroup is not None
+        self.channel.sendmsg(
+            [json.dumps(req).encode()],
+            [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [out_fd, err_fd]))],
+        )
+        self.channel.close()
         os.close(out_fd)
         os.close(err_fd)
         emit({"event": "started", "pid": pid, "monitor_pid": os.getpid(),
@@ -578,8 +638,10 @@ class Monitor:
         if status is None and pid in reaped:
             status, rusage = reaped[pid]
         if host_gone:
-            if cgroup is not None:
-                cgroup.remove()
+            if self.cgroup is not None:
+                self.cgroup.remove()
+            if req.get("remove_cwd"):
+                shutil.rmtree(req["cwd"], ignore_errors=True)
             os._exit(0)
         tree = resource.getrusage(resource.RUSAGE_CHILDREN)
         result = {
@@ -604,9 +666,12 @@ class Monitor:
             result["cgroup_cpu_seconds"] = cgroup.cpu_usage_seconds()
         emit(result)
         # Every process of the run is dead (kill_tree checked), so removing the empty
-        # groups can follow the report instead of delaying it.
-        if cgroup is not None:
-            cgroup.remove()
+        # groups and the run directory can follow the report instead of delaying it.
+        if self.cgroup is not None:
+            self.cgroup.remove()
+        if req.get("remove_cwd"):
+            # fd-based, never follows the links the code may have planted
+            shutil.rmtree(req["cwd"], ignore_errors=True)
 
     def _fallbacks(self, req: dict, cgroup: RunCgroup | None, applied: dict) -> dict:
         """Say how each cgroup-preferring limit is enforced; where the run's cgroup
@@ -646,6 +711,9 @@ class Monitor:
         self.cancel = True
 
     def discard(self) -> None:
+        self.channel.close()  # the waiting workload process sees EOF and exits
+        with _suppress(ChildProcessError):
+            os.waitpid(self.workload_pid, 0)
         if self.cgroup is not None:
             self.cgroup.remove()
 
@@ -662,7 +730,7 @@ class _suppress:
 
 
 # --------------------------------------------------------------------------- server
-SPARE_MONITORS = 2
+SPARE_MONITORS = 1
 
 
 def serve(sock: socket.socket, host_pid: int) -> None:
@@ -701,7 +769,7 @@ def _fork_spare(
     try:
         gc.disable()
         os.close(taken_r)
-        spare = Monitor(probe, host_pid)
+        spare = Monitor(probe, host_pid, inherited=(sock.fileno(), taken_w))
         request = _receive(sock)
         if request is None:
             spare.discard()
@@ -714,12 +782,12 @@ def _fork_spare(
         os._exit(0)
 
 
-def _receive(sock: socket.socket) -> tuple[dict, list[int]] | None:
-    """One request with its three descriptors; None at EOF."""
+def _receive(sock: socket.socket, nfds: int = 3) -> tuple[dict, list[int]] | None:
+    """One request with its ``nfds`` descriptors; None at EOF."""
     size = array.array("i").itemsize
     while True:
         try:
-            msg, ancdata, _, _ = sock.recvmsg(1 << 20, socket.CMSG_SPACE(3 * size))
+            msg, ancdata, _, _ = sock.recvmsg(1 << 20, socket.CMSG_SPACE(nfds * size))
         except InterruptedError:
             continue
         if not msg:
@@ -728,7 +796,7 @@ def _receive(sock: socket.socket) -> tuple[dict, list[int]] | None:
         for level, kind, data in ancdata:
             if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
                 fds.extend(array.array("i", data[: len(data) - len(data) % size]))
-        if len(fds) == 3:
+        if len(fds) == nfds:
             return json.loads(msg), fds
         for fd in fds:
             os.close(fd)

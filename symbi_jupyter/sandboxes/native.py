@@ -172,6 +172,9 @@ class NativeSandbox(Sandbox):
         if uid is not None:
             _check_reachable(real_exe, uid, gid, self.run_as_user)
         run_dir = Path(tempfile.mkdtemp(prefix=f"run-{host_tag()}-", dir=workdir))
+        # Once the monitor has reported, it removes the run directory itself, after
+        # the report, so the caller does not wait for it.
+        monitor_cleans = False
         try:
             (run_dir / "tmp").mkdir(mode=0o700)
             code_path = run_dir / filename
@@ -191,13 +194,19 @@ class NativeSandbox(Sandbox):
                 uid=uid,
                 gid=gid,
                 interrupt_grace=self.interrupt_grace_seconds,
+                remove_cwd=not request.keep_workdir,
             )
-            result = self._execute(sock, spec, request, enforcement)
+            try:
+                result = self._execute(sock, spec, request, enforcement)
+            except KeyboardInterrupt:
+                monitor_cleans = not request.keep_workdir  # it reported before we raise
+                raise
+            monitor_cleans = not request.keep_workdir
         finally:
             if request.keep_workdir:
                 kept = run_dir.with_name("kept-" + run_dir.name[len("run-") :])
                 run_dir.rename(kept)
-            else:
+            elif not monitor_cleans:
                 shutil.rmtree(run_dir, ignore_errors=True)
         result.language = language
         result.executable = real_exe

@@ -717,3 +717,18 @@ def test_working_directory_of_another_user_or_world_writable(orch, tmp_path):
                 orch.execute_code(NONE, "print(1)")
     finally:
         shared.rmdir()
+
+
+def test_a_killed_supervisor_is_replaced_and_its_spare_released(orch):
+    """A real fault: the supervisor is SIGKILLed between runs. The next run starts a
+    new one; the old spare monitor sees EOF, removes what it prepared and exits."""
+    assert orch.execute_code(NONE, "print(1)").success
+    sandbox = orch.sandbox("none")
+    old = sandbox._proc
+    spares = [p for p in (Path(f"/proc/{old.pid}/task/{old.pid}/children").read_text().split())]
+    assert spares
+    old.kill()
+    old.wait()
+    assert orch.execute_code(NONE, "print(2)").stdout == "2\n"
+    assert sandbox._proc.pid != old.pid
+    assert wait_until(lambda: not any(alive(int(p)) for p in spares))

@@ -19,6 +19,7 @@ tree when the run ends, and writes JSON lines to the status pipe:
 from __future__ import annotations
 
 import array
+import contextlib
 import ctypes
 import gc
 import json
@@ -201,7 +202,7 @@ class RunCgroup:
 
     def reset_peak(self) -> None:
         if self.version == 1 and "memory" in self.paths:
-            with _suppress(OSError):
+            with contextlib.suppress(OSError):
                 _write(os.path.join(self.paths["memory"], "memory.max_usage_in_bytes"), "0")
 
     def pids(self) -> set[int]:
@@ -616,7 +617,7 @@ class Monitor:
                 if fd == status_fd and ev & (select.POLLERR | select.POLLHUP):
                     host_gone = True
                 elif fd == wake_r:
-                    with _suppress(BlockingIOError):
+                    with contextlib.suppress(BlockingIOError):
                         os.read(wake_r, 4096)
             if host_gone:
                 break
@@ -624,7 +625,7 @@ class Monitor:
 
         if cancelled:
             # Like Ctrl-C in a terminal first, so the code can show where it was.
-            with _suppress(ProcessLookupError):
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGINT)
             grace = time.monotonic() + float(req.get("interrupt_grace", 1.0))
             while time.monotonic() < grace:
@@ -712,21 +713,10 @@ class Monitor:
 
     def discard(self) -> None:
         self.channel.close()  # the waiting workload process sees EOF and exits
-        with _suppress(ChildProcessError):
+        with contextlib.suppress(ChildProcessError):
             os.waitpid(self.workload_pid, 0)
         if self.cgroup is not None:
             self.cgroup.remove()
-
-
-class _suppress:
-    def __init__(self, *kinds: type[BaseException]) -> None:
-        self.kinds = kinds
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind, value, tb) -> bool:
-        return kind is not None and issubclass(kind, self.kinds)
 
 
 # --------------------------------------------------------------------------- server
@@ -777,7 +767,17 @@ def _fork_spare(
             return
         sock.close()
         req, (out_fd, err_fd, status_fd) = request
-        spare.run(req, out_fd, err_fd, status_fd, on_started=lambda: os.write(taken_w, b"+"))
+        refilled = []
+
+        def refill() -> None:
+            if not refilled:
+                refilled.append(True)
+                os.write(taken_w, b"+")
+
+        try:
+            spare.run(req, out_fd, err_fd, status_fd, on_started=refill)
+        finally:
+            refill()  # even if this run failed early, the next request needs a spare
     finally:
         os._exit(0)
 

@@ -98,6 +98,13 @@ class NativeSandbox(Sandbox):
         with self._lock:
             if self._proc is not None and self._proc.poll() is None and self._sock:
                 return self._sock
+            if self._sock is not None:
+                # A dead supervisor's spare still waits on this socket: EOF releases it.
+                self._sock.close()
+                self._sock = None
+            if self._proc is not None:
+                self.log.warning("the native supervisor exited (%s); starting a new one",
+                                 self._proc.returncode)
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             self._proc = subprocess.Popen(
                 [sys.executable, "-I", "-S", "-B", str(SUPERVISOR), str(theirs.fileno()),
@@ -353,6 +360,10 @@ class NativeSandbox(Sandbox):
                         stopped_for_output = True
                         with contextlib.suppress(ProcessLookupError):
                             os.kill(monitor_pid, signal.SIGUSR1)
+                if monitor_pid is None and self._proc is not None and self._proc.poll() is not None:
+                    raise TierUnavailable(
+                        "the native supervisor process died before starting this run"
+                    )
                 if backstop and time.monotonic() > backstop and monitor_pid:
                     # The monitor enforces the timeout; this only guards against a
                     # monitor that itself got stuck.

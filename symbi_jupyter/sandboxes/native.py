@@ -13,7 +13,6 @@ import json
 import math
 import os
 import pwd
-import re
 import selectors
 import shutil
 import signal
@@ -32,26 +31,12 @@ from .. import policy
 from ..errors import TierUnavailable
 from ..result import ExecutionResult
 from ..tiers import SecurityTier
+from ._evidence import Evidence, killed_by, limits_reached
+from ._streams import CappedStream
 from .base import Availability, ExecutionRequest, Sandbox
 
 MiB = 1024 * 1024
 SUPERVISOR = Path(__file__).with_name("_supervisor.py")
-TRUNCATION_MARKER = "\n... [output truncated at {} bytes]\n"
-
-# Final stderr lines that are evidence of a limit, per killed_by reason.
-_EVIDENCE = {
-    "memory": re.compile(
-        r"^(MemoryError\b|.*Cannot allocate memory|.*xmalloc: cannot allocate|"
-        r".*JavaScript heap out of memory)",
-        re.M,
-    ),
-    "file_size": re.compile(r"(\[Errno 27\] File too large|File size limit exceeded)"),
-    "processes": re.compile(
-        r"(\[Errno 11\] Resource temporarily unavailable|fork: retry|Cannot fork|"
-        r"fork: Resource temporarily unavailable)"
-    ),
-}
-
 
 class NativeSandbox(Sandbox):
     """Runs code directly on the host (tier None) under rlimits and cgroups."""
@@ -305,7 +290,7 @@ class NativeSandbox(Sandbox):
         finally:
             for fd in (out_w, err_w, st_w):
                 os.close(fd)
-        streams = {out_r: _Stream("stdout", cap), err_r: _Stream("stderr", cap)}
+        streams = {out_r: CappedStream("stdout", cap), err_r: CappedStream("stderr", cap)}
         status_buf = b""
         events: dict[str, dict] = {}
         monitor_pid = None
@@ -390,7 +375,7 @@ class NativeSandbox(Sandbox):
         self,
         request: ExecutionRequest,
         ev: dict[str, Any],
-        streams: dict[int, _Stream],
+        streams: dict[int, CappedStream],
         enforcement: dict[str, str],
         stopped_for_output: bool,
     ) -> ExecutionResult:
@@ -398,16 +383,20 @@ class NativeSandbox(Sandbox):
         code = ev.get("exit_code")
         term_signal = -code if code is not None and code < 0 else None
         stderr_text = err.text()
-        reached: list[str] = []
-        if ev.get("oom_kills"):
-            reached.append("memory")
-        if ev.get("pids_limit_hits"):
-            reached.append("processes")
-        if out.truncated or err.truncated:
-            reached.append("output")
-        killed_by = _killed_by(request, ev, term_signal, code, stderr_text, stopped_for_output)
-        if killed_by and killed_by not in reached and killed_by != "signal":
-            reached.append(killed_by)
+        evidence = Evidence(
+            exit_code=code,
+            term_signal=term_signal,
+            timed_out=bool(ev.get("timed_out")),
+            cpu_exceeded=bool(ev.get("cpu_exceeded")),
+            stopped_for_output=stopped_for_output,
+            oom_kills=ev.get("oom_kills") or 0,
+            pids_limit_hits=ev.get("pids_limit_hits") or 0,
+            cpu_seconds=(ev.get("cpu_user_seconds") or 0) + (ev.get("cpu_system_seconds") or 0),
+            stderr=stderr_text,
+            output_truncated=out.truncated or err.truncated,
+        )
+        stopped_by = killed_by(evidence, request.limits)
+        reached = limits_reached(evidence, stopped_by)
         peak = ev.get("peak_memory_bytes")
         method = "cgroup" if peak else None
         if not peak:
@@ -422,7 +411,7 @@ class NativeSandbox(Sandbox):
             stdout_truncated=out.truncated,
             stderr_truncated=err.truncated,
             timed_out=bool(ev.get("timed_out")),
-            killed_by=killed_by,
+            killed_by=stopped_by,
             term_signal=term_signal,
             peak_memory_bytes=peak,
             memory_method=method if peak else None,
@@ -475,70 +464,3 @@ def _check_reachable(real: str, uid: int, gid: int, user: str) -> None:
             )
 
 
-def _killed_by(
-    request: ExecutionRequest,
-    ev: dict[str, Any],
-    term_signal: int | None,
-    code: int | None,
-    stderr: str,
-    stopped_for_output: bool,
-) -> str | None:
-    """Which limit stopped the run, from evidence: the supervisor's own decisions,
-    the terminating signal, cgroup events, and the interpreter's last words."""
-    if ev.get("timed_out"):
-        return "timeout"
-    if ev.get("cpu_exceeded"):
-        return "cpu"
-    if stopped_for_output:
-        return "output"
-    if term_signal == signal.SIGXCPU:
-        return "cpu"
-    if term_signal == signal.SIGXFSZ:
-        return "file_size"
-    if term_signal == signal.SIGKILL and ev.get("oom_kills"):
-        return "memory"
-    if term_signal == signal.SIGKILL and request.limits.max_cpu_seconds:
-        used = (ev.get("cpu_user_seconds") or 0) + (ev.get("cpu_system_seconds") or 0)
-        if used >= math.ceil(request.limits.max_cpu_seconds):
-            return "cpu"  # the RLIMIT_CPU hard limit is a SIGKILL
-    if term_signal is not None:
-        return "signal"
-    if code:
-        tail = "\n".join(stderr.rstrip().splitlines()[-3:])
-        if _EVIDENCE["memory"].search(tail) or ev.get("oom_kills"):
-            return "memory"
-        if _EVIDENCE["file_size"].search(tail):
-            return "file_size"
-        if _EVIDENCE["processes"].search(tail) and (
-            ev.get("pids_limit_hits") or request.limits.max_processes
-        ):
-            return "processes"
-    return None
-
-
-class _Stream:
-    """One output stream: keeps up to ``cap`` bytes, counts and discards the rest."""
-
-    def __init__(self, name: str, cap: int) -> None:
-        self.name = name
-        self.cap = cap
-        self.total = 0
-        self.chunks: list[bytes] = []
-
-    @property
-    def truncated(self) -> bool:
-        return self.total > self.cap
-
-    def feed(self, chunk: bytes) -> bytes:
-        room = max(0, self.cap - self.total)
-        self.total += len(chunk)
-        kept = chunk[:room]
-        if kept:
-            self.chunks.append(kept)
-        return kept
-
-    def text(self) -> str:
-        text = b"".join(self.chunks).decode("utf-8", errors="replace")
-        if self.truncated:
-            text += TRUNCATION_MARKER.format(self.cap)
-        return text

@@ -1,0 +1,85 @@
+"""Which limit stopped a run, decided from evidence, the same way for every backend:
+the backend's own decisions (timeout, CPU, output), the terminating signal, cgroup or
+engine events (OOM kills, pids-limit hits), and the interpreter's last words."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import signal
+
+from ..limits import ResourceLimits
+
+# Final stderr lines that are evidence of a limit, per killed_by reason.
+_LAST_WORDS = {
+    "memory": re.compile(
+        r"^(MemoryError\b|.*Cannot allocate memory|.*xmalloc: cannot allocate|"
+        r".*JavaScript heap out of memory)",
+        re.M,
+    ),
+    "file_size": re.compile(r"(\[Errno 27\] File too large|File size limit exceeded)"),
+    "processes": re.compile(
+        r"(\[Errno 11\] Resource temporarily unavailable|fork: retry|Cannot fork|"
+        r"fork: Resource temporarily unavailable)"
+    ),
+}
+
+
+@dataclasses.dataclass
+class Evidence:
+    exit_code: int | None = None
+    term_signal: int | None = None
+    timed_out: bool = False
+    cpu_exceeded: bool = False
+    stopped_for_output: bool = False
+    oom_kills: int = 0
+    pids_limit_hits: int = 0
+    cpu_seconds: float = 0.0
+    stderr: str = ""
+    output_truncated: bool = False
+
+
+def killed_by(ev: Evidence, limits: ResourceLimits) -> str | None:
+    if ev.timed_out:
+        return "timeout"
+    if ev.cpu_exceeded:
+        return "cpu"
+    if ev.stopped_for_output:
+        return "output"
+    if ev.term_signal == signal.SIGXCPU:
+        return "cpu"
+    if ev.term_signal == signal.SIGXFSZ:
+        return "file_size"
+    if ev.term_signal == signal.SIGKILL and ev.oom_kills:
+        return "memory"
+    if ev.term_signal == signal.SIGKILL and limits.max_cpu_seconds:
+        if ev.cpu_seconds >= math.ceil(limits.max_cpu_seconds):
+            return "cpu"  # the RLIMIT_CPU hard limit is a SIGKILL
+    if ev.term_signal is not None:
+        return "signal"
+    if ev.exit_code:
+        tail = "\n".join(ev.stderr.rstrip().splitlines()[-3:])
+        if _LAST_WORDS["memory"].search(tail) or ev.oom_kills:
+            return "memory"
+        if _LAST_WORDS["file_size"].search(tail):
+            return "file_size"
+        if _LAST_WORDS["processes"].search(tail) and (
+            ev.pids_limit_hits or limits.max_processes
+        ):
+            return "processes"
+    return None
+
+
+def limits_reached(ev: Evidence, stopped_by: str | None) -> list[str]:
+    """Every limit the run ran into, including those that did not stop it."""
+    reached: list[str] = []
+    if ev.oom_kills:
+        reached.append("memory")
+    if ev.pids_limit_hits:
+        reached.append("processes")
+    if ev.output_truncated:
+        reached.append("output")
+    if stopped_by and stopped_by not in reached and stopped_by != "signal":
+        reached.append(stopped_by)
+    return reached

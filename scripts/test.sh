@@ -16,7 +16,7 @@
 # instead of a kill), so cell outputs legitimately differ. There the notebooks run with
 # --nbval-lax: every cell must run as tagged, and the cells tagged nbval-check-output
 # (host-independent facts) are still compared. Strict is used as root and whenever
-# SYMBI_JUPYTER_REQUIRE_TIERS is set (CI); SYMBI_NBVAL=strict|lax overrides.
+# SYMBI_REQUIRE_TIERS is set (CI); SYMBI_NBVAL=strict|lax overrides.
 source "$(dirname -- "${BASH_SOURCE[0]}")/_env.sh"
 
 venv_setup test
@@ -24,7 +24,7 @@ notebook_env
 
 mode=${SYMBI_NBVAL:-}
 if [ -z "$mode" ]; then
-    if [ "$(id -u)" -eq 0 ] || [ -n "${SYMBI_JUPYTER_REQUIRE_TIERS:-}" ]; then
+    if [ "$(id -u)" -eq 0 ] || [ -n "${SYMBI_REQUIRE_TIERS:-}" ]; then
         mode=strict
     else
         mode=lax

@@ -24,7 +24,11 @@ from .tiers import SecurityTier
 
 # Backends shipped in this package, used when entry points are not installed (a
 # source checkout on sys.path); installed entry points override them.
-BUILTIN_SANDBOXES = {SecurityTier.NONE: "symbi_jupyter.sandboxes.native:NativeSandbox"}
+BUILTIN_SANDBOXES = {
+    SecurityTier.NONE: "symbi_jupyter.sandboxes.native:NativeSandbox",
+    SecurityTier.TIER1: "symbi_jupyter.sandboxes.docker:DockerSandbox",
+    SecurityTier.TIER2: "symbi_jupyter.sandboxes.gvisor:GVisorSandbox",
+}
 
 
 def _default_audit_path() -> str:

@@ -227,6 +227,30 @@ def check_env(env: Mapping[str, str]) -> dict[str, str]:
     return clean
 
 
+# Python's stdout is block-buffered on a pipe, so output would arrive only at exit.
+# PYTHONUNBUFFERED is no cure: its raw stdout does not retry short writes, and print()
+# silently loses data where a pipe takes part of a write (as gVisor's do). Instead a
+# sitecustomize module, first on PYTHONPATH, switches stdout to line buffering and then
+# runs the sitecustomize it shadows, if there is one (usercustomize would be simpler,
+# but virtual environments skip it).
+LINE_BUFFERING_DIR = ".symbi"
+LINE_BUFFERING_MODULE = """\
+import os
+import sys
+
+sys.stdout.reconfigure(line_buffering=True)
+# Run the sitecustomize this one shadows (importlib.util would cost milliseconds).
+_here = os.path.dirname(os.path.abspath(__file__))
+for _dir in sys.path:
+    _file = os.path.join(_dir or ".", "sitecustomize.py")
+    if os.path.abspath(_dir or ".") != _here and os.path.isfile(_file):
+        with open(_file, "rb") as _f:
+            exec(compile(_f.read(), _file, "exec"), {"__name__": "sitecustomize", "__file__": _file})
+        break
+del _here, _dir, _file
+"""
+
+
 def native_environment(
     explicit: Mapping[str, str],
     passthrough: Iterable[str],
@@ -242,7 +266,7 @@ def native_environment(
         ),
         "HOME": run_dir,
         "TMPDIR": os.path.join(run_dir, "tmp"),
-        "PYTHONUNBUFFERED": "1",
+        "PYTHONPATH": os.path.join(run_dir, LINE_BUFFERING_DIR),
         "PYTHONDONTWRITEBYTECODE": "1",
     }
     for key, value in host.items():
@@ -251,5 +275,8 @@ def native_environment(
     for key in passthrough:
         if key in host:
             env[key] = host[key]
-    env.update(check_env(explicit))
+    explicit = check_env(explicit)
+    if explicit.get("PYTHONPATH"):
+        explicit["PYTHONPATH"] = env["PYTHONPATH"] + os.pathsep + explicit["PYTHONPATH"]
+    env.update(explicit)
     return env

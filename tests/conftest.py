@@ -15,17 +15,18 @@ from symbi_jupyter.orchestrator import SandboxOrchestrator
 
 CGROUP_V1_MEMORY = Path("/sys/fs/cgroup/memory")
 
-# Set in CI: a tier or facility the tests need but cannot find is a failure there,
-# a skip (with the reason) on a user's laptop.
-REQUIRE_ENV = "SYMBI_JUPYTER_REQUIRE_TIERS"
+# Set in CI, e.g. SYMBI_REQUIRE_TIERS=none,docker,gvisor: a tier the tests need but
+# cannot find is a failure there, a skip (with the reason) on a user's laptop.
+REQUIRE_ENV = "SYMBI_REQUIRE_TIERS"
 
 
-def need(condition: bool, reason: str) -> None:
-    """Skip with ``reason`` unless the environment demands the facility."""
+def need(condition: bool, reason: str, tier: str = "none") -> None:
+    """Skip with ``reason`` unless the environment demands ``tier``."""
     if condition:
         return
-    if os.environ.get(REQUIRE_ENV):
-        pytest.fail(f"{reason} ({REQUIRE_ENV} is set, so this is a failure, not a skip)")
+    required = {t.strip() for t in os.environ.get(REQUIRE_ENV, "").split(",") if t.strip()}
+    if tier in required or "all" in required:
+        pytest.fail(f"{reason} ({REQUIRE_ENV} includes {tier}: a failure, not a skip)")
     pytest.skip(reason)
 
 

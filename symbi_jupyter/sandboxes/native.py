@@ -169,6 +169,9 @@ class NativeSandbox(Sandbox):
         monitor_cleans = False
         try:
             (run_dir / "tmp").mkdir(mode=0o700)
+            helpers = run_dir / policy.LINE_BUFFERING_DIR
+            helpers.mkdir(mode=0o755)
+            (helpers / "sitecustomize.py").write_text(policy.LINE_BUFFERING_MODULE)
             code_path = run_dir / filename
             code_path.write_bytes(request.code)
             if uid is not None:

@@ -1,0 +1,593 @@
+"""Tier1: a fresh, single-use, hardened Docker container per run, through the Docker
+Engine API (the ``docker`` SDK; ``DOCKER_HOST`` and the TLS variables are honoured)."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import selectors
+import socket
+import struct
+import threading
+import time
+from pathlib import Path
+from typing import Any, ClassVar
+
+from traitlets import Bool, Int, List, Unicode
+
+from .. import policy
+from ..errors import ConfigError, PolicyViolation, TierUnavailable
+from ..image import DEFAULT_IMAGE, build_command
+from ..result import ExecutionResult
+from ..tiers import SecurityTier
+from ._evidence import Evidence, killed_by, limits_reached
+from ._streams import CappedStream
+from .base import Availability, ExecutionRequest, Sandbox
+
+MiB = 1024 * 1024
+LABEL = "symbi-jupyter"
+HOST_LABEL = "symbi-jupyter.host"
+CGROUP_ROOT = "/sys/fs/cgroup"
+CGROUP_PARENT = "symbi-jupyter-docker"
+WORKSPACE = "/workspace"
+# Language -> (interpreter inside the image, code file name).
+INTERPRETERS = {
+    "python3": ("python3", "cell.py"),
+    "python": ("python3", "cell.py"),
+    "bash": ("bash", "cell.sh"),
+    "sh": ("sh", "cell.sh"),
+    "node": ("node", "cell.js"),
+}
+# Reads the code from stdin into a file, then runs it: the code never touches argv.
+# First it writes the line-buffering sitecustomize module (see policy.py) to $3.
+LAUNCHER = (
+    'mkdir -p "$3" && printf "%s" "$4" > "$3/sitecustomize.py" '
+    '&& cat > "$1" && exec "$2" "$1"'
+)
+# Where the kernel's cgroup trees live for each limit we read back (v1).
+_STDOUT, _STDERR = 1, 2
+
+
+def host_tag() -> str:
+    return f"{os.stat('/proc/self/ns/pid').st_ino}-{os.getpid()}"
+
+
+# Volumes may not reach these (tier-model.md section 4).
+FORBIDDEN_MOUNTS = (
+    "/var/run/docker.sock", "/run/docker.sock", "/var/run/containerd", "/run/containerd",
+    "/proc", "/sys", "/boot", "/etc", "/root", "/var/lib/docker", "/var/lib/kubelet",
+)
+
+
+def validate_volume(spec: str) -> tuple[str, dict[str, str]]:
+    """``HOST:CONTAINER[:ro|rw]`` -> (host path, docker-py bind dict); refuses the
+    Docker socket, containerd, /proc, /sys, /boot, /etc, /root, /var/lib/docker,
+    /var/lib/kubelet (and anything below them), the root itself, and any ``..``."""
+    parts = spec.split(":")
+    if len(parts) not in (2, 3) or not parts[0] or not parts[1]:
+        raise ConfigError(f"volume {spec!r} must be HOST:CONTAINER or HOST:CONTAINER:ro|rw")
+    host, target = parts[0], parts[1]
+    mode = parts[2] if len(parts) == 3 else "ro"
+    if mode not in ("ro", "rw"):
+        raise ConfigError(f"volume {spec!r}: mode must be ro or rw, not {mode!r}")
+    if ".." in host.split("/") or ".." in target.split("/") or ".." in spec:
+        raise PolicyViolation(f"volume {spec!r} contains '..'")
+    if not os.path.isabs(host) or not os.path.isabs(target):
+        raise ConfigError(f"volume {spec!r}: both paths must be absolute")
+    for path in {os.path.normpath(host), os.path.realpath(host)}:
+        if path == "/":
+            raise PolicyViolation(f"volume {spec!r} would mount the host's root")
+        for forbidden in FORBIDDEN_MOUNTS:
+            if path == forbidden or path.startswith(forbidden + "/"):
+                raise PolicyViolation(f"volume {spec!r} reaches {forbidden}, which is refused")
+        if "docker.sock" in path or "containerd" in path:
+            raise PolicyViolation(f"volume {spec!r} reaches the container engine")
+    return host, {"bind": target, "mode": mode}
+
+
+def check_container_env(env: dict[str, str]) -> None:
+    """Keys with ``=``, and keys or values with a newline or NUL, are refused."""
+    for key, value in env.items():
+        for bad, name in (("=", "'='"), ("\n", "a newline"), ("\0", "NUL")):
+            if bad in key:
+                raise ConfigError(f"environment variable name {key!r} contains {name}")
+            if bad != "=" and bad in value:
+                raise ConfigError(f"environment variable {key} contains {name}")
+
+
+class DockerSandbox(Sandbox):
+    """Runs each request in a fresh container that is removed afterwards."""
+
+    tier = SecurityTier.TIER1
+    #: OCI runtime; None is the daemon's default (runc).
+    runtime: ClassVar[str | None] = None
+
+    image = Unicode(
+        DEFAULT_IMAGE,
+        config=True,
+        help="""Image the cells run in. The default is built locally by
+        `symbi-jupyter image build` (no registry needed); any image with /bin/sh, cat
+        and the interpreter works.""",
+    )
+    user = Unicode(
+        "65534:65534",
+        config=True,
+        help="UID:GID the code runs as inside the container; root (0) is refused.",
+    )
+    read_only_root = Bool(True, config=True, help="Mount the image's filesystem read-only.")
+    tmp_size_mb = Int(64, config=True, help="Size of the /tmp tmpfs (noexec, nosuid).")
+    workspace_size_mb = Int(
+        256, config=True, help="Size of the writable /workspace tmpfs, the code's directory."
+    )
+    init = Bool(True, config=True, help="Run an init (docker-init) as PID 1 to reap zombies.")
+    no_new_privileges = Bool(True, config=True, help="Set no-new-privileges.")
+    cap_drop = List(Unicode(), ["ALL"], config=True, help="Capabilities dropped.")
+    volumes = List(
+        Unicode(),
+        [],
+        config=True,
+        help="""Extra mounts, HOST:CONTAINER[:ro|rw] (read-only by default). The Docker
+        socket, containerd, /proc, /sys, /boot, /etc, /root, /var/lib/docker,
+        /var/lib/kubelet and paths with '..' are refused.""",
+    )
+    measure_with_cgroups = Bool(
+        True,
+        config=True,
+        help="""Put each container under a cgroup parent of our own so its peak memory
+        and CPU can be read after it exits (local daemon with the cgroupfs driver).""",
+    )
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._client = None
+        self._info: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        self._counter = itertools.count(1)
+        self._reaped = False
+
+    # ------------------------------------------------------------------ engine
+    def client(self):
+        with self._lock:
+            if self._client is None:
+                try:
+                    import docker
+                except ImportError:
+                    raise TierUnavailable(
+                        "the docker Python package is missing: pip install docker"
+                    ) from None
+                try:
+                    client = docker.from_env(timeout=30)
+                    self._info = client.info()
+                except Exception as exc:  # the SDK raises several unrelated types
+                    raise TierUnavailable(
+                        f"{self.tier.display_name}: no Docker engine answers "
+                        f"({_short(exc)}). Start one: symbi-jupyter setup (as root), or "
+                        "point DOCKER_HOST at a running engine"
+                    ) from None
+                self._client = client
+            return self._client
+
+    def availability(self) -> Availability:
+        try:
+            client = self.client()
+        except TierUnavailable as exc:
+            return Availability(False, str(exc))
+        details = {
+            "engine": self._info.get("ServerVersion", "?"),
+            "runtimes": ", ".join(sorted(self._info.get("Runtimes", {}))),
+        }
+        if self.runtime and self.runtime not in self._info.get("Runtimes", {}):
+            return Availability(
+                False,
+                f"{self.tier.display_name}: the Docker daemon does not list the "
+                f"{self.runtime} runtime (it has {details['runtimes']}). Register it: "
+                "symbi-jupyter setup (as root), or add it to daemon.json and restart dockerd",
+                details,
+            )
+        import docker
+
+        try:
+            client.images.get(self.image)
+        except docker.errors.ImageNotFound:
+            return Availability(
+                False,
+                f"{self.tier.display_name}: the image {self.image} is missing; build it "
+                f"with: {build_command()}",
+                details,
+            )
+        details["image"] = self.image
+        return Availability(True, "", details)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._client is not None:
+                self._client.close()
+                self._client = None
+
+    def _cgroup_parent(self) -> str | None:
+        """A per-run cgroup parent whose figures outlive the container, where we can
+        read it: a local engine on cgroup v1 with the cgroupfs driver."""
+        if not self.measure_with_cgroups:
+            return None
+        local = str(self.client().api.base_url).startswith("http+docker://local")
+        if not (local and self._info.get("CgroupDriver") == "cgroupfs"
+                and str(self._info.get("CgroupVersion", "1")) == "1"):
+            return None
+        if not os.access(os.path.join(CGROUP_ROOT, "memory"), os.W_OK):
+            return None
+        return f"/{CGROUP_PARENT}/{host_tag()}-{next(self._counter)}"
+
+    # ------------------------------------------------------------------ running
+    def run(self, request: ExecutionRequest) -> ExecutionResult:
+        availability = self.availability()
+        if not availability.ok:
+            raise TierUnavailable(availability.reason)
+        client = self.client()
+        if not self._reaped:
+            self._reaped = True
+            reap(client, log=self.log.warning)
+        interpreter, filename = INTERPRETERS.get(request.language, (None, None))
+        if interpreter is None:
+            raise ConfigError(f"unknown language {request.language!r}")
+        if request.executable:
+            raise ConfigError(
+                "an explicit executable applies to tier None only; in a container choose "
+                "the interpreter with the language (python3, bash, sh, node)"
+            )
+        check_container_env(request.env)
+        uid, _, gid = self.user.partition(":")
+        if not uid.isdigit() or int(uid) == 0 or (gid and not gid.isdigit()):
+            raise ConfigError(
+                f"{type(self).__name__}.user = {self.user!r}: give a numeric non-root UID:GID"
+            )
+        binds = dict(validate_volume(v) for v in self.volumes)
+        lim = request.limits
+        env = {
+            "HOME": WORKSPACE,
+            "TMPDIR": "/tmp",
+            "PYTHONPATH": f"{WORKSPACE}/{policy.LINE_BUFFERING_DIR}",
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "LANG": "C.UTF-8",
+            **request.env,
+        }
+        if request.env.get("PYTHONPATH"):
+            env["PYTHONPATH"] = (
+                f"{WORKSPACE}/{policy.LINE_BUFFERING_DIR}:{request.env['PYTHONPATH']}"
+            )
+        from docker.types import Ulimit
+
+        ulimits = [Ulimit(name="core", soft=0, hard=0)]
+        enforcement = {
+            "timeout": "host (container killed and removed)",
+            "output": "host (drained past the cap)",
+            "network": "none (no network interface)",
+        }
+        if lim.max_cpu_seconds:
+            seconds = int(-(-lim.max_cpu_seconds // 1))
+            ulimits.append(Ulimit(name="cpu", soft=seconds, hard=seconds + 1))
+            enforcement["cpu"] = "ulimit (RLIMIT_CPU, per process)"
+        if lim.max_file_size_mb:
+            size = int(lim.max_file_size_mb * MiB)
+            ulimits.append(Ulimit(name="fsize", soft=size, hard=size))
+            enforcement["file_size"] = "ulimit (RLIMIT_FSIZE)"
+        if lim.max_open_files:
+            ulimits.append(Ulimit(name="nofile", soft=lim.max_open_files,
+                                  hard=lim.max_open_files))
+            enforcement["open_files"] = "ulimit (RLIMIT_NOFILE)"
+        options: dict[str, Any] = dict(
+            command=["/bin/sh", "-c", LAUNCHER, "symbi", f"{WORKSPACE}/{filename}",
+                     interpreter, f"{WORKSPACE}/{policy.LINE_BUFFERING_DIR}",
+                     policy.LINE_BUFFERING_MODULE],
+            user=f"{uid}:{gid or uid}",
+            working_dir=WORKSPACE,
+            environment=env,
+            labels={LABEL: "1", HOST_LABEL: host_tag(), "symbi-jupyter.tier": self.tier.value},
+            network_mode="none",
+            read_only=self.read_only_root,
+            tmpfs={
+                "/tmp": f"rw,noexec,nosuid,nodev,size={self.tmp_size_mb}m",
+                WORKSPACE: f"rw,nosuid,nodev,size={self.workspace_size_mb}m,"
+                f"uid={uid},gid={gid or uid},mode=0700",
+            },
+            cap_drop=list(self.cap_drop),
+            security_opt=["no-new-privileges"] if self.no_new_privileges else [],
+            init=self.init,
+            ulimits=ulimits,
+            # stdin open, and closed for the code when we close our end (docker-py sets
+            # StdinOnce for an attached, non-detached configuration).
+            stdin_open=True,
+            tty=False,
+            detach=False,
+        )
+        if binds:
+            options["volumes"] = binds
+        if self.runtime:
+            options["runtime"] = self.runtime
+        if lim.max_memory_mb:
+            memory = f"{int(lim.max_memory_mb * MiB)}b"
+            options.update(mem_limit=memory, memswap_limit=memory)
+            enforcement["memory"] = "container cgroup (memory = memory+swap)"
+        if lim.max_processes:
+            enforcement["processes"] = self._limit_processes(
+                int(lim.max_processes), options, ulimits
+            )
+        if lim.max_cpu_cores:
+            options["nano_cpus"] = int(lim.max_cpu_cores * 1e9)
+            enforcement["cpu_cores"] = "container cgroup (CPU quota)"
+        if lim.network:
+            options["network_mode"] = "bridge"
+            enforcement["network"] = "bridge network (allowed by policy)"
+            if self.runtime == "runsc":
+                enforcement["network"] = (
+                    "none: runsc is registered with --network=none on this engine"
+                )
+        parent = self._cgroup_parent()
+        if parent:
+            options["cgroup_parent"] = parent
+            if lim.max_cpu_seconds:
+                enforcement["cpu"] = "cgroup (whole container) and RLIMIT_CPU"
+        import docker
+        import requests
+
+        try:
+            return self._run_container(client, request, options, enforcement, parent)
+        except (docker.errors.DockerException, requests.RequestException) as exc:
+            raise TierUnavailable(
+                f"{self.tier.display_name}: the Docker engine failed during the run "
+                f"({_short(exc)}); the container was removed"
+            ) from None
+        finally:
+            if parent:
+                _remove_cgroup_parent(parent)
+
+    def _limit_processes(self, count: int, options: dict, ulimits: list) -> str:
+        """Under runc the container's pids cgroup counts exactly its processes."""
+        options["pids_limit"] = count
+        return "container cgroup (pids)"
+
+    def _run_container(self, client, request, options, enforcement, parent) -> ExecutionResult:
+        import docker
+
+        lim = request.limits
+        cap = lim.max_output_bytes or 10 * MiB
+        streams = {_STDOUT: CappedStream("stdout", cap), _STDERR: CappedStream("stderr", cap)}
+        try:
+            container = client.containers.create(self.image, **options)
+        except docker.errors.ImageNotFound:
+            raise TierUnavailable(
+                f"the image {self.image} is missing; build it with: {build_command()}"
+            ) from None
+        except docker.errors.APIError as exc:
+            raise TierUnavailable(f"the engine refused the container: {_short(exc)}") from None
+        timed_out = cpu_exceeded = stopped_for_output = interrupted = False
+        pids_hits = 0
+        started = time.monotonic()
+        try:
+            sock = container.attach_socket(
+                params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1}
+            )
+            raw: socket.socket = sock._sock
+            container.start()
+            started = time.monotonic()
+            raw.sendall(request.code)
+            raw.shutdown(socket.SHUT_WR)
+            deadline = started + lim.timeout_seconds if lim.timeout_seconds else None
+            frames = _Frames()
+            sel = selectors.DefaultSelector()
+            sel.register(raw, selectors.EVENT_READ)
+            try:
+                while True:
+                    now = time.monotonic()
+                    if deadline is not None and now >= deadline:
+                        timed_out = True
+                        break
+                    if parent and lim.max_cpu_seconds:
+                        used = _cgroup_cpu(parent)
+                        if used is not None and used >= lim.max_cpu_seconds:
+                            cpu_exceeded = True
+                            break
+                    wait = 0.1 if parent and lim.max_cpu_seconds else 1.0
+                    if deadline is not None:
+                        wait = min(wait, max(0.0, deadline - now))
+                    try:
+                        ready = sel.select(wait)
+                    except KeyboardInterrupt:
+                        interrupted = True
+                        break
+                    if not ready:
+                        continue
+                    chunk = raw.recv(1 << 16)
+                    if not chunk:
+                        break
+                    for kind, data in frames.feed(chunk):
+                        stream = streams.get(kind)
+                        if stream is None:
+                            continue
+                        kept = stream.feed(data)
+                        if kept and request.on_output:
+                            request.on_output(stream.name, kept)
+            finally:
+                sel.close()
+            wall = time.monotonic() - started
+            if timed_out or cpu_exceeded or interrupted or stopped_for_output:
+                pids_hits = _container_pids_hits(parent, container.id)
+                with contextlib.suppress(docker.errors.APIError):
+                    container.kill()
+            status = container.wait(timeout=30)
+            container.reload()
+            state = container.attrs.get("State", {})
+            raw.close()
+        finally:
+            with contextlib.suppress(docker.errors.APIError):
+                container.remove(force=True)
+        result = self._result(request, streams, status, state, enforcement, parent, wall,
+                              timed_out, cpu_exceeded, pids_hits)
+        if interrupted:
+            raise KeyboardInterrupt(result)
+        return result
+
+    def _result(self, request, streams, status, state, enforcement, parent, wall,
+                timed_out, cpu_exceeded, pids_hits) -> ExecutionResult:
+        out, err = streams[_STDOUT], streams[_STDERR]
+        code = int(status.get("StatusCode", -1))
+        # docker-init exits 128+N when its child died of signal N.
+        term_signal = code - 128 if 128 < code < 160 and not timed_out else None
+        if timed_out or cpu_exceeded:
+            term_signal = 9
+        peak = cpu_user = cpu_sys = None
+        method = None
+        if parent:
+            peak = _read_int(_cgroup_file(parent, "memory", "memory.max_usage_in_bytes"))
+            cpu_user = _read_ns(_cgroup_file(parent, "cpuacct", "cpuacct.usage_user"))
+            cpu_sys = _read_ns(_cgroup_file(parent, "cpuacct", "cpuacct.usage_sys"))
+            method = "cgroup" if peak else None
+            if self.runtime == "runsc":
+                enforcement["measurement"] = (
+                    "the sandbox's cgroup: figures include gVisor's own kernel (the Sentry)"
+                )
+        else:
+            enforcement["measurement"] = (
+                "peak memory and CPU not measured: the engine is remote or not on cgroup v1 "
+                "with the cgroupfs driver"
+            )
+        stderr_text = err.text()
+        evidence = Evidence(
+            exit_code=code,
+            term_signal=term_signal,
+            timed_out=timed_out,
+            cpu_exceeded=cpu_exceeded,
+            oom_kills=1 if state.get("OOMKilled") else 0,
+            pids_limit_hits=pids_hits,
+            cpu_seconds=(cpu_user or 0) + (cpu_sys or 0),
+            stderr=stderr_text,
+            output_truncated=out.truncated or err.truncated,
+        )
+        stopped_by = killed_by(evidence, request.limits)
+        return ExecutionResult(
+            tier=self.tier,
+            stdout=out.text(),
+            stderr=stderr_text,
+            exit_code=-1 if term_signal else code,
+            execution_time_ms=round(wall * 1000),
+            stdout_truncated=out.truncated,
+            stderr_truncated=err.truncated,
+            timed_out=timed_out,
+            killed_by=stopped_by,
+            term_signal=term_signal,
+            peak_memory_bytes=peak,
+            memory_method=method,
+            cpu_user_seconds=cpu_user,
+            cpu_system_seconds=cpu_sys,
+            wall_seconds=wall,
+            limits=request.limits,
+            enforcement=enforcement,
+            limits_reached=limits_reached(evidence, stopped_by),
+            language=request.language,
+            executable=f"{self.image}:{INTERPRETERS[request.language][0]}",
+            code_sha256=request.code_sha256,
+            stdout_bytes=out.total,
+            stderr_bytes=err.total,
+        )
+
+
+class _Frames:
+    """Splits Docker's multiplexed attach stream (8-byte headers) into frames."""
+
+    def __init__(self) -> None:
+        self.buf = b""
+
+    def feed(self, chunk: bytes) -> list[tuple[int, bytes]]:
+        self.buf += chunk
+        out = []
+        while len(self.buf) >= 8:
+            kind, size = self.buf[0], struct.unpack(">I", self.buf[4:8])[0]
+            if len(self.buf) < 8 + size:
+                break
+            out.append((kind, self.buf[8 : 8 + size]))
+            self.buf = self.buf[8 + size :]
+        return out
+
+
+def reap(client, *, log=print) -> list[str]:
+    """Remove our containers, and their cgroup parents, whose kernel (of this pid
+    namespace) is gone. Returns the short ids of the containers removed."""
+    namespace = host_tag().split("-")[0]
+    removed = []
+    for container in client.containers.list(all=True, filters={"label": LABEL}):
+        owner = container.labels.get(HOST_LABEL, "")
+        ns, _, pid = owner.partition("-")
+        if ns != namespace or not pid.isdigit() or _pid_alive(int(pid)):
+            continue
+        with contextlib.suppress(Exception):
+            container.remove(force=True)
+            removed.append(container.short_id)
+    for path in Path(CGROUP_ROOT).glob(f"*/{CGROUP_PARENT}/{namespace}-*"):
+        pid = path.name.split("-")[1]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            with contextlib.suppress(OSError):
+                path.rmdir()
+    if removed:
+        log(f"reaped containers left by dead kernels: {', '.join(removed)}")
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _cgroup_file(parent: str, controller: str, name: str) -> Path:
+    return Path(CGROUP_ROOT, controller, parent.lstrip("/"), name)
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _read_ns(path: Path) -> float | None:
+    value = _read_int(path)
+    return value / 1e9 if value is not None else None
+
+
+def _cgroup_cpu(parent: str) -> float | None:
+    return _read_ns(_cgroup_file(parent, "cpuacct", "cpuacct.usage"))
+
+
+def _container_pids_hits(parent: str | None, container_id: str) -> int:
+    if not parent:
+        return 0
+    text = ""
+    with contextlib.suppress(OSError):
+        text = _cgroup_file(parent, "pids", f"{container_id}/pids.events").read_text()
+    for line in text.splitlines():
+        key, _, value = line.partition(" ")
+        if key == "max" and value.strip().isdigit():
+            return int(value)
+    return 0
+
+
+def _remove_cgroup_parent(parent: str) -> None:
+    for controller in os.listdir(CGROUP_ROOT):
+        path = Path(CGROUP_ROOT, controller, parent.lstrip("/"))
+        for _ in range(50):
+            try:
+                path.rmdir()
+                break
+            except FileNotFoundError:
+                break
+            except OSError:
+                time.sleep(0.01)
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__

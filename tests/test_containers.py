@@ -1,0 +1,228 @@
+"""Tier1 (Docker) and Tier2 (gVisor) against a real Docker engine."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from symbi_jupyter import ConfigError, PolicyViolation, ResourceLimits, SecurityTier
+from symbi_jupyter.errors import TierUnavailable
+from symbi_jupyter.orchestrator import SandboxOrchestrator
+from symbi_jupyter.sandboxes.docker import LABEL, host_tag, validate_volume
+
+from .conftest import need
+
+TIERS = [SecurityTier.TIER1, SecurityTier.TIER2]
+NAMES = {SecurityTier.TIER1: "docker", SecurityTier.TIER2: "gvisor"}
+
+
+@pytest.fixture(params=TIERS, ids=lambda t: NAMES[t])
+def tier(request, corch) -> SecurityTier:
+    availability = corch.sandbox(request.param).availability()
+    need(availability.ok, availability.reason, tier=NAMES[request.param])
+    return request.param
+
+
+@pytest.fixture
+def corch(audit_path):
+    o = SandboxOrchestrator(audit_log_path=str(audit_path))
+    yield o
+    o.close()
+
+
+def our_containers(orch) -> list:
+    client = orch.sandbox(SecurityTier.TIER1).client()
+    return client.containers.list(all=True, filters={"label": LABEL})
+
+
+def run(orch, tier, code, **limits):
+    return orch.execute_code(tier, code, limits=ResourceLimits(**limits) if limits else None)
+
+
+def test_hello_and_stats(corch, tier):
+    res = run(corch, tier, "print('hello')", max_memory_mb=256)
+    assert res.stdout == "hello\n" and res.success and res.tier is tier
+    assert res.memory_method == "cgroup" and res.peak_memory_bytes > 1024 * 1024
+    assert res.cpu_user_seconds is not None and res.wall_seconds > 0
+    assert not our_containers(corch)
+
+
+def test_runtime_is_what_was_asked(corch, tier):
+    res = run(corch, tier, "dmesg 2>&1 | head -3; true", )
+    res = corch.execute_code(tier, "dmesg 2>&1 | head -3; true", language="bash")
+    if tier is SecurityTier.TIER2:
+        assert "Starting gVisor" in res.stdout
+    else:
+        assert "Starting gVisor" not in res.stdout
+
+
+@pytest.mark.parametrize(("language", "code", "expected"), [
+    ("bash", 'echo "$((6*7))"', "42\n"),
+    ("sh", "echo sh-ok", "sh-ok\n"),
+])
+def test_shells(corch, tier, language, code, expected):
+    assert corch.execute_code(tier, code, language=language).stdout == expected
+
+
+def test_code_with_quotes_and_bytes_arrives_intact(corch, tier):
+    code = (b"# -*- coding: latin-1 -*-\nimport sys\n"
+            b"print(ascii('\xe9 \"$(id)\" `x`'), sys.argv[1:])\n")
+    assert corch.execute_code(tier, code).stdout == "'\\xe9 \"$(id)\" `x`' []\n"
+
+
+def test_memory_bomb(corch, tier):
+    res = run(corch, tier, "print('start', flush=True)\nx = b'1' * (1024 * 1024 * 1024)",
+              max_memory_mb=128)
+    assert res.killed_by == "memory" and not res.success
+    assert res.stdout == "start\n"
+
+
+def test_fork_bomb_is_contained(corch, tier):
+    code = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass"
+    res = run(corch, tier, code, max_processes=32, timeout_seconds=5)
+    assert res.killed_by in ("timeout", "processes")
+    assert not our_containers(corch)
+
+
+def test_cpu_spin(corch, tier):
+    res = run(corch, tier, "while True: pass", max_cpu_seconds=1, timeout_seconds=60)
+    assert res.killed_by == "cpu" and not res.timed_out
+
+
+def test_timeout_kills_a_process_that_ignores_sigterm(corch, tier):
+    code = ("import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+            "print('partial', flush=True)\ntime.sleep(60)")
+    res = run(corch, tier, code, timeout_seconds=2)
+    assert res.timed_out and res.killed_by == "timeout"
+    assert res.stdout == "partial\n"
+    assert not our_containers(corch)
+
+
+def test_output_flood(corch, tier):
+    # sys.stdout retries short writes (gVisor returns them on a full pipe; os.write
+    # alone would drop the rest, by the program's own doing).
+    code = "import sys\nb = b'y' * (1 << 20)\nfor _ in range(30): sys.stdout.buffer.write(b)\n"
+    res = run(corch, tier, code, max_output_bytes=1024 * 1024, timeout_seconds=120)
+    assert res.success and res.stdout_truncated and res.stdout_bytes == 30 * (1 << 20)
+    assert res.stdout.endswith("[output truncated at 1048576 bytes]\n")
+
+
+def test_no_network(corch, tier):
+    code = ("import socket\ns = socket.socket(); s.settimeout(3)\n"
+            "try:\n    s.connect(('1.1.1.1', 53)); print('connected')\n"
+            "except OSError as e:\n    print('blocked')\n")
+    assert run(corch, tier, code).stdout == "blocked\n"
+
+
+def test_network_needs_policy(corch, tier):
+    with pytest.raises(PolicyViolation, match="allow_network"):
+        run(corch, tier, "print(1)", network=True)
+
+
+def test_read_only_root_and_non_root_user(corch, tier):
+    code = ("import os\nprint(os.getuid(), os.getgid())\n"
+            "for path in ('/etc/pwned', '/usr/pwned', '/workspace/ok', '/tmp/ok'):\n"
+            "    try:\n        open(path, 'w').write('x'); print(path, 'written')\n"
+            "    except OSError as e:\n        print(path, 'refused')\n")
+    lines = run(corch, tier, code).stdout.splitlines()
+    assert lines[0] == "65534 65534"
+    assert lines[1:] == ["/etc/pwned refused", "/usr/pwned refused", "/workspace/ok written",
+                         "/tmp/ok written"]
+
+
+def test_tmp_is_noexec(corch, tier):
+    code = "cp /bin/true /tmp/t && chmod +x /tmp/t && /tmp/t && echo ran || echo refused"
+    assert corch.execute_code(tier, code, language="bash").stdout.strip().endswith("refused")
+
+
+def test_no_host_environment_leaks(corch, tier, monkeypatch):
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "hunter2")
+    res = corch.execute_code(tier, "import os; print(sorted(os.environ))", env={"MINE": "a=b"})
+    assert "AWS_SECRET" not in res.stdout and "'MINE'" in res.stdout
+
+
+@pytest.mark.parametrize("env", [{"A=B": "1"}, {"A": "x\ny"}, {"A": "nul\x00"}])
+def test_bad_environment_is_refused(corch, tier, env):
+    with pytest.raises(ConfigError):
+        corch.execute_code(tier, "print(1)", env=env)
+
+
+def test_nothing_left_after_many_runs(corch, tier):
+    for i in range(5):
+        assert run(corch, tier, f"print({i})").stdout == f"{i}\n"
+    assert not our_containers(corch)
+    assert not list(Path("/sys/fs/cgroup").glob(f"*/symbi-jupyter-docker/{host_tag()}-*"))
+
+
+def test_gvisor_on_a_daemon_without_runsc_fails_closed(audit_path, monkeypatch):
+    """A real daemon that lacks the runtime: ask for one it does not have."""
+    orch = SandboxOrchestrator(audit_log_path=str(audit_path))
+    sandbox = orch.sandbox(SecurityTier.TIER2)
+    need(orch.sandbox(SecurityTier.TIER1).availability().ok, "no Docker engine", tier="docker")
+    monkeypatch.setattr(type(sandbox), "runtime", "runsc-not-registered")
+    with pytest.raises(TierUnavailable, match="does not list the runsc-not-registered runtime"):
+        orch.execute_code(SecurityTier.TIER2, "print(1)")
+    assert not our_containers(orch)
+
+
+@pytest.mark.parametrize("spec", [
+    "/var/run/docker.sock:/s", "/run/containerd:/c", "/proc:/p", "/sys/fs:/s", "/boot:/b",
+    "/etc:/e", "/root/x:/r", "/var/lib/docker:/d", "/var/lib/kubelet/x:/k", "/tmp/../etc:/x",
+    "/:/host",
+])
+def test_dangerous_volumes_are_refused(spec):
+    with pytest.raises(PolicyViolation):
+        validate_volume(spec)
+
+
+def test_volume_forms():
+    assert validate_volume("/srv/data:/data") == ("/srv/data", {"bind": "/data", "mode": "ro"})
+    assert validate_volume("/srv/data:/data:rw")[1]["mode"] == "rw"
+    for bad in ("/srv", "rel:/x", "/srv:/x:rx"):
+        with pytest.raises(ConfigError):
+            validate_volume(bad)
+
+
+def test_root_user_is_refused(corch, tier):
+    corch.sandbox(tier).user = "0:0"
+    with pytest.raises(ConfigError, match="non-root"):
+        corch.execute_code(tier, "print(1)")
+
+
+def test_missing_image_names_the_build_command(corch, tier):
+    corch.sandbox(tier).image = "symbi-jupyter/does-not-exist:1"
+    with pytest.raises(TierUnavailable, match="symbi-jupyter image build"):
+        corch.execute_code(tier, "print(1)")
+
+
+def test_native_executable_option_is_refused(corch, tier):
+    with pytest.raises(ConfigError, match="tier None only"):
+        corch.execute_code(tier, "print(1)", executable="/usr/bin/python3")
+
+
+def test_uses_the_docker_host_variable(corch, tier, monkeypatch):
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+    fresh = SandboxOrchestrator(audit_log_path="")
+    with pytest.raises(TierUnavailable, match="no Docker engine answers"):
+        fresh.execute_code(tier, "print(1)")
+    assert os.environ["DOCKER_HOST"].startswith("unix:///nonexistent")
+
+
+def test_print_flood_loses_nothing_and_streams(corch, tier):
+    """print() of 30 MiB: under PYTHONUNBUFFERED, gVisor's short pipe writes made
+    print drop most of it; line buffering keeps every byte."""
+    assert corch.execute_code(tier, "import sys; print(sys.stdout.line_buffering)").stdout \
+        == "True\n"
+    code = "b = 'y' * (1 << 20)\nfor _ in range(30): print(b, end='')\nprint()"
+    res = run(corch, tier, code, max_output_bytes=1024 * 1024, timeout_seconds=120)
+    assert res.success and res.stdout_bytes == 30 * (1 << 20) + 1
+
+
+def test_output_streams_line_by_line(corch, tier):
+    chunks = []
+    code = "import time\nprint('first')\ntime.sleep(1)\nprint('second')"
+    res = corch.execute_code(tier, code, on_output=lambda s, b: chunks.append(b))
+    assert res.stdout == "first\nsecond\n"
+    assert chunks[0] == b"first\n"  # arrived alone, a second before the rest

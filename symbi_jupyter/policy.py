@@ -235,19 +235,27 @@ def check_env(env: Mapping[str, str]) -> dict[str, str]:
 # but virtual environments skip it).
 LINE_BUFFERING_DIR = ".symbi"
 LINE_BUFFERING_MODULE = """\
-import os
 import sys
 
 sys.stdout.reconfigure(line_buffering=True)
-# Run the sitecustomize this one shadows (importlib.util would cost milliseconds).
-_here = os.path.dirname(os.path.abspath(__file__))
-for _dir in sys.path:
-    _file = os.path.join(_dir or ".", "sitecustomize.py")
-    if os.path.abspath(_dir or ".") != _here and os.path.isfile(_file):
-        with open(_file, "rb") as _f:
-            exec(compile(_f.read(), _file, "exec"), {"__name__": "sitecustomize", "__file__": _file})
-        break
-del _here, _dir, _file
+
+
+def _run_shadowed():
+    # The sitecustomize this one shadows (importlib.util would cost milliseconds).
+    import os
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    for entry in sys.path:
+        path = os.path.join(entry or ".", "sitecustomize.py")
+        if os.path.abspath(entry or ".") != here and os.path.isfile(path):
+            with open(path, "rb") as f:
+                code = compile(f.read(), path, "exec")
+            exec(code, {"__name__": "sitecustomize", "__file__": path})
+            return
+
+
+_run_shadowed()
+del _run_shadowed
 """
 
 

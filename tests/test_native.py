@@ -743,3 +743,18 @@ def test_print_flood_loses_nothing_and_streams(orch):
     res = orch.execute_code(NONE, "import time\nprint('first')\ntime.sleep(1)\nprint('second')",
                             on_output=lambda s, b: chunks.append(b))
     assert chunks[0] == b"first\n" and res.stdout == "first\nsecond\n"
+
+
+def test_line_buffering_keeps_the_shadowed_sitecustomize(orch, tmp_path):
+    """Our sitecustomize runs the one it shadows (a conda or Debian one, say)."""
+    own = Path("/tmp") / f"symbi-site-{os.getpid()}"
+    own.mkdir(mode=0o755)
+    (own / "sitecustomize.py").write_text("import builtins\nbuiltins.SHADOWED_RAN = True\n")
+    (own / "sitecustomize.py").chmod(0o644)
+    try:
+        res = orch.execute_code(
+            NONE, "import sys, builtins\nprint(sys.stdout.line_buffering, "
+                  "getattr(builtins, 'SHADOWED_RAN', False))", env={"PYTHONPATH": str(own)})
+        assert res.stdout == "True True\n", res.stderr
+    finally:
+        shutil.rmtree(own)

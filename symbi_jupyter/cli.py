@@ -36,7 +36,97 @@ def _add_audit(subparsers: argparse._SubParsersAction) -> None:
     check.set_defaults(func=_audit_verify)
 
 
-_SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_audit]
+def _doctor(args: argparse.Namespace) -> int:
+    from .doctor import run_doctor
+
+    return run_doctor(reap=args.reap)
+
+
+def _add_doctor(subparsers: argparse._SubParsersAction) -> None:
+    doctor = subparsers.add_parser(
+        "doctor",
+        help="show which tiers can run here and how to fix the others",
+        description="For every tier: whether it can run here, and if not, what is "
+        "missing and the command that fixes it.",
+    )
+    doctor.add_argument(
+        "--reap", action="store_true",
+        help="first remove containers and cgroups left by kernels that died",
+    )
+    doctor.set_defaults(func=_doctor)
+
+
+def _setup(args: argparse.Namespace) -> int:
+    from .provision import SetupError, setup
+
+    try:
+        setup(build_image=not args.no_image)
+    except SetupError as exc:
+        print(f"setup: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _add_setup(subparsers: argparse._SubParsersAction) -> None:
+    setup = subparsers.add_parser(
+        "setup",
+        help="install and start what the container tiers need (root, Debian/Ubuntu)",
+        description="Install docker.io, runsc and mmdebstrap, start a Docker daemon with "
+        "runsc registered, and build the sandbox image. Idempotent.",
+    )
+    setup.add_argument("--no-image", action="store_true", help="do not build the image")
+    setup.set_defaults(func=_setup)
+
+
+def _image_build(args: argparse.Namespace) -> int:
+    from .image import ImageError, build_image
+
+    offline = True if args.offline else (False if args.online else None)
+    try:
+        how = build_image(args.tag, dockerfile=args.dockerfile, offline=offline)
+    except ImageError as exc:
+        print(f"image build: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except Exception as exc:  # the engine is missing or refused: say so in one line
+        print(f"image build: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"built {args.tag} {how}")
+    return EXIT_OK
+
+
+def _add_image(subparsers: argparse._SubParsersAction) -> None:
+    from .image import DEFAULT_IMAGE, PACKAGES
+
+    image = subparsers.add_parser("image", help="the container tiers' sandbox image")
+    image.set_defaults(func=_needs_subcommand(image))
+    actions = image.add_subparsers(title="actions", metavar="ACTION")
+    build = actions.add_parser(
+        "build",
+        help="build the sandbox image (offline with mmdebstrap, or from a Dockerfile)",
+        description=f"Build the sandbox image: Debian bookworm, essential packages plus "
+        f"{', '.join(PACKAGES)}. Offline (mmdebstrap + docker import) when no registry is "
+        "reachable, else from the packaged Dockerfile.",
+    )
+    build.add_argument("--tag", default=DEFAULT_IMAGE, help=f"image tag (default {DEFAULT_IMAGE})")
+    build.add_argument("--dockerfile", type=_path, help="build from this Dockerfile instead")
+    mode = build.add_mutually_exclusive_group()
+    mode.add_argument("--offline", action="store_true", help="always use mmdebstrap")
+    mode.add_argument("--online", action="store_true", help="always use the Dockerfile")
+    build.set_defaults(func=_image_build)
+
+
+def _path(value: str):
+    from pathlib import Path
+
+    return Path(value)
+
+
+_SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_audit,
+    _add_doctor,
+    _add_setup,
+    _add_image,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -51,6 +51,9 @@ class ExecutionResult:
     workdir: str | None = None
     stdout_bytes: int = 0
     stderr_bytes: int = 0
+    #: seconds to make the sandbox ready (create and start a container, boot a VM),
+    #: apart from wall_seconds; None where there is no such step, 0 when pooled in advance.
+    startup_seconds: float | None = None
 
     @property
     def success(self) -> bool:

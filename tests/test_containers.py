@@ -10,7 +10,7 @@ import pytest
 from symbi_jupyter import ConfigError, PolicyViolation, ResourceLimits, SecurityTier
 from symbi_jupyter.errors import TierUnavailable
 from symbi_jupyter.orchestrator import SandboxOrchestrator
-from symbi_jupyter.sandboxes.docker import LABEL, host_tag, validate_volume
+from symbi_jupyter.sandboxes.docker import HOST_LABEL, LABEL, host_tag, validate_volume
 
 from .conftest import need
 
@@ -33,8 +33,10 @@ def corch(audit_path):
 
 
 def our_containers(orch) -> list:
+    """Containers left once the orchestrator is closed (which removes its pool)."""
     client = orch.sandbox(SecurityTier.TIER1).client()
-    return client.containers.list(all=True, filters={"label": LABEL})
+    orch.close()
+    return client.containers.list(all=True, filters={"label": f"{HOST_LABEL}={host_tag()}"})
 
 
 def run(orch, tier, code, **limits):
@@ -226,3 +228,66 @@ def test_output_streams_line_by_line(corch, tier):
     res = corch.execute_code(tier, code, on_output=lambda s, b: chunks.append(b))
     assert res.stdout == "first\nsecond\n"
     assert chunks[0] == b"first\n"  # arrived alone, a second before the rest
+
+
+def test_pool_serves_a_started_container_and_leaves_nothing(corch, tier):
+    sandbox = corch.sandbox(tier)
+    assert sandbox.pool_size == 1
+    first = run(corch, tier, "print('cold')")
+    assert first.startup_seconds > 0
+    client = sandbox.client()
+    mine = {"label": f"{HOST_LABEL}={host_tag()}", "status": "running"}
+    assert wait_for(lambda: len(client.containers.list(filters=mine)) == 1)
+    second = run(corch, tier, "import os; print(os.getpid() > 0)")
+    assert second.startup_seconds == 0.0 and second.stdout == "True\n"
+    assert second.peak_memory_bytes and second.memory_method == "cgroup"
+    assert not our_containers(corch)
+
+
+def test_pool_off(corch, tier):
+    corch.sandbox(tier).pool_size = 0
+    for _ in range(2):
+        assert run(corch, tier, "print(1)").startup_seconds > 0
+    client = corch.sandbox(tier).client()
+    assert not client.containers.list(all=True, filters={"label": f"{HOST_LABEL}={host_tag()}"})
+
+
+def wait_for(predicate, seconds: float = 30.0) -> bool:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+KERNEL = """
+import sys, time
+from symbi_jupyter.orchestrator import SandboxOrchestrator
+orch = SandboxOrchestrator(audit_log_path="")
+orch.execute_code(sys.argv[1], "print(1)")
+print("ready", flush=True)
+time.sleep(300)
+"""
+
+
+def test_pooled_container_ends_when_its_kernel_is_killed(corch, tier):
+    """A real kernel process with a pooled container is SIGKILLed: the container's
+    attach stream closes, its launcher gets EOF and it stops by itself; the next
+    kernel's start-up reaps it."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", KERNEL, tier.value],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    client = corch.sandbox(tier).client()
+    theirs = {"label": f"{HOST_LABEL}={host_tag().split('-')[0]}-{proc.pid}"}
+    assert wait_for(lambda: len(client.containers.list(filters=theirs)) == 1)
+    proc.kill()
+    proc.wait()
+    assert wait_for(lambda: not client.containers.list(filters=theirs))  # none running
+    run(corch, tier, "print(1)")  # first use reaps what dead kernels left
+    assert not client.containers.list(all=True, filters=theirs)

@@ -4,7 +4,9 @@ Engine API (the ``docker`` SDK; ``DOCKER_HOST`` and the TLS variables are honour
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
+import json
 import os
 import selectors
 import socket
@@ -131,6 +133,14 @@ class DockerSandbox(Sandbox):
         socket, containerd, /proc, /sys, /boot, /etc, /root, /var/lib/docker,
         /var/lib/kubelet and paths with '..' are refused.""",
     )
+    pool_size = Int(
+        1,
+        config=True,
+        help="""Containers kept created and started, waiting for their cell's code, per
+        (image, limits, environment); each still runs exactly one cell. 0 disables the
+        pool. Pooled containers are removed with the kernel (and, if it dies, end on
+        their own when their attach stream closes).""",
+    )
     measure_with_cgroups = Bool(
         True,
         config=True,
@@ -145,6 +155,8 @@ class DockerSandbox(Sandbox):
         self._lock = threading.Lock()
         self._counter = itertools.count(1)
         self._reaped = False
+        self._ready = False
+        self._pool = _ContainerPool()
 
     # ------------------------------------------------------------------ engine
     def client(self):
@@ -200,29 +212,33 @@ class DockerSandbox(Sandbox):
         return Availability(True, "", details)
 
     def close(self) -> None:
+        self._pool.close()
         with self._lock:
+            self._ready = False
             if self._client is not None:
                 self._client.close()
                 self._client = None
 
-    def _cgroup_parent(self) -> str | None:
-        """A per-run cgroup parent whose figures outlive the container, where we can
-        read it: a local engine on cgroup v1 with the cgroupfs driver."""
+    def _measurable(self) -> bool:
+        """Whether a container's figures can be read from a cgroup parent of ours: a
+        local engine on cgroup v1 with the cgroupfs driver."""
         if not self.measure_with_cgroups:
-            return None
+            return False
         local = str(self.client().api.base_url).startswith("http+docker://local")
-        if not (local and self._info.get("CgroupDriver") == "cgroupfs"
-                and str(self._info.get("CgroupVersion", "1")) == "1"):
-            return None
-        if not os.access(os.path.join(CGROUP_ROOT, "memory"), os.W_OK):
-            return None
-        return f"/{CGROUP_PARENT}/{host_tag()}-{next(self._counter)}"
+        return (
+            local
+            and self._info.get("CgroupDriver") == "cgroupfs"
+            and str(self._info.get("CgroupVersion", "1")) == "1"
+            and os.access(os.path.join(CGROUP_ROOT, "memory"), os.W_OK)
+        )
 
     # ------------------------------------------------------------------ running
     def run(self, request: ExecutionRequest) -> ExecutionResult:
-        availability = self.availability()
-        if not availability.ok:
-            raise TierUnavailable(availability.reason)
+        if not self._ready:
+            availability = self.availability()
+            if not availability.ok:
+                raise TierUnavailable(availability.reason)
+            self._ready = True  # a later loss of the image or engine fails the create
         client = self.client()
         if not self._reaped:
             self._reaped = True
@@ -322,54 +338,73 @@ class DockerSandbox(Sandbox):
                 enforcement["network"] = (
                     "none: runsc is registered with --network=none on this engine"
                 )
-        parent = self._cgroup_parent()
-        if parent:
-            options["cgroup_parent"] = parent
-            if lim.max_cpu_seconds:
-                enforcement["cpu"] = "cgroup (whole container) and RLIMIT_CPU"
+        if self._measurable() and lim.max_cpu_seconds:
+            enforcement["cpu"] = "cgroup (whole container) and RLIMIT_CPU"
         import docker
         import requests
 
         try:
-            return self._run_container(client, request, options, enforcement, parent)
+            return self._run_container(client, request, options, enforcement)
         except (docker.errors.DockerException, requests.RequestException) as exc:
             raise TierUnavailable(
                 f"{self.tier.display_name}: the Docker engine failed during the run "
                 f"({_short(exc)}); the container was removed"
             ) from None
-        finally:
-            if parent:
-                _remove_cgroup_parent(parent)
 
     def _limit_processes(self, count: int, options: dict, ulimits: list) -> str:
         """Under runc the container's pids cgroup counts exactly its processes."""
         options["pids_limit"] = count
         return "container cgroup (pids)"
 
-    def _run_container(self, client, request, options, enforcement, parent) -> ExecutionResult:
+    def _prepare(self, client, options: dict[str, Any]) -> _Prepared:
+        """Create, attach to and start a container whose launcher then waits for the
+        code on stdin. Its cgroup parent (ours) outlives it, for the figures."""
         import docker
 
-        lim = request.limits
-        cap = lim.max_output_bytes or 10 * MiB
-        streams = {_STDOUT: CappedStream("stdout", cap), _STDERR: CappedStream("stderr", cap)}
+        created = time.monotonic()
+        options = dict(options)
+        parent = None
+        if self._measurable():
+            parent = f"/{CGROUP_PARENT}/{host_tag()}-{next(self._counter)}"
+            options["cgroup_parent"] = parent
         try:
             container = client.containers.create(self.image, **options)
         except docker.errors.ImageNotFound:
+            self._ready = False
             raise TierUnavailable(
                 f"the image {self.image} is missing; build it with: {build_command()}"
             ) from None
         except docker.errors.APIError as exc:
             raise TierUnavailable(f"the engine refused the container: {_short(exc)}") from None
-        timed_out = cpu_exceeded = stopped_for_output = interrupted = False
-        pids_hits = 0
-        started = time.monotonic()
         try:
             sock = container.attach_socket(
                 params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1}
             )
-            raw: socket.socket = sock._sock
             container.start()
-            started = time.monotonic()
+        except BaseException:
+            with contextlib.suppress(docker.errors.APIError):
+                container.remove(force=True)
+            raise
+        return _Prepared(container, sock._sock, parent, time.monotonic() - created)
+
+    def _run_container(self, client, request, options, enforcement) -> ExecutionResult:
+        import docker
+
+        lim = request.limits
+        key = _pool_key(self.image, options) if self.pool_size > 0 else None
+        prepared = self._pool.take(key) if key else None
+        pooled = prepared is not None
+        if prepared is None:
+            prepared = self._prepare(client, options)
+        if key:
+            self._pool.refill(key, self.pool_size, lambda: self._prepare(client, options))
+        container, raw, parent = prepared.container, prepared.raw, prepared.parent
+        cap = lim.max_output_bytes or 10 * MiB
+        streams = {_STDOUT: CappedStream("stdout", cap), _STDERR: CappedStream("stderr", cap)}
+        timed_out = cpu_exceeded = stopped_for_output = interrupted = False
+        pids_hits = 0
+        started = time.monotonic()
+        try:
             raw.sendall(request.code)
             raw.shutdown(socket.SHUT_WR)
             deadline = started + lim.timeout_seconds if lim.timeout_seconds else None
@@ -417,12 +452,15 @@ class DockerSandbox(Sandbox):
             status = container.wait(timeout=30)
             container.reload()
             state = container.attrs.get("State", {})
-            raw.close()
+            result = self._result(request, streams, status, state, enforcement, parent, wall,
+                                  timed_out, cpu_exceeded, pids_hits)
         finally:
+            raw.close()
             with contextlib.suppress(docker.errors.APIError):
                 container.remove(force=True)
-        result = self._result(request, streams, status, state, enforcement, parent, wall,
-                              timed_out, cpu_exceeded, pids_hits)
+            if parent:
+                _remove_cgroup_parent(parent)
+        result.startup_seconds = 0.0 if pooled else prepared.startup_seconds
         if interrupted:
             raise KeyboardInterrupt(result)
         return result
@@ -489,6 +527,87 @@ class DockerSandbox(Sandbox):
             stdout_bytes=out.total,
             stderr_bytes=err.total,
         )
+
+
+@dataclasses.dataclass
+class _Prepared:
+    """A started container whose launcher waits for its code on stdin."""
+
+    container: Any
+    raw: socket.socket
+    parent: str | None
+    startup_seconds: float
+
+    def discard(self) -> None:
+        with contextlib.suppress(Exception):
+            self.raw.close()
+            self.container.remove(force=True)
+        if self.parent:
+            _remove_cgroup_parent(self.parent)
+
+
+class _ContainerPool:
+    """Started, never-used containers by configuration; refilled in the background."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._ready: dict[str, list[_Prepared]] = {}
+        self._filling: set[str] = set()
+        self._threads: list[threading.Thread] = []
+        self._closed = False
+
+    def take(self, key: str) -> _Prepared | None:
+        with self._lock:
+            waiting = self._ready.get(key)
+            return waiting.pop(0) if waiting else None
+
+    def refill(self, key: str, size: int, make) -> None:
+        with self._lock:
+            if self._closed or key in self._filling or len(self._ready.get(key, [])) >= size:
+                return
+            self._filling.add(key)
+
+        def fill() -> None:
+            try:
+                while True:
+                    with self._lock:
+                        if self._closed or len(self._ready.get(key, [])) >= size:
+                            return
+                    try:
+                        prepared = make()
+                    except Exception:  # the next cell will create its own and say why
+                        return
+                    with self._lock:
+                        if not self._closed:
+                            self._ready.setdefault(key, []).append(prepared)
+                            continue
+                    prepared.discard()
+                    return
+            finally:
+                with self._lock:
+                    self._filling.discard(key)
+
+        thread = threading.Thread(target=fill, name="symbi-container-pool", daemon=True)
+        with self._lock:
+            self._threads = [t for t in self._threads if t.is_alive()] + [thread]
+        thread.start()
+
+    def close(self) -> None:
+        """Remove every waiting container, including those being made right now."""
+        with self._lock:
+            self._closed = True
+            threads = list(self._threads)
+        for thread in threads:
+            thread.join(timeout=60)
+        with self._lock:
+            waiting = [p for ready in self._ready.values() for p in ready]
+            self._ready.clear()
+        for prepared in waiting:
+            prepared.discard()
+
+
+def _pool_key(image: str, options: dict[str, Any]) -> str:
+    return json.dumps([image, options], sort_keys=True, default=str)
 
 
 class _Frames:

@@ -10,7 +10,7 @@ import pytest
 from symbi_jupyter import ConfigError, PolicyViolation, ResourceLimits, SecurityTier
 from symbi_jupyter.errors import TierUnavailable
 from symbi_jupyter.orchestrator import SandboxOrchestrator
-from symbi_jupyter.sandboxes.docker import HOST_LABEL, LABEL, host_tag, validate_volume
+from symbi_jupyter.sandboxes.docker import HOST_LABEL, host_tag, validate_volume
 
 from .conftest import need
 

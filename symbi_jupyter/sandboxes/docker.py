@@ -456,10 +456,10 @@ class DockerSandbox(Sandbox):
                                   timed_out, cpu_exceeded, pids_hits)
         finally:
             raw.close()
-            with contextlib.suppress(docker.errors.APIError):
-                container.remove(force=True)
-            if parent:
-                _remove_cgroup_parent(parent)
+            # The container has exited (or been killed) and its figures are read:
+            # removing it and its cgroup parent need not delay the result. close()
+            # waits for these removals.
+            self._pool.later(prepared.discard)
         result.startup_seconds = 0.0 if pooled else prepared.startup_seconds
         if interrupted:
             raise KeyboardInterrupt(result)
@@ -541,6 +541,7 @@ class _Prepared:
     def discard(self) -> None:
         with contextlib.suppress(Exception):
             self.raw.close()
+        with contextlib.suppress(Exception):
             self.container.remove(force=True)
         if self.parent:
             _remove_cgroup_parent(self.parent)
@@ -592,8 +593,16 @@ class _ContainerPool:
             self._threads = [t for t in self._threads if t.is_alive()] + [thread]
         thread.start()
 
+    def later(self, job) -> None:
+        """Run ``job`` (a removal) in the background; close() waits for it."""
+        thread = threading.Thread(target=job, name="symbi-container-cleanup", daemon=True)
+        with self._lock:
+            self._threads = [t for t in self._threads if t.is_alive()] + [thread]
+        thread.start()
+
     def close(self) -> None:
-        """Remove every waiting container, including those being made right now."""
+        """Remove every waiting container, including those being made right now, and
+        wait for the removals already under way."""
         with self._lock:
             self._closed = True
             threads = list(self._threads)

@@ -249,7 +249,9 @@ def test_pool_off(corch, tier):
     for _ in range(2):
         assert run(corch, tier, "print(1)").startup_seconds > 0
     client = corch.sandbox(tier).client()
-    assert not client.containers.list(all=True, filters={"label": f"{HOST_LABEL}={host_tag()}"})
+    mine = {"label": f"{HOST_LABEL}={host_tag()}", "status": "running"}
+    assert not client.containers.list(filters=mine)  # nothing waits in a pool
+    assert not our_containers(corch)
 
 
 def wait_for(predicate, seconds: float = 30.0) -> bool:

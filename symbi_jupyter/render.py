@@ -49,6 +49,7 @@ VOLATILE_FIELDS = (
     "workdir",
     "stdout_bytes",  # output that names its run directory varies in length
     "stderr_bytes",
+    "startup_seconds",
 )
 
 _TRUE_WORDS = ("1", "true", "yes")

@@ -170,3 +170,17 @@ def test_symbi_tiers(ip):
     assert "unavailable" in text
     assert "<table" in ladder._repr_html_()
     assert cap.stdout == ""
+
+
+def test_container_tier_cell(ip):
+    from symbi_jupyter import SecurityTier
+
+    from .conftest import need
+
+    orch = ip.magics_manager.registry["SymbiMagics"].orchestrator
+    availability = orch.sandbox(SecurityTier.TIER1).availability()
+    need(availability.ok, availability.reason, tier="docker")
+    result, cap = run(ip, "%%symbi --tier docker --max-memory 256 -o r\nimport os\nprint(os.getuid())")
+    assert result.success and cap.stdout.startswith("65534\n")
+    assert ip.user_ns["r"].tier is SecurityTier.TIER1
+    assert "[symbi] Tier1 (docker) · exit 0" in cap.outputs[0].data["text/plain"]

@@ -180,7 +180,8 @@ def test_container_tier_cell(ip):
     orch = ip.magics_manager.registry["SymbiMagics"].orchestrator
     availability = orch.sandbox(SecurityTier.TIER1).availability()
     need(availability.ok, availability.reason, tier="docker")
-    result, cap = run(ip, "%%symbi --tier docker --max-memory 256 -o r\nimport os\nprint(os.getuid())")
+    cell = "%%symbi --tier docker --max-memory 256 -o r\nimport os\nprint(os.getuid())"
+    result, cap = run(ip, cell)
     assert result.success and cap.stdout.startswith("65534\n")
     assert ip.user_ns["r"].tier is SecurityTier.TIER1
     assert "[symbi] Tier1 (docker) · exit 0" in cap.outputs[0].data["text/plain"]

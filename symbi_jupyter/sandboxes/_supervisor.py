@@ -293,7 +293,7 @@ class RunCgroup:
                     time.sleep(0.002)
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -303,17 +303,19 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def host_tag(pid: int) -> str:
-    """``<pid namespace inode>-<pid>``: names a host uniquely on this machine, where
-    cgroup trees and /tmp may be shared by processes of other pid namespaces."""
-    return f"{os.stat('/proc/self/ns/pid').st_ino}-{pid}"
+def host_tag(pid: int | None = None) -> str:
+    """``<pid namespace inode>-<pid>`` (default: this process): names a host uniquely
+    on this machine, where cgroup trees and /tmp may be shared by processes of other
+    pid namespaces. The sandboxes import it from here, where it is also available to
+    this module when it runs as a stand-alone script."""
+    return f"{os.stat('/proc/self/ns/pid').st_ino}-{os.getpid() if pid is None else pid}"
 
 
 def reap_stale(probe: dict) -> list[str]:
     """Remove run cgroups left by a host of this pid namespace that died without its
     monitors cleaning up, killing anything still inside. Groups of other namespaces
     belong to hosts we cannot see and are left alone."""
-    namespace = host_tag(0).split("-")[0]
+    namespace = host_tag().split("-")[0]
     stale: dict[str, dict[str, str]] = {}
     for ctrl, parent in probe.get("parents", {}).items():
         try:
@@ -328,7 +330,7 @@ def reap_stale(probe: dict) -> list[str]:
                 and parts[0] == namespace
                 and parts[1].isdigit()
                 and os.path.isdir(path)
-                and not _pid_alive(int(parts[1]))
+                and not pid_alive(int(parts[1]))
             ):
                 stale.setdefault(name, {})[ctrl] = path
     for paths in stale.values():

@@ -25,6 +25,7 @@ from ..result import ExecutionResult
 from ..tiers import SecurityTier
 from ._evidence import Evidence, killed_by, limits_reached
 from ._streams import CappedStream
+from ._supervisor import host_tag, pid_alive
 from .base import Availability, ExecutionRequest, Sandbox
 
 MiB = 1024 * 1024
@@ -50,9 +51,6 @@ LAUNCHER = (
 # Where the kernel's cgroup trees live for each limit we read back (v1).
 _STDOUT, _STDERR = 1, 2
 
-
-def host_tag() -> str:
-    return f"{os.stat('/proc/self/ns/pid').st_ino}-{os.getpid()}"
 
 
 # Volumes may not reach these (tier-model.md section 4).
@@ -645,29 +643,20 @@ def reap(client, *, log=print) -> list[str]:
     for container in client.containers.list(all=True, filters={"label": LABEL}):
         owner = container.labels.get(HOST_LABEL, "")
         ns, _, pid = owner.partition("-")
-        if ns != namespace or not pid.isdigit() or _pid_alive(int(pid)):
+        if ns != namespace or not pid.isdigit() or pid_alive(int(pid)):
             continue
         with contextlib.suppress(Exception):
             container.remove(force=True)
             removed.append(container.short_id)
     for path in Path(CGROUP_ROOT).glob(f"*/{CGROUP_PARENT}/{namespace}-*"):
         pid = path.name.split("-")[1]
-        if pid.isdigit() and not _pid_alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             with contextlib.suppress(OSError):
                 path.rmdir()
     if removed:
         log(f"reaped containers left by dead kernels: {', '.join(removed)}")
     return removed
 
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _cgroup_file(parent: str, controller: str, name: str) -> Path:

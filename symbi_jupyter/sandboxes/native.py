@@ -33,6 +33,7 @@ from ..result import ExecutionResult
 from ..tiers import SecurityTier
 from ._evidence import Evidence, killed_by, limits_reached
 from ._streams import CappedStream
+from ._supervisor import host_tag, pid_alive
 from .base import Availability, ExecutionRequest, Sandbox
 
 MiB = 1024 * 1024
@@ -217,7 +218,7 @@ class NativeSandbox(Sandbox):
         namespace = host_tag().split("-")[0]
         for path in workdir.glob(f"run-{namespace}-*-*"):
             pid = path.name.split("-")[2]
-            if pid.isdigit() and not _pid_alive(int(pid)):
+            if pid.isdigit() and not pid_alive(int(pid)):
                 shutil.rmtree(path, ignore_errors=True)
                 self.log.warning("removed run directory left by a dead kernel: %s", path)
 
@@ -430,19 +431,6 @@ class NativeSandbox(Sandbox):
         )
 
 
-def host_tag() -> str:
-    """This process as ``<pid namespace inode>-<pid>`` (see the supervisor)."""
-    return f"{os.stat('/proc/self/ns/pid').st_ino}-{os.getpid()}"
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _check_reachable(real: str, uid: int, gid: int, user: str) -> None:

@@ -83,6 +83,16 @@ def cgroups(orch: SandboxOrchestrator) -> int:
     return version
 
 
+def wait_until(predicate, seconds: float = 30.0) -> bool:
+    """Poll for an eventual state (clean-up after a process exits); not a timing test."""
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
 def python_runnable_by_others() -> bool:
     """Whether sys.executable is reachable by an unprivileged user (not under /root)."""
     path = Path(os.path.realpath(sys.executable))

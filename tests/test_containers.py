@@ -12,7 +12,7 @@ from symbi_jupyter.errors import TierUnavailable
 from symbi_jupyter.orchestrator import SandboxOrchestrator
 from symbi_jupyter.sandboxes.docker import HOST_LABEL, host_tag, validate_volume
 
-from .conftest import need
+from .conftest import need, wait_until
 
 TIERS = [SecurityTier.TIER1, SecurityTier.TIER2]
 NAMES = {SecurityTier.TIER1: "docker", SecurityTier.TIER2: "gvisor"}
@@ -237,7 +237,7 @@ def test_pool_serves_a_started_container_and_leaves_nothing(corch, tier):
     assert first.startup_seconds > 0
     client = sandbox.client()
     mine = {"label": f"{HOST_LABEL}={host_tag()}", "status": "running"}
-    assert wait_for(lambda: len(client.containers.list(filters=mine)) == 1)
+    assert wait_until(lambda: len(client.containers.list(filters=mine)) == 1)
     second = run(corch, tier, "import os; print(os.getpid() > 0)")
     assert second.startup_seconds == 0.0 and second.stdout == "True\n"
     assert second.peak_memory_bytes and second.memory_method == "cgroup"
@@ -252,17 +252,6 @@ def test_pool_off(corch, tier):
     mine = {"label": f"{HOST_LABEL}={host_tag()}", "status": "running"}
     assert not client.containers.list(filters=mine)  # nothing waits in a pool
     assert not our_containers(corch)
-
-
-def wait_for(predicate, seconds: float = 30.0) -> bool:
-    import time
-
-    deadline = time.monotonic() + seconds
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 KERNEL = """
@@ -287,9 +276,9 @@ def test_pooled_container_ends_when_its_kernel_is_killed(corch, tier):
     assert proc.stdout.readline().strip() == "ready"
     client = corch.sandbox(tier).client()
     theirs = {"label": f"{HOST_LABEL}={host_tag().split('-')[0]}-{proc.pid}"}
-    assert wait_for(lambda: len(client.containers.list(filters=theirs)) == 1)
+    assert wait_until(lambda: len(client.containers.list(filters=theirs)) == 1)
     proc.kill()
     proc.wait()
-    assert wait_for(lambda: not client.containers.list(filters=theirs))  # none running
+    assert wait_until(lambda: not client.containers.list(filters=theirs))  # none running
     run(corch, tier, "print(1)")  # first use reaps what dead kernels left
     assert not client.containers.list(all=True, filters=theirs)

@@ -25,7 +25,7 @@ from symbi_jupyter.audit import verify
 from symbi_jupyter.orchestrator import SandboxOrchestrator
 from symbi_jupyter.sandboxes.native import host_tag
 
-from .conftest import need
+from .conftest import need, wait_until
 
 MiB = 1024 * 1024
 ALLOC_300 = "x = b'1' * (300 * 1024 * 1024)"  # writes every page, unlike bytearray(n)
@@ -51,16 +51,6 @@ def ran_in(pid: str, orch) -> bool:
     except OSError:
         return False
     return orch.working_directory in cmdline
-
-
-def wait_until(predicate, seconds: float = 20.0) -> bool:
-    """Poll for an eventual state (clean-up after a process exits); not a timing test."""
-    deadline = time.monotonic() + seconds
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 def run_cgroup_dirs() -> list[str]:

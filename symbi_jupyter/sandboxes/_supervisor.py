@@ -283,14 +283,20 @@ class RunCgroup:
 
     def remove(self) -> None:
         for path in self.paths.values():
-            for _ in range(50):
-                try:
-                    os.rmdir(path)
-                    break
-                except FileNotFoundError:
-                    break
-                except OSError:
-                    time.sleep(0.002)
+            remove_cgroup_dir(path)
+
+
+def remove_cgroup_dir(path: str, attempts: int = 50, pause: float = 0.005) -> None:
+    """rmdir a cgroup, retrying while the kernel still holds it (EBUSY just after its
+    last task exits); a missing one is fine."""
+    for _ in range(attempts):
+        try:
+            os.rmdir(path)
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            time.sleep(pause)
 
 
 def pid_alive(pid: int) -> bool:

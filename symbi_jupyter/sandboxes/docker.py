@@ -25,7 +25,7 @@ from ..result import ExecutionResult
 from ..tiers import SecurityTier
 from ._evidence import Evidence, killed_by, limits_reached
 from ._streams import CappedStream
-from ._supervisor import host_tag, pid_alive
+from ._supervisor import host_tag, pid_alive, remove_cgroup_dir
 from .base import Availability, ExecutionRequest, Sandbox
 
 MiB = 1024 * 1024
@@ -34,14 +34,6 @@ HOST_LABEL = "symbi-jupyter.host"
 CGROUP_ROOT = "/sys/fs/cgroup"
 CGROUP_PARENT = "symbi-jupyter-docker"
 WORKSPACE = "/workspace"
-# Language -> (interpreter inside the image, code file name).
-INTERPRETERS = {
-    "python3": ("python3", "cell.py"),
-    "python": ("python3", "cell.py"),
-    "bash": ("bash", "cell.sh"),
-    "sh": ("sh", "cell.sh"),
-    "node": ("node", "cell.js"),
-}
 # Reads the code from stdin into a file, then runs it: the code never touches argv.
 # First it writes the line-buffering sitecustomize module (see policy.py) to $3.
 LAUNCHER = (
@@ -241,9 +233,8 @@ class DockerSandbox(Sandbox):
         if not self._reaped:
             self._reaped = True
             reap(client, log=self.log.warning)
-        interpreter, filename = INTERPRETERS.get(request.language, (None, None))
-        if interpreter is None:
-            raise ConfigError(f"unknown language {request.language!r}")
+        # The same names as at tier None, here looked up inside the image.
+        interpreter, filename = policy.language_spec(request.language)
         if request.executable:
             raise ConfigError(
                 "an explicit executable applies to tier None only; in a container choose "
@@ -520,7 +511,7 @@ class DockerSandbox(Sandbox):
             enforcement=enforcement,
             limits_reached=limits_reached(evidence, stopped_by),
             language=request.language,
-            executable=f"{self.image}:{INTERPRETERS[request.language][0]}",
+            executable=f"{self.image}:{policy.language_spec(request.language)[0]}",
             code_sha256=request.code_sha256,
             stdout_bytes=out.total,
             stderr_bytes=err.total,
@@ -694,15 +685,7 @@ def _container_pids_hits(parent: str | None, container_id: str) -> int:
 
 def _remove_cgroup_parent(parent: str) -> None:
     for controller in os.listdir(CGROUP_ROOT):
-        path = Path(CGROUP_ROOT, controller, parent.lstrip("/"))
-        for _ in range(50):
-            try:
-                path.rmdir()
-                break
-            except FileNotFoundError:
-                break
-            except OSError:
-                time.sleep(0.01)
+        remove_cgroup_dir(os.path.join(CGROUP_ROOT, controller, parent.lstrip("/")))
 
 
 def _short(exc: BaseException) -> str:

@@ -227,36 +227,13 @@ def check_env(env: Mapping[str, str]) -> dict[str, str]:
     return clean
 
 
-# Python's stdout is block-buffered on a pipe, so output would arrive only at exit.
-# PYTHONUNBUFFERED is no cure: its raw stdout does not retry short writes, and print()
-# silently loses data where a pipe takes part of a write (as gVisor's do). Instead a
-# sitecustomize module, first on PYTHONPATH, switches stdout to line buffering and then
-# runs the sitecustomize it shadows, if there is one (usercustomize would be simpler,
-# but virtual environments skip it).
-LINE_BUFFERING_DIR = ".symbi"
-LINE_BUFFERING_MODULE = """\
-import sys
-
-sys.stdout.reconfigure(line_buffering=True)
+# The sitecustomize that line-buffers Python's stdout in every sandboxed run (why: in
+# that file). It lives in a directory of its own, put first on PYTHONPATH.
+LINE_BUFFERING_DIR = Path(__file__).parent / "sandboxes" / "linebuffer"
 
 
-def _run_shadowed():
-    # The sitecustomize this one shadows (importlib.util would cost milliseconds).
-    import os
-
-    here = os.path.dirname(os.path.abspath(__file__))
-    for entry in sys.path:
-        path = os.path.join(entry or ".", "sitecustomize.py")
-        if os.path.abspath(entry or ".") != here and os.path.isfile(path):
-            with open(path, "rb") as f:
-                code = compile(f.read(), path, "exec")
-            exec(code, {"__name__": "sitecustomize", "__file__": path})
-            return
-
-
-_run_shadowed()
-del _run_shadowed
-"""
+def line_buffering_module() -> str:
+    return (LINE_BUFFERING_DIR / "sitecustomize.py").read_text()
 
 
 def native_environment(
@@ -274,7 +251,7 @@ def native_environment(
         ),
         "HOME": run_dir,
         "TMPDIR": os.path.join(run_dir, "tmp"),
-        "PYTHONPATH": os.path.join(run_dir, LINE_BUFFERING_DIR),
+        "PYTHONPATH": str(LINE_BUFFERING_DIR),
         "PYTHONDONTWRITEBYTECODE": "1",
     }
     for key, value in host.items():

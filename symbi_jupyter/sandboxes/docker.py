@@ -34,6 +34,8 @@ HOST_LABEL = "symbi-jupyter.host"
 CGROUP_ROOT = "/sys/fs/cgroup"
 CGROUP_PARENT = "symbi-jupyter-docker"
 WORKSPACE = "/workspace"
+#: Where the launcher writes the line-buffering sitecustomize (see policy.py).
+LINE_BUFFERING_DIR = f"{WORKSPACE}/.symbi"
 # Reads the code from stdin into a file, then runs it: the code never touches argv.
 # First it writes the line-buffering sitecustomize module (see policy.py) to $3.
 LAUNCHER = (
@@ -251,15 +253,13 @@ class DockerSandbox(Sandbox):
         env = {
             "HOME": WORKSPACE,
             "TMPDIR": "/tmp",
-            "PYTHONPATH": f"{WORKSPACE}/{policy.LINE_BUFFERING_DIR}",
+            "PYTHONPATH": LINE_BUFFERING_DIR,
             "PYTHONDONTWRITEBYTECODE": "1",
             "LANG": "C.UTF-8",
             **request.env,
         }
         if request.env.get("PYTHONPATH"):
-            env["PYTHONPATH"] = (
-                f"{WORKSPACE}/{policy.LINE_BUFFERING_DIR}:{request.env['PYTHONPATH']}"
-            )
+            env["PYTHONPATH"] = f"{LINE_BUFFERING_DIR}:{request.env['PYTHONPATH']}"
         from docker.types import Ulimit
 
         ulimits = [Ulimit(name="core", soft=0, hard=0)]
@@ -282,8 +282,7 @@ class DockerSandbox(Sandbox):
             enforcement["open_files"] = "ulimit (RLIMIT_NOFILE)"
         options: dict[str, Any] = dict(
             command=["/bin/sh", "-c", LAUNCHER, "symbi", f"{WORKSPACE}/{filename}",
-                     interpreter, f"{WORKSPACE}/{policy.LINE_BUFFERING_DIR}",
-                     policy.LINE_BUFFERING_MODULE],
+                     interpreter, LINE_BUFFERING_DIR, policy.line_buffering_module()],
             user=f"{uid}:{gid or uid}",
             working_dir=WORKSPACE,
             environment=env,

@@ -13,6 +13,7 @@ import json
 import math
 import os
 import pwd
+import py_compile
 import selectors
 import shutil
 import signal
@@ -78,6 +79,8 @@ class NativeSandbox(Sandbox):
         self._proc: subprocess.Popen | None = None
         self._cgroup_probe: dict = {}
         self._reaped_dirs: set[Path] = set()
+        # Compiled once here, so no run compiles it (runs may not write bytecode).
+        py_compile.compile(str(policy.LINE_BUFFERING_DIR / "sitecustomize.py"), doraise=False)
 
     # ------------------------------------------------------------------ supervisor
     def _supervisor(self) -> socket.socket:
@@ -170,9 +173,6 @@ class NativeSandbox(Sandbox):
         monitor_cleans = False
         try:
             (run_dir / "tmp").mkdir(mode=0o700)
-            helpers = run_dir / policy.LINE_BUFFERING_DIR
-            helpers.mkdir(mode=0o755)
-            (helpers / "sitecustomize.py").write_text(policy.LINE_BUFFERING_MODULE)
             code_path = run_dir / filename
             code_path.write_bytes(request.code)
             if uid is not None:

@@ -169,8 +169,8 @@ class NativeSandbox(Sandbox):
             _check_reachable(real_exe, uid, gid, self.run_as_user)
         run_dir = Path(tempfile.mkdtemp(prefix=f"run-{host_tag()}-", dir=workdir))
         # Once the monitor has reported, it removes the run directory itself, after
-        # the report, so the caller does not wait for it.
-        monitor_cleans = False
+        # the report, so the caller does not wait for it; else (it died) we do.
+        reported = False
         try:
             (run_dir / "tmp").mkdir(mode=0o700)
             code_path = run_dir / filename
@@ -195,14 +195,14 @@ class NativeSandbox(Sandbox):
             try:
                 result = self._execute(sock, spec, request, enforcement)
             except KeyboardInterrupt:
-                monitor_cleans = not request.keep_workdir  # it reported before we raise
+                reported = True  # _execute waits for the report before it raises
                 raise
-            monitor_cleans = not request.keep_workdir
+            reported = True
         finally:
             if request.keep_workdir:
                 kept = run_dir.with_name("kept-" + run_dir.name[len("run-") :])
                 run_dir.rename(kept)
-            elif not monitor_cleans:
+            elif not reported:
                 shutil.rmtree(run_dir, ignore_errors=True)
         result.language = language
         result.executable = real_exe

@@ -748,3 +748,18 @@ def test_line_buffering_keeps_the_shadowed_sitecustomize(orch, tmp_path):
         assert res.stdout == "True True\n", res.stderr
     finally:
         shutil.rmtree(own)
+
+
+def test_sigterm_to_a_waiting_spare_removes_what_it_prepared(orch, cgroups):
+    """A kernel's shutdown may SIGTERM its whole process tree (ipykernel does): the
+    spare monitor then removes its cgroups instead of leaving them behind."""
+    assert orch.execute_code(NONE, "print(1)").success
+    supervisor = orch.sandbox("none")._proc.pid
+    assert wait_until(lambda: len(run_cgroup_dirs()) > 0)
+    spares = Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text().split()
+    assert spares
+    for pid in spares:
+        os.kill(int(pid), signal.SIGTERM)
+    assert wait_until(lambda: not any(alive(int(p)) for p in spares))
+    assert wait_until(
+        lambda: not [d for d in run_cgroup_dirs() if d.rsplit("-", 1)[1] in spares])

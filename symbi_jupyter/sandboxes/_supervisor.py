@@ -768,11 +768,18 @@ def _fork_spare(
         gc.disable()
         os.close(taken_r)
         spare = Monitor(probe, host_pid, inherited=(sock.fileno(), taken_w))
-        request = _receive(sock)
+        # A kernel's shutdown may SIGTERM its process tree: a spare then removes what
+        # it prepared instead of dying with it.
+        signal.signal(signal.SIGTERM, _exit_on_signal)
+        try:
+            request = _receive(sock)
+        except SystemExit:
+            request = None
         if request is None:
             spare.discard()
             os.write(taken_w, b"q")
             return
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
         sock.close()
         req, (out_fd, err_fd, status_fd) = request
         refilled = []
@@ -788,6 +795,10 @@ def _fork_spare(
             refill()  # even if this run failed early, the next request needs a spare
     finally:
         os._exit(0)
+
+
+def _exit_on_signal(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _receive(sock: socket.socket, nfds: int = 3) -> tuple[dict, list[int]] | None:

@@ -79,8 +79,11 @@ class NativeSandbox(Sandbox):
         self._proc: subprocess.Popen | None = None
         self._cgroup_probe: dict = {}
         self._reaped_dirs: set[Path] = set()
-        # Compiled once here, so no run compiles it (runs may not write bytecode).
-        py_compile.compile(str(policy.LINE_BUFFERING_DIR / "sitecustomize.py"), doraise=False)
+        # Compiled once here, so no run compiles it (runs may not write bytecode). An
+        # installation we cannot write to was compiled by its installer, or costs a
+        # compile per run: not worth an error.
+        with contextlib.suppress(OSError, py_compile.PyCompileError):
+            py_compile.compile(str(policy.LINE_BUFFERING_DIR / "sitecustomize.py"), doraise=True)
 
     # ------------------------------------------------------------------ supervisor
     def _supervisor(self) -> socket.socket:

@@ -767,11 +767,14 @@ def _fork_spare(
     try:
         gc.disable()
         os.close(taken_r)
-        spare = Monitor(probe, host_pid, inherited=(sock.fileno(), taken_w))
         # A kernel's shutdown may SIGTERM its process tree: a spare then removes what
-        # it prepared instead of dying with it.
+        # it prepared instead of dying with it. Held back while it prepares, so it is
+        # never caught with half of it made.
         signal.signal(signal.SIGTERM, _exit_on_signal)
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        spare = Monitor(probe, host_pid, inherited=(sock.fileno(), taken_w))
         try:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
             request = _receive(sock)
         except SystemExit:
             request = None

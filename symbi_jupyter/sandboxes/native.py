@@ -104,6 +104,10 @@ class NativeSandbox(Sandbox):
                 pass_fds=[theirs.fileno()],
                 stdin=subprocess.DEVNULL,
                 close_fds=True,
+                # Out of the kernel's process group: a killpg(SIGKILL) of the kernel
+                # (jupyter_client's "shutdown now") must leave the supervisor time to
+                # see the socket close and clean up.
+                start_new_session=True,
             )
             theirs.close()
             hello = json.loads(ours.recv(1 << 16) or b"{}")

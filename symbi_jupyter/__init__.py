@@ -18,6 +18,7 @@ __all__ = [
     "SecurityTier",
     "SymbiError",
     "TierUnavailable",
+    "compare",
 ]
 
 
@@ -27,6 +28,10 @@ def __getattr__(name: str) -> object:
         from .orchestrator import SandboxOrchestrator
 
         return SandboxOrchestrator
+    if name == "compare":
+        from .render import compare
+
+        return compare
     raise AttributeError(name)
 
 

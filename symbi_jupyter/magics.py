@@ -17,7 +17,7 @@ from traitlets import Bool, Instance
 from .errors import ConfigError
 from .limits import ResourceLimits
 from .orchestrator import SandboxOrchestrator
-from .render import ResultDisplay, TierLadder
+from .render import Comparison, ResultDisplay, TierLadder
 from .result import ExecutionResult
 from .tiers import SecurityTier
 
@@ -124,6 +124,20 @@ class SymbiMagics(Magics):
             self.shell.user_ns[args.out] = result
         if self.show_stats and not args.quiet:
             display(result)
+
+    @line_magic
+    def symbi_compare(self, line: str = "") -> Comparison:
+        """``%symbi_compare r1 r2 ...``: stored results (``-o NAME``) side by side."""
+        names = line.split()
+        if not names:
+            raise UsageError("%symbi_compare NAME [NAME ...]: names stored with -o NAME")
+        results = []
+        for name in names:
+            value = self.shell.user_ns.get(name)
+            if not isinstance(value, ExecutionResult):
+                raise UsageError(f"%symbi_compare: {name} is not an ExecutionResult (-o {name})")
+            results.append(value)
+        return Comparison(results, names)
 
     @line_magic
     def symbi_tiers(self, line: str = "") -> TierLadder:

@@ -26,9 +26,11 @@ __all__ = [
     "KILL_REASON_WORDS",
     "MIME_TYPE",
     "VOLATILE_FIELDS",
+    "Comparison",
     "KillWords",
     "ResultDisplay",
     "TierLadder",
+    "compare",
     "format_bytes",
     "format_duration",
     "render_html",
@@ -590,3 +592,89 @@ class TierLadder:
 
 def _details(details: dict[str, Any]) -> str:
     return ", ".join(f"{k}: {v}" for k, v in details.items())
+
+
+class Comparison:
+    """Several results side by side, one column each: ``symbi_jupyter.compare`` and
+    ``%symbi_compare``. The stable rendering leaves the volatile rows blank."""
+
+    ROWS = ("tier", "status", "wall", "CPU", "peak memory", "start-up")
+
+    def __init__(
+        self,
+        results: list[ExecutionResult],
+        labels: list[str] | None = None,
+        display: ResultDisplay | None = None,
+    ) -> None:
+        if labels is not None and len(labels) != len(results):
+            raise ValueError(f"{len(labels)} labels for {len(results)} results")
+        self.results = list(results)
+        self.labels = list(labels) if labels else [f"#{i + 1}" for i in range(len(results))]
+        self.display = display
+
+    def cells(self) -> list[tuple[str, list[str]]]:
+        stable = _display(self.display).stable
+        rows: list[tuple[str, list[str]]] = []
+        for name in self.ROWS:
+            values = []
+            for r in self.results:
+                values.append("" if stable and name not in ("tier", "status")
+                              else self._value(name, r))
+            rows.append((name, values))
+        return rows
+
+    @staticmethod
+    def _value(name: str, r: ExecutionResult) -> str:
+        if name == "tier":
+            return _tier_label(r)
+        if name == "status":
+            return _status_short(r)
+        if name == "wall":
+            return format_duration(r.wall_seconds)
+        if name == "CPU":
+            return format_duration(r.cpu_seconds) if r.cpu_seconds is not None else "?"
+        if name == "peak memory":
+            if r.peak_memory_bytes is None:
+                return "?"
+            return f"{format_bytes(r.peak_memory_bytes)} ({r.memory_method})"
+        return format_duration(r.startup_seconds) if r.startup_seconds is not None else "-"
+
+    def __str__(self) -> str:
+        rows = [("", self.labels), *self.cells()]
+        widths = [max(len(row[0]) for row in rows)]
+        for i in range(len(self.results)):
+            widths.append(max(len(row[1][i]) for row in rows))
+        lines = []
+        for name, values in rows:
+            padded = [v.ljust(w) for v, w in zip(values, widths[1:], strict=True)]
+            cells = [name.ljust(widths[0]), *padded]
+            lines.append("  ".join(cells).rstrip())
+        return "\n".join(lines)
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        printer.text(str(self))
+
+    def _repr_html_(self) -> str:
+        head = "".join(
+            f'<th style="padding:2px 10px;border-bottom:2px solid '
+            f'{_TIER_COLOURS.get(_tier(r), "#999")}">{html.escape(label)}</th>'
+            for label, r in zip(self.labels, self.results, strict=True)
+        )
+        body = "".join(
+            f'<tr><th style="text-align:left;padding:2px 10px">{html.escape(name)}</th>'
+            + "".join(f'<td style="padding:2px 10px">{html.escape(v)}</td>' for v in values)
+            + "</tr>"
+            for name, values in self.cells()
+        )
+        return (
+            '<table class="symbi-compare" style="border-collapse:collapse;font-size:90%">'
+            f"<tr><th></th>{head}</tr>{body}</table>"
+        )
+
+
+def compare(
+    results: list[ExecutionResult], labels: list[str] | None = None
+) -> Comparison:
+    """A side-by-side table of several results (tier, status, wall, CPU, peak memory,
+    start-up), for notebooks and agents comparing tiers."""
+    return Comparison(results, labels)

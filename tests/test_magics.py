@@ -185,3 +185,15 @@ def test_container_tier_cell(ip):
     assert result.success and cap.stdout.startswith("65534\n")
     assert ip.user_ns["r"].tier is SecurityTier.TIER1
     assert "[symbi] Tier1 (docker) · exit 0" in cap.outputs[0].data["text/plain"]
+
+
+def test_symbi_compare(ip):
+    allow(ip)
+    run(ip, "%%symbi --native --quiet -o one\nprint(1)")
+    run(ip, "%%symbi --native --quiet --timeout 1 -o two\nimport time; time.sleep(5)")
+    with capture_output():
+        table = ip.run_line_magic("symbi_compare", "one two")
+    text = str(table)
+    assert "one" in text.splitlines()[0] and "stopped: timeout" in text
+    result, _ = run(ip, "%symbi_compare one nope")
+    assert type(result.error_in_exec).__name__ == "UsageError"

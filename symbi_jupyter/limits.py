@@ -24,7 +24,8 @@ CEILING_TRAITS: dict[str, tuple[str, str]] = {
 
 @dataclasses.dataclass(frozen=True)
 class ResourceLimits:
-    """Limits for one execution. ``None`` means "the policy ceiling".
+    """Limits for one execution. ``None`` means "the policy ceiling", except for
+    ``network``, where it means no network: a request must ask for it.
 
     A request may lower any limit below the operator's ceiling, never raise it:
     see :meth:`within`.
@@ -61,7 +62,8 @@ class ResourceLimits:
         for name, (trait, unit) in CEILING_TRAITS.items():
             asked, ceiling = getattr(self, name), getattr(ceilings, name)
             if asked is None:
-                effective[name] = ceiling
+                # The network is opt-in per request even where the policy allows it.
+                effective[name] = False if name == "network" else ceiling
                 continue
             if ceiling is not None and asked > ceiling:
                 if name == "network":

@@ -282,3 +282,16 @@ def test_pooled_container_ends_when_its_kernel_is_killed(corch, tier):
     assert wait_until(lambda: not client.containers.list(filters=theirs))  # none running
     run(corch, tier, "print(1)")  # first use reaps what dead kernels left
     assert not client.containers.list(all=True, filters=theirs)
+
+
+def test_network_when_policy_allows_it(corch, tier):
+    corch.allow_network = True
+    res = run(corch, tier, "print(open('/proc/net/dev').read().count(':'))", network=True)
+    if tier is SecurityTier.TIER2:
+        # This engine registers runsc with --network=none: said, not pretended.
+        assert res.enforcement["network"].startswith("none: the engine runs runsc")
+    else:
+        assert res.enforcement["network"] == "bridge network (allowed by policy)"
+        assert int(res.stdout) >= 2  # loopback and the bridge's interface
+    quiet = run(corch, tier, "print(open('/proc/net/dev').read().count(':'))")
+    assert quiet.enforcement["network"].startswith("none")

@@ -763,3 +763,10 @@ def test_sigterm_to_a_waiting_spare_removes_what_it_prepared(orch, cgroups):
     assert wait_until(lambda: not any(alive(int(p)) for p in spares))
     assert wait_until(
         lambda: not [d for d in run_cgroup_dirs() if d.rsplit("-", 1)[1] in spares])
+
+
+def test_network_is_opt_in_even_where_allowed(orch):
+    orch.allow_network = True
+    assert orch.execute_code(NONE, "print(1)").limits.network is False
+    res = orch.execute_code(NONE, "print(1)", limits=ResourceLimits(network=True))
+    assert res.limits.network is True and "network" not in res.enforcement

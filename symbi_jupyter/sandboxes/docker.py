@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import itertools
 import json
+import math
 import os
 import selectors
 import socket
@@ -242,6 +243,23 @@ class DockerSandbox(Sandbox):
                 "an explicit executable applies to tier None only; in a container choose "
                 "the interpreter with the language (python3, bash, sh, node)"
             )
+        options, enforcement = self._container_options(request, interpreter, filename)
+        import docker
+        import requests
+
+        try:
+            return self._run_container(client, request, options, enforcement)
+        except (docker.errors.DockerException, requests.RequestException) as exc:
+            raise TierUnavailable(
+                f"{self.tier.display_name}: the Docker engine failed during the run "
+                f"({_short(exc)}); the container was removed"
+            ) from None
+
+    def _container_options(
+        self, request: ExecutionRequest, interpreter: str, filename: str
+    ) -> tuple[dict[str, Any], dict[str, str]]:
+        """The hardened container configuration for this request, and how each limit
+        is enforced by it."""
         check_container_env(request.env)
         uid, _, gid = self.user.partition(":")
         if not uid.isdigit() or int(uid) == 0 or (gid and not gid.isdigit()):
@@ -269,7 +287,7 @@ class DockerSandbox(Sandbox):
             "network": "none (no network interface)",
         }
         if lim.max_cpu_seconds:
-            seconds = int(-(-lim.max_cpu_seconds // 1))
+            seconds = math.ceil(lim.max_cpu_seconds)
             ulimits.append(Ulimit(name="cpu", soft=seconds, hard=seconds + 1))
             enforcement["cpu"] = "ulimit (RLIMIT_CPU, per process)"
         if lim.max_file_size_mb:
@@ -322,22 +340,14 @@ class DockerSandbox(Sandbox):
         if lim.network:
             options["network_mode"] = "bridge"
             enforcement["network"] = "bridge network (allowed by policy)"
-            if self.runtime == "runsc":
+            runtime = self._info.get("Runtimes", {}).get(self.runtime or "", {})
+            if "--network=none" in (runtime.get("runtimeArgs") or []):
                 enforcement["network"] = (
-                    "none: runsc is registered with --network=none on this engine"
+                    f"none: the engine runs {self.runtime} with --network=none"
                 )
         if self._measurable() and lim.max_cpu_seconds:
             enforcement["cpu"] = "cgroup (whole container) and RLIMIT_CPU"
-        import docker
-        import requests
-
-        try:
-            return self._run_container(client, request, options, enforcement)
-        except (docker.errors.DockerException, requests.RequestException) as exc:
-            raise TierUnavailable(
-                f"{self.tier.display_name}: the Docker engine failed during the run "
-                f"({_short(exc)}); the container was removed"
-            ) from None
+        return options, enforcement
 
     def _limit_processes(self, count: int, options: dict, ulimits: list) -> str:
         """Under runc the container's pids cgroup counts exactly its processes."""

@@ -3,10 +3,12 @@ run code, the renderers show results."""
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import os
 import threading
 import time
+import weakref
 from importlib import import_module
 from typing import Any
 
@@ -124,6 +126,9 @@ class SandboxOrchestrator(LoggingConfigurable):
         super().__init__(config=load_config(config), **kwargs)
         self._sandboxes: dict[SecurityTier, Sandbox] = {}
         self._lock = threading.Lock()
+        # Pooled containers and helper processes go with the interpreter, whether or
+        # not anyone calls close() (a kernel shutting down does not).
+        atexit.register(_close_at_exit, weakref.ref(self))
 
     @default("max_cpu_cores")
     def _default_cores(self) -> float:
@@ -263,6 +268,12 @@ class SandboxOrchestrator(LoggingConfigurable):
             for sandbox in self._sandboxes.values():
                 sandbox.close()
             self._sandboxes.clear()
+
+
+def _close_at_exit(ref: weakref.ref) -> None:
+    orchestrator = ref()
+    if orchestrator is not None:
+        orchestrator.close()
 
 
 def _result_record(result: ExecutionResult) -> dict[str, Any]:

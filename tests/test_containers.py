@@ -36,7 +36,8 @@ def our_containers(orch) -> list:
     """Containers left once the orchestrator is closed (which removes its pool)."""
     client = orch.sandbox(SecurityTier.TIER1).client()
     orch.close()
-    return client.containers.list(all=True, filters={"label": f"{HOST_LABEL}={host_tag()}"})
+    return client.containers.list(
+        all=True, filters={"label": f"{HOST_LABEL}={host_tag()}"}, ignore_removed=True)
 
 
 def run(orch, tier, code, **limits):
@@ -295,3 +296,37 @@ def test_network_when_policy_allows_it(corch, tier):
         assert int(res.stdout) >= 2  # loopback and the bridge's interface
     quiet = run(corch, tier, "print(open('/proc/net/dev').read().count(':'))")
     assert quiet.enforcement["network"].startswith("none")
+
+
+def test_switching_tiers_while_a_removal_is_under_way(audit_path):
+    """The first run at a tier reaps dead kernels' containers; the previous run's
+    container, being removed in the background, must not make that fail."""
+    for _ in range(3):
+        orch = SandboxOrchestrator(audit_log_path=str(audit_path))
+        for tier in TIERS:
+            availability = orch.sandbox(tier).availability()
+            need(availability.ok, availability.reason, tier=NAMES[tier])
+            assert run(orch, tier, "print(1)").stdout == "1\n"
+        assert not our_containers(orch)
+
+
+EXITING_KERNEL = """
+import sys
+from symbi_jupyter.orchestrator import SandboxOrchestrator
+orch = SandboxOrchestrator(audit_log_path="")
+print(orch.execute_code(sys.argv[1], "print(1)").stdout, end="")
+# no close(): the interpreter exits with a pooled container waiting
+"""
+
+
+def test_pool_goes_with_the_interpreter(corch, tier):
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", EXITING_KERNEL, tier.value],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = proc.communicate(timeout=120)
+    assert out == "1\n" and proc.returncode == 0, err
+    client = corch.sandbox(tier).client()
+    theirs = {"label": f"{HOST_LABEL}={host_tag().split('-')[0]}-{proc.pid}"}
+    assert not client.containers.list(all=True, filters=theirs, ignore_removed=True)

@@ -640,7 +640,11 @@ def reap(client, *, log=print) -> list[str]:
     namespace) is gone. Returns the short ids of the containers removed."""
     namespace = host_tag().split("-")[0]
     removed = []
-    for container in client.containers.list(all=True, filters={"label": LABEL}):
+    # ignore_removed: a container being removed right now (ours, after its run) is
+    # listed, then gone when the SDK looks it up.
+    for container in client.containers.list(
+        all=True, filters={"label": LABEL}, ignore_removed=True
+    ):
         owner = container.labels.get(HOST_LABEL, "")
         ns, _, pid = owner.partition("-")
         if ns != namespace or not pid.isdigit() or pid_alive(int(pid)):

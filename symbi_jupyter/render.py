@@ -245,34 +245,30 @@ def _stopped_limit(result: ExecutionResult) -> str | None:
 
 def _status_short(result: ExecutionResult) -> str:
     """The status for the text line: ``exit 0``, ``stopped: memory limit (1024 MB)``."""
-    reason = result.killed_by
-    if reason == "signal" or (reason is None and result.term_signal is not None):
-        return _signal_text(result.term_signal)
-    if reason is None:
-        return f"exit {result.exit_code}"
-    words = KILL_REASON_WORDS.get(reason)
-    if words is None:
-        return f"stopped: {reason}"
-    limit = _stopped_limit(result)
-    if reason == "timeout":
-        after = f" after {limit}" if limit else ""
-        return f"stopped: timeout{after} (partial output kept)"
-    return f"stopped: {words.label} ({limit})" if limit else f"stopped: {words.label}"
+    return _status(result, sentence=False)
 
 
 def _status_words(result: ExecutionResult) -> str:
     """The status as a sentence, for HTML and markdown."""
+    return _status(result, sentence=True)
+
+
+def _status(result: ExecutionResult, *, sentence: bool) -> str:
     reason = result.killed_by
     if reason == "signal" or (reason is None and result.term_signal is not None):
         return _signal_text(result.term_signal)
     if reason is None:
-        return f"finished, exit {result.exit_code}"
+        return f"{'finished, ' if sentence else ''}exit {result.exit_code}"
     words = KILL_REASON_WORDS.get(reason)
     if words is None:
         return f"stopped: {reason}"
     limit = _stopped_limit(result)
+    after = f" after {limit}" if limit else ""
+    if not sentence:
+        if reason == "timeout":
+            return f"stopped: timeout{after} (partial output kept)"
+        return f"stopped: {words.label} ({limit})" if limit else f"stopped: {words.label}"
     if reason == "timeout":
-        after = f" after {limit}" if limit else ""
         return f"stopped by {words.phrase}{after}; partial output kept"
     if reason == "memory" and limit:
         return f"stopped by {words.phrase}: the code used more than {limit}"

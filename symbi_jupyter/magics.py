@@ -115,7 +115,8 @@ class SymbiMagics(Magics):
         finally:
             if writers:
                 writers.flush()
-            self._register(*self.orchestrator._sandboxes.values())
+            # Sandboxes are made on first use; %config must reach them too.
+            self._register(*self.orchestrator.active_sandboxes())
         if writers is None:
             _print_output(result)
         else:

@@ -178,6 +178,11 @@ class SandboxOrchestrator(LoggingConfigurable):
                 self._sandboxes[tier] = classes[tier](parent=self)
             return self._sandboxes[tier]
 
+    def active_sandboxes(self) -> list[Sandbox]:
+        """The sandboxes created so far (each tier's is made on first use)."""
+        with self._lock:
+            return list(self._sandboxes.values())
+
     def availability(self) -> dict[SecurityTier, Availability]:
         """What this host can run, tier by tier, and why not."""
         report: dict[SecurityTier, Availability] = {}

@@ -112,12 +112,6 @@ _TIER_COLOURS = {
     SecurityTier.TIER2: "#6a1b9a",
     SecurityTier.TIER3: "#2e7d32",
 }
-_TIER_SHORT = {
-    SecurityTier.NONE: "native",
-    SecurityTier.TIER1: "docker",
-    SecurityTier.TIER2: "gvisor",
-    SecurityTier.TIER3: "firecracker",
-}
 _TIER_BADGE = {
     SecurityTier.NONE: "no isolation",
     SecurityTier.TIER1: "Docker",
@@ -224,7 +218,7 @@ def _tier_label(result: ExecutionResult) -> str:
     tier = _tier(result)
     if tier is None:
         return str(result.tier)
-    return f"{tier.value} ({_TIER_SHORT[tier]})"
+    return f"{tier.value} ({tier.short_name})"
 
 
 def _signal_text(number: int | None) -> str:

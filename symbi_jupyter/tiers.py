@@ -34,6 +34,11 @@ class SecurityTier(enum.Enum):
     def aliases(self) -> tuple[str, ...]:
         return _ALIASES[self]
 
+    @property
+    def short_name(self) -> str:
+        """The everyday name: native, docker, gvisor, firecracker."""
+        return _ALIASES[self][1]
+
     def __lt__(self, other: object) -> bool:
         if not isinstance(other, SecurityTier):
             return NotImplemented

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -12,8 +11,6 @@ from pathlib import Path
 import pytest
 
 from symbi_jupyter.orchestrator import SandboxOrchestrator
-
-CGROUP_V1_MEMORY = Path("/sys/fs/cgroup/memory")
 
 # Set in CI, e.g. SYMBI_REQUIRE_TIERS=none,docker,gvisor: a tier the tests need but
 # cannot find is a failure there, a skip (with the reason) on a user's laptop.
@@ -91,9 +88,3 @@ def wait_until(predicate, seconds: float = 30.0) -> bool:
             return False
         time.sleep(0.02)
     return True
-
-
-def python_runnable_by_others() -> bool:
-    """Whether sys.executable is reachable by an unprivileged user (not under /root)."""
-    path = Path(os.path.realpath(sys.executable))
-    return all(p.stat().st_mode & 0o001 for p in [*path.parents, path])

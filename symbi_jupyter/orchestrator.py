@@ -21,7 +21,8 @@ from .errors import SymbiError, TierUnavailable
 from .limits import ResourceLimits
 from .result import ExecutionResult
 from .sandboxes import Availability, ExecutionRequest, Sandbox, sandbox_classes
-from .sandboxes.base import OutputCallback
+from .sandboxes.base import OutputCallback, WorkerHandle
+from .session import WorkerSession, worker_source
 from .tiers import SecurityTier
 
 # Backends shipped in this package, used when entry points are not installed (a
@@ -253,6 +254,51 @@ class SandboxOrchestrator(LoggingConfigurable):
         self._audit(record, outcome=outcome, **_result_record(result),
                     duration_seconds=time.monotonic() - started)
         return result
+
+    def open_session(
+        self,
+        tier: SecurityTier | str | None = None,
+        limits: ResourceLimits | None = None,
+        env: dict[str, str] | None = None,
+        *,
+        interrupt_grace_seconds: float = 3.0,
+    ) -> WorkerSession:
+        """Start a persistent sandboxed Python namespace at ``tier`` (what the kernel
+        runs its cells in), under the same policy as :meth:`execute_code`. Each
+        cell's wall clock and CPU seconds come from ``limits`` and are kept per cell;
+        memory, processes, cores and network hold for the whole session."""
+        source = worker_source()
+        digest = hashlib.sha256(source).hexdigest()
+        record: dict[str, Any] = {"event": "session-start", "code_sha256": digest,
+                                  "tier": str(tier)}
+        started = time.monotonic()
+        try:
+            chosen = SecurityTier.parse(tier if tier is not None else self.default_sandbox_tier)
+            record["tier"] = chosen.value
+            policy.check_tier_allowed(chosen, self.allow_native_execution)
+            effective = (limits or ResourceLimits()).within(self.ceilings())
+            record["limits"] = effective.to_dict()
+            sandbox = self.sandbox(chosen)
+            clean_env = policy.check_env(env or {})
+
+            def start(on_output: OutputCallback) -> WorkerHandle:
+                return sandbox.start_worker(ExecutionRequest(
+                    tier=chosen, code=source, language="python3", limits=effective,
+                    env=clean_env, on_output=on_output, code_sha256=digest,
+                    policy=self._policy_settings(),
+                ))
+
+            session = WorkerSession(
+                start, chosen, effective,
+                interrupt_grace_seconds=interrupt_grace_seconds,
+                audit=lambda fields: self._audit({}, **fields),
+            )
+        except SymbiError as exc:
+            self._audit(record, outcome="refused", error=f"{type(exc).__name__}: {exc}",
+                        duration_seconds=time.monotonic() - started)
+            raise
+        self._audit(record, outcome="started", duration_seconds=time.monotonic() - started)
+        return session
 
     def _policy_settings(self) -> dict[str, Any]:
         return {

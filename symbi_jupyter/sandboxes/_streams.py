@@ -9,9 +9,10 @@ TRUNCATION_MARKER = "\n... [output truncated at {} bytes]\n"
 class CappedStream:
     """One output stream: keeps up to ``cap`` bytes, counts and discards the rest."""
 
-    def __init__(self, name: str, cap: int) -> None:
+    def __init__(self, name: str, cap: float, keep: bool = True) -> None:
         self.name = name
         self.cap = cap
+        self.keep = keep
         self.total = 0
         self.chunks: list[bytes] = []
 
@@ -23,8 +24,8 @@ class CappedStream:
         """Count ``chunk``; return the part of it that is kept."""
         room = max(0, self.cap - self.total)
         self.total += len(chunk)
-        kept = chunk[:room]
-        if kept:
+        kept = chunk[: int(min(room, len(chunk)))]
+        if kept and self.keep:
             self.chunks.append(kept)
         return kept
 

@@ -300,13 +300,15 @@ def remove_cgroup_dir(path: str, attempts: int = 50, pause: float = 0.005) -> No
 
 
 def pid_alive(pid: int) -> bool:
+    """Whether ``pid`` runs; a zombie (killed, not yet waited for) is dead."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    return True
+        pass
+    stat = _read(f"/proc/{pid}/stat")
+    return not (stat and stat.rsplit(")", 1)[-1].split()[:1] == ["Z"])
 
 
 def host_tag(pid: int | None = None) -> str:
@@ -454,19 +456,21 @@ def _await_workload(
         os._exit(1)
     if received is None:
         os._exit(0)
-    req, (out_fd, err_fd) = received
+    req, fds = received
     if early and not req.get("join_cgroup"):
         cgroup.leave(os.getpid())
     if home_netns is not None and not req.get("new_netns"):
         # Allowed the network: leave the empty namespace prepared for us, or fail
         # closed, visibly.
         if _libc.setns(home_netns, CLONE_NEWNET) != 0:
-            os.write(err_fd, b"symbi-jupyter: could not rejoin the host network namespace\n")
+            os.write(fds[1], b"symbi-jupyter: could not rejoin the host network namespace\n")
             os._exit(126)
-    _exec_workload(req, cgroup if req.get("join_cgroup") else None, out_fd, err_fd)
+    _exec_workload(req, cgroup if req.get("join_cgroup") else None, *fds)
 
 
-def _exec_workload(req: dict, cgroup: RunCgroup | None, out_fd: int, err_fd: int) -> None:
+def _exec_workload(
+    req: dict, cgroup: RunCgroup | None, out_fd: int, err_fd: int, in_fd: int | None = None
+) -> None:
     """In the workload process: confine, then exec. Never returns."""
     try:
         os.setsid()
@@ -487,8 +491,8 @@ def _exec_workload(req: dict, cgroup: RunCgroup | None, out_fd: int, err_fd: int
         if uid is not None:
             os.setuid(uid)
         _prctl(PR_SET_NO_NEW_PRIVS, 1)
-        null = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(null, 0)
+        # A kernel's worker reads its requests on stdin; a run has none.
+        os.dup2(in_fd if in_fd is not None else os.open(os.devnull, os.O_RDONLY), 0)
         os.dup2(out_fd, 1)
         os.dup2(err_fd, 2)
         os.closerange(3, 65536)
@@ -541,7 +545,15 @@ class Monitor:
             _await_workload(theirs, self.cgroup, self.home_netns)
         theirs.close()
 
-    def run(self, req: dict, out_fd: int, err_fd: int, status_fd: int, on_started) -> None:
+    def run(
+        self,
+        req: dict,
+        out_fd: int,
+        err_fd: int,
+        status_fd: int,
+        on_started,
+        in_fd: int | None = None,
+    ) -> None:
         wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(wake_w)
         signal.signal(signal.SIGCHLD, lambda s, f: None)
@@ -580,15 +592,20 @@ class Monitor:
         started = time.monotonic()
         pid = self.workload_pid
         req["join_cgroup"] = cgroup is not None
+        passed = [out_fd, err_fd] + ([in_fd] if in_fd is not None else [])
         self.channel.sendmsg(
             [json.dumps(req).encode()],
-            [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [out_fd, err_fd]))],
+            [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", passed))],
         )
         self.channel.close()
-        os.close(out_fd)
-        os.close(err_fd)
-        emit({"event": "started", "pid": pid, "monitor_pid": os.getpid(),
-              "enforcement": enforcement})
+        for fd in passed:
+            os.close(fd)
+        started_event = {"event": "started", "pid": pid, "monitor_pid": os.getpid(),
+                         "enforcement": enforcement}
+        if cgroup is not None:
+            # A kernel reads its worker's usage from these between cells.
+            started_event["cgroup"] = {"version": cgroup.version, "paths": cgroup.paths}
+        emit(started_event)
         # Only now ask for a replacement spare: its fork must not delay this run.
         on_started()
 
@@ -784,7 +801,7 @@ def _fork_spare(
             return
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         sock.close()
-        req, (out_fd, err_fd, status_fd) = request
+        req, (out_fd, err_fd, status_fd, *in_fd) = request
         refilled = []
 
         def refill() -> None:
@@ -793,7 +810,8 @@ def _fork_spare(
                 os.write(taken_w, b"+")
 
         try:
-            spare.run(req, out_fd, err_fd, status_fd, on_started=refill)
+            spare.run(req, out_fd, err_fd, status_fd, on_started=refill,
+                      in_fd=in_fd[0] if in_fd else None)
         finally:
             refill()  # even if this run failed early, the next request needs a spare
     finally:
@@ -805,11 +823,12 @@ def _exit_on_signal(signum: int, frame: object) -> None:
 
 
 def _receive(sock: socket.socket, nfds: int = 3) -> tuple[dict, list[int]] | None:
-    """One request with its ``nfds`` descriptors; None at EOF."""
+    """One request with its ``nfds`` descriptors, and optionally one more (a worker's
+    stdin); None at EOF."""
     size = array.array("i").itemsize
     while True:
         try:
-            msg, ancdata, _, _ = sock.recvmsg(1 << 20, socket.CMSG_SPACE(nfds * size))
+            msg, ancdata, _, _ = sock.recvmsg(1 << 20, socket.CMSG_SPACE((nfds + 1) * size))
         except InterruptedError:
             continue
         if not msg:
@@ -818,7 +837,7 @@ def _receive(sock: socket.socket, nfds: int = 3) -> tuple[dict, list[int]] | Non
         for level, kind, data in ancdata:
             if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
                 fds.extend(array.array("i", data[: len(data) - len(data) % size]))
-        if len(fds) == nfds:
+        if len(fds) in (nfds, nfds + 1):
             return json.loads(msg), fds
         for fd in fds:
             os.close(fd)

@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 
 from traitlets.config import LoggingConfigurable
 
+from ..errors import TierUnavailable
 from ..limits import ResourceLimits
 from ..result import ExecutionResult
 from ..tiers import SecurityTier
@@ -42,9 +43,44 @@ class ExecutionRequest:
     executable: str | None = None
     keep_workdir: bool = False
     on_output: OutputCallback | None = None
+    #: called with the backend's facts once the code has started (pids, cgroups)
+    on_started: Callable[[dict[str, Any]], None] | None = None
     code_sha256: str = ""
     #: operator settings a backend may need (allowlist, working directory, ...)
     policy: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+class WorkerHandle(abc.ABC):
+    """A long-lived worker process inside a sandbox, as a kernel session uses it: bytes
+    go to its stdin with :meth:`send`; its stdout reaches the ``on_output`` callback
+    of the request that started it, uncapped (the worker caps each cell itself)."""
+
+    @abc.abstractmethod
+    def send(self, data: bytes) -> None:
+        """Write to the worker's stdin; :class:`BrokenPipeError` once it is gone."""
+
+    @abc.abstractmethod
+    def stop(self) -> None:
+        """Destroy the worker and its sandbox now; nothing of it survives."""
+
+    @abc.abstractmethod
+    def wait(self, timeout: float | None = None) -> ExecutionResult | None:
+        """How the sandbox ended (``killed_by`` says which limit stopped it), or None
+        if it still runs after ``timeout`` seconds."""
+
+    def usage(self) -> dict[str, Any]:
+        """The sandbox's figures seen from outside it: ``memory_bytes``,
+        ``peak_memory_bytes``, ``cpu_seconds`` and ``method``; empty if unknown."""
+        return {}
+
+    def reset_peak(self) -> bool:
+        """Restart the sandbox's peak-memory high-water mark; False if it cannot."""
+        return False
+
+    @property
+    def enforcement(self) -> dict[str, str]:
+        """How each limit is enforced for this worker."""
+        return {}
 
 
 class _SandboxMeta(abc.ABCMeta, type(LoggingConfigurable)):  # type: ignore[misc]
@@ -64,6 +100,14 @@ class Sandbox(LoggingConfigurable, metaclass=_SandboxMeta):
     def run(self, request: ExecutionRequest) -> ExecutionResult:
         """Run one request to completion and return its result. Limits that stop the
         code are results, not exceptions; nothing the run started may survive it."""
+
+    def start_worker(self, request: ExecutionRequest) -> WorkerHandle:
+        """Start ``request.code`` (the worker agent) as a long-lived process with a
+        channel on its stdin and stdout. ``request.limits.timeout_seconds`` is ignored:
+        the caller times each cell and stops the worker."""
+        raise TierUnavailable(
+            f"{self.tier.display_name} cannot host a kernel worker in this version"
+        )
 
     def close(self) -> None:
         """Release long-lived resources (helper processes, clients)."""

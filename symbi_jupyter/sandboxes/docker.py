@@ -27,7 +27,8 @@ from ..tiers import SecurityTier
 from ._evidence import Evidence, killed_by, limits_reached
 from ._streams import CappedStream
 from ._supervisor import host_tag, pid_alive, remove_cgroup_dir
-from .base import Availability, ExecutionRequest, Sandbox
+from ._worker import BOOTSTRAP as WORKER_BOOTSTRAP
+from .base import Availability, ExecutionRequest, Sandbox, WorkerHandle
 
 MiB = 1024 * 1024
 LABEL = "symbi-jupyter"
@@ -226,7 +227,7 @@ class DockerSandbox(Sandbox):
         )
 
     # ------------------------------------------------------------------ running
-    def run(self, request: ExecutionRequest) -> ExecutionResult:
+    def _ready_client(self):
         if not self._ready:
             availability = self.availability()
             if not availability.ok:
@@ -236,6 +237,10 @@ class DockerSandbox(Sandbox):
         if not self._reaped:
             self._reaped = True
             reap(client, log=self.log.warning)
+        return client
+
+    def run(self, request: ExecutionRequest) -> ExecutionResult:
+        client = self._ready_client()
         # The same names as at tier None, here looked up inside the image.
         interpreter, filename = policy.language_spec(request.language)
         if request.executable:
@@ -254,6 +259,29 @@ class DockerSandbox(Sandbox):
                 f"{self.tier.display_name}: the Docker engine failed during the run "
                 f"({_short(exc)}); the container was removed"
             ) from None
+
+    def start_worker(self, request: ExecutionRequest) -> WorkerHandle:
+        import docker
+        import requests
+
+        client = self._ready_client()
+        # The session keeps each cell's wall clock and CPU seconds from outside.
+        request = dataclasses.replace(request, limits=dataclasses.replace(
+            request.limits, timeout_seconds=None, max_cpu_seconds=None))
+        options, enforcement = self._container_options(request, "python3", "worker.py")
+        for name in ("timeout", "output", "cpu"):
+            enforcement.pop(name, None)
+        # The worker comes in on stdin, read by a fixed bootstrap: not through argv.
+        options["command"] = ["python3", "-I", "-c", WORKER_BOOTSTRAP]
+        try:
+            prepared = self._prepare(client, options)
+            prepared.raw.sendall(f"{len(request.code)}\n".encode() + request.code)
+        except (docker.errors.DockerException, requests.RequestException, OSError) as exc:
+            raise TierUnavailable(
+                f"{self.tier.display_name}: could not start the worker container "
+                f"({_short(exc)})"
+            ) from None
+        return _ContainerWorker(self, prepared, request, enforcement)
 
     def _container_options(
         self, request: ExecutionRequest, interpreter: str, filename: str
@@ -543,6 +571,97 @@ class _Prepared:
             self.container.remove(force=True)
         if self.parent:
             _remove_cgroup_parent(self.parent)
+
+
+class _ContainerWorker(WorkerHandle):
+    """A kernel's worker in a long-lived container: its attach stream is the channel."""
+
+    def __init__(self, sandbox: DockerSandbox, prepared: _Prepared,
+                 request: ExecutionRequest, enforcement: dict[str, str]) -> None:
+        self._sandbox = sandbox
+        self._prepared = prepared
+        self._request = request
+        self._enforcement = enforcement
+        self._send_lock = threading.Lock()
+        self._started = time.monotonic()
+        self._killed = False
+        self.result: ExecutionResult | None = None
+        self._reader = threading.Thread(target=self._read, name="symbi-container-worker",
+                                         daemon=True)
+        self._reader.start()
+
+    @property
+    def enforcement(self) -> dict[str, str]:
+        return dict(self._enforcement)
+
+    def send(self, data: bytes) -> None:
+        with self._send_lock:
+            self._prepared.raw.sendall(data)
+
+    def _read(self) -> None:
+        raw, frames = self._prepared.raw, _Frames()
+        names = {_STDOUT: "stdout", _STDERR: "stderr"}
+        try:
+            while chunk := raw.recv(1 << 16):
+                for kind, data in frames.feed(chunk):
+                    if kind in names and self._request.on_output:
+                        self._request.on_output(names[kind], data)
+        except OSError:
+            pass
+        self._finish()
+
+    def _finish(self) -> None:
+        """The container ended (or was killed): read its figures, then remove it."""
+        container, parent = self._prepared.container, self._prepared.parent
+        status: dict[str, Any] = {"StatusCode": -1}
+        state: dict[str, Any] = {}
+        with contextlib.suppress(Exception):
+            status = container.wait(timeout=30)
+            container.reload()
+            state = container.attrs.get("State", {})
+        streams = {k: CappedStream(n, math.inf, keep=False)
+                   for k, n in ((_STDOUT, "stdout"), (_STDERR, "stderr"))}
+        self.result = self._sandbox._result(
+            self._request, streams, status, state, dict(self._enforcement), parent,
+            time.monotonic() - self._started, False, False, 0,
+        )
+        self._sandbox._pool.later(self._prepared.discard)
+
+    def stop(self) -> None:
+        if self.result is None and not self._killed:
+            self._killed = True
+            with contextlib.suppress(Exception):
+                self._prepared.container.kill()
+        self._reader.join(timeout=60)
+
+    def wait(self, timeout: float | None = None) -> ExecutionResult | None:
+        self._reader.join(timeout)
+        return self.result
+
+    def usage(self) -> dict[str, Any]:
+        parent = self._prepared.parent
+        if not parent or self.result is not None:
+            return {}
+        current = _read_int(_cgroup_file(parent, "memory", "memory.usage_in_bytes"))
+        if current is None:
+            return {}
+        return {
+            "memory_bytes": current,
+            "peak_memory_bytes": _read_int(
+                _cgroup_file(parent, "memory", "memory.max_usage_in_bytes")),
+            "cpu_seconds": _cgroup_cpu(parent),
+            "method": "cgroup",
+        }
+
+    def reset_peak(self) -> bool:
+        parent = self._prepared.parent
+        if not parent:
+            return False
+        try:
+            _cgroup_file(parent, "memory", "memory.max_usage_in_bytes").write_text("0")
+            return True
+        except OSError:
+            return False
 
 
 class _ContainerPool:

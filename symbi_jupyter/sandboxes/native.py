@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import array
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -35,7 +36,7 @@ from ..tiers import SecurityTier
 from ._evidence import Evidence, killed_by, limits_reached
 from ._streams import CappedStream
 from ._supervisor import host_tag, pid_alive
-from .base import Availability, ExecutionRequest, Sandbox
+from .base import Availability, ExecutionRequest, Sandbox, WorkerHandle
 
 MiB = 1024 * 1024
 SUPERVISOR = Path(__file__).with_name("_supervisor.py")
@@ -156,6 +157,31 @@ class NativeSandbox(Sandbox):
 
     # ------------------------------------------------------------------ running
     def run(self, request: ExecutionRequest) -> ExecutionResult:
+        return self._run(request)
+
+    def start_worker(self, request: ExecutionRequest) -> WorkerHandle:
+        in_r, in_w = os.pipe()
+        worker = _NativeWorker(in_w)
+        request.on_started = worker.started
+
+        def serve() -> None:
+            try:
+                worker.result = self._run(request, stdin_fd=in_r)
+            except BaseException as exc:  # reported by wait() or start_worker
+                worker.error = exc
+            finally:
+                worker.ready.set()
+
+        threading.Thread(target=serve, name="symbi-native-worker", daemon=True).start()
+        worker.ready.wait()
+        # The monitor holds its own copy once it has started the worker.
+        os.close(in_r)
+        if worker.error is not None and worker.monitor_pid is None:
+            os.close(in_w)
+            raise worker.error
+        return worker
+
+    def _run(self, request: ExecutionRequest, stdin_fd: int | None = None) -> ExecutionResult:
         pol = request.policy
         workdir = policy.validate_working_directory(pol["working_directory"])
         language = request.language
@@ -188,7 +214,7 @@ class NativeSandbox(Sandbox):
             env = policy.native_environment(
                 request.env, pol.get("env_passthrough", []), str(run_dir)
             )
-            spec, enforcement = self._spec(request)
+            spec, enforcement = self._spec(request, worker=stdin_fd is not None)
             spec.update(
                 executable=real_exe,
                 argv=[shown_exe, str(code_path)],
@@ -196,11 +222,12 @@ class NativeSandbox(Sandbox):
                 env=env,
                 uid=uid,
                 gid=gid,
-                interrupt_grace=self.interrupt_grace_seconds,
+                # A worker is interrupted through its channel; stopping it is a kill.
+                interrupt_grace=0 if stdin_fd is not None else self.interrupt_grace_seconds,
                 remove_cwd=not request.keep_workdir,
             )
             try:
-                result = self._execute(sock, spec, request, enforcement)
+                result = self._execute(sock, spec, request, enforcement, stdin_fd)
             except KeyboardInterrupt:
                 reported = True  # _execute waits for the report before it raises
                 raise
@@ -245,15 +272,22 @@ class NativeSandbox(Sandbox):
             os.chmod(workdir, (mode & 0o7777) | 0o111)
         return entry.pw_uid, entry.pw_gid
 
-    def _spec(self, request: ExecutionRequest) -> tuple[dict[str, Any], dict[str, str]]:
+    def _spec(
+        self, request: ExecutionRequest, worker: bool = False
+    ) -> tuple[dict[str, Any], dict[str, str]]:
         """Translate limits into the supervisor's request. The monitor decides, and
         reports, how the limits that prefer a cgroup were enforced: it alone knows
-        whether the run's cgroups could be set up."""
+        whether the run's cgroups could be set up. A worker's wall clock and CPU
+        seconds are per cell, kept by its session, not by the monitor."""
         lim = request.limits
+        if worker:
+            lim = dataclasses.replace(lim, timeout_seconds=None, max_cpu_seconds=None)
         enforcement: dict[str, str] = {
             "timeout": "supervisor (wall clock, whole tree killed)",
             "output": "host (drained past the cap)",
         }
+        if worker:
+            enforcement = {}
         spec: dict[str, Any] = {"timeout": lim.timeout_seconds, "rlimits": {"core": 0}}
         if lim.network is False:
             spec["new_netns"] = True
@@ -288,20 +322,27 @@ class NativeSandbox(Sandbox):
         spec: dict[str, Any],
         request: ExecutionRequest,
         enforcement: dict[str, str],
+        stdin_fd: int | None = None,
     ) -> ExecutionResult:
-        cap = request.limits.max_output_bytes or 10 * MiB
+        # A worker's stdout is its protocol: never capped or kept here.
+        cap = math.inf if stdin_fd is not None else request.limits.max_output_bytes or 10 * MiB
+        keep = stdin_fd is None
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         st_r, st_w = os.pipe()
+        passed = [out_w, err_w, st_w] + ([stdin_fd] if stdin_fd is not None else [])
         try:
             sock.sendmsg(
                 [json.dumps(spec).encode()],
-                [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [out_w, err_w, st_w]))],
+                [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", passed))],
             )
         finally:
             for fd in (out_w, err_w, st_w):
                 os.close(fd)
-        streams = {out_r: CappedStream("stdout", cap), err_r: CappedStream("stderr", cap)}
+        streams = {
+            out_r: CappedStream("stdout", cap, keep=keep),
+            err_r: CappedStream("stderr", cap, keep=keep),
+        }
         status_buf = b""
         events: dict[str, dict] = {}
         monitor_pid = None
@@ -342,6 +383,8 @@ class NativeSandbox(Sandbox):
                             event = json.loads(line)
                             events[event["event"]] = event
                             monitor_pid = monitor_pid or event.get("monitor_pid")
+                            if event["event"] == "started" and request.on_started:
+                                request.on_started(event)
                         continue
                     stream = streams[fd]
                     kept = stream.feed(chunk)
@@ -462,3 +505,116 @@ def _check_reachable(real: str, uid: int, gid: int, user: str) -> None:
             )
 
 
+class _NativeWorker(WorkerHandle):
+    """A kernel's worker on the host: a run of the supervisor with a stdin pipe."""
+
+    def __init__(self, stdin_w: int) -> None:
+        self._stdin = stdin_w
+        self._send_lock = threading.Lock()
+        self.ready = threading.Event()
+        self.monitor_pid: int | None = None
+        self.pid: int | None = None
+        self.cgroup: dict[str, Any] | None = None
+        self._enforcement: dict[str, str] = {}
+        self.result: ExecutionResult | None = None
+        self.error: BaseException | None = None
+
+    def started(self, event: dict[str, Any]) -> None:
+        self.monitor_pid, self.pid = event["monitor_pid"], event["pid"]
+        self.cgroup = event.get("cgroup")
+        self._enforcement = event.get("enforcement", {})
+        self.ready.set()
+
+    @property
+    def enforcement(self) -> dict[str, str]:
+        return dict(self._enforcement)
+
+    def send(self, data: bytes) -> None:
+        with self._send_lock:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._stdin, view):]
+
+    def stop(self) -> None:
+        if self.monitor_pid is not None and self.result is None and self.error is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.monitor_pid, signal.SIGUSR1)
+        self.wait(timeout=10)
+        with contextlib.suppress(OSError):
+            os.close(self._stdin)
+        self._stdin = -1
+
+    def wait(self, timeout: float | None = None) -> ExecutionResult | None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.result is None and self.error is None:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return None
+            time.sleep(0.01 if left is None else min(0.01, left))
+        if self.error is not None:
+            if isinstance(self.error, TierUnavailable):
+                raise self.error
+            raise TierUnavailable(f"the native worker failed: {self.error!r}")
+        return self.result
+
+    def _cgroup_file(self, ctrl: str, v1: str, v2: str) -> Path | None:
+        if not self.cgroup:
+            return None
+        paths = self.cgroup["paths"]
+        if self.cgroup["version"] == 1:
+            return Path(paths[ctrl], v1) if ctrl in paths else None
+        return Path(paths[""], v2)
+
+    def usage(self) -> dict[str, Any]:
+        def number(path: Path | None) -> int | None:
+            try:
+                return int(path.read_text().split()[0]) if path else None
+            except (OSError, ValueError, IndexError):
+                return None
+
+        if self.cgroup:
+            current = number(self._cgroup_file("memory", "memory.usage_in_bytes",
+                                               "memory.current"))
+            peak = number(self._cgroup_file("memory", "memory.max_usage_in_bytes",
+                                            "memory.peak"))
+            cpu = None
+            if self.cgroup["version"] == 1:
+                ns = number(self._cgroup_file("cpuacct", "cpuacct.usage", ""))
+                cpu = ns / 1e9 if ns is not None else None
+            else:
+                stat = self._cgroup_file("", "", "cpu.stat")
+                with contextlib.suppress(OSError, ValueError):
+                    fields = dict(line.split() for line in stat.read_text().splitlines())
+                    cpu = int(fields["usage_usec"]) / 1e6
+            if current is not None:
+                return {"memory_bytes": current, "peak_memory_bytes": peak,
+                        "cpu_seconds": cpu, "method": "cgroup"}
+        return _proc_usage(self.pid) if self.pid else {}
+
+    def reset_peak(self) -> bool:
+        path = self._cgroup_file("memory", "memory.max_usage_in_bytes", "")
+        if self.cgroup and self.cgroup["version"] == 1 and path:
+            try:
+                path.write_text("0")
+                return True
+            except OSError:
+                return False
+        return False
+
+
+def _proc_usage(pid: int) -> dict[str, Any]:
+    """The worker process's own figures from /proc (its children's only once reaped)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return {}
+    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+    tick = os.sysconf("SC_CLK_TCK")
+    return {
+        "memory_bytes": int(fields["VmRSS"].split()[0]) * 1024,
+        "peak_memory_bytes": int(fields["VmHWM"].split()[0]) * 1024,
+        # utime, stime, cutime, cstime are fields 14-17; 3-based after the name
+        "cpu_seconds": sum(int(v) for v in stat[11:15]) / tick,
+        "method": "proc",
+    }

@@ -1,0 +1,409 @@
+"""The host side of a kernel session: one long-lived worker agent
+(:mod:`symbi_jupyter.sandboxes._worker`) inside a sandbox, spoken to in JSON lines.
+
+Everything that must hold against hostile code is enforced out here, not by the
+worker: the wall clock and CPU seconds of each cell, and the sandbox's own limits.
+Nothing from the sandbox is unpickled; its messages are parsed as JSON and size-capped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import itertools
+import json
+import queue
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from .errors import TierUnavailable
+from .limits import ResourceLimits
+from .result import ExecutionResult
+from .sandboxes.base import WorkerHandle
+from .tiers import SecurityTier
+
+#: Called with each message of the running cell (stream, display_data, error, ...).
+MessageCallback = Callable[[dict[str, Any]], None]
+
+WORKER_PATH = Path(__file__).with_name("sandboxes") / "_worker.py"
+#: The longest protocol line accepted from a worker; a longer one ends the session.
+MAX_LINE_BYTES = 64 * 1024 * 1024
+#: How often a running cell's CPU time is checked against its limit.
+CPU_POLL_SECONDS = 0.25
+
+
+class SessionLost(TierUnavailable):
+    """The worker ended; its state is gone. ``reason`` says why in words."""
+
+
+@dataclasses.dataclass
+class CellOutcome:
+    """How one cell ended: its reply, its figures, and whether the session survived."""
+
+    status: str
+    result: ExecutionResult
+    reply: dict[str, Any]
+    #: why the worker is gone after this cell (its state with it); None if it lives
+    session_lost: str | None = None
+
+
+class WorkerSession:
+    """A persistent sandboxed namespace: cells run in order in one worker process.
+
+    Made by :meth:`SandboxOrchestrator.open_session`, which applies policy; the
+    session then enforces each cell's wall clock and CPU seconds from outside.
+    """
+
+    def __init__(
+        self,
+        handle_factory: Callable[[Callable[[str, bytes], None]], WorkerHandle],
+        tier: SecurityTier,
+        limits: ResourceLimits,
+        *,
+        interrupt_grace_seconds: float = 3.0,
+        start_timeout_seconds: float = 120.0,
+        audit: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        self.tier = tier
+        self.limits = limits
+        self.interrupt_grace_seconds = interrupt_grace_seconds
+        self._messages: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self._buffer = b""
+        self._stderr = b""
+        self._ids = itertools.count(1)
+        self._audit = audit or (lambda record: None)
+        self.cells = 0
+        self.totals = {"cpu_seconds": 0.0, "wall_seconds": 0.0, "peak_memory_bytes": 0}
+        self.lost: str | None = None
+        started = time.monotonic()
+        self.handle = handle_factory(self._on_output)
+        try:
+            ready = self._next(deadline=started + start_timeout_seconds)
+        except BaseException:
+            self.handle.stop()
+            raise
+        if ready is None or ready.get("type") != "ready":
+            self.handle.stop()
+            raise TierUnavailable(
+                f"the {tier.display_name} worker did not start: {self._diagnostics()}"
+            )
+        self.info = ready
+        self.startup_seconds = time.monotonic() - started
+
+    # ------------------------------------------------------------------ channel
+    def _on_output(self, stream: str, chunk: bytes) -> None:
+        if stream != "stdout":
+            self._stderr = (self._stderr + chunk)[-16384:]
+            return
+        self._buffer += chunk
+        while b"\n" in self._buffer:
+            line, self._buffer = self._buffer.split(b"\n", 1)
+            try:
+                message = json.loads(line)
+            except ValueError:
+                message = {"type": "garbage", "text": line[:200].decode("utf-8", "replace")}
+            if isinstance(message, dict):
+                self._messages.put(message)
+        if len(self._buffer) > MAX_LINE_BYTES:
+            self._buffer = b""
+            self._messages.put({"type": "garbage", "text": "an over-long protocol line"})
+
+    def _diagnostics(self) -> str:
+        text = self._stderr.decode("utf-8", "replace").strip()
+        return text[-2000:] or "no diagnostics on its stderr"
+
+    def _next(
+        self,
+        deadline: float | None,
+        poll: float = 0.1,
+        sigint: threading.Event | None = None,
+    ) -> dict[str, Any] | None:
+        """The next message, or None when the worker ended, ``deadline`` passed or
+        ``sigint`` was newly set."""
+        seen = sigint is not None and sigint.is_set()
+        while True:
+            try:
+                return self._messages.get(timeout=poll)
+            except queue.Empty:
+                pass
+            if self.handle.wait(timeout=0) is not None and self._messages.empty():
+                return None
+            if deadline is not None and time.monotonic() >= deadline:
+                return None
+            if sigint is not None and not seen and sigint.is_set():
+                return None
+
+    def _send(self, message: dict[str, Any]) -> None:
+        data = (json.dumps(message, ensure_ascii=True) + "\n").encode()
+        try:
+            self.handle.send(data)
+        except OSError:
+            self._lose("the worker is gone")
+
+    def _lose(self, why: str) -> None:
+        if self.lost is None:
+            self.lost = why
+        self.handle.stop()
+
+    @property
+    def alive(self) -> bool:
+        return self.lost is None and self.handle.wait(timeout=0) is None
+
+    # ------------------------------------------------------------------ requests
+    def request(self, kind: str, timeout: float = 10.0, **fields: Any) -> dict[str, Any]:
+        """Send a ``complete``, ``inspect``, ``is_complete`` or ``usage`` request and
+        return the reply's content (``{"status": "error", ...}`` if none came)."""
+        if not self.alive:
+            return {"status": "error", "ename": "SessionLost", "evalue": self.lost or ""}
+        ident = next(self._ids)
+        self._send({"id": ident, "type": kind, **fields})
+        deadline = time.monotonic() + timeout
+        while (message := self._next(deadline)) is not None:
+            if message.get("id") == ident and message.get("type") == "reply":
+                return message.get("content") or {}
+        return {"status": "error", "ename": "Timeout", "evalue": f"no {kind} reply"}
+
+    def interrupt(self) -> None:
+        """Ask the worker to raise KeyboardInterrupt in the running cell."""
+        if self.alive:
+            self._send({"type": "interrupt"})
+
+    def execute(
+        self,
+        code: str,
+        on_message: MessageCallback,
+        *,
+        limits: ResourceLimits | None = None,
+        silent: bool = False,
+        cell_name: str | None = None,
+    ) -> CellOutcome:
+        """Run one cell; its messages go to ``on_message`` as they come. The cell's
+        ``timeout_seconds`` and ``max_cpu_seconds`` (from ``limits``, else the
+        session's) are kept here: passing either stops the worker."""
+        limits = limits or self.limits
+        if not self.alive:
+            raise SessionLost(self.lost or "the worker is gone")
+        self.cells += 1
+        ident = next(self._ids)
+        peak_reset = self.handle.reset_peak()
+        before = self.handle.usage()
+        started = time.monotonic()
+        deadline = started + limits.timeout_seconds if limits.timeout_seconds else None
+        self._send({
+            "id": ident, "type": "execute", "code": code, "silent": silent,
+            "max_output_bytes": limits.max_output_bytes,
+            "cell_name": cell_name or f"<cell-{self.cells}>",
+        })
+        reply: dict[str, Any] | None = None
+        stopped: str | None = None
+        interrupted_at: float | None = None
+        next_cpu_check = started + CPU_POLL_SECONDS
+        sigint = threading.Event()
+        with _sigint_sets(sigint):
+            while reply is None and stopped is None:
+                message = self._next(
+                    deadline=min(filter(None, (deadline, next_cpu_check))), sigint=sigint
+                )
+                if sigint.is_set() and interrupted_at is None:
+                    # SIGINT (the stop button): pass it on, and give the cell a grace
+                    # period to stop by itself before the worker goes.
+                    interrupted_at = time.monotonic()
+                    self.interrupt()
+                reply, stopped, next_cpu_check = self._step(
+                    message, ident, on_message, limits, before, deadline, interrupted_at,
+                    next_cpu_check)
+        wall = time.monotonic() - started
+        if stopped is not None:
+            return self._stopped(stopped, limits, wall, before)
+        after = self.handle.usage() if peak_reset else {}
+        return self._finished(reply, limits, wall, after if peak_reset else None)
+
+    def _step(
+        self,
+        message: dict[str, Any] | None,
+        ident: int,
+        on_message: MessageCallback,
+        limits: ResourceLimits,
+        before: dict[str, Any],
+        deadline: float | None,
+        interrupted_at: float | None,
+        next_cpu_check: float,
+    ) -> tuple[dict[str, Any] | None, str | None, float]:
+        """Handle one message or one tick of a running cell: (reply, why it was
+        stopped, when to check its CPU time next)."""
+        stopped = None
+        if message is not None and message.get("id") == ident:
+            if message.get("type") == "reply":
+                return message.get("content") or {}, None, next_cpu_check
+            on_message(message)
+        # Checked after every message too: a cell that floods output still times out.
+        now = time.monotonic()
+        if message is None and self.handle.wait(timeout=0) is not None:
+            stopped = "ended"
+        elif deadline is not None and now >= deadline:
+            stopped = "timeout"
+        elif interrupted_at and now - interrupted_at > self.interrupt_grace_seconds:
+            stopped = "signal"
+        elif limits.max_cpu_seconds and now >= next_cpu_check:
+            next_cpu_check = now + CPU_POLL_SECONDS
+            used = _cpu(self.handle.usage()) - _cpu(before)
+            if used >= limits.max_cpu_seconds:
+                stopped = "cpu"
+        return None, stopped, next_cpu_check
+
+    def _finished(
+        self,
+        reply: dict[str, Any],
+        limits: ResourceLimits,
+        wall: float,
+        outside: dict[str, Any] | None,
+    ) -> CellOutcome:
+        status = reply.get("status", "error")
+        peak, method = reply.get("peak_memory_bytes"), reply.get("memory_method")
+        if outside and outside.get("peak_memory_bytes"):
+            # The sandbox's own high-water mark, reset before the cell: includes
+            # every process the cell started.
+            peak, method = outside["peak_memory_bytes"], outside.get("method")
+        result = self._result(
+            limits, wall,
+            exit_code=0 if status == "ok" else 1,
+            cpu_user_seconds=reply.get("cpu_user_seconds"),
+            cpu_system_seconds=reply.get("cpu_system_seconds"),
+            peak_memory_bytes=peak,
+            memory_method=method if peak else None,
+            stdout_truncated=bool(reply.get("stdout_truncated")),
+            stderr_truncated=bool(reply.get("stderr_truncated")),
+            stdout_bytes=reply.get("stdout_bytes"),
+            stderr_bytes=reply.get("stderr_bytes"),
+            killed_by="signal" if reply.get("interrupted") else None,
+            limits_reached=["output"] if reply.get("stdout_truncated")
+            or reply.get("stderr_truncated") else [],
+        )
+        self._account(result, "success" if status == "ok" else "failed")
+        return CellOutcome(status, result, reply)
+
+    def _stopped(
+        self, why: str, limits: ResourceLimits, wall: float, before: dict[str, Any]
+    ) -> CellOutcome:
+        """The worker was stopped (by us) or died (by a limit): report the cell."""
+        if why != "ended":
+            self.handle.stop()
+        ended = self.handle.wait(timeout=30)
+        killed_by = {"timeout": "timeout", "cpu": "cpu", "signal": "signal"}.get(why)
+        if killed_by is None and ended is not None:
+            killed_by = ended.killed_by or ("signal" if ended.term_signal else None)
+        words = {
+            "timeout": f"the cell passed its {limits.timeout_seconds:g} s wall-clock limit",
+            "cpu": f"the cell passed its {limits.max_cpu_seconds:g} s CPU limit",
+            "signal": "the cell did not stop when interrupted",
+            "memory": "the sandbox ran out of its memory limit",
+            "processes": "the sandbox hit its process limit",
+        }.get(killed_by or "", "the worker process ended")
+        self.lost = self.lost or f"{words}; the worker was stopped and its state is gone"
+        cpu = None
+        if ended is not None and ended.cpu_user_seconds is not None:
+            cpu = (ended.cpu_user_seconds or 0) + (ended.cpu_system_seconds or 0)
+        result = self._result(
+            limits, wall,
+            exit_code=-1,
+            timed_out=killed_by == "timeout",
+            killed_by=killed_by,
+            term_signal=ended.term_signal if ended else None,
+            cpu_user_seconds=ended.cpu_user_seconds if ended else None,
+            cpu_system_seconds=ended.cpu_system_seconds if ended else None,
+            peak_memory_bytes=ended.peak_memory_bytes if ended else None,
+            memory_method=ended.memory_method if ended else None,
+            limits_reached=[killed_by] if killed_by and killed_by != "signal" else [],
+        )
+        if cpu is not None and _cpu(before):
+            # The sandbox's CPU since it started; the cell's is the part after `before`.
+            result.cpu_user_seconds = max(0.0, cpu - _cpu(before))
+            result.cpu_system_seconds = 0.0
+        self._account(result, "stopped")
+        return CellOutcome("error", result, {"status": "error", "ename": "SandboxStopped",
+                                             "evalue": self.lost, "traceback": []},
+                           session_lost=self.lost)
+
+    def _result(self, limits: ResourceLimits, wall: float, **fields: Any) -> ExecutionResult:
+        result = ExecutionResult(
+            tier=self.tier,
+            stdout="",
+            stderr="",
+            execution_time_ms=round(wall * 1000),
+            wall_seconds=wall,
+            limits=limits,
+            enforcement={**self.handle.enforcement, **_SESSION_ENFORCEMENT},
+            language="python3",
+            **{k: v for k, v in fields.items() if v is not None},
+        )
+        return result
+
+    def _account(self, result: ExecutionResult, outcome: str) -> None:
+        self.totals["cpu_seconds"] += (result.cpu_user_seconds or 0) + (
+            result.cpu_system_seconds or 0
+        )
+        self.totals["wall_seconds"] += result.wall_seconds or 0
+        self.totals["peak_memory_bytes"] = max(
+            self.totals["peak_memory_bytes"], result.peak_memory_bytes or 0
+        )
+        self._audit({
+            "tier": self.tier.value, "event": "session-cell", "cell": self.cells,
+            "outcome": outcome, "killed_by": result.killed_by,
+            "wall_seconds": result.wall_seconds,
+            "peak_memory_bytes": result.peak_memory_bytes,
+        })
+
+    def usage(self) -> dict[str, Any]:
+        """The sandbox's memory and CPU seen from outside, else as the worker says."""
+        if not self.alive:
+            return {}
+        outside = self.handle.usage()
+        if outside:
+            return outside
+        reply = self.request("usage", timeout=2.0)
+        return {k: reply.get(k) for k in ("memory_bytes", "peak_memory_bytes", "cpu_seconds")}
+
+    def close(self) -> None:
+        """End the worker and its sandbox; nothing of it survives."""
+        if self.handle.wait(timeout=0) is None:
+            with contextlib.suppress(OSError):
+                self.handle.send(b'{"type":"shutdown"}\n')
+            if self.handle.wait(timeout=2) is None:
+                self.handle.stop()
+        else:
+            self.handle.stop()
+        self.lost = self.lost or "the session was closed"
+
+
+_SESSION_ENFORCEMENT = {
+    "timeout": "session (per cell; the worker is stopped)",
+    "cpu": f"session (per cell, sampled every {CPU_POLL_SECONDS:g} s; the worker is stopped)",
+    "output": "worker (per cell, drained past the cap)",
+}
+
+
+@contextlib.contextmanager
+def _sigint_sets(event: threading.Event) -> Iterator[None]:
+    """While a cell runs, SIGINT sets ``event`` instead of raising KeyboardInterrupt
+    wherever the relay happens to be; the cell loop passes it on to the worker."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: event.set())
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _cpu(usage: dict[str, Any]) -> float:
+    return float(usage.get("cpu_seconds") or 0.0)
+
+
+def worker_source() -> bytes:
+    """The worker agent's source, as shipped into a sandbox."""
+    return WORKER_PATH.read_bytes()

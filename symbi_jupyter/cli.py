@@ -78,6 +78,53 @@ def _add_setup(subparsers: argparse._SubParsersAction) -> None:
     setup.set_defaults(func=_setup)
 
 
+def _install_kernel(args: argparse.Namespace) -> int:
+    from .errors import ConfigError
+    from .kernel.install import install
+
+    try:
+        where = install(args.name, user=args.user, prefix=args.prefix, tier=args.tier,
+                        allow_native=args.allow_native)
+    except ConfigError as exc:
+        print(f"install-kernel: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as exc:
+        print(f"install-kernel: {exc} (try --user, or --sys-prefix in a virtualenv)",
+              file=sys.stderr)
+        return EXIT_FAILED
+    print(f"installed kernelspec {args.name} in {where}")
+    return EXIT_OK
+
+
+def _add_install_kernel(subparsers: argparse._SubParsersAction) -> None:
+    from .kernel.install import DEFAULT_NAME, DISPLAY_NAME
+
+    cmd = subparsers.add_parser(
+        "install-kernel",
+        help=f"install the '{DISPLAY_NAME}' kernel for Jupyter",
+        description="Install the symbi kernelspec: every cell of a notebook using it "
+        "runs in a sandbox. Without --user/--sys-prefix/--prefix it goes to the "
+        "system-wide Jupyter data directory.",
+    )
+    where = cmd.add_mutually_exclusive_group()
+    where.add_argument("--user", action="store_true", help="for the current user only")
+    where.add_argument(
+        "--sys-prefix", dest="prefix", action="store_const", const=sys.prefix,
+        help=f"into this Python's prefix ({sys.prefix}), e.g. a virtualenv",
+    )
+    where.add_argument("--prefix", metavar="P", help="into the prefix P")
+    cmd.add_argument("--tier", metavar="T", help="the tier its cells run at "
+                     "(default: SandboxOrchestrator.default_sandbox_tier)")
+    cmd.add_argument(
+        "--allow-native", action="store_true",
+        help="allow native execution (tier None) for this kernel: its cells then run on "
+        "the host under rlimits and cgroups only",
+    )
+    cmd.add_argument("--name", default=DEFAULT_NAME,
+                     help=f"kernelspec name (default {DEFAULT_NAME})")
+    cmd.set_defaults(func=_install_kernel)
+
+
 def _image_build(args: argparse.Namespace) -> int:
     from .image import ImageError, build_image
 
@@ -126,6 +173,7 @@ _SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_doctor,
     _add_setup,
     _add_image,
+    _add_install_kernel,
 ]
 
 

@@ -84,19 +84,7 @@ class SymbiMagics(Magics):
         The output streams while the code runs; the statistics (exit status, what
         stopped it, wall time, CPU, peak memory of the limit) follow.
         """
-        args = _parse_posix(self.symbi, line)
-        if args.native and args.tier and SecurityTier.parse(args.tier) is not SecurityTier.NONE:
-            raise ConfigError(f"--native contradicts --tier {args.tier}")
-        tier = SecurityTier.NONE if args.native else args.tier
-        limits = ResourceLimits(
-            max_memory_mb=args.max_memory,
-            max_cpu_cores=args.max_cpu,
-            max_cpu_seconds=args.max_cpu_seconds,
-            timeout_seconds=args.timeout,
-            max_processes=args.max_processes,
-            network=args.network,
-        )
-        env = _parse_env(args.env)
+        args, tier, limits, env = parse_symbi_flags(self.symbi, line)
         writers = _LiveOutput() if self.stream_output else None
         try:
             result = self.orchestrator.execute_code(
@@ -144,6 +132,26 @@ class SymbiMagics(Magics):
     def symbi_tiers(self, line: str = "") -> TierLadder:
         """Show the tier ladder with this host's availability."""
         return TierLadder(self.orchestrator.availability())
+
+
+def parse_symbi_flags(
+    magic: Any, line: str
+) -> tuple[Any, SecurityTier | str | None, ResourceLimits, dict[str, str]]:
+    """``%%symbi`` flags as (parsed arguments, tier, limits, env); the symbi kernel
+    parses its own ``%%symbi`` cells with this too."""
+    args = _parse_posix(magic, line)
+    if args.native and args.tier and SecurityTier.parse(args.tier) is not SecurityTier.NONE:
+        raise ConfigError(f"--native contradicts --tier {args.tier}")
+    tier = SecurityTier.NONE if args.native else args.tier
+    limits = ResourceLimits(
+        max_memory_mb=args.max_memory,
+        max_cpu_cores=args.max_cpu,
+        max_cpu_seconds=args.max_cpu_seconds,
+        timeout_seconds=args.timeout,
+        max_processes=args.max_processes,
+        network=args.network,
+    )
+    return args, tier, limits, _parse_env(args.env)
 
 
 def _parse_posix(magic: Any, line: str) -> Any:

@@ -1,0 +1,498 @@
+"""``SymbiKernel``: a Jupyter kernel whose every cell runs in a sandbox.
+
+The kernel process only relays: cells go to a :class:`~symbi_jupyter.session.WorkerSession`
+(one long-lived worker per notebook, or a fresh one per cell), whose messages come
+back as ipykernel's would, followed by the cell's statistics. The kernel itself
+survives whatever happens in the sandbox.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shlex
+import socket
+import time
+from typing import Any
+
+from ipykernel.kernelbase import Kernel
+from IPython.core.error import UsageError
+from IPython.core.inputtransformer2 import TransformerManager
+from traitlets import Bool, Enum, Float, Instance, Unicode
+
+from .. import __version__, policy
+from ..errors import PolicyViolation, SymbiError
+from ..limits import ResourceLimits
+from ..orchestrator import SandboxOrchestrator
+from ..render import ResultDisplay, TierLadder, format_bytes, format_duration
+from ..result import ExecutionResult
+from ..session import CellOutcome, WorkerSession
+from ..tiers import SecurityTier
+
+#: Limits that hold for a whole worker: changing one needs a new worker.
+SESSION_LIMITS = ("max_memory_mb", "max_cpu_cores", "max_processes", "max_file_size_mb",
+                  "network")
+
+KERNEL_MAGICS = ("%symbi_tier", "%symbi_limits", "%symbi_session", "%symbi_stats",
+                 "%symbi_tiers")
+
+
+#: The kernel's policy is its operator's: %config is not there to switch it from a cell.
+NATIVE_HOWTO = (
+    "native execution (tier None) is switched off for this kernel. It is the policy of "
+    "whoever starts the kernel, not of the notebook: install the kernel with "
+    "`symbi-jupyter install-kernel --tier none --allow-native`, or start it with "
+    "SYMBIONT_ALLOW_NATIVE_EXECUTION=true, or set "
+    "c.SandboxOrchestrator.allow_native_execution = True in jupyter_symbi_config.py, "
+    "or [native_execution] enabled = true in Symbiont's config.toml"
+)
+
+
+class KernelUsageError(SymbiError):
+    """A kernel magic was given bad arguments."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise KernelUsageError(f"{self.prog}: {message}\n{self.format_usage().strip()}")
+
+    def exit(self, status: int = 0, message: str | None = None) -> None:  # type: ignore[override]
+        raise KernelUsageError(message or self.format_help())
+
+
+def _limits_parser() -> _Parser:
+    parser = _Parser(prog="%symbi_limits", add_help=False,
+                     description="Set the limits of the following cells.")
+    parser.add_argument("--max-memory", type=float, metavar="MB")
+    parser.add_argument("--max-cpu", type=float, metavar="CORES")
+    parser.add_argument("--max-cpu-seconds", type=float, metavar="S")
+    parser.add_argument("--timeout", type=float, metavar="S")
+    parser.add_argument("--max-processes", type=int, metavar="N")
+    parser.add_argument("--network", dest="network", action="store_true", default=None)
+    parser.add_argument("--no-network", dest="network", action="store_false")
+    parser.add_argument("--reset", action="store_true", help="Back to the policy's ceilings.")
+    return parser
+
+
+class SymbiKernel(Kernel):
+    """Python, with every cell in a Symbiont-tier sandbox."""
+
+    implementation = "symbi_jupyter"
+    implementation_version = __version__
+    language_info = {
+        "name": "python",
+        "version": platform.python_version(),
+        "mimetype": "text/x-python",
+        "file_extension": ".py",
+        "pygments_lexer": "ipython3",
+        "codemirror_mode": {"name": "ipython", "version": 3},
+        "nbconvert_exporter": "python",
+    }
+    banner = (
+        "Python (symbi sandbox): every cell runs in a sandbox at a Symbiont security "
+        "tier.\nKernel magics: %symbi_tier, %symbi_limits, %symbi_session, %symbi_stats, "
+        "%symbi_tiers, %%symbi."
+    )
+    help_links = [{"text": "symbi-jupyter", "url": "https://github.com/symbi-jupyter"}]
+
+    tier = Unicode(
+        "",
+        config=True,
+        help="""Tier the cells run at ('' = SandboxOrchestrator.default_sandbox_tier).
+        Any tier name: none, tier1/docker, tier2/gvisor, tier3/microvm. Also set by
+        the environment variable SYMBI_KERNEL_TIER (what install-kernel --tier writes).""",
+    )
+    session_mode = Enum(
+        ["persistent", "fresh"],
+        "persistent",
+        config=True,
+        help="""'persistent': one long-lived worker per notebook, so variables, imports
+        and functions carry over between cells. 'fresh': every cell in a new
+        single-use sandbox (no state, strongest separation). Switch with
+        %symbi_session.""",
+    )
+    show_stats = Bool(
+        True, config=True, help="Display each cell's statistics after its output."
+    )
+    interrupt_grace_seconds = Float(
+        3.0,
+        config=True,
+        help="""Seconds an interrupted cell has to stop before its worker is killed
+        (the session state is then lost).""",
+    )
+    orchestrator = Instance(SandboxOrchestrator, allow_none=True)
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.orchestrator = SandboxOrchestrator(parent=self)
+        self.display_options = ResultDisplay.instance()
+        if not self.tier and os.environ.get("SYMBI_KERNEL_TIER"):
+            self.tier = os.environ["SYMBI_KERNEL_TIER"]
+        self.limits = ResourceLimits()
+        self.worker: WorkerSession | None = None
+        self.history: list[tuple[int, int, str]] = []
+        self._cpu_sample: tuple[float, float] | None = None
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def current_tier(self) -> SecurityTier:
+        return SecurityTier.parse(self.tier or self.orchestrator.default_sandbox_tier)
+
+    def _stream(self, name: str, text: str) -> None:
+        self.send_response(self.iopub_socket, "stream", {"name": name, "text": text})
+
+    def _display(self, obj: Any) -> None:
+        if isinstance(obj, ExecutionResult):
+            data = obj._repr_mimebundle_()
+        else:
+            data = {"text/plain": str(obj)}
+            if hasattr(obj, "_repr_html_"):
+                data["text/html"] = obj._repr_html_()
+        self.send_response(self.iopub_socket, "display_data",
+                           {"data": data, "metadata": {}, "transient": {}})
+
+    def _error(self, ename: str, evalue: str, traceback: list[str] | None = None
+               ) -> dict[str, Any]:
+        content = {"ename": ename, "evalue": evalue,
+                   "traceback": traceback if traceback is not None else [f"{ename}: {evalue}"]}
+        self.send_response(self.iopub_socket, "error", content)
+        return {"status": "error", "execution_count": self.execution_count, **content}
+
+    def _ok(self) -> dict[str, Any]:
+        return {"status": "ok", "execution_count": self.execution_count, "payload": [],
+                "user_expressions": {}}
+
+    def _check_allowed(self, tier: SecurityTier) -> None:
+        if tier is SecurityTier.NONE and not self.orchestrator.allow_native_execution:
+            raise PolicyViolation(NATIVE_HOWTO)
+        policy.check_tier_allowed(tier, self.orchestrator.allow_native_execution)
+
+    def _open_session(self) -> WorkerSession:
+        if self.worker is not None and self.worker.alive:
+            return self.worker
+        self._check_allowed(self.current_tier)
+        self.worker = self.orchestrator.open_session(
+            self.current_tier, self.limits,
+            interrupt_grace_seconds=self.interrupt_grace_seconds,
+        )
+        return self.worker
+
+    def _close_session(self) -> None:
+        if self.worker is not None:
+            self.worker.close()
+            self.worker = None
+
+    # ------------------------------------------------------------------ execute
+    def do_execute(  # type: ignore[override]
+        self,
+        code: str,
+        silent: bool,
+        store_history: bool = True,
+        user_expressions: dict | None = None,
+        allow_stdin: bool = False,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
+        if store_history:
+            self.history.append((0, self.execution_count, code))
+        try:
+            if code.lstrip().startswith("%%symbi"):
+                return self._cell_magic(code.lstrip())
+            code = self._line_magics(code)
+            if not code.strip():
+                return self._ok()
+            return self._run_cell(code, silent)
+        except (SymbiError, UsageError) as exc:
+            return self._error(type(exc).__name__, str(exc))
+        except Exception as exc:  # a bug of ours must not take the kernel down
+            self.log.exception("symbi kernel: the cell failed in the kernel itself")
+            self._close_session()
+            return self._error("SymbiKernelError", f"{exc!r}; the worker was stopped")
+
+    def _run_cell(self, code: str, silent: bool) -> dict[str, Any]:
+        fresh = self.session_mode == "fresh"
+        if fresh:
+            self._close_session()
+        session = self._open_session()
+        count = self.execution_count
+
+        def relay(message: dict[str, Any]) -> None:
+            kind = message.get("type")
+            if silent and kind != "error":
+                return
+            content = {k: v for k, v in message.items() if k not in ("id", "type")}
+            if kind == "execute_result":
+                content["execution_count"] = count
+            if kind in ("stream", "display_data", "update_display_data", "clear_output",
+                        "execute_result", "error"):
+                self.send_response(self.iopub_socket, kind, content)
+
+        try:
+            outcome = session.execute(code, relay, cell_name=f"<cell-{count}>",
+                                      silent=silent)
+        finally:
+            if fresh:
+                self._close_session()
+        return self._reply(outcome, silent)
+
+    def _reply(self, outcome: CellOutcome, silent: bool) -> dict[str, Any]:
+        if outcome.session_lost:
+            self._stream("stderr", f"symbi: {outcome.session_lost}. The next cell starts "
+                                   "a new worker.\n")
+            self.worker = None
+        if self.show_stats and not silent:
+            self._display(outcome.result)
+        if outcome.status == "ok":
+            return self._ok()
+        reply = outcome.reply
+        return {"status": "error", "execution_count": self.execution_count,
+                "ename": reply.get("ename", "Error"), "evalue": reply.get("evalue", ""),
+                "traceback": reply.get("traceback", [])}
+
+    # ------------------------------------------------------------------ magics
+    def _line_magics(self, code: str) -> str:
+        """Run the kernel's line magics at the top of a cell; return the rest."""
+        lines = code.splitlines(keepends=True)
+        while lines and (lines[0].strip() == "" or lines[0].lstrip().startswith("%symbi_")):
+            line = lines.pop(0).strip()
+            if line:
+                self._line_magic(line)
+        return "".join(lines)
+
+    def _line_magic(self, line: str) -> None:
+        name, _, rest = line.partition(" ")
+        try:
+            argv = shlex.split(rest)
+        except ValueError as exc:
+            raise KernelUsageError(f"{name}: {exc}") from None
+        handler = {
+            "%symbi_tier": self._magic_tier,
+            "%symbi_limits": self._magic_limits,
+            "%symbi_session": self._magic_session,
+            "%symbi_stats": self._magic_stats,
+            "%symbi_tiers": lambda argv: self._display(
+                TierLadder(self.orchestrator.availability())),
+        }.get(name)
+        if handler is None:
+            raise KernelUsageError(
+                f"unknown kernel magic {name}; the kernel has {', '.join(KERNEL_MAGICS)} "
+                "and the cell magic %%symbi"
+            )
+        handler(argv)
+
+    def _magic_tier(self, argv: list[str]) -> None:
+        if len(argv) != 1:
+            self._stream("stdout", f"Cells run at {self.current_tier.display_name}.\n")
+            return
+        tier = SecurityTier.parse(argv[0])
+        self._check_allowed(tier)
+        had_state = self.worker is not None and self.worker.alive
+        self._close_session()
+        self.tier = tier.value
+        note = (" The previous worker's state (variables, imports) did not move with it."
+                if had_state else "")
+        self._stream("stdout", f"Cells now run at {tier.display_name}; the next cell "
+                               f"starts a new worker.{note}\n")
+
+    def _magic_limits(self, argv: list[str]) -> None:
+        args = _limits_parser().parse_args(argv)
+        if args.reset:
+            new = ResourceLimits()
+        else:
+            changes = {
+                "max_memory_mb": args.max_memory, "max_cpu_cores": args.max_cpu,
+                "max_cpu_seconds": args.max_cpu_seconds, "timeout_seconds": args.timeout,
+                "max_processes": args.max_processes, "network": args.network,
+            }
+            new = ResourceLimits(**{
+                **self.limits.to_dict(),
+                **{k: v for k, v in changes.items() if v is not None},
+            })
+        effective = new.within(self.orchestrator.ceilings())  # PolicyViolation if above
+        restart = any(getattr(new, k) != getattr(self.limits, k) for k in SESSION_LIMITS)
+        self.limits = new
+        if self.worker is not None:
+            if restart and self.worker.alive:
+                self._close_session()
+                self._stream("stdout", "These limits hold for a whole worker: the next "
+                                       "cell starts a new one, without the old state.\n")
+            elif self.worker is not None:
+                self.worker.limits = effective
+        self._stream("stdout", f"Limits of the following cells: {_limits_text(effective)}\n")
+
+    def _magic_session(self, argv: list[str]) -> None:
+        choice = argv[0] if argv else "info"
+        if choice in ("persistent", "fresh"):
+            self.session_mode = choice
+            self._close_session()
+            words = ("one worker keeps its state between cells" if choice == "persistent"
+                     else "every cell runs in a new single-use sandbox, with no state")
+            self._stream("stdout", f"Session mode {choice}: {words}.\n")
+        elif choice == "restart":
+            self._close_session()
+            self._stream("stdout", "The worker was stopped; the next cell starts a new one.\n")
+        elif choice in ("info", "totals"):
+            self._stream("stdout", self._session_info())
+        else:
+            raise KernelUsageError(
+                "%symbi_session takes persistent, fresh, restart or info, "
+                f"not {choice!r}"
+            )
+
+    def _session_info(self) -> str:
+        lines = [f"tier: {self.current_tier.display_name}", f"mode: {self.session_mode}"]
+        session = self.worker
+        if session is None or not session.alive:
+            lines.append("worker: none running (the next cell starts one)")
+        else:
+            totals = session.totals
+            lines.append(f"worker: running, {session.cells} cells, started in "
+                         f"{format_duration(session.startup_seconds)}")
+            if not self.display_options.stable:
+                lines.append(f"session totals: CPU {format_duration(totals['cpu_seconds'])}, "
+                             f"wall {format_duration(totals['wall_seconds'])}, "
+                             f"highest cell peak {format_bytes(totals['peak_memory_bytes'])}")
+        lines.append(f"limits: {_limits_text(self.limits.within(self.orchestrator.ceilings()))}")
+        return "\n".join(lines) + "\n"
+
+    def _magic_stats(self, argv: list[str]) -> None:
+        if argv not in (["on"], ["off"]):
+            raise KernelUsageError("%symbi_stats takes on or off")
+        self.show_stats = argv == ["on"]
+
+    def _cell_magic(self, code: str) -> dict[str, Any]:
+        """``%%symbi [flags]``: one cell through the orchestrator, as in IPython."""
+        from ..magics import SymbiMagics, parse_symbi_flags
+
+        first, _, body = code.partition("\n")
+        args, tier, limits, env = parse_symbi_flags(SymbiMagics.symbi, first[len("%%symbi"):])
+
+        def out(stream: str, chunk: bytes) -> None:
+            self._stream(stream, chunk.decode("utf-8", "replace"))
+
+        try:
+            result = self.orchestrator.execute_code(
+                tier, body, env=env, language=args.language, limits=limits, on_output=out
+            )
+        except KeyboardInterrupt:
+            return self._error("KeyboardInterrupt", "the sandboxed code was interrupted")
+        if not args.quiet:
+            self._display(result)
+        if result.success:
+            return self._ok()
+        return {"status": "error", "execution_count": self.execution_count,
+                "ename": "SandboxedCodeFailed", "evalue": str(result), "traceback": []}
+
+    # ------------------------------------------------------------------ introspection
+    def do_complete(self, code: str, cursor_pos: int) -> dict[str, Any]:  # type: ignore[override]
+        empty = {"status": "ok", "matches": [], "cursor_start": cursor_pos,
+                 "cursor_end": cursor_pos, "metadata": {}}
+        session = self._introspection_session()
+        if session is None:
+            return empty
+        reply = session.request("complete", code=code, cursor_pos=cursor_pos)
+        return reply if reply.get("status") == "ok" else empty
+
+    def do_inspect(  # type: ignore[override]
+        self, code: str, cursor_pos: int, detail_level: int = 0, omit_sections: Any = ()
+    ) -> dict[str, Any]:
+        session = self._introspection_session()
+        if session is None:
+            return {"status": "ok", "found": False, "data": {}, "metadata": {}}
+        reply = session.request("inspect", code=code, cursor_pos=cursor_pos,
+                                detail_level=detail_level)
+        if reply.get("status") != "ok":
+            return {"status": "ok", "found": False, "data": {}, "metadata": {}}
+        return reply
+
+    def _introspection_session(self) -> WorkerSession | None:
+        """The live namespace to answer from; in persistent mode one is started."""
+        if self.worker is not None and self.worker.alive:
+            return self.worker
+        if self.session_mode == "fresh":
+            return None
+        try:
+            return self._open_session()
+        except SymbiError:
+            return None
+
+    def do_is_complete(self, code: str) -> dict[str, Any]:  # type: ignore[override]
+        # Answered here, from the code alone, with IPython's rules (as ipykernel does):
+        # no sandbox needs to start for it.
+        if code.lstrip().startswith(("%%", "%symbi")):
+            return {"status": "complete"}
+        status, indent = TransformerManager().check_complete(code)
+        reply: dict[str, Any] = {"status": status}
+        if status == "incomplete":
+            reply["indent"] = " " * (indent or 0)
+        return reply
+
+    def do_history(  # type: ignore[override]
+        self, hist_access_type: str, output: bool, raw: bool, session: Any = None,
+        start: Any = None, stop: Any = None, n: Any = None, pattern: Any = None,
+        unique: bool = False, **kwargs: Any,
+    ) -> dict[str, Any]:
+        entries = list(self.history)
+        if hist_access_type == "tail":
+            entries = entries[-(n or 10):]
+        elif hist_access_type == "range":
+            entries = [e for e in entries
+                       if (start is None or e[1] >= start) and (stop is None or e[1] < stop)]
+        elif hist_access_type == "search":
+            import fnmatch
+
+            entries = [e for e in entries if fnmatch.fnmatch(e[2], pattern or "*")]
+            if unique:
+                seen: set[str] = set()
+                entries = [e for e in entries if not (e[2] in seen or seen.add(e[2]))]
+            if n:
+                entries = entries[-n:]
+        if output:
+            return {"status": "ok", "history": [(s, c, (i, None)) for s, c, i in entries]}
+        return {"status": "ok", "history": entries}
+
+    # ------------------------------------------------------------------ lifecycle
+    def do_shutdown(self, restart: bool) -> dict[str, Any]:  # type: ignore[override]
+        self._close_session()
+        self.orchestrator.close()
+        return {"status": "ok", "restart": restart}
+
+    async def usage_request(self, stream: Any, ident: Any, parent: Any) -> None:
+        """Report the sandbox's figures, not this relay's (jupyter-resource-usage)."""
+        if not self.worker:
+            return await super().usage_request(stream, ident, parent)
+        usage = self.worker.usage() if self.worker.alive else {}
+        content: dict[str, Any] = {
+            "hostname": socket.gethostname(), "pid": os.getpid(),
+            "cpu_count": os.cpu_count(), "kernel_memory": usage.get("memory_bytes") or 0,
+            "kernel_cpu": self._cpu_percent(usage.get("cpu_seconds")),
+            "sandbox": {"tier": self.current_tier.value, **usage},
+        }
+        if self.session:  # jupyter_client's Session; the worker's is self.worker
+            self.session.send(stream, "usage_reply", content, parent, ident)
+
+    def _cpu_percent(self, cpu_seconds: float | None) -> float:
+        if cpu_seconds is None:
+            return 0.0
+        now = time.monotonic()
+        previous, self._cpu_sample = self._cpu_sample, (now, cpu_seconds)
+        if previous is None or now <= previous[0]:
+            return 0.0
+        return max(0.0, 100.0 * (cpu_seconds - previous[1]) / (now - previous[0]))
+
+
+def _limits_text(limits: ResourceLimits) -> str:
+    parts = []
+    if limits.max_memory_mb:
+        parts.append(f"memory {limits.max_memory_mb:g} MB")
+    if limits.max_cpu_cores:
+        parts.append(f"{limits.max_cpu_cores:g} cores")
+    if limits.max_cpu_seconds:
+        parts.append(f"CPU {limits.max_cpu_seconds:g} s per cell")
+    if limits.timeout_seconds:
+        parts.append(f"wall {limits.timeout_seconds:g} s per cell")
+    if limits.max_processes:
+        parts.append(f"{limits.max_processes} processes")
+    parts.append("network" if limits.network else "no network")
+    return ", ".join(parts)
+

@@ -1,0 +1,461 @@
+"""SymbiKernel against real kernels: the jupyter_kernel_test conformance suite, and
+jupyter_client sessions for state, interrupts, limits and clean-up."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import jupyter_kernel_test
+import pytest
+from jupyter_client.manager import start_new_kernel
+
+from symbi_jupyter.cli import main
+from symbi_jupyter.orchestrator import SandboxOrchestrator
+from symbi_jupyter.sandboxes._supervisor import host_tag, pid_alive
+from symbi_jupyter.sandboxes.docker import HOST_LABEL
+from symbi_jupyter.tiers import SecurityTier
+
+from .conftest import need, wait_until
+
+TIMEOUT = 60
+
+
+def _kernel_environment(prefix: Path, workdir: Path, tier: str = "none") -> dict[str, str]:
+    """What a kernel under test sees: the kernelspec in ``prefix``, native execution
+    allowed in ``workdir``, no host configuration."""
+    return {
+        "JUPYTER_PATH": str(prefix / "share" / "jupyter"),
+        "SYMBIONT_ALLOW_NATIVE_EXECUTION": "true",
+        "SYMBIONT_NATIVE_WORKING_DIR": str(workdir),
+        "SYMBI_KERNEL_TIER": tier,
+    }
+
+
+def _install(prefix: Path) -> None:
+    assert main(["install-kernel", "--prefix", str(prefix)]) == 0
+
+
+class _Environ:
+    """Set environment variables for a class of tests (unittest-style setUpClass)."""
+
+    def __init__(self, values: dict[str, str]) -> None:
+        self.values, self.saved = values, {}
+
+    def __enter__(self) -> None:
+        for key, value in self.values.items():
+            self.saved[key] = os.environ.get(key)
+            os.environ[key] = value
+
+    def __exit__(self, *exc: object) -> None:
+        for key, value in self.saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+class TestSymbiKernelConformance(jupyter_kernel_test.KernelTests):
+    """The community conformance suite, against the installed kernel at tier None."""
+
+    kernel_name = "symbi"
+    language_name = "python"
+    file_extension = ".py"
+    code_hello_world = "print('hello, world')"
+    code_stderr = "import sys; print('test', file=sys.stderr)"
+    completion_samples = [{"text": "zi", "matches": {"zip"}}]
+    complete_code_samples = ["1", "print('hello, world')", "def f(x):\n  return x*2\n\n"]
+    incomplete_code_samples = ["print('''hello", "def f(x):\n  x*2"]
+    invalid_code_samples = ["import = 7q"]
+    code_generate_error = "raise ValueError('boom')"
+    code_execute_result = [{"code": "1+2+3", "result": "6"}, {"code": "[n*n for n in range(3)]",
+                                                                 "result": "[0, 1, 4]"}]
+    code_display_data = [
+        {"code": "display({'a': 1})", "mime": "text/plain"},
+        {"code": "class H:\n    def _repr_html_(self): return '<b>x</b>'\ndisplay(H())",
+         "mime": "text/html"},
+    ]
+    code_history_pattern = "1?2*"
+    supported_history_operations = ("tail", "range", "search")
+    code_inspect_sample = "zip"
+    code_clear_output = "clear_output()"
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        cls._tmp = Path(tempfile.mkdtemp(prefix="symbi-kernel-"))
+        workdir = Path("/tmp") / f"symbi-kt-{uuid.uuid4().hex[:8]}"
+        workdir.mkdir(mode=0o711)
+        cls._workdir = workdir
+        _install(cls._tmp)
+        cls._env = _Environ(_kernel_environment(cls._tmp, workdir))
+        cls._env.__enter__()
+        super().setUpClass()
+        # The suite counts output messages (an error must be the only one): the
+        # statistics display that follows each cell is ours, tested further down.
+        cls.kc.execute_interactive("%symbi_stats off", timeout=TIMEOUT)
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        super().tearDownClass()
+        cls._env.__exit__()
+        shutil.rmtree(cls._tmp, ignore_errors=True)
+        shutil.rmtree(cls._workdir, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------- installing
+def test_install_kernel_writes_a_kernelspec_jupyter_lists(tmp_path: Path) -> None:
+    assert main(["install-kernel", "--prefix", str(tmp_path), "--tier", "gvisor",
+                 "--name", "symbi-gvisor"]) == 0
+    spec = json.loads((tmp_path / "share/jupyter/kernels/symbi-gvisor/kernel.json").read_text())
+    assert spec["argv"][1:3] == ["-m", "symbi_jupyter.kernel"]
+    assert spec["env"] == {"SYMBI_KERNEL_TIER": "Tier2"}  # native stays off
+    assert "gVisor" in spec["display_name"]
+    assert (tmp_path / "share/jupyter/kernels/symbi-gvisor/logo-64x64.png").is_file()
+    listed = subprocess.run(
+        [sys.executable, "-m", "jupyter_client.kernelspecapp", "list", "--json"],
+        env={**os.environ, "JUPYTER_PATH": str(tmp_path / "share/jupyter")},
+        capture_output=True, text=True, check=True,
+    )
+    assert "symbi-gvisor" in json.loads(listed.stdout)["kernelspecs"]
+
+
+def test_install_kernel_allow_native_is_written_into_the_kernelspec(tmp_path: Path) -> None:
+    assert main(["install-kernel", "--prefix", str(tmp_path), "--tier", "none",
+                 "--allow-native"]) == 0
+    spec = json.loads((tmp_path / "share/jupyter/kernels/symbi/kernel.json").read_text())
+    assert spec["env"] == {"SYMBI_KERNEL_TIER": "None",
+                           "SYMBIONT_ALLOW_NATIVE_EXECUTION": "true"}
+
+
+def test_native_refused_in_the_kernel_explains_the_operator_switch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _install(tmp_path)
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "share/jupyter"))
+    monkeypatch.setenv("SYMBI_KERNEL_TIER", "none")
+    km, kc = start_new_kernel(kernel_name="symbi")
+    try:
+        reply, _ = run(kc, "print('never runs')")
+        assert reply["ename"] == "PolicyViolation"
+        assert "--allow-native" in reply["evalue"] and "%config" not in reply["evalue"]
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+
+
+def test_install_kernel_refuses_an_unknown_tier(tmp_path: Path, capsys) -> None:
+    assert main(["install-kernel", "--prefix", str(tmp_path), "--tier", "tier9"]) == 2
+    err = capsys.readouterr().err
+    assert "tier9" in err and "gvisor" in err
+    assert not (tmp_path / "share").exists()
+
+
+def test_the_wheel_ships_the_kernelspec_as_shared_data() -> None:
+    pyproject = (Path(__file__).parents[1] / "pyproject.toml").read_text()
+    assert '"kernelspec" = "share/jupyter/kernels/symbi"' in pyproject
+    spec = json.loads((Path(__file__).parents[1] / "kernelspec/kernel.json").read_text())
+    assert spec["argv"][0] == "python"  # jupyter_client puts its own Python there
+
+
+# ---------------------------------------------------------------------- sessions
+@pytest.fixture
+def kernel(tmp_path: Path, workdir: Path, monkeypatch: pytest.MonkeyPatch):
+    """A started symbi kernel at tier None and its blocking client."""
+    _install(tmp_path)
+    for key, value in _kernel_environment(tmp_path, workdir).items():
+        monkeypatch.setenv(key, value)
+    km, kc = start_new_kernel(kernel_name="symbi")
+    yield km, kc
+    kc.stop_channels()
+    km.shutdown_kernel(now=False)
+
+
+def run(kc, code: str, timeout: float = TIMEOUT) -> tuple[dict, list[dict]]:
+    """Execute ``code``; return the reply content and the cell's iopub messages."""
+    msg_id = kc.execute(code)
+    reply = kc.get_shell_msg(timeout=timeout)
+    while reply["parent_header"].get("msg_id") != msg_id:
+        reply = kc.get_shell_msg(timeout=timeout)
+    outputs = []
+    while True:
+        msg = kc.get_iopub_msg(timeout=timeout)
+        if msg["parent_header"].get("msg_id") != msg_id:
+            continue
+        if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+            break
+        outputs.append(msg)
+    return reply["content"], outputs
+
+
+def stdout(outputs: list[dict]) -> str:
+    return "".join(m["content"]["text"] for m in outputs
+                   if m["msg_type"] == "stream" and m["content"]["name"] == "stdout")
+
+
+def stderr(outputs: list[dict]) -> str:
+    return "".join(m["content"]["text"] for m in outputs
+                   if m["msg_type"] == "stream" and m["content"]["name"] == "stderr")
+
+
+def stats(outputs: list[dict]) -> list[dict]:
+    return [m["content"]["data"]["application/vnd.symbi.result+json"] for m in outputs
+            if m["msg_type"] == "display_data"
+            and "application/vnd.symbi.result+json" in m["content"]["data"]]
+
+
+def test_state_persists_between_cells(kernel) -> None:
+    _, kc = kernel
+    reply, _ = run(kc, "x = 41\nimport math")
+    assert reply["status"] == "ok"
+    reply, outputs = run(kc, "print(x + 1, math.floor(2.5))")
+    assert stdout(outputs) == "42 2\n"
+
+
+def test_every_cell_is_followed_by_its_stats(kernel) -> None:
+    _, kc = kernel
+    _, outputs = run(kc, "print('hi')")
+    (figures,) = stats(outputs)
+    assert figures["tier"] == "None" and figures["exit_code"] == 0
+    assert outputs[-1]["msg_type"] == "display_data"  # after the output
+
+
+def test_fresh_mode_keeps_no_state(kernel) -> None:
+    _, kc = kernel
+    _, outputs = run(kc, "%symbi_session fresh")
+    assert "fresh" in stdout(outputs)
+    run(kc, "y = 1")
+    reply, outputs = run(kc, "print(y)")
+    assert reply["status"] == "error" and reply["ename"] == "NameError"
+    run(kc, "%symbi_session persistent")
+    run(kc, "y = 2")
+    assert stdout(run(kc, "print(y)")[1]) == "2\n"
+
+
+def test_the_host_environment_is_not_visible(kernel, monkeypatch) -> None:
+    _, kc = kernel
+    _, outputs = run(kc, "import os; print(sorted(k for k in os.environ if 'SYMBI' in k))")
+    assert stdout(outputs) == "[]\n"
+
+
+def test_interrupt_stops_the_cell_and_keeps_the_session(kernel) -> None:
+    km, kc = kernel
+    run(kc, "kept = 'still here'")
+    msg_id = kc.execute("import time\nprint('sleeping', flush=True)\ntime.sleep(60)")
+    # Wait until the cell is really running in the sandbox before interrupting.
+    while True:
+        msg = kc.get_iopub_msg(timeout=TIMEOUT)
+        if msg["msg_type"] == "stream" and "sleeping" in msg["content"]["text"]:
+            break
+    km.interrupt_kernel()
+    reply = kc.get_shell_msg(timeout=TIMEOUT)
+    assert reply["parent_header"]["msg_id"] == msg_id
+    assert reply["content"]["status"] == "error"
+    assert reply["content"]["ename"] == "KeyboardInterrupt"
+    assert stdout(run(kc, "print(kept)")[1]) == "still here\n"
+
+
+def test_a_memory_bomb_kills_the_worker_and_the_next_cell_runs(kernel, cgroups) -> None:
+    _, kc = kernel
+    run(kc, "%symbi_limits --max-memory 128")
+    run(kc, "state = 1")
+    reply, outputs = run(kc, "b = bytearray(400 * 1024 * 1024)\nb[::4096] = b'x' * len(b[::4096])")
+    assert reply["status"] == "error"
+    assert "state is gone" in stderr(outputs)
+    (figures,) = stats(outputs)
+    assert figures["killed_by"] == "memory"
+    reply, outputs = run(kc, "print('alive'); print('state' in dir())")
+    assert reply["status"] == "ok" and stdout(outputs) == "alive\nFalse\n"
+
+
+def test_a_cell_past_its_timeout_is_stopped_with_its_output_kept(kernel) -> None:
+    _, kc = kernel
+    run(kc, "%symbi_limits --timeout 2")
+    reply, outputs = run(kc, "print('before', flush=True)\nwhile True: pass")
+    assert reply["status"] == "error"
+    assert "before" in stdout(outputs)
+    (figures,) = stats(outputs)
+    assert figures["killed_by"] == "timeout" and figures["timed_out"] is True
+
+
+def test_per_cell_peak_memory_of_a_small_cell_after_a_big_one(kernel) -> None:
+    _, kc = kernel
+    _, big = run(kc, "b = bytearray(200 * 1024 * 1024); b[::4096] = b'x' * len(b[::4096]); del b")
+    _, small = run(kc, "x = 1")
+    big_peak = stats(big)[0]["peak_memory_bytes"]
+    small_peak = stats(small)[0]["peak_memory_bytes"]
+    assert big_peak >= 200 * 1024 * 1024
+    assert small_peak < big_peak / 4
+
+
+def test_tier_switch_says_the_state_did_not_move(kernel) -> None:
+    _, kc = kernel
+    run(kc, "z = 5")
+    reply, outputs = run(kc, "%symbi_tier none")
+    assert reply["status"] == "ok"
+    assert "did not move" in stdout(outputs)
+    reply, _ = run(kc, "print(z)")
+    assert reply["ename"] == "NameError"
+
+
+def test_bad_kernel_magics_give_one_line_errors(kernel) -> None:
+    _, kc = kernel
+    reply, _ = run(kc, "%symbi_tier tier9")
+    assert reply["status"] == "error" and reply["ename"] == "ConfigError"
+    reply, _ = run(kc, "%symbi_limits --max-memory lots")
+    assert reply["status"] == "error" and "--max-memory" in reply["evalue"]
+    reply, _ = run(kc, "%symbi_nonsense")
+    assert reply["status"] == "error" and "%symbi_tier" in reply["evalue"]
+    reply, _ = run(kc, "%symbi_limits --max-memory 999999")
+    assert reply["ename"] == "PolicyViolation" and "max_memory_mb" in reply["evalue"]
+
+
+def test_cell_magic_runs_one_cell_through_the_orchestrator(kernel) -> None:
+    _, kc = kernel
+    run(kc, "kept = 1")
+    reply, outputs = run(kc, "%%symbi --tier none\nprint('one-off', 'kept' in dir())")
+    assert reply["status"] == "ok"
+    assert stdout(outputs) == "one-off False\n"
+    assert stats(outputs)[0]["tier"] == "None"
+
+
+def test_completion_and_inspection_come_from_the_sandboxed_namespace(kernel) -> None:
+    _, kc = kernel
+    run(kc, "def sandboxed_function(alpha, beta):\n    'Adds things.'\n    return alpha")
+    kc.complete("sandboxed_fu")
+    reply = kc.get_shell_msg(timeout=TIMEOUT)
+    assert "sandboxed_function" in reply["content"]["matches"]
+    kc.inspect("sandboxed_function", 18)
+    reply = kc.get_shell_msg(timeout=TIMEOUT)
+    assert reply["content"]["found"]
+    assert "Adds things." in reply["content"]["data"]["text/plain"]
+
+
+def test_usage_request_reports_the_sandbox(kernel) -> None:
+    _, kc = kernel
+    run(kc, "b = bytearray(64 * 1024 * 1024); b[::4096] = b'x' * len(b[::4096])")
+    msg = kc.session.msg("usage_request", {})
+    kc.control_channel.send(msg)
+    reply = kc.control_channel.get_msg(timeout=TIMEOUT)
+    assert reply["msg_type"] == "usage_reply"
+    sandbox = reply["content"]["sandbox"]
+    assert sandbox["tier"] == "None"
+    assert reply["content"]["kernel_memory"] >= 64 * 1024 * 1024
+
+
+def _worker_pids(workdir: Path) -> list[int]:
+    """Processes whose working directory is a run directory of ``workdir``."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if str(workdir) in os.readlink(proc / "cwd"):
+                    found.append(int(proc.name))
+            except OSError:
+                pass
+    return found
+
+
+def test_restart_leaves_no_process_behind(kernel, workdir: Path) -> None:
+    km, kc = kernel
+    run(kc, "import subprocess\nsubprocess.Popen(['sleep', '300'])\nprint('ok')")
+    pids = _worker_pids(workdir)
+    assert pids, "the worker should be running in the work directory"
+    km.restart_kernel(now=False)
+    assert wait_until(lambda: not any(pid_alive(p) for p in pids))
+
+
+def test_kill_9_of_the_kernel_leaves_no_process_behind(kernel, workdir: Path) -> None:
+    km, kc = kernel
+    run(kc, "import subprocess\nsubprocess.Popen(['sleep', '300'])\nprint('ok')")
+    pids = _worker_pids(workdir)
+    assert pids
+    os.kill(km.provisioner.pid, 9)
+    assert wait_until(lambda: not any(pid_alive(p) for p in pids))
+    time.sleep(0)  # the fixture's shutdown of a dead kernel must not fail
+
+
+# ---------------------------------------------------------------------- container tiers
+@pytest.fixture(params=["docker", "gvisor"])
+def container_kernel(request, tmp_path: Path, workdir: Path, monkeypatch: pytest.MonkeyPatch):
+    """A symbi kernel whose cells run at Tier1 or Tier2, and a Docker client."""
+    probe = SandboxOrchestrator()
+    availability = probe.availability()[SecurityTier.parse(request.param)]
+    client = probe.sandbox(SecurityTier.TIER1).client() if availability.ok else None
+    need(availability.ok, availability.reason, tier=request.param)
+    _install(tmp_path)
+    for key, value in _kernel_environment(tmp_path, workdir, tier=request.param).items():
+        monkeypatch.setenv(key, value)
+    km, kc = start_new_kernel(kernel_name="symbi")
+    yield km, kc, client
+    kc.stop_channels()
+    with contextlib.suppress(Exception):
+        km.shutdown_kernel(now=False)
+    probe.close()
+
+
+def _kernel_containers(client, km) -> list:
+    return client.containers.list(
+        all=True, filters={"label": f"{HOST_LABEL}={host_tag(km.provisioner.pid)}"},
+        ignore_removed=True)
+
+
+def test_container_tiers_keep_state_and_report_their_tier(container_kernel) -> None:
+    km, kc, client = container_kernel
+    run(kc, "import os\nx = 41")
+    reply, outputs = run(kc, "print(x + 1, os.getuid(), os.path.exists('/.dockerenv'))")
+    assert reply["status"] == "ok"
+    assert stdout(outputs).split()[:2] == ["42", "65534"]
+    assert stats(outputs)[0]["tier"] in ("Tier1", "Tier2")
+    (container,) = _kernel_containers(client, km)
+    assert container.status == "running"
+
+
+def test_container_memory_bomb_kills_the_worker_not_the_kernel(container_kernel) -> None:
+    _km, kc, _ = container_kernel
+    run(kc, "%symbi_limits --max-memory 128")
+    reply, outputs = run(kc, "b = bytearray(400 * 1024 * 1024)\nb[::4096] = b'x' * len(b[::4096])")
+    assert reply["status"] == "error"
+    assert stats(outputs)[0]["killed_by"] == "memory"
+    assert "state is gone" in stderr(outputs)
+    _reply, outputs = run(kc, "print('next')")
+    assert stdout(outputs) == "next\n"
+
+
+def test_container_is_removed_at_shutdown_and_reaped_after_kill_9(container_kernel) -> None:
+    km, kc, client = container_kernel
+    run(kc, "x = 1")
+    (first,) = _kernel_containers(client, km)
+    km.restart_kernel(now=False)  # a clean shutdown, then a new kernel process
+    assert _status(first) == "removed"
+    kc.wait_for_ready(timeout=TIMEOUT)
+    run(kc, "x = 2")
+    pid = km.provisioner.pid
+    (container,) = _kernel_containers(client, km)
+    os.kill(pid, 9)
+    # The worker sees its channel close and exits; the container stops on its own ...
+    assert wait_until(lambda: _status(container) != "running", 60)
+    # ... and the next kernel's first use reaps it by its label.
+    fresh = SandboxOrchestrator()
+    try:
+        fresh.sandbox(SecurityTier.TIER1)._ready_client()
+        assert _status(container) == "removed"
+    finally:
+        fresh.close()
+
+
+def _status(container) -> str:
+    import docker
+
+    try:
+        container.reload()
+    except docker.errors.NotFound:
+        return "removed"
+    return container.status

@@ -15,16 +15,13 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 from jupyter_client.manager import start_new_kernel
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from symbi_jupyter.cli import main as cli  # noqa: E402
+from symbi_jupyter.cli import main as cli
 
 
 def round_trip(kc, code: str) -> float:

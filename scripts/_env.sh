@@ -114,4 +114,10 @@ notebook_env() {
     export SYMBI_JUPYTER_STABLE_OUTPUT=1 SYMBIONT_NATIVE_MAX_CPU_CORES=1 \
         JUPYTER_CONFIG_DIR=$NB_SCRATCH/jupyter \
         IPYTHONDIR=$NB_SCRATCH/ipython XDG_STATE_HOME=$NB_SCRATCH/state
+    # Each notebook names its kernel (python3, or symbi for 05): both kernelspecs are
+    # installed for this environment's Python, ahead of any the user has.
+    { "$VENV/bin/python" -m ipykernel install --prefix "$NB_SCRATCH/kernels" &&
+      "$VENV/bin/symbi-jupyter" install-kernel --prefix "$NB_SCRATCH/kernels"; } >/dev/null 2>&1 ||
+        die "could not install the python3 and symbi kernelspecs into $NB_SCRATCH/kernels"
+    export JUPYTER_PATH=$NB_SCRATCH/kernels/share/jupyter
 }

@@ -18,6 +18,6 @@ if [ "$#" -eq 0 ]; then set -- notebooks/*.ipynb; fi
 for notebook in "$@"; do
     say "recording $notebook"
     "$VENV/bin/jupyter" nbconvert --log-level=WARN --execute --to notebook --inplace \
-        --ExecutePreprocessor.kernel_name=python3 --ExecutePreprocessor.record_timing=False \
+        --ExecutePreprocessor.record_timing=False \
         "$notebook"
 done

@@ -17,7 +17,7 @@ from traitlets import Bool, Instance
 from .errors import ConfigError
 from .limits import ResourceLimits
 from .orchestrator import SandboxOrchestrator
-from .render import Comparison, ResultDisplay, TierLadder
+from .render import Comparison, LiveLine, ResultDisplay, TierLadder
 from .result import ExecutionResult
 from .tiers import SecurityTier
 
@@ -33,6 +33,15 @@ class SymbiMagics(Magics):
     )
     show_stats = Bool(
         True, config=True, help="Display the result's statistics after each %%symbi cell."
+    )
+    live_stats = Bool(
+        True,
+        config=True,
+        help="""While a cell runs (from its first usage sample on), show a line with the
+        elapsed time, memory now and CPU %, updated in place and replaced by the final
+        statistics. Off under the stable rendering (ResultDisplay.stable), because
+        nbval does not follow display updates: what it compares and what a saved
+        notebook holds must not differ.""",
     )
     orchestrator = Instance(SandboxOrchestrator, allow_none=True)
 
@@ -86,11 +95,20 @@ class SymbiMagics(Magics):
         """
         args, tier, limits, env = parse_symbi_flags(self.symbi, line)
         writers = _LiveOutput() if self.stream_output else None
+        show = self.show_stats and not args.quiet
+        # Only a kernel's front end can update a display in place; a terminal would
+        # print every update.
+        in_kernel = getattr(self.shell, "kernel", None) is not None
+        live = _LiveStats(self.orchestrator, tier, limits) if (
+            show and self.live_stats and in_kernel and not ResultDisplay.instance().stable
+        ) else None
         try:
             result = self.orchestrator.execute_code(
                 tier, cell, env=env, language=args.language, limits=limits,
                 keep_workdir=args.keep_workdir,
-                on_output=writers.write if writers else None,
+                on_output=_chain(writers.write if writers else None,
+                                 live.saw_output if live else None),
+                on_sample=live.update if live else None,
             )
         except KeyboardInterrupt as exc:
             partial = exc.args[0] if exc.args else None
@@ -99,7 +117,13 @@ class SymbiMagics(Magics):
                     _print_output(partial)
                 if args.out:
                     self.shell.user_ns[args.out] = partial
+            if live:
+                live.finish(partial if isinstance(partial, ExecutionResult) else None)
             raise KeyboardInterrupt("the sandboxed code was interrupted and killed") from None
+        except BaseException:
+            if live:
+                live.finish(None)
+            raise
         finally:
             if writers:
                 writers.flush()
@@ -111,7 +135,7 @@ class SymbiMagics(Magics):
             _print_truncation_markers(result)
         if args.out:
             self.shell.user_ns[args.out] = result
-        if self.show_stats and not args.quiet:
+        if show and not (live and live.finish(result)):
             display(result)
 
     @line_magic
@@ -198,6 +222,67 @@ class _LiveOutput:
                 (sys.stdout if stream == "stdout" else sys.stderr).write(tail)
         sys.stdout.flush()
         sys.stderr.flush()
+
+
+def _chain(*callbacks: Any) -> Any:
+    active = [c for c in callbacks if c is not None]
+    if not active:
+        return None
+
+    def call(*args: Any) -> None:
+        for callback in active:
+            callback(*args)
+
+    return call
+
+
+class _LiveStats:
+    """The live line of one cell: displayed at the first usage sample (a cell that
+    ends sooner never shows one), updated in place, and replaced by the final result;
+    if output came after it, the result goes after the output instead (the
+    statistics always come last) and the live line is emptied."""
+
+    #: Seconds between display updates, so a front end is not flooded.
+    MIN_UPDATE_SECONDS = 0.5
+
+    def __init__(self, orchestrator: SandboxOrchestrator, tier: Any, limits: ResourceLimits
+                 ) -> None:
+        self.tier = SecurityTier.parse(tier or orchestrator.default_sandbox_tier)
+        self.limits = limits.within(orchestrator.ceilings())
+        self.handle: Any = None
+        self.finished = False
+        self.last = 0.0
+        self.output_after = False
+
+    def saw_output(self, stream: str, chunk: bytes) -> None:
+        if self.handle is not None:
+            self.output_after = True
+
+    def update(self, sample: Any) -> None:
+        """Called from the sampling thread."""
+        if self.finished:
+            return
+        if self.handle is not None and sample.elapsed_seconds - self.last < self.MIN_UPDATE_SECONDS:
+            return
+        self.last = sample.elapsed_seconds
+        line = LiveLine(self.tier, self.limits, sample)
+        if self.handle is None:
+            self.handle = display(line, display_id=True)
+        else:
+            self.handle.update(line)
+
+    def finish(self, result: ExecutionResult | None) -> bool:
+        """Replace the live line by ``result`` (or remove it); True if it was shown."""
+        if self.finished:
+            return self.handle is not None
+        self.finished = True
+        if self.handle is None:
+            return False
+        if result is None or self.output_after:
+            self.handle.update({"text/plain": ""}, raw=True)
+            return False
+        self.handle.update(result)
+        return True
 
 
 def _print_truncation_markers(result: ExecutionResult) -> None:

@@ -9,6 +9,7 @@ import os
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from importlib import import_module
 from typing import Any
 
@@ -20,6 +21,7 @@ from .audit import AuditLog
 from .errors import SymbiError, TierUnavailable
 from .limits import ResourceLimits
 from .result import ExecutionResult
+from .sampling import UsageSample, UsageSampler
 from .sandboxes import Availability, ExecutionRequest, Sandbox, sandbox_classes
 from .sandboxes.base import OutputCallback, WorkerHandle
 from .session import WorkerSession, worker_source
@@ -117,6 +119,13 @@ class SandboxOrchestrator(LoggingConfigurable):
         help="""fsync each audit record before the execution returns, so a power loss
         cannot drop it (costs a disk flush per execution).""",
     )
+    sample_interval_seconds = Float(
+        0.25,
+        config=True,
+        help="""Seconds between looks at a running sandbox's memory and CPU, from outside
+        it (its cgroup, else /proc): they draw the live line of %%symbi and the memory
+        sparkline of the result. 0 turns sampling off.""",
+    )
 
     def __init__(self, config: Config | None = None, **kwargs: Any) -> None:
         from .config import load_config
@@ -206,8 +215,11 @@ class SandboxOrchestrator(LoggingConfigurable):
         executable: str | None = None,
         keep_workdir: bool = False,
         on_output: OutputCallback | None = None,
+        on_sample: Callable[[UsageSample], None] | None = None,
     ) -> ExecutionResult:
         """Run ``code`` at ``tier`` (``None``: the default tier) and return its result.
+        ``on_output`` gets the output as it comes, ``on_sample`` each look at the
+        running sandbox's memory and CPU (every ``sample_interval_seconds``).
 
         Raises :class:`PolicyViolation`, :class:`TierUnavailable` or
         :class:`ConfigError` when the code cannot run as asked; a limit that stops the
@@ -238,7 +250,14 @@ class SandboxOrchestrator(LoggingConfigurable):
                 code_sha256=digest,
                 policy=self._policy_settings(),
             )
-            result = sandbox.run(request)
+            sampler = None
+            if self.sample_interval_seconds > 0:
+                sampler = UsageSampler(self.sample_interval_seconds, on_sample)
+                request.on_started = sampler.started
+            try:
+                result = sandbox.run(request)
+            finally:
+                samples = sampler.stop() if sampler else None
         except SymbiError as exc:
             self._audit(record, outcome="refused", error=f"{type(exc).__name__}: {exc}",
                         duration_seconds=time.monotonic() - started)
@@ -250,6 +269,7 @@ class SandboxOrchestrator(LoggingConfigurable):
                         duration_seconds=time.monotonic() - started)
             raise
         result.code_sha256 = digest
+        result.memory_samples = samples
         outcome = "success" if result.success else ("stopped" if result.killed_by else "failed")
         self._audit(record, outcome=outcome, **_result_record(result),
                     duration_seconds=time.monotonic() - started)

@@ -28,6 +28,7 @@ __all__ = [
     "VOLATILE_FIELDS",
     "Comparison",
     "KillWords",
+    "LiveLine",
     "ResultDisplay",
     "TierLadder",
     "compare",
@@ -52,6 +53,7 @@ VOLATILE_FIELDS = (
     "stdout_bytes",  # output that names its run directory varies in length
     "stderr_bytes",
     "startup_seconds",
+    "memory_samples",
 )
 
 _TRUE_WORDS = ("1", "true", "yes")
@@ -320,6 +322,7 @@ class _Usage(NamedTuple):
     fraction: float | None  # used / limit when both are known and shown
     stopped: bool  # this limit stopped the run
     method: str | None = None  # how the figure was measured
+    samples: list[list[float]] | None = None  # memory over time, for the sparkline
 
 
 def _usage(result: ExecutionResult, shown: ResultDisplay) -> list[_Usage]:
@@ -350,6 +353,7 @@ def _usage(result: ExecutionResult, shown: ResultDisplay) -> list[_Usage]:
                 used / cap if used is not None and cap else None,
                 result.killed_by == reason,
                 result.memory_method if reason == "memory" and used is not None else None,
+                result.memory_samples if reason == "memory" and not shown.stable else None,
             )
         )
     return usage
@@ -444,7 +448,8 @@ def _html_usage_row(row: _Usage) -> str:
     if row.method:
         figures += f" ({row.method})"
     parts = [
-        '<div style="display:flex;align-items:center;gap:8px">',
+        f'<div class="symbi-usage" data-usage="{esc(row.name)}" '
+        'style="display:flex;align-items:center;gap:8px">',
         f'<span style="width:6em;opacity:.75">{esc(row.name)}</span>',
     ]
     if row.fraction is not None:
@@ -455,12 +460,36 @@ def _html_usage_row(row: _Usage) -> str:
         elif row.fraction >= 0.8:
             fill = _WARN_COLOUR
         parts.append(
-            '<div style="width:10em;height:8px;background:rgba(127,127,127,.25);'
-            'border-radius:4px;overflow:hidden">'
-            f'<div style="width:{percent:.1f}%;height:100%;background:{fill}"></div></div>'
+            '<div class="symbi-bar" style="width:10em;height:8px;'
+            'background:rgba(127,127,127,.25);border-radius:4px;overflow:hidden">'
+            f'<div class="symbi-bar-fill" style="width:{percent:.1f}%;height:100%;'
+            f'background:{fill}"></div></div>'
         )
-    parts.append(f"<span>{esc(figures)}</span></div>")
+    parts.append(f"<span>{esc(figures)}</span>")
+    if row.samples:
+        parts.append(sparkline_svg(row.samples))
+    parts.append("</div>")
     return "".join(parts)
+
+
+def sparkline_svg(points: list[list[float]], width: int = 96, height: int = 18) -> str:
+    """Memory over time as an inline SVG polyline (no script), scaled to the run's
+    own range so its shape shows; the figures beside it give the scale."""
+    t_end = max(p[0] for p in points) or 1.0
+    top = max(p[1] for p in points) or 1
+    coords = " ".join(
+        f"{1 + (width - 2) * p[0] / t_end:.1f},{height - 1 - (height - 2) * p[1] / top:.1f}"
+        for p in points
+    )
+    title = f"memory over {format_duration(t_end)}: {len(points)} samples, highest " \
+            f"{format_bytes(top)}"
+    return (
+        f'<svg class="symbi-sparkline" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" role="img" aria-label="{html.escape(title)}">'
+        f"<title>{html.escape(title)}</title>"
+        f'<polyline points="{coords}" fill="none" stroke="{_BAR_COLOUR}" '
+        'stroke-width="1.5" stroke-linejoin="round"/></svg>'
+    )
 
 
 # -- markdown ----------------------------------------------------------------------
@@ -537,6 +566,45 @@ def render_mimebundle(
         "text/markdown": render_markdown(result, shown),
         MIME_TYPE: data,
     }
+
+
+class LiveLine:
+    """What ``%%symbi`` shows while a cell runs (elapsed time, memory now, CPU %),
+    updated in place and then replaced by the final statistics."""
+
+    def __init__(self, tier: SecurityTier, limits: ResourceLimits, sample: Any) -> None:
+        self.tier, self.limits, self.sample = tier, limits, sample
+
+    def _parts(self) -> list[str]:
+        s = self.sample
+        parts = [f"running {format_duration(s.elapsed_seconds)}"]
+        if s.memory_bytes is not None:
+            memory = f"memory {format_bytes(s.memory_bytes)}"
+            if self.limits.max_memory_mb:
+                memory += f" of {format_bytes(self.limits.max_memory_mb * _MIB)}"
+            parts.append(memory)
+        if s.cpu_percent is not None:
+            parts.append(f"CPU {s.cpu_percent:.0f} %")
+        return parts
+
+    def __str__(self) -> str:
+        label = f"{self.tier.value} ({self.tier.short_name})"
+        return " · ".join([f"[symbi] {label}", *self._parts()])
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        printer.text(str(self))
+
+    def _repr_html_(self) -> str:
+        colour = _TIER_COLOURS.get(self.tier, "#616161")
+        badge = f"{self.tier.value} · {_TIER_BADGE[self.tier]}"
+        return (
+            f'<div class="symbi-live" data-tier="{html.escape(self.tier.value)}" '
+            "style=\"display:inline-block;font-family:system-ui,-apple-system,'Segoe UI',"
+            f"sans-serif;font-size:12px;border-left:4px solid {colour};padding:2px 8px\">"
+            f'<span style="background:{colour};color:#fff;border-radius:3px;padding:0 6px;'
+            f'font-weight:600">{html.escape(badge)}</span> '
+            f"{html.escape(' · '.join(self._parts()))}</div>"
+        )
 
 
 class TierLadder:

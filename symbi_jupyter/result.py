@@ -54,6 +54,9 @@ class ExecutionResult:
     #: seconds to make the sandbox ready (create and start a container, boot a VM),
     #: apart from wall_seconds; None where there is no such step, 0 when pooled in advance.
     startup_seconds: float | None = None
+    #: [[seconds since start, resident bytes], ...] sampled from outside while the code
+    #: ran (the sparkline); None for runs too short for two samples.
+    memory_samples: list[list[float]] | None = None
 
     @property
     def success(self) -> bool:

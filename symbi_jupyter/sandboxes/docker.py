@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import itertools
 import json
 import math
@@ -433,6 +434,8 @@ class DockerSandbox(Sandbox):
         try:
             raw.sendall(request.code)
             raw.shutdown(socket.SHUT_WR)
+            if request.on_started and parent:
+                request.on_started({"usage": functools.partial(_parent_usage, parent)})
             deadline = started + lim.timeout_seconds if lim.timeout_seconds else None
             frames = _Frames()
             sel = selectors.DefaultSelector()
@@ -642,16 +645,7 @@ class _ContainerWorker(WorkerHandle):
         parent = self._prepared.parent
         if not parent or self.result is not None:
             return {}
-        current = _read_int(_cgroup_file(parent, "memory", "memory.usage_in_bytes"))
-        if current is None:
-            return {}
-        return {
-            "memory_bytes": current,
-            "peak_memory_bytes": _read_int(
-                _cgroup_file(parent, "memory", "memory.max_usage_in_bytes")),
-            "cpu_seconds": _cgroup_cpu(parent),
-            "method": "cgroup",
-        }
+        return _parent_usage(parent)
 
     def reset_peak(self) -> bool:
         parent = self._prepared.parent
@@ -800,6 +794,20 @@ def _read_ns(path: Path) -> float | None:
 
 def _cgroup_cpu(parent: str) -> float | None:
     return _read_ns(_cgroup_file(parent, "cpuacct", "cpuacct.usage"))
+
+
+def _parent_usage(parent: str) -> dict[str, Any]:
+    """A container's figures from the cgroup parent of ours it runs under."""
+    current = _read_int(_cgroup_file(parent, "memory", "memory.usage_in_bytes"))
+    if current is None:
+        return {}
+    return {
+        "memory_bytes": current,
+        "peak_memory_bytes": _read_int(_cgroup_file(parent, "memory",
+                                                    "memory.max_usage_in_bytes")),
+        "cpu_seconds": _cgroup_cpu(parent),
+        "method": "cgroup",
+    }
 
 
 def _container_pids_hits(parent: str | None, container_id: str) -> int:

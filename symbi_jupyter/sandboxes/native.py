@@ -10,6 +10,7 @@ from __future__ import annotations
 import array
 import contextlib
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -36,6 +37,7 @@ from ..tiers import SecurityTier
 from ._evidence import Evidence, killed_by, limits_reached
 from ._streams import CappedStream
 from ._supervisor import host_tag, pid_alive
+from ._usage import cgroup_file, run_usage
 from .base import Availability, ExecutionRequest, Sandbox, WorkerHandle
 
 MiB = 1024 * 1024
@@ -384,7 +386,8 @@ class NativeSandbox(Sandbox):
                             events[event["event"]] = event
                             monitor_pid = monitor_pid or event.get("monitor_pid")
                             if event["event"] == "started" and request.on_started:
-                                request.on_started(event)
+                                request.on_started(
+                                    {**event, "usage": functools.partial(run_usage, event)})
                         continue
                     stream = streams[fd]
                     kept = stream.feed(chunk)
@@ -557,64 +560,15 @@ class _NativeWorker(WorkerHandle):
             raise TierUnavailable(f"the native worker failed: {self.error!r}")
         return self.result
 
-    def _cgroup_file(self, ctrl: str, v1: str, v2: str) -> Path | None:
-        if not self.cgroup:
-            return None
-        paths = self.cgroup["paths"]
-        if self.cgroup["version"] == 1:
-            return Path(paths[ctrl], v1) if ctrl in paths else None
-        return Path(paths[""], v2)
-
     def usage(self) -> dict[str, Any]:
-        def number(path: Path | None) -> int | None:
-            try:
-                return int(path.read_text().split()[0]) if path else None
-            except (OSError, ValueError, IndexError):
-                return None
-
-        if self.cgroup:
-            current = number(self._cgroup_file("memory", "memory.usage_in_bytes",
-                                               "memory.current"))
-            peak = number(self._cgroup_file("memory", "memory.max_usage_in_bytes",
-                                            "memory.peak"))
-            cpu = None
-            if self.cgroup["version"] == 1:
-                ns = number(self._cgroup_file("cpuacct", "cpuacct.usage", ""))
-                cpu = ns / 1e9 if ns is not None else None
-            else:
-                stat = self._cgroup_file("", "", "cpu.stat")
-                with contextlib.suppress(OSError, ValueError):
-                    fields = dict(line.split() for line in stat.read_text().splitlines())
-                    cpu = int(fields["usage_usec"]) / 1e6
-            if current is not None:
-                return {"memory_bytes": current, "peak_memory_bytes": peak,
-                        "cpu_seconds": cpu, "method": "cgroup"}
-        return _proc_usage(self.pid) if self.pid else {}
+        return run_usage({"cgroup": self.cgroup, "pid": self.pid})
 
     def reset_peak(self) -> bool:
-        path = self._cgroup_file("memory", "memory.max_usage_in_bytes", "")
-        if self.cgroup and self.cgroup["version"] == 1 and path:
-            try:
-                path.write_text("0")
-                return True
-            except OSError:
-                return False
-        return False
-
-
-def _proc_usage(pid: int) -> dict[str, Any]:
-    """The worker process's own figures from /proc (its children's only once reaped)."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return {}
-    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
-    tick = os.sysconf("SC_CLK_TCK")
-    return {
-        "memory_bytes": int(fields["VmRSS"].split()[0]) * 1024,
-        "peak_memory_bytes": int(fields["VmHWM"].split()[0]) * 1024,
-        # utime, stime, cutime, cstime are fields 14-17; 3-based after the name
-        "cpu_seconds": sum(int(v) for v in stat[11:15]) / tick,
-        "method": "proc",
-    }
+        path = self.cgroup and cgroup_file(self.cgroup, "memory", "memory.max_usage_in_bytes", "")
+        if not path:
+            return False  # v2's memory.peak resets per open file only
+        try:
+            path.write_text("0")
+            return True
+        except OSError:
+            return False

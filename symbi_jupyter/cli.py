@@ -60,7 +60,7 @@ def _setup(args: argparse.Namespace) -> int:
     from .provision import SetupError, setup
 
     try:
-        setup(build_image=not args.no_image)
+        setup(build_image=not args.no_image, tier3=not args.no_tier3)
     except SetupError as exc:
         print(f"setup: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -72,9 +72,12 @@ def _add_setup(subparsers: argparse._SubParsersAction) -> None:
         "setup",
         help="install and start what the container tiers need (root, Debian/Ubuntu)",
         description="Install docker.io, runsc and mmdebstrap, start a Docker daemon with "
-        "runsc registered, and build the sandbox image. Idempotent.",
+        "runsc registered, and build the sandbox image; install QEMU and build the "
+        "microVM artefacts (image build --tier3). Idempotent.",
     )
     setup.add_argument("--no-image", action="store_true", help="do not build the image")
+    setup.add_argument("--no-tier3", action="store_true",
+                       help="do not install QEMU nor build the microVM artefacts")
     setup.set_defaults(func=_setup)
 
 
@@ -128,6 +131,8 @@ def _add_install_kernel(subparsers: argparse._SubParsersAction) -> None:
 def _image_build(args: argparse.Namespace) -> int:
     from .image import ImageError, build_image
 
+    if args.tier3:
+        return _image_build_tier3(args)
     offline = True if args.offline else (False if args.online else None)
     try:
         how = build_image(args.tag, dockerfile=args.dockerfile, offline=offline)
@@ -138,6 +143,17 @@ def _image_build(args: argparse.Namespace) -> int:
         print(f"image build: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_FAILED
     print(f"built {args.tag} {how}")
+    return EXIT_OK
+
+
+def _image_build_tier3(args: argparse.Namespace) -> int:
+    from .microvm_image import MicroVMImageError, build_artifacts
+
+    try:
+        build_artifacts(args.output, kernel=args.kernel, check=not args.no_check)
+    except MicroVMImageError as exc:
+        print(f"image build --tier3: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     return EXIT_OK
 
 
@@ -159,7 +175,25 @@ def _add_image(subparsers: argparse._SubParsersAction) -> None:
     mode = build.add_mutually_exclusive_group()
     mode.add_argument("--offline", action="store_true", help="always use mmdebstrap")
     mode.add_argument("--online", action="store_true", help="always use the Dockerfile")
+    _add_tier3_options(build)
     build.set_defaults(func=_image_build)
+
+
+def _add_tier3_options(build: argparse.ArgumentParser) -> None:
+    from .microvm_image import KERNEL_CHOICES, default_artifacts_dir
+
+    tier3 = build.add_argument_group(
+        "tier3", "--tier3 builds the microVM guest instead: kernel, rootfs and manifest"
+    )
+    tier3.add_argument("--tier3", action="store_true",
+                       help="build the microVM artefacts (offline, from Debian packages)")
+    tier3.add_argument("--output", type=_path, metavar="DIR",
+                       help=f"where to put them (default {default_artifacts_dir()})")
+    tier3.add_argument("--kernel", choices=KERNEL_CHOICES, default="source",
+                       help="source: build linux-source-6.1 with the packaged fragment "
+                       "(default, cached); debian: Debian's cloud kernel plus an initramfs")
+    tier3.add_argument("--no-check", action="store_true",
+                       help="do not boot the result once under QEMU")
 
 
 def _path(value: str):

@@ -33,6 +33,7 @@ BUILTIN_SANDBOXES = {
     SecurityTier.NONE: "symbi_jupyter.sandboxes.native:NativeSandbox",
     SecurityTier.TIER1: "symbi_jupyter.sandboxes.docker:DockerSandbox",
     SecurityTier.TIER2: "symbi_jupyter.sandboxes.gvisor:GVisorSandbox",
+    SecurityTier.TIER3: "symbi_jupyter.sandboxes.microvm:MicroVMSandbox",
 }
 
 

@@ -1,9 +1,11 @@
-"""``symbi-jupyter setup``: install and start what the container tiers need.
+"""``symbi-jupyter setup``: install and start what the sandbox tiers need.
 
 On Debian or Ubuntu, as root: Debian's ``docker.io``, ``runsc`` and ``mmdebstrap``;
 a Docker daemon with runsc registered as a runtime (``--network=none``: runsc will
-not start with the host network here); the sandbox image. Idempotent: what is there
-is reused, a daemon we did not start is never restarted.
+not start with the host network here); the sandbox image. For Tier3, QEMU and what
+building the microVM guest needs (kernel source and toolchain), then the guest
+artefacts (:mod:`symbi_jupyter.microvm_image`). Idempotent: what is there is reused,
+a daemon we did not start is never restarted.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 APT_PACKAGES = ("docker.io", "runsc", "mmdebstrap")
+#: Tier3: the VMM, and what `image build --tier3` needs (see microvm_image).
+TIER3_APT_PACKAGES = ("qemu-system-x86",)
 DAEMON_CONFIG = Path("/etc/docker/daemon.json")
 DOCKER_SOCKET = Path("/var/run/docker.sock")
 OUR_PIDFILE = Path("/var/run/symbi-jupyter-dockerd.pid")
@@ -31,8 +35,9 @@ class SetupError(Exception):
     """Setup cannot go on; the message says what to do."""
 
 
-def setup(*, build_image: bool = True, say: Say = print) -> None:
-    """Install, start and check everything the container tiers need."""
+def setup(*, build_image: bool = True, tier3: bool = True, say: Say = print) -> None:
+    """Install, start and check everything the container tiers need; with ``tier3``,
+    also QEMU and the microVM artefacts."""
     if os.geteuid() != 0:
         raise SetupError(
             "symbi-jupyter setup installs Debian packages and starts the Docker daemon, so "
@@ -43,20 +48,39 @@ def setup(*, build_image: bool = True, say: Say = print) -> None:
             + json.dumps({"runtimes": {"runsc": RUNSC_RUNTIME}})
             + ", restart dockerd, then run: symbi-jupyter image build"
         )
-    install_packages(say)
+    install_packages(say, APT_PACKAGES + (tier3_packages() if tier3 else ()))
     ensure_runtime_config(say)
     ensure_daemon(say)
     if build_image:
         from .image import ensure_image
 
         ensure_image(say=say)
+    if tier3:
+        ensure_tier3(say)
     say("setup: done; `symbi-jupyter doctor` shows what each tier can do here")
 
 
-def install_packages(say: Say) -> None:
-    missing = [p for p in APT_PACKAGES if not _dpkg_installed(p)]
+def tier3_packages() -> tuple[str, ...]:
+    from .microvm_image import BUILD_APT_PACKAGES
+
+    return TIER3_APT_PACKAGES + tuple(p for p in BUILD_APT_PACKAGES if p not in APT_PACKAGES)
+
+
+def ensure_tier3(say: Say) -> None:
+    """Build the microVM artefacts unless a current set is there (the kernel build is
+    cached, so a rebuild after an upgrade of this package takes about half a minute)."""
+    from .microvm_image import MicroVMImageError, ensure_artifacts
+
+    try:
+        ensure_artifacts(say=say)
+    except MicroVMImageError as exc:
+        raise SetupError(f"microVM artefacts: {exc}") from None
+
+
+def install_packages(say: Say, packages: tuple[str, ...] = APT_PACKAGES) -> None:
+    missing = [p for p in packages if not _dpkg_installed(p)]
     if not missing:
-        say(f"packages: {', '.join(APT_PACKAGES)} already installed")
+        say(f"packages: {', '.join(packages)} already installed")
         return
     if not shutil.which("apt-get"):
         raise SetupError(

@@ -118,7 +118,7 @@ _TIER_BADGE = {
     SecurityTier.NONE: "no isolation",
     SecurityTier.TIER1: "Docker",
     SecurityTier.TIER2: "gVisor",
-    SecurityTier.TIER3: "Firecracker",
+    SecurityTier.TIER3: "microVM",
 }
 _BAR_COLOUR = "#607d8b"
 _WARN_COLOUR = "#b26a00"
@@ -220,7 +220,7 @@ def _tier_label(result: ExecutionResult) -> str:
     tier = _tier(result)
     if tier is None:
         return str(result.tier)
-    return f"{tier.value} ({tier.short_name})"
+    return f"{tier.value} ({result.sandbox_detail or tier.short_name})"
 
 
 def _signal_text(number: int | None) -> str:
@@ -401,7 +401,7 @@ def render_html(result: ExecutionResult, display: ResultDisplay | None = None) -
     tier = _tier(result)
     colour = _TIER_COLOURS.get(tier, "#616161") if tier else "#616161"
     tier_value = tier.value if tier else str(result.tier)
-    badge = f"{tier_value} · {_TIER_BADGE[tier]}" if tier else tier_value
+    badge = f"{tier_value} · {result.sandbox_detail or _TIER_BADGE[tier]}" if tier else tier_value
     status_colour = "inherit" if result.success else _STOP_COLOUR
 
     out = [

@@ -57,6 +57,8 @@ class ExecutionResult:
     #: [[seconds since start, resident bytes], ...] sampled from outside while the code
     #: ran (the sparkline); None for runs too short for two samples.
     memory_samples: list[list[float]] | None = None
+    #: what ran it within the tier, in words (Tier3: "QEMU microvm · emulated (TCG)")
+    sandbox_detail: str | None = None
 
     @property
     def success(self) -> bool:

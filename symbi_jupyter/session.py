@@ -79,6 +79,7 @@ class WorkerSession:
         self.cells = 0
         self.totals = {"cpu_seconds": 0.0, "wall_seconds": 0.0, "peak_memory_bytes": 0}
         self.lost: str | None = None
+        self._cpu_visible = True
         started = time.monotonic()
         self.handle = handle_factory(self._on_output)
         try:
@@ -191,6 +192,7 @@ class WorkerSession:
         ident = next(self._ids)
         peak_reset = self.handle.reset_peak()
         before = self.handle.usage()
+        self._cpu_visible = bool(before)
         started = time.monotonic()
         deadline = started + limits.timeout_seconds if limits.timeout_seconds else None
         self._send({
@@ -336,7 +338,10 @@ class WorkerSession:
             execution_time_ms=round(wall * 1000),
             wall_seconds=wall,
             limits=limits,
-            enforcement={**self.handle.enforcement, **_SESSION_ENFORCEMENT},
+            enforcement={**self.handle.enforcement, **_SESSION_ENFORCEMENT, **(
+                {} if self._cpu_visible else
+                {"cpu": "not enforced per cell: this sandbox's CPU time is not visible "
+                        "from outside it"})},
             language="python3",
             **{k: v for k, v in fields.items() if v is not None},
         )

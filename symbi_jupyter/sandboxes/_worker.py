@@ -490,7 +490,14 @@ class Worker:
         content = {"status": "error" if error else "ok", "cpu_user_seconds": user1 - user0,
                    "cpu_system_seconds": sys1 - sys0, "wall_seconds": wall,
                    "peak_memory_bytes": peak, "memory_method": method,
+                   # the largest child process so far: a one-shot run's commands
+                   "children_maxrss_bytes":
+                       resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024,
                    "interrupted": bool(error) and isinstance(error[0], KeyboardInterrupt)}
+        if error and isinstance(error[0], SystemExit):
+            # the status the code asked for, as `python3 file.py` would exit with it
+            code = error[0].code
+            content["exit_code"] = 0 if code is None else code if isinstance(code, int) else 1
         for name in ("stdout", "stderr"):
             content[f"{name}_bytes"] = self.counts[name]
             content[f"{name}_truncated"] = self.cap is not None and self.counts[name] > self.cap

@@ -1,0 +1,237 @@
+"""Tier3 against real microVMs: QEMU's microvm machine booting the guest built by
+``symbi-jupyter image build --tier3``."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from symbi_jupyter import ResourceLimits, SecurityTier
+from symbi_jupyter.errors import TierUnavailable
+from symbi_jupyter.orchestrator import SandboxOrchestrator
+from symbi_jupyter.sandboxes.microvm import FirecrackerDriver, MicroVMSandbox
+
+from .conftest import need, wait_until
+
+TIER3 = SecurityTier.TIER3
+
+
+def _qemu_processes() -> list[int]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmdline = (proc / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"qemu-system" in cmdline and b"symbi-vm-" in cmdline:
+                found.append(int(proc.name))
+    return found
+
+
+@pytest.fixture
+def vm(audit_path, tmp_path: Path):
+    """An orchestrator whose Tier3 runs under TCG (the probe boot is tested apart)."""
+    orch = SandboxOrchestrator(audit_log_path=str(audit_path))
+    sandbox = orch.sandbox(TIER3)
+    sandbox.acceleration = "tcg"
+    sandbox.run_root = str(tmp_path)
+    availability = sandbox.availability()
+    need(availability.ok, availability.reason, tier="microvm")
+    yield orch
+    orch.close()
+    assert wait_until(lambda: not _qemu_processes(), 30), "a VMM outlived its run"
+    assert not list(tmp_path.glob("symbi-vm-*")), "a run directory was left behind"
+
+
+def run(orch, code, language=None, **limits):
+    return orch.execute_code(TIER3, code, language=language,
+                             limits=ResourceLimits(**limits) if limits else None)
+
+
+def test_hello_in_a_microvm_with_the_guests_figures(vm) -> None:
+    result = run(vm, "import os\nprint('hello from the guest', os.getuid())")
+    assert result.success, result.stderr
+    assert result.stdout == "hello from the guest 65534\n"
+    assert result.tier is TIER3
+    assert result.memory_method == "guest" and result.peak_memory_bytes > 1024 * 1024
+    assert result.cpu_user_seconds is not None
+    assert result.startup_seconds > 0  # the boot, apart from the run
+    assert result.sandbox_detail == "QEMU microvm · emulated (TCG)"
+    assert "Tier3 (QEMU microvm · emulated (TCG))" in str(result)
+
+
+def test_the_code_never_goes_on_the_kernel_command_line(vm) -> None:
+    marker = "symbi-marker-7f3a"
+    result = run(vm, f"print(open('/proc/cmdline').read())  # {marker}")
+    assert result.success
+    assert marker not in result.stdout
+    assert "symbi.nproc=" in result.stdout  # the limits do travel there
+
+
+def test_exit_status_of_the_workload_not_of_the_vmm(vm) -> None:
+    assert run(vm, "import sys\nsys.exit(3)").exit_code == 3
+    assert run(vm, "echo shell; exit 4", language="bash").exit_code == 4
+    failed = run(vm, "raise ValueError('boom')")
+    assert failed.exit_code == 1 and "ValueError: boom" in failed.stderr
+
+
+def test_guest_memory_is_the_limit(vm) -> None:
+    result = run(vm, "b = bytearray(400 * 1024 * 1024)\nb[::4096] = b'x' * len(b[::4096])\n"
+                     "print('survived')", max_memory_mb=256)
+    assert not result.success
+    assert result.killed_by == "memory"
+    assert "survived" not in result.stdout
+
+
+def test_a_timeout_destroys_the_vm_and_keeps_the_partial_output(vm) -> None:
+    result = run(vm, "print('before', flush=True)\nwhile True: pass", timeout_seconds=3)
+    assert result.timed_out and result.killed_by == "timeout"
+    assert result.stdout.startswith("before")
+    assert wait_until(lambda: not _qemu_processes(), 30)
+
+
+def test_processes_are_limited_inside_the_guest(vm) -> None:
+    code = ("import os\nn = 0\ntry:\n    while n < 200:\n        if os.fork() == 0:\n"
+            "            import time; time.sleep(30); os._exit(0)\n        n += 1\n"
+            "except OSError as e:\n    print('stopped at', n, type(e).__name__)\n")
+    result = run(vm, code, max_processes=16, timeout_seconds=60)
+    assert "stopped at" in result.stdout
+    assert int(result.stdout.split()[2]) < 20
+
+
+def test_no_network_device(vm) -> None:
+    result = run(vm, "import os\nprint(sorted(os.listdir('/sys/class/net')))")
+    assert result.stdout.strip() in ("[]", "['lo']")
+
+
+def test_asking_for_network_is_refused_at_tier3(audit_path) -> None:
+    orch = SandboxOrchestrator(audit_log_path=str(audit_path), allow_network=True)
+    try:
+        with pytest.raises(TierUnavailable, match="network"):
+            run(orch, "pass", network=True)
+    finally:
+        orch.close()
+
+
+def test_a_kernel_session_keeps_state_in_one_vm(vm) -> None:
+    session = vm.open_session(TIER3, ResourceLimits(timeout_seconds=60))
+    try:
+        out: list[dict] = []
+        assert session.execute("x = 41", out.append).status == "ok"
+        session.execute("print(x + 1)", out.append)
+        assert [m["text"] for m in out if m["type"] == "stream"] == ["42\n"]
+    finally:
+        session.close()
+
+
+def test_the_probe_boot_decides_the_acceleration(audit_path) -> None:
+    orch = SandboxOrchestrator(audit_log_path=str(audit_path))
+    try:
+        availability = orch.sandbox(TIER3).availability()
+        need(availability.ok, availability.reason, tier="microvm")
+        accel = availability.details["acceleration"]
+        if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+            assert "missing or not accessible" in accel
+        # Here /dev/kvm exists but cannot run guests: the probe says so, not a guess.
+        assert availability.details["vmm"].startswith("QEMU microvm")
+        assert ("KVM" in availability.details["vmm"]) == (accel == "a probe VM booted under KVM")
+    finally:
+        orch.close()
+
+
+def test_firecracker_is_skipped_with_a_precise_reason(audit_path) -> None:
+    driver = FirecrackerDriver("firecracker")
+    if driver.path() is None:
+        sandbox = MicroVMSandbox(vmm="firecracker")
+        availability = sandbox.availability()
+        assert not availability.ok
+        pytest.skip(f"Firecracker cannot run here: {availability.reason}")
+    pytest.skip("Firecracker is installed: its boot test needs a host with real KVM")
+
+
+def test_missing_guest_names_the_build_command(tmp_path: Path) -> None:
+    sandbox = MicroVMSandbox(artifacts_dir=str(tmp_path / "nothing"))
+    availability = sandbox.availability()
+    assert not availability.ok
+    assert "image build --tier3" in availability.reason
+
+
+def test_forced_kvm_that_cannot_boot_fails_closed(audit_path, tmp_path: Path) -> None:
+    sandbox = MicroVMSandbox(acceleration="kvm", run_root=str(tmp_path))
+    try:
+        sandbox.manifest()
+    except TierUnavailable as exc:
+        pytest.skip(str(exc))
+    if shutil.which(sandbox.qemu_binary) is None:
+        pytest.skip("no QEMU")
+    availability = sandbox.availability()
+    if availability.ok:
+        assert "KVM" in availability.details["vmm"]  # a host with real KVM
+    else:
+        assert "KVM" in availability.reason and "forced" in availability.reason
+
+
+def test_sh_hello_and_environment_in_host_environment_out(vm, monkeypatch) -> None:
+    monkeypatch.setenv("SYMBI_HOST_SECRET", "hunter2")
+    result = vm.execute_code(TIER3, 'echo "hello $GREETING"; env', language="sh",
+                             env={"GREETING": "from sh"})
+    assert result.success, result.stderr
+    assert result.stdout.startswith("hello from sh\n")
+    assert "hunter2" not in result.stdout and "SYMBI_HOST_SECRET" not in result.stdout
+
+
+def test_a_file_written_in_the_guest_stays_there(vm, tmp_path: Path) -> None:
+    target = tmp_path / "written-by-the-guest"
+    result = run(vm, f"open({str(target)!r}, 'w').write('x')\n"
+                     "open('/workspace/ok', 'w').write('y'); print('wrote')")
+    # The guest has no such directory: the host path does not exist in there.
+    assert "FileNotFoundError" in result.stderr
+    assert not target.exists()
+    assert run(vm, "open('/workspace/ok', 'w').write('y'); print('wrote')").stdout == "wrote\n"
+
+
+def test_a_pooled_vm_waits_booted_for_the_next_run(vm) -> None:
+    vm.sandbox(TIER3).pool_size = 1
+    first = run(vm, "print(1)")
+    assert first.startup_seconds > 0
+    sandbox = vm.sandbox(TIER3)
+    assert wait_until(lambda: any(sandbox._pool._ready.values()), 120)
+    second = run(vm, "print(2)")
+    assert second.stdout == "2\n"
+    assert second.startup_seconds == 0.0  # booted in advance, used once
+
+
+def test_a_killed_kernel_takes_its_vms_with_it(vm, tmp_path: Path) -> None:
+    """kill -9 of the process that started VMs: they die with it (PDEATHSIG), and the
+    next start removes what they left."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, time\n"
+        "from symbi_jupyter.orchestrator import SandboxOrchestrator\n"
+        "o = SandboxOrchestrator()\n"
+        "s = o.sandbox('tier3'); s.acceleration = 'tcg'; s.run_root = sys.argv[1]\n"
+        "session = o.open_session('tier3')\n"
+        "print('up', flush=True)\n"
+        "time.sleep(300)\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline() == "up\n"
+        assert _qemu_processes()
+        child.kill()
+        child.wait()
+        assert wait_until(lambda: not _qemu_processes(), 30)
+        left = list(tmp_path.glob("symbi-vm-*"))
+        assert left  # nobody cleaned up after the dead kernel yet ...
+        sandbox = MicroVMSandbox(run_root=str(tmp_path))
+        sandbox._reap()  # ... until the next kernel's first use
+        assert not list(tmp_path.glob("symbi-vm-*"))
+    finally:
+        child.kill()

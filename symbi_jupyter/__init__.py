@@ -36,10 +36,15 @@ def __getattr__(name: str) -> object:
 
 
 def load_ipython_extension(ipython: object) -> None:
-    """``%load_ext symbi_jupyter``: register the %%symbi magics."""
+    """``%load_ext symbi_jupyter``: register the %%symbi and agent magics (one
+    orchestrator for both, so %config SandboxOrchestrator... applies to both)."""
+    from .agent_magics import AgentMagics
     from .magics import SymbiMagics
 
-    ipython.register_magics(SymbiMagics(shell=ipython))  # type: ignore[attr-defined]
+    symbi = SymbiMagics(shell=ipython)
+    agents = AgentMagics(shell=ipython, orchestrator=symbi.orchestrator)
+    for magics in (symbi, agents):
+        ipython.register_magics(magics)  # type: ignore[attr-defined]
 
 
 def unload_ipython_extension(ipython: object) -> None:

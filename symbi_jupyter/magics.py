@@ -94,7 +94,7 @@ class SymbiMagics(Magics):
         stopped it, wall time, CPU, peak memory of the limit) follow.
         """
         args, tier, limits, env = parse_symbi_flags(self.symbi, line)
-        writers = _LiveOutput() if self.stream_output else None
+        writers = LiveOutput() if self.stream_output else None
         show = self.show_stats and not args.quiet
         # Only a kernel's front end can update a display in place; a terminal would
         # print every update.
@@ -114,7 +114,7 @@ class SymbiMagics(Magics):
             partial = exc.args[0] if exc.args else None
             if isinstance(partial, ExecutionResult):
                 if writers is None:
-                    _print_output(partial)
+                    print_output(partial)
                 if args.out:
                     self.shell.user_ns[args.out] = partial
             if live:
@@ -130,9 +130,9 @@ class SymbiMagics(Magics):
             # Sandboxes are made on first use; %config must reach them too.
             self._register(*self.orchestrator.active_sandboxes())
         if writers is None:
-            _print_output(result)
+            print_output(result)
         else:
-            _print_truncation_markers(result)
+            print_truncation_markers(result)
         if args.out:
             self.shell.user_ns[args.out] = result
         if show and not (live and live.finish(result)):
@@ -198,7 +198,7 @@ def _parse_env(pairs: list[str]) -> dict[str, str]:
     return env
 
 
-class _LiveOutput:
+class LiveOutput:
     """Write streamed chunks to sys.stdout / sys.stderr, decoding UTF-8 across chunk
     boundaries so a character split between two reads is not mangled."""
 
@@ -285,7 +285,7 @@ class _LiveStats:
         return True
 
 
-def _print_truncation_markers(result: ExecutionResult) -> None:
+def print_truncation_markers(result: ExecutionResult) -> None:
     """Streaming showed only the kept bytes; say where a stream was cut."""
     for truncated, text, target in (
         (result.stdout_truncated, result.stdout, sys.stdout),
@@ -296,7 +296,7 @@ def _print_truncation_markers(result: ExecutionResult) -> None:
             target.write(marker)
 
 
-def _print_output(result: ExecutionResult) -> None:
+def print_output(result: ExecutionResult) -> None:
     if result.stdout:
         sys.stdout.write(result.stdout)
     if result.stderr:

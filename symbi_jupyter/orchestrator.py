@@ -217,10 +217,14 @@ class SandboxOrchestrator(LoggingConfigurable):
         keep_workdir: bool = False,
         on_output: OutputCallback | None = None,
         on_sample: Callable[[UsageSample], None] | None = None,
+        volumes: tuple[str, ...] | list[str] = (),
     ) -> ExecutionResult:
         """Run ``code`` at ``tier`` (``None``: the default tier) and return its result.
         ``on_output`` gets the output as it comes, ``on_sample`` each look at the
         running sandbox's memory and CPU (every ``sample_interval_seconds``).
+        ``volumes`` mounts host directories for this run only (HOST:CONTAINER[:ro|rw],
+        read-only by default; container tiers only, validated like
+        ``DockerSandbox.volumes``).
 
         Raises :class:`PolicyViolation`, :class:`TierUnavailable` or
         :class:`ConfigError` when the code cannot run as asked; a limit that stops the
@@ -239,6 +243,12 @@ class SandboxOrchestrator(LoggingConfigurable):
             effective = (limits or ResourceLimits()).within(self.ceilings())
             record["limits"] = effective.to_dict()
             sandbox = self.sandbox(chosen)
+            if volumes:
+                record["volumes"] = list(volumes)
+                if not sandbox.supports_volumes:
+                    raise TierUnavailable(
+                        f"{chosen.display_name} cannot mount host directories"
+                    )
             request = ExecutionRequest(
                 tier=chosen,
                 code=data,
@@ -248,6 +258,7 @@ class SandboxOrchestrator(LoggingConfigurable):
                 executable=executable,
                 keep_workdir=keep_workdir,
                 on_output=on_output,
+                volumes=tuple(volumes),
                 code_sha256=digest,
                 policy=self._policy_settings(),
             )

@@ -25,6 +25,7 @@ from .tiers import SecurityTier
 __all__ = [
     "KILL_REASON_WORDS",
     "MIME_TYPE",
+    "TIER_COLOURS",
     "VOLATILE_FIELDS",
     "Comparison",
     "KillWords",
@@ -108,7 +109,7 @@ KILL_REASON_WORDS: dict[str, KillWords] = {
     "signal": KillWords("signal", "a signal", None),
 }
 
-_TIER_COLOURS = {
+TIER_COLOURS = {
     SecurityTier.NONE: "#c62828",
     SecurityTier.TIER1: "#1565c0",
     SecurityTier.TIER2: "#6a1b9a",
@@ -399,7 +400,7 @@ def render_html(result: ExecutionResult, display: ResultDisplay | None = None) -
     shown = _display(display)
     esc = html.escape
     tier = _tier(result)
-    colour = _TIER_COLOURS.get(tier, "#616161") if tier else "#616161"
+    colour = TIER_COLOURS.get(tier, "#616161") if tier else "#616161"
     tier_value = tier.value if tier else str(result.tier)
     badge = f"{tier_value} · {result.sandbox_detail or _TIER_BADGE[tier]}" if tier else tier_value
     status_colour = "inherit" if result.success else _STOP_COLOUR
@@ -595,7 +596,7 @@ class LiveLine:
         printer.text(str(self))
 
     def _repr_html_(self) -> str:
-        colour = _TIER_COLOURS.get(self.tier, "#616161")
+        colour = TIER_COLOURS.get(self.tier, "#616161")
         badge = f"{self.tier.value} · {_TIER_BADGE[self.tier]}"
         return (
             f'<div class="symbi-live" data-tier="{html.escape(self.tier.value)}" '
@@ -633,7 +634,7 @@ class TierLadder:
     def _repr_html_(self) -> str:
         cells = []
         for tier, ok, note in self.rows():
-            colour = _TIER_COLOURS[tier]
+            colour = TIER_COLOURS[tier]
             state = "&#10003; ready" if ok else "&#10007; unavailable"
             cells.append(
                 f'<tr><td style="border-left:4px solid {colour};padding:2px 8px">'
@@ -715,7 +716,7 @@ class Comparison:
     def _repr_html_(self) -> str:
         head = "".join(
             f'<th style="padding:2px 10px;border-bottom:2px solid '
-            f'{_TIER_COLOURS.get(_tier(r), "#999")}">{html.escape(label)}</th>'
+            f'{TIER_COLOURS.get(_tier(r), "#999")}">{html.escape(label)}</th>'
             for label, r in zip(self.labels, self.results, strict=True)
         )
         body = "".join(

@@ -330,3 +330,24 @@ def test_pool_goes_with_the_interpreter(corch, tier):
     client = corch.sandbox(tier).client()
     theirs = {"label": f"{HOST_LABEL}={host_tag().split('-')[0]}-{proc.pid}"}
     assert not client.containers.list(all=True, filters=theirs, ignore_removed=True)
+
+
+def test_volumes_for_one_request_only(corch, tier, tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "note.txt").write_text("from the host")
+    os.chmod(tmp_path, 0o755)
+    os.chmod(shared, 0o755)
+    os.chmod(shared / "note.txt", 0o644)
+    code = "import os\nprint(open('/mnt/in/note.txt').read() if os.path.exists('/mnt/in') else '-')"
+    mounted = corch.execute_code(tier, code, volumes=[f"{shared}:/mnt/in:ro"])
+    assert mounted.stdout == "from the host\n", mounted.stderr
+    assert corch.execute_code(tier, code).stdout == "-\n"
+    with pytest.raises(PolicyViolation):
+        corch.execute_code(tier, "pass", volumes=["/etc:/mnt/etc"])
+    assert our_containers(corch) == []
+
+
+def test_tier_none_refuses_volumes(orch):
+    with pytest.raises(TierUnavailable, match="cannot mount"):
+        orch.execute_code(SecurityTier.NONE, "pass", volumes=["/tmp:/mnt"])

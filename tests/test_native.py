@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -184,9 +185,12 @@ def test_unknown_tier_lists_accepted_names(orch):
 
 
 @pytest.mark.parametrize("tier", ["tier3", "firecracker", "microvm"])
-def test_unimplemented_tier_never_falls_back(orch, tier):
-    with pytest.raises(TierUnavailable, match="nothing runs at a weaker tier"):
+def test_unavailable_tier_never_falls_back(orch, tier, tmp_path, audit_path):
+    orch.sandbox(tier).artifacts_dir = str(tmp_path / "no-guest-here")
+    with pytest.raises(TierUnavailable, match="image build --tier3"):
         orch.execute_code(tier, "print(1)")
+    (record,) = [json.loads(line) for line in audit_path.read_text().splitlines()]
+    assert record["outcome"] == "refused" and record["tier"] == "Tier3"
 
 
 def test_default_tier_is_tier1_and_not_native(orch):

@@ -42,6 +42,8 @@ class ExecutionRequest:
     env: dict[str, str] = dataclasses.field(default_factory=dict)
     executable: str | None = None
     keep_workdir: bool = False
+    #: extra mounts for this request only, HOST:CONTAINER[:ro|rw] (container tiers)
+    volumes: tuple[str, ...] = ()
     on_output: OutputCallback | None = None
     #: called with the backend's facts once the code has started (pids, cgroups)
     on_started: Callable[[dict[str, Any]], None] | None = None
@@ -91,6 +93,8 @@ class Sandbox(LoggingConfigurable, metaclass=_SandboxMeta):
     """Base class of the sandbox backends: one per tier, configurable by traitlets."""
 
     tier: ClassVar[SecurityTier]
+    #: whether requests may carry ``volumes`` (host directories mounted in)
+    supports_volumes: ClassVar[bool] = False
 
     @abc.abstractmethod
     def availability(self) -> Availability:

@@ -97,6 +97,7 @@ class DockerSandbox(Sandbox):
     """Runs each request in a fresh container that is removed afterwards."""
 
     tier = SecurityTier.TIER1
+    supports_volumes = True
     #: OCI runtime; None is the daemon's default (runc).
     runtime: ClassVar[str | None] = None
 
@@ -295,7 +296,7 @@ class DockerSandbox(Sandbox):
             raise ConfigError(
                 f"{type(self).__name__}.user = {self.user!r}: give a numeric non-root UID:GID"
             )
-        binds = dict(validate_volume(v) for v in self.volumes)
+        binds = dict(validate_volume(v) for v in [*self.volumes, *request.volumes])
         lim = request.limits
         env = {
             "HOME": WORKSPACE,
@@ -418,7 +419,9 @@ class DockerSandbox(Sandbox):
         import docker
 
         lim = request.limits
-        key = _pool_key(self.image, options) if self.pool_size > 0 else None
+        # No spare container may sit holding a directory mounted for one request.
+        key = (_pool_key(self.image, options)
+               if self.pool_size > 0 and not request.volumes else None)
         prepared = self._pool.take(key) if key else None
         pooled = prepared is not None
         if prepared is None:

@@ -527,7 +527,9 @@ class DockerSandbox(Sandbox):
             term_signal=term_signal,
             timed_out=timed_out,
             cpu_exceeded=cpu_exceeded,
-            oom_kills=1 if state.get("OOMKilled") else 0,
+            # The engine's flag misses a process gVisor's own kernel killed when the
+            # sandbox's cgroup ran out: the cgroup's own count does not.
+            oom_kills=1 if state.get("OOMKilled") else _parent_oom_kills(parent),
             pids_limit_hits=pids_hits,
             cpu_seconds=(cpu_user or 0) + (cpu_sys or 0),
             stderr=stderr_text,
@@ -797,6 +799,21 @@ def _read_ns(path: Path) -> float | None:
 
 def _cgroup_cpu(parent: str) -> float | None:
     return _read_ns(_cgroup_file(parent, "cpuacct", "cpuacct.usage"))
+
+
+def _parent_oom_kills(parent: str | None) -> int:
+    """OOM kills in the container's cgroup parent (v1 memory.oom_control)."""
+    if not parent:
+        return 0
+    try:
+        text = _cgroup_file(parent, "memory", "memory.oom_control").read_text()
+    except OSError:
+        return 0
+    for line in text.splitlines():
+        key, _, value = line.partition(" ")
+        if key == "oom_kill" and value.strip().isdigit():
+            return int(value)
+    return 0
 
 
 def _parent_usage(parent: str) -> dict[str, Any]:

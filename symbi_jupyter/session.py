@@ -343,6 +343,7 @@ class WorkerSession:
                 {"cpu": "not enforced per cell: this sandbox's CPU time is not visible "
                         "from outside it"})},
             language="python3",
+            sandbox_detail=self.handle.detail,
             **{k: v for k, v in fields.items() if v is not None},
         )
         return result

@@ -459,3 +459,26 @@ def _status(container) -> str:
     except docker.errors.NotFound:
         return "removed"
     return container.status
+
+
+def test_the_kernel_at_tier3_keeps_state_in_one_vm(tmp_path: Path, workdir: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    probe = SandboxOrchestrator()
+    availability = probe.availability()[SecurityTier.TIER3]
+    probe.close()
+    need(availability.ok, availability.reason, tier="microvm")
+    _install(tmp_path)
+    for key, value in _kernel_environment(tmp_path, workdir, tier="microvm").items():
+        monkeypatch.setenv(key, value)
+    km, kc = start_new_kernel(kernel_name="symbi")
+    try:
+        run(kc, "import os\nx = 41", timeout=180)
+        reply, outputs = run(kc, "print(x + 1, open('/proc/version').read().split()[2])")
+        assert reply["status"] == "ok"
+        answer, kernel = stdout(outputs).split()
+        assert answer == "42" and kernel.endswith("-symbi")
+        (figures,) = stats(outputs)
+        assert figures["tier"] == "Tier3" and "QEMU microvm" in figures["sandbox_detail"]
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=False)

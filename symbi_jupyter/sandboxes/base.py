@@ -84,6 +84,11 @@ class WorkerHandle(abc.ABC):
         """How each limit is enforced for this worker."""
         return {}
 
+    @property
+    def detail(self) -> str | None:
+        """What runs the worker within its tier, in words (a VMM and its acceleration)."""
+        return None
+
 
 class _SandboxMeta(abc.ABCMeta, type(LoggingConfigurable)):  # type: ignore[misc]
     pass

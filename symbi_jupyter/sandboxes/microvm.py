@@ -672,6 +672,10 @@ class _VMWorker(WorkerHandle):
     def enforcement(self) -> dict[str, str]:
         return {**self._enforcement, "vmm": self.label}
 
+    @property
+    def detail(self) -> str | None:
+        return self.label
+
     def connect(self, deadline: float) -> None:
         """Connect to the agent's socket once QEMU has made it."""
         if not self.stdio:

@@ -30,17 +30,20 @@ import os
 import re
 import shlex
 import shutil
-import socket
 import subprocess
 import tempfile
-import time
 import zlib
 from pathlib import Path
 from typing import Any
 
+from .errors import TierUnavailable
 from .image import PACKAGES as IMAGE_PACKAGES
 from .image import SUITE, Say, Stages
+from .limits import ResourceLimits
 from .sandboxes._worker import BOOTSTRAP
+from .sandboxes.base import ExecutionRequest
+from .sandboxes.microvm import PORT_NAME, MicroVMSandbox, default_artifacts_dir
+from .tiers import SecurityTier
 
 FORMAT = 1
 DATA = Path(__file__).with_name("data") / "microvm"
@@ -51,8 +54,8 @@ KERNEL, INITRD, ROOTFS, MANIFEST = "vmlinux", "initramfs.cpio.gz", "rootfs.img",
 GUEST_DIR = "/usr/lib/symbi"
 GUEST_INIT = f"{GUEST_DIR}/init"
 GUEST_BOOTSTRAP = f"{GUEST_DIR}/bootstrap.py"
-#: The virtio-serial port name the guest init looks for; the host names its port so.
-AGENT_PORT = "symbi.agent"
+#: The virtio-serial port name the guest init looks for (the sandbox names its port so).
+AGENT_PORT = PORT_NAME
 #: The console line the init prints just before it starts the worker.
 READY_LINE = "symbi-guest: ready"
 NOBODY = 65534
@@ -93,14 +96,6 @@ BUILD_APT_PACKAGES = (
 
 class MicroVMImageError(Exception):
     """The artefacts could not be built; the message says why and what to do."""
-
-
-def default_artifacts_dir() -> Path:
-    """``/var/lib/symbi-jupyter/microvm`` for root, else under ``$XDG_DATA_HOME``."""
-    if os.geteuid() == 0:
-        return Path("/var/lib/symbi-jupyter/microvm")
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / "symbi-jupyter" / "microvm"
 
 
 def default_cache_dir() -> Path:
@@ -189,7 +184,8 @@ def build_artifacts(
     """Build the artefacts into ``output`` (replacing what is there); return the manifest.
 
     ``kernel`` is ``"source"`` (build from linux-source-6.1, cached) or ``"debian"``
-    (Debian's cloud kernel plus an initramfs). ``check`` boots the result once.
+    (Debian's cloud kernel plus an initramfs). ``check`` boots the result once
+    through the Tier3 sandbox (:func:`boot_check`).
     """
     if kernel not in KERNEL_CHOICES:
         raise MicroVMImageError(f"kernel must be one of {', '.join(KERNEL_CHOICES)}")
@@ -559,99 +555,46 @@ def python_version(root: Path) -> str:
 
 # --- booting it -----------------------------------------------------------------------
 
-
-def host_kernel_args(**limits: int) -> str:
-    """The per-boot arguments for this host: TSC frequency (without it about half of
-    the TCG boots hang calibrating), entropy, panic, and ``symbi.<limit>=<n>``."""
-    args = [f"tsc_early_khz={_tsc_khz()}", "tsc=reliable", "random.trust_cpu=on", "panic=-1"]
-    args += [f"symbi.{name}={int(value)}" for name, value in limits.items()]
-    return " ".join(args)
-
-
-def _tsc_khz() -> int:
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("cpu MHz"):
-                return int(float(line.split(":")[1]) * 1000)
-    return 1_000_000
-
-
-def qemu_argv(
-    directory: Path, manifest: dict[str, Any], *, socket_path: Path, console: Path,
-    memory_mib: int = 256, cpus: int = 1, host_args: str = "", accel: str = "tcg",
-) -> list[str]:
-    """The QEMU ``-M microvm`` command line of the guest contract."""
-    argv = [
-        "qemu-system-x86_64", "-M", f"microvm,acpi={'on' if manifest['microvm_acpi'] else 'off'}",
-        "-cpu", "max", "-accel", accel, "-m", str(memory_mib), "-smp", str(cpus),
-        "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
-        "-kernel", str(directory / manifest["kernel"]),
-    ]
-    if manifest.get("initrd"):
-        argv += ["-initrd", str(directory / manifest["initrd"])]
-    argv += [
-        "-append", f"{manifest['kernel_args']} {host_args}".strip(),
-        "-drive", f"id=root,file={directory / manifest['rootfs']},format=raw,if=none,readonly=on",
-        "-device", "virtio-blk-device,drive=root",
-        "-device", "virtio-serial-device",
-        "-chardev", f"socket,id=agent,path={socket_path},server=on,wait=off",
-        "-device", f"virtserialport,chardev=agent,name={AGENT_PORT}",
-        "-serial", f"file:{console}",
-    ]
-    return argv
-
-
-# Sent through the bootstrap instead of the worker: one JSON line, then exit.
-_CHECK_SOURCE = """import json, os, platform, sys
-line = {"uid": os.getuid(), "python": platform.python_version(), "kernel": os.uname().release}
-os.write(1, (json.dumps(line) + "\\n").encode())
+# Run in the worker of the freshly built guest: who runs it, and on what.
+_CHECK_SOURCE = """import json, os, platform
+print(json.dumps({"uid": os.getuid(), "python": platform.python_version(),
+                  "kernel": os.uname().release}))
 """
 
 
 def boot_check(directory: Path, timeout: float = 120) -> str:
-    """Boot the artefacts in ``directory`` once and run a snippet as the worker would;
-    returns a one-line summary. Raises :class:`MicroVMImageError` if that fails."""
-    if shutil.which("qemu-system-x86_64") is None:
-        return "boot check skipped: qemu-system-x86_64 not found (apt-get install qemu-system-x86)"
+    """Boot the artefacts in ``directory`` once through the Tier3 sandbox (QEMU, TCG) and
+    run a snippet in its worker; returns a one-line summary. Raises
+    :class:`MicroVMImageError` if that fails."""
     manifest = read_manifest(directory)
     if manifest is None:
         raise MicroVMImageError(f"{directory} holds no complete set of artefacts")
     with tempfile.TemporaryDirectory(prefix="symbi-vmcheck-") as tmp:
-        sock, console = Path(tmp) / "agent.sock", Path(tmp) / "console.log"
-        argv = qemu_argv(directory, manifest, socket_path=sock, console=console,
-                         host_args=host_kernel_args(nproc=64, nofile=256))
-        started = time.monotonic()
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE)
+        sandbox = MicroVMSandbox(artifacts_dir=str(directory), vmm="qemu", acceleration="tcg",
+                                 pool_size=0, run_root=tmp, boot_timeout_seconds=timeout)
+        if shutil.which(sandbox.qemu_binary) is None:
+            return (f"boot check skipped: {sandbox.qemu_binary} not found "
+                    "(apt-get install qemu-system-x86)")
+        request = ExecutionRequest(
+            tier=SecurityTier.TIER3, code=_CHECK_SOURCE.encode(), language="python3",
+            limits=ResourceLimits(max_memory_mb=256, max_processes=64, max_open_files=256,
+                                  timeout_seconds=timeout),
+        )
         try:
-            line = _talk(sock, _CHECK_SOURCE, started + timeout, proc)
-            seconds = time.monotonic() - started
-            proc.wait(timeout=max(1.0, started + timeout - time.monotonic()))
-        except (OSError, ValueError, subprocess.TimeoutExpired) as exc:
-            log = console.read_text(errors="replace")[-2000:] if console.exists() else ""
-            raise MicroVMImageError(f"the guest did not answer ({exc}); console:\n{log}") from None
+            result = sandbox.run(request)
+        except TierUnavailable as exc:
+            raise MicroVMImageError(f"the guest did not answer: {exc}") from None
         finally:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
-    if line.get("uid") != NOBODY or line.get("kernel") != manifest["kernel_version"]:
-        raise MicroVMImageError(f"unexpected answer from the guest: {line}")
-    return (f"python {line['python']} as uid {line['uid']} on {line['kernel']}: "
-            f"answered {seconds:.2f} s after launch")
-
-
-def _talk(sock_path: Path, source: str, deadline: float, proc: subprocess.Popen) -> dict:
-    """Connect to the agent socket, send ``source`` to the bootstrap, read one line."""
-    while not sock_path.exists():
-        if proc.poll() is not None:
-            raise OSError(f"QEMU exited ({proc.returncode}): {proc.stderr.read().decode()}")
-        if time.monotonic() > deadline:
-            raise OSError("no agent socket")
-        time.sleep(0.01)
-    with socket.socket(socket.AF_UNIX) as s:
-        s.connect(str(sock_path))
-        s.settimeout(max(1.0, deadline - time.monotonic()))
-        data = source.encode()
-        s.sendall(b"%d\n" % len(data) + data)
-        with s.makefile("rb") as f:
-            return json.loads(f.readline())
+            sandbox.close()
+    try:
+        seen = json.loads(result.stdout)
+    except ValueError:
+        seen = {}
+    if not result.success or seen.get("uid") != NOBODY or (
+            seen.get("kernel") != manifest["kernel_version"]):
+        raise MicroVMImageError(
+            f"unexpected answer from the guest (exit {result.exit_code}, "
+            f"stopped by {result.killed_by}): {result.stdout}{result.stderr}"
+        )
+    return (f"python {seen['python']} as uid {seen['uid']} on {seen['kernel']}: "
+            f"answered {result.startup_seconds:.2f} s after launch ({result.sandbox_detail})")

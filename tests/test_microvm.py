@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 
 from symbi_jupyter import ResourceLimits, SecurityTier
 from symbi_jupyter.errors import TierUnavailable
+from symbi_jupyter.microvm_image import READY_LINE
 from symbi_jupyter.orchestrator import SandboxOrchestrator
 from symbi_jupyter.sandboxes.microvm import FirecrackerDriver, MicroVMSandbox
 
@@ -88,6 +90,7 @@ def test_guest_memory_is_the_limit(vm) -> None:
 
 
 def test_a_timeout_destroys_the_vm_and_keeps_the_partial_output(vm) -> None:
+    vm.sandbox(TIER3).pool_size = 0  # no VM booted in advance to tell apart
     result = run(vm, "print('before', flush=True)\nwhile True: pass", timeout_seconds=3)
     assert result.timed_out and result.killed_by == "timeout"
     assert result.stdout.startswith("before")
@@ -104,8 +107,79 @@ def test_processes_are_limited_inside_the_guest(vm) -> None:
 
 
 def test_no_network_device(vm) -> None:
-    result = run(vm, "import os\nprint(sorted(os.listdir('/sys/class/net')))")
-    assert result.stdout.strip() in ("[]", "['lo']")
+    result = run(vm, "import os, socket\nprint(sorted(os.listdir('/sys/class/net')))\n"
+                     "try:\n    socket.create_connection(('10.0.2.2', 80), timeout=2)\n"
+                     "    print('connected')\nexcept OSError as e:\n    print(type(e).__name__)")
+    interfaces, connect = result.stdout.splitlines()
+    assert interfaces in ("[]", "['lo']")
+    assert connect != "connected"
+
+
+def test_limits_environment_and_filesystems_inside_the_guest(vm) -> None:
+    """The limits arrive on the kernel command line as numbers and the init applies
+    them; the worker gets a clean environment, the read-only root with writable
+    /workspace and /tmp, no new privileges, and a PID 1 that reaps orphans."""
+    code = """
+import errno, json, os, resource, time
+def write(path):
+    try:
+        open(path, 'w').close(); return 'ok'
+    except OSError as e:
+        return errno.errorcode[e.errno]
+def orphan_zombies():
+    # A child that forks a grandchild and exits: the grandchild is re-parented to PID 1,
+    # which must reap it when it exits.
+    pid = os.fork()
+    if pid == 0:
+        if os.fork() == 0:
+            time.sleep(0.2)
+        os._exit(0)
+    os.waitpid(pid, 0)
+    time.sleep(1)
+    stats = []
+    for p in filter(str.isdigit, os.listdir('/proc')):
+        try:
+            stats.append(open(f'/proc/{p}/stat').read().rsplit(')', 1)[1].split()[:2])
+        except OSError:
+            pass
+    return [s for s in stats if s == ['Z', '1']]
+r = resource
+print(json.dumps({
+    'limits': [r.getrlimit(x) for x in (r.RLIMIT_NPROC, r.RLIMIT_FSIZE, r.RLIMIT_NOFILE,
+                                        r.RLIMIT_CPU, r.RLIMIT_CORE)],
+    'env': dict(os.environ), 'cwd': os.getcwd(), 'cpus': os.cpu_count(),
+    'root': write('/x'), 'workspace': write('/workspace/x'), 'tmp': write('/tmp/x'),
+    'groups': os.getgroups(), 'gid': os.getgid(),
+    'nnp': [l for l in open('/proc/self/status') if l.startswith('NoNewPrivs')][0].split()[1],
+    'zombies': orphan_zombies(),
+}))
+"""
+    result = run(vm, code, max_cpu_cores=2, max_processes=64, max_file_size_mb=1,
+                 max_open_files=100, max_cpu_seconds=7)
+    assert result.success, result.stderr
+    seen = json.loads(result.stdout)
+    assert seen["limits"] == [[64, 64], [1048576, 1048576], [100, 100], [7, 8], [0, 0]]
+    assert seen["env"] == {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/workspace",
+                           "LANG": "C.UTF-8", "TMPDIR": "/tmp"}
+    assert seen["cwd"] == "/workspace" and seen["cpus"] == min(2, os.cpu_count())
+    assert seen["root"] == "EROFS" and seen["workspace"] == "ok" and seen["tmp"] == "ok"
+    assert seen["gid"] == 65534 and seen["groups"] in ([], [65534])
+    assert seen["nnp"] == "1"
+    assert seen["zombies"] == [], "the init left an orphan unreaped"
+
+
+def test_the_init_says_ready_and_the_vm_ends_after_shutdown(vm) -> None:
+    session = vm.open_session(TIER3)
+    handle = session.handle
+    try:
+        assert READY_LINE in handle.console_tail()
+        handle.send(b'{"type": "shutdown"}\n')
+        ended = handle.wait(timeout=30)
+    finally:
+        session.close()
+    assert ended is not None, "QEMU should exit on its own"
+    assert ended.exit_code == 0 and ended.killed_by is None
+    assert "worker exited with status 0" in handle.console_tail()  # kept after the VM
 
 
 def test_asking_for_network_is_refused_at_tier3(audit_path) -> None:

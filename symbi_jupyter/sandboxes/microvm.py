@@ -33,6 +33,7 @@ from traitlets import Bool, Enum, Float, Int, Unicode
 
 from .. import policy
 from ..errors import ConfigError, TierUnavailable
+from ..limits import ResourceLimits
 from ..result import ExecutionResult
 from ..tiers import SecurityTier
 from ._evidence import Evidence, killed_by, limits_reached
@@ -50,14 +51,12 @@ _PR_SET_PDEATHSIG = 1
 
 
 def default_artifacts_dir() -> Path:
-    """Where ``image build --tier3`` puts the guest unless told otherwise."""
-    try:
-        from ..microvm_image import default_artifacts_dir as builder_default
-    except ImportError:  # the builder is optional for reading a manifest
-        base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-        return Path("/var/lib/symbi-jupyter/microvm") if os.geteuid() == 0 else Path(
-            base, "symbi-jupyter", "microvm")
-    return Path(builder_default())
+    """Where ``image build --tier3`` puts the guest unless told otherwise:
+    ``/var/lib/symbi-jupyter/microvm`` for root, else under ``$XDG_DATA_HOME``."""
+    if os.geteuid() == 0:
+        return Path("/var/lib/symbi-jupyter/microvm")
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "symbi-jupyter" / "microvm"
 
 
 @dataclasses.dataclass
@@ -157,6 +156,7 @@ class FirecrackerDriver(VMMDriver):
             }],
             "machine-config": {"vcpu_count": spec.vcpus, "mem_size_mib": spec.mem_mib},
         }
+        config["boot-source"]["boot_args"] += " symbi.channel=serial"
         path = spec.run_dir / "firecracker.json"
         path.write_text(json.dumps(config))
         return [self.path() or self.binary, "--no-api", "--config-file", str(path)]
@@ -369,40 +369,18 @@ class MicroVMSandbox(Sandbox):
 
     def _boot(self, driver: VMMDriver, accel: str, manifest: dict[str, Any],
               request: ExecutionRequest, timeout: float, one_shot: bool = True) -> _VMWorker:
-        lim = request.limits
         self._reap()
-        mem = self.mem_mib or int(lim.max_memory_mb or 512)
-        if mem < MIN_GUEST_MIB:
-            raise ConfigError(
-                f"{self.tier.display_name} needs at least {MIN_GUEST_MIB} MB of guest memory "
-                f"(asked: {mem} MB): the guest kernel and python3 must fit"
-            )
-        vcpus = self.vcpus or max(1, math.ceil(lim.max_cpu_cores or 1))
-        vcpus = min(vcpus, os.cpu_count() or 1)
         with self._lock:
             self._counter += 1
             n = self._counter
         root = Path(self.run_root or tempfile.gettempdir())
         run_dir = Path(tempfile.mkdtemp(prefix=f"symbi-vm-{host_tag()}-{n}-", dir=root))
-        rlimits = {"nproc": lim.max_processes,
-                   "fsize": int(lim.max_file_size_mb * MiB) if lim.max_file_size_mb else None,
-                   "nofile": lim.max_open_files,
-                   # RLIMIT_CPU is per process lifetime: right for one run, wrong for a
-                   # session of many cells.
-                   "cpu": math.ceil(lim.max_cpu_seconds) if lim.max_cpu_seconds and one_shot
-                   else None}
-        host_args = [f"symbi.{k}={v}" for k, v in rlimits.items() if v]
-        host_args += ["panic=-1", "random.trust_cpu=on"]
-        if accel == "tcg":
-            # TCG's TSC calibration hangs about half the boots without these.
-            host_args += [f"tsc_early_khz={_host_tsc_khz()}", "tsc=reliable"]
-        spec = VMSpec(
-            kernel=manifest["kernel"], initrd=manifest.get("initrd"), rootfs=manifest["rootfs"],
-            rootfs_read_only=self.rootfs_read_only,
-            kernel_args=" ".join([manifest.get("kernel_args", ""), *host_args]).strip(),
-            microvm_acpi=bool(manifest.get("microvm_acpi")), mem_mib=mem, vcpus=vcpus,
-            accel=accel, run_dir=run_dir,
-        )
+        try:
+            spec = self.vm_spec(manifest, request.limits, accel, run_dir, one_shot=one_shot)
+        except BaseException:
+            shutil.rmtree(run_dir, ignore_errors=True)
+            raise
+        mem, vcpus = spec.mem_mib, spec.vcpus
         cgroup = self._vmm_cgroup(n, mem)
         enforcement = {
             "memory": f"guest memory ({mem} MiB)",
@@ -431,6 +409,41 @@ class MicroVMSandbox(Sandbox):
             worker.stop()
             raise
         return worker
+
+    def vm_spec(self, manifest: dict[str, Any], limits: ResourceLimits, accel: str,
+                run_dir: Path, one_shot: bool = True) -> VMSpec:
+        """The VM that runs under ``limits`` the guest of ``manifest`` (:meth:`manifest`):
+        its size, and its kernel command line, the manifest's plus numbers only (the
+        rlimits, and under TCG this host's TSC frequency). ``one_shot``: one run, so
+        ``max_cpu_seconds`` becomes the worker's RLIMIT_CPU (not for a session)."""
+        mem = self.mem_mib or int(limits.max_memory_mb or 512)
+        if mem < MIN_GUEST_MIB:
+            raise ConfigError(
+                f"{self.tier.display_name} needs at least {MIN_GUEST_MIB} MB of guest memory "
+                f"(asked: {mem} MB): the guest kernel and python3 must fit"
+            )
+        vcpus = self.vcpus or max(1, math.ceil(limits.max_cpu_cores or 1))
+        vcpus = min(vcpus, os.cpu_count() or 1)
+        rlimits = {"nproc": limits.max_processes,
+                   "fsize": int(limits.max_file_size_mb * MiB) if limits.max_file_size_mb
+                   else None,
+                   "nofile": limits.max_open_files,
+                   # RLIMIT_CPU is per process lifetime: right for one run, wrong for a
+                   # session of many cells.
+                   "cpu": math.ceil(limits.max_cpu_seconds)
+                   if limits.max_cpu_seconds and one_shot else None}
+        host_args = [f"symbi.{k}={v}" for k, v in rlimits.items() if v]
+        host_args += ["panic=-1", "random.trust_cpu=on"]
+        if accel == "tcg":
+            # TCG's TSC calibration hangs about half the boots without these.
+            host_args += [f"tsc_early_khz={_host_tsc_khz()}", "tsc=reliable"]
+        return VMSpec(
+            kernel=manifest["kernel"], initrd=manifest.get("initrd"), rootfs=manifest["rootfs"],
+            rootfs_read_only=self.rootfs_read_only,
+            kernel_args=" ".join([manifest.get("kernel_args", ""), *host_args]).strip(),
+            microvm_acpi=bool(manifest.get("microvm_acpi")), mem_mib=mem, vcpus=vcpus,
+            accel=accel, run_dir=run_dir,
+        )
 
     def _vmm_cgroup(self, n: int, mem: int) -> Path | None:
         """A v1 memory cgroup bounding the VMM process (guest memory + overhead)."""
@@ -667,6 +680,7 @@ class _VMWorker(WorkerHandle):
         self._send_lock = threading.Lock()
         self._reader: threading.Thread | None = None
         self._stopped = False
+        self._console: str | None = None  # the console's end, once the VM is gone
 
     @property
     def enforcement(self) -> dict[str, str]:
@@ -736,7 +750,7 @@ class _VMWorker(WorkerHandle):
         self._finish()
 
     def _finish(self) -> None:
-        console = self.console_tail()
+        console = self._console = self.console_tail()
         if console and self.request.on_output:
             self.request.on_output("stderr", console.encode())
         oom = "Out of memory" in console or "oom-kill" in console
@@ -755,6 +769,10 @@ class _VMWorker(WorkerHandle):
             return ""
 
     def console_tail(self, size: int = 4000) -> str:
+        """The end of the guest's serial console: the kernel's and the init's messages
+        (``symbi-guest: ...``). Still readable after the VM has gone."""
+        if self._console is not None:
+            return self._console[-size:]
         try:
             data = self.spec.console.read_bytes()[-size:]
         except OSError:
@@ -861,7 +879,6 @@ def _host_tsc_khz() -> int:
 
 
 def _probe_request() -> ExecutionRequest:
-    from ..limits import ResourceLimits
     from ..session import worker_source
 
     return ExecutionRequest(tier=SecurityTier.TIER3, code=worker_source(), language="python3",

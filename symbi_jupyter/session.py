@@ -84,6 +84,9 @@ class WorkerSession:
         self.handle = handle_factory(self._on_output)
         try:
             ready = self._next(deadline=started + start_timeout_seconds)
+            # A serial console may carry boot messages before the agent's first line.
+            while ready is not None and ready.get("type") == "garbage":
+                ready = self._next(deadline=started + start_timeout_seconds)
         except BaseException:
             self.handle.stop()
             raise

@@ -9,8 +9,11 @@ import uuid
 from pathlib import Path
 
 import pytest
+from IPython.core.interactiveshell import InteractiveShell
+from IPython.utils.capture import capture_output
 
 from symbi_jupyter.orchestrator import SandboxOrchestrator
+from symbi_jupyter.render import ResultDisplay
 
 # Set in CI, e.g. SYMBI_REQUIRE_TIERS=none,docker,gvisor: a tier the tests need but
 # cannot find is a failure there, a skip (with the reason) on a user's laptop.
@@ -88,3 +91,30 @@ def wait_until(predicate, seconds: float = 30.0) -> bool:
             return False
         time.sleep(0.02)
     return True
+
+
+@pytest.fixture
+def ip(workdir: Path, audit_path: Path):
+    """A real InteractiveShell with the extension loaded, in this test's directories;
+    everything the extension configured is removed again afterwards."""
+    shell = InteractiveShell.instance()
+    ResultDisplay.clear_instance()
+    shell.run_line_magic("load_ext", "symbi_jupyter")
+    shell.run_line_magic("config", f"SandboxOrchestrator.working_directory = '{workdir}'")
+    shell.run_line_magic("config", f"SandboxOrchestrator.audit_log_path = '{audit_path}'")
+    yield shell
+    shell.run_line_magic("unload_ext", "symbi_jupyter")
+    shell.configurables[:] = [
+        c for c in shell.configurables if type(c).__module__.split(".")[0] != "symbi_jupyter"
+    ]
+    for section in ("SandboxOrchestrator", "NativeSandbox", "ResultDisplay", "SymbiMagics",
+                    "AgentMagics"):
+        shell.config.pop(section, None)
+    ResultDisplay.clear_instance()
+
+
+def run_cell(ip, cell: str):
+    """Run ``cell`` in the shell; its result and captured output."""
+    with capture_output() as cap:
+        result = ip.run_cell(cell)
+    return result, cap

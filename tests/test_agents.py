@@ -15,8 +15,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-from IPython.core.interactiveshell import InteractiveShell
-from IPython.utils.capture import capture_output
 
 from symbi_jupyter import ConfigError, ExecutionResult, PolicyViolation, SecurityTier
 from symbi_jupyter.agents import Agent, Emitted, Ref, Run, SandboxMode, load
@@ -24,7 +22,7 @@ from symbi_jupyter.agents.render import render_card_html, render_card_text
 from symbi_jupyter.orchestrator import SandboxOrchestrator
 from symbi_jupyter.render import ResultDisplay
 
-from .conftest import need
+from .conftest import need, run_cell
 
 # The agent of tier-model.md section 5.3 and of the issue, verbatim.
 SEED = """\
@@ -604,28 +602,13 @@ def test_container_network_needs_capability_and_policy(corch, project):
 
 # -- the magics ----------------------------------------------------------------------
 @pytest.fixture
-def ip(workdir: Path, audit_path: Path, project: Path):
-    shell = InteractiveShell.instance()
-    ResultDisplay.clear_instance()
-    shell.run_line_magic("load_ext", "symbi_jupyter")
-    shell.run_line_magic("config", f"SandboxOrchestrator.working_directory = '{workdir}'")
-    shell.run_line_magic("config", f"SandboxOrchestrator.audit_log_path = '{audit_path}'")
-    shell.run_line_magic("config", f"AgentMagics.notebook_directory = '{project}'")
-    yield shell
-    shell.run_line_magic("unload_ext", "symbi_jupyter")
-    shell.configurables[:] = [
-        c for c in shell.configurables if type(c).__module__.split(".")[0] != "symbi_jupyter"
-    ]
-    for section in ("SandboxOrchestrator", "NativeSandbox", "ResultDisplay", "SymbiMagics",
-                    "AgentMagics"):
-        shell.config.pop(section, None)
-    ResultDisplay.clear_instance()
+def ip(ip, project: Path):
+    """The shared shell, with agents' notebook directory in this test's project."""
+    ip.run_line_magic("config", f"AgentMagics.notebook_directory = '{project}'")
+    return ip
 
 
-def run(ip, cell: str):
-    with capture_output() as cap:
-        result = ip.run_cell(cell)
-    return result, cap
+run = run_cell
 
 
 def test_magics_define_and_trigger(ip, project):

@@ -6,34 +6,13 @@ import os
 from pathlib import Path
 
 import pytest
-from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import capture_output
 
 from symbi_jupyter import ConfigError, ExecutionResult, PolicyViolation
-from symbi_jupyter.render import ResultDisplay
 
+from .conftest import run_cell
 
-@pytest.fixture
-def ip(workdir: Path, audit_path: Path):
-    shell = InteractiveShell.instance()
-    ResultDisplay.clear_instance()
-    shell.run_line_magic("load_ext", "symbi_jupyter")
-    shell.run_line_magic("config", f"SandboxOrchestrator.working_directory = '{workdir}'")
-    shell.run_line_magic("config", f"SandboxOrchestrator.audit_log_path = '{audit_path}'")
-    yield shell
-    shell.run_line_magic("unload_ext", "symbi_jupyter")
-    shell.configurables[:] = [
-        c for c in shell.configurables if type(c).__module__.split(".")[0] != "symbi_jupyter"
-    ]
-    for section in ("SandboxOrchestrator", "NativeSandbox", "ResultDisplay", "SymbiMagics"):
-        shell.config.pop(section, None)
-    ResultDisplay.clear_instance()
-
-
-def run(ip, cell: str):
-    with capture_output() as cap:
-        result = ip.run_cell(cell)
-    return result, cap
+run = run_cell
 
 
 def allow(ip) -> None:

@@ -35,6 +35,7 @@ __all__ = [
     "compare",
     "format_bytes",
     "format_duration",
+    "limit_phrases",
     "render_html",
     "render_markdown",
     "render_mimebundle",
@@ -178,22 +179,30 @@ def _limit_text(field: str, limits: ResourceLimits) -> str | None:
     return _num(value)
 
 
+_LIMIT_PHRASES: dict[str, Any] = {
+    "max_memory_mb": lambda v: f"{_num(v)} MB memory",
+    "max_cpu_seconds": lambda v: f"{_num(v)} s CPU",
+    "timeout_seconds": lambda v: f"{_num(v)} s wall",
+    "max_cpu_cores": lambda v: f"{_num(v)} CPU core" + ("" if v == 1 else "s"),
+    "max_processes": lambda v: f"{_num(v)} processes",
+    "max_open_files": lambda v: f"{_num(v)} open files",
+    "max_file_size_mb": lambda v: f"file size {_num(v)} MB",
+    "max_output_bytes": lambda v: f"output {format_bytes(v)} per stream",
+    "network": lambda v: "network on" if v else "network off",
+}
+
+
+def limit_phrases(limits: ResourceLimits, fields: tuple[str, ...] = tuple(_LIMIT_PHRASES)
+                  ) -> list[str]:
+    """The set limits among ``fields`` (ResourceLimits field names), in words."""
+    return [_LIMIT_PHRASES[f](getattr(limits, f)) for f in fields
+            if getattr(limits, f) is not None]
+
+
 def _other_limits(limits: ResourceLimits) -> list[str]:
     """The limits that have no usage bar, in words."""
-    items = []
-    if limits.max_cpu_cores is not None:
-        items.append(f"{_num(limits.max_cpu_cores)} CPU cores")
-    if limits.max_processes is not None:
-        items.append(f"{_num(limits.max_processes)} processes")
-    if limits.max_open_files is not None:
-        items.append(f"{_num(limits.max_open_files)} open files")
-    if limits.max_file_size_mb is not None:
-        items.append(f"file size {_num(limits.max_file_size_mb)} MB")
-    if limits.max_output_bytes is not None:
-        items.append(f"output {format_bytes(limits.max_output_bytes)} per stream")
-    if limits.network is not None:
-        items.append("network on" if limits.network else "network off")
-    return items
+    return limit_phrases(limits, ("max_cpu_cores", "max_processes", "max_open_files",
+                                  "max_file_size_mb", "max_output_bytes", "network"))
 
 
 # -- what the result says, shared by the renderers -------------------------------------

@@ -13,7 +13,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from ..limits import ResourceLimits
-from ..render import TIER_COLOURS, ResultDisplay, format_bytes
+from ..render import TIER_COLOURS, ResultDisplay, limit_phrases
 from .grants import Permissions, Verdict, permissions
 from .model import Agent
 
@@ -35,29 +35,11 @@ def _stable() -> bool:
     return ResultDisplay.instance().stable
 
 
-def _num(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else str(value)
-
-
 def limits_words(limits: ResourceLimits) -> list[str]:
     """The limits an agent's runs get, in words."""
-    words = []
-    if limits.max_memory_mb is not None:
-        words.append(f"{_num(limits.max_memory_mb)} MB memory")
-    if limits.max_cpu_seconds is not None:
-        words.append(f"{_num(limits.max_cpu_seconds)} s CPU")
-    if limits.timeout_seconds is not None:
-        words.append(f"{_num(limits.timeout_seconds)} s wall")
-    if limits.max_cpu_cores is not None:
-        cores = _num(limits.max_cpu_cores)
-        words.append(f"{cores} CPU core{'' if cores == '1' else 's'}")
-    if limits.max_processes is not None:
-        words.append(f"{limits.max_processes} processes")
-    if limits.max_file_size_mb is not None:
-        words.append(f"files {_num(limits.max_file_size_mb)} MB")
-    if limits.max_output_bytes is not None:
-        words.append(f"output {format_bytes(limits.max_output_bytes)}")
-    return words
+    return limit_phrases(limits, ("max_memory_mb", "max_cpu_seconds", "timeout_seconds",
+                                  "max_cpu_cores", "max_processes", "max_file_size_mb",
+                                  "max_output_bytes"))
 
 
 def _value(value: Any) -> str:

@@ -224,8 +224,7 @@ class WorkerSession:
         wall = time.monotonic() - started
         if stopped is not None:
             return self._stopped(stopped, limits, wall, before)
-        after = self.handle.usage() if peak_reset else {}
-        return self._finished(reply, limits, wall, after if peak_reset else None)
+        return self._finished(reply, limits, wall, self.handle.usage() if peak_reset else None)
 
     def _step(
         self,

@@ -340,6 +340,13 @@ class SandboxOrchestrator(LoggingConfigurable):
             "enforce_resource_limits": self.enforce_resource_limits,
         }
 
+    def audit_refusal(self, tier: SecurityTier | str | None, error: SymbiError,
+                      **fields: Any) -> None:
+        """Record a refusal decided before this orchestrator was asked to run anything
+        (an agent's own definition, a kernel's policy), so every refusal is audited."""
+        self._audit({"tier": str(tier.value if isinstance(tier, SecurityTier) else tier)},
+                    outcome="refused", error=f"{type(error).__name__}: {error}", **fields)
+
     def _audit(self, record: dict[str, Any], **fields: Any) -> None:
         if not self.audit_log_path:
             return

@@ -384,7 +384,11 @@ def test_execute_native_is_refused_at_tier1_before_anything_runs(orch, project, 
     assert str(info.value) == (
         'agent A: execute_native("echo hi") is refused: execute_native runs code natively '
         "(tier None), but agent A runs at Tier1 (Docker); use execute(...) to run at its tier")
-    assert audit(audit_path) == []  # not even the first action was submitted
+    # Not even the first action ran; the refusal itself is audited.
+    [record] = audit(audit_path)
+    assert record["outcome"] == "refused" and record["tier"] == "Tier1"
+    assert record["agent"] == "A" and record["trigger"] == "t"
+    assert "execute_native" in record["error"]
 
 
 def test_a_capability_the_agent_lacks_is_refused_by_name(orch, project, audit_path):
@@ -398,7 +402,8 @@ def test_a_capability_the_agent_lacks_is_refused_by_name(orch, project, audit_pa
                            body='execute("true", needs: ["network"])'), orch, project)
     with pytest.raises(PolicyViolation, match="Strict mode never permits"):
         agent.trigger("t")
-    assert audit(audit_path) == []
+    records = audit(audit_path)  # three refusals, nothing run
+    assert [r["outcome"] for r in records] == ["refused"] * 3
 
 
 def test_unbound_agents_and_unknown_triggers(orch):

@@ -139,6 +139,10 @@ def test_native_refused_in_the_kernel_explains_the_operator_switch(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _install(tmp_path)
+    audit = tmp_path / "audit.jsonl"
+    config_dir = Path(os.environ["JUPYTER_CONFIG_DIR"])  # isolated per test (conftest)
+    (config_dir / "jupyter_symbi_config.py").write_text(
+        f"c.SandboxOrchestrator.audit_log_path = {str(audit)!r}\n")
     monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "share/jupyter"))
     monkeypatch.setenv("SYMBI_KERNEL_TIER", "none")
     km, kc = start_new_kernel(kernel_name="symbi")
@@ -146,6 +150,8 @@ def test_native_refused_in_the_kernel_explains_the_operator_switch(
         reply, _ = run(kc, "print('never runs')")
         assert reply["ename"] == "PolicyViolation"
         assert "--allow-native" in reply["evalue"] and "%config" not in reply["evalue"]
+        records = [json.loads(line) for line in audit.read_text().splitlines()]
+        assert records[-1]["outcome"] == "refused" and records[-1]["tier"] == "None"
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=True)

@@ -8,7 +8,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import ConfigError, TierUnavailable
+from ..errors import ConfigError, PolicyViolation, TierUnavailable
 from ..result import ExecutionResult
 from ..tiers import SecurityTier
 from .grants import (
@@ -73,7 +73,12 @@ def run_trigger(
     # Nothing runs if the agent's own definition forbids any action of the trigger.
     for action in trigger.actions:
         if isinstance(action, Run):
-            perms.check(action)
+            try:
+                perms.check(action)
+            except PolicyViolation as exc:
+                agent.orchestrator.audit_refusal(agent.tier, exc, agent=agent.name,
+                                                 trigger=trigger.name)
+                raise
     env = {PAYLOAD_ENV: encoded, "SYMBI_AGENT": agent.name, "SYMBI_TRIGGER": trigger.name}
     results: list[ActionResult] = []
     last: ExecutionResult | None = None

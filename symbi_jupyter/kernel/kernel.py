@@ -165,7 +165,9 @@ class SymbiKernel(Kernel):
 
     def _check_allowed(self, tier: SecurityTier) -> None:
         if tier is SecurityTier.NONE and not self.orchestrator.allow_native_execution:
-            raise PolicyViolation(NATIVE_HOWTO)
+            refusal = PolicyViolation(NATIVE_HOWTO)
+            self.orchestrator.audit_refusal(tier, refusal, source="symbi kernel")
+            raise refusal
         policy.check_tier_allowed(tier, self.orchestrator.allow_native_execution)
 
     def _open_session(self) -> WorkerSession:

@@ -1,0 +1,204 @@
+"""The symbi kernel's own magics: ``%symbi_tier``, ``%symbi_limits``,
+``%symbi_session``, ``%symbi_stats``, ``%symbi_tiers`` and the ``%%symbi`` cell magic.
+
+They run in the kernel process (they change what the following cells get), never in
+the sandbox; :class:`KernelMagics` is mixed into :class:`~.kernel.SymbiKernel`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+from typing import Any
+
+from ..errors import SymbiError
+from ..limits import ResourceLimits
+from ..render import TierLadder, format_bytes, format_duration
+from ..tiers import SecurityTier
+
+#: Limits that hold for a whole worker: changing one needs a new worker.
+SESSION_LIMITS = ("max_memory_mb", "max_cpu_cores", "max_processes", "max_file_size_mb",
+                  "network")
+
+KERNEL_MAGICS = ("%symbi_tier", "%symbi_limits", "%symbi_session", "%symbi_stats",
+                 "%symbi_tiers")
+
+
+class KernelUsageError(SymbiError):
+    """A kernel magic was given bad arguments."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise KernelUsageError(f"{self.prog}: {message}\n{self.format_usage().strip()}")
+
+    def exit(self, status: int = 0, message: str | None = None) -> None:  # type: ignore[override]
+        raise KernelUsageError(message or self.format_help())
+
+
+def _limits_parser() -> _Parser:
+    parser = _Parser(prog="%symbi_limits", add_help=False,
+                     description="Set the limits of the following cells.")
+    parser.add_argument("--max-memory", type=float, metavar="MB")
+    parser.add_argument("--max-cpu", type=float, metavar="CORES")
+    parser.add_argument("--max-cpu-seconds", type=float, metavar="S")
+    parser.add_argument("--timeout", type=float, metavar="S")
+    parser.add_argument("--max-processes", type=int, metavar="N")
+    parser.add_argument("--network", dest="network", action="store_true", default=None)
+    parser.add_argument("--no-network", dest="network", action="store_false")
+    parser.add_argument("--reset", action="store_true", help="Back to the policy's ceilings.")
+    return parser
+
+
+class KernelMagics:
+    """The magics' handlers; the kernel provides the session, streams and replies."""
+
+    def _line_magics(self, code: str) -> str:
+        """Run the kernel's line magics at the top of a cell; return the rest."""
+        lines = code.splitlines(keepends=True)
+        while lines and (lines[0].strip() == "" or lines[0].lstrip().startswith("%symbi_")):
+            line = lines.pop(0).strip()
+            if line:
+                self._line_magic(line)
+        return "".join(lines)
+
+    def _line_magic(self, line: str) -> None:
+        name, _, rest = line.partition(" ")
+        try:
+            argv = shlex.split(rest)
+        except ValueError as exc:
+            raise KernelUsageError(f"{name}: {exc}") from None
+        handler = {
+            "%symbi_tier": self._magic_tier,
+            "%symbi_limits": self._magic_limits,
+            "%symbi_session": self._magic_session,
+            "%symbi_stats": self._magic_stats,
+            "%symbi_tiers": lambda argv: self._display(
+                TierLadder(self.orchestrator.availability())),
+        }.get(name)
+        if handler is None:
+            raise KernelUsageError(
+                f"unknown kernel magic {name}; the kernel has {', '.join(KERNEL_MAGICS)} "
+                "and the cell magic %%symbi"
+            )
+        handler(argv)
+
+    def _magic_tier(self, argv: list[str]) -> None:
+        if len(argv) != 1:
+            self._stream("stdout", f"Cells run at {self.current_tier.display_name}.\n")
+            return
+        tier = SecurityTier.parse(argv[0])
+        self._check_allowed(tier)
+        had_state = self.worker is not None and self.worker.alive
+        self._close_session()
+        self.tier = tier.value
+        note = (" The previous worker's state (variables, imports) did not move with it."
+                if had_state else "")
+        self._stream("stdout", f"Cells now run at {tier.display_name}; the next cell "
+                               f"starts a new worker.{note}\n")
+
+    def _magic_limits(self, argv: list[str]) -> None:
+        args = _limits_parser().parse_args(argv)
+        if args.reset:
+            new = ResourceLimits()
+        else:
+            changes = {
+                "max_memory_mb": args.max_memory, "max_cpu_cores": args.max_cpu,
+                "max_cpu_seconds": args.max_cpu_seconds, "timeout_seconds": args.timeout,
+                "max_processes": args.max_processes, "network": args.network,
+            }
+            new = ResourceLimits(**{
+                **self.limits.to_dict(),
+                **{k: v for k, v in changes.items() if v is not None},
+            })
+        effective = new.within(self.orchestrator.ceilings())  # PolicyViolation if above
+        restart = any(getattr(new, k) != getattr(self.limits, k) for k in SESSION_LIMITS)
+        self.limits = new
+        if self.worker is not None:
+            if restart and self.worker.alive:
+                self._close_session()
+                self._stream("stdout", "These limits hold for a whole worker: the next "
+                                       "cell starts a new one, without the old state.\n")
+            elif self.worker is not None:
+                self.worker.limits = effective
+        self._stream("stdout", f"Limits of the following cells: {_limits_text(effective)}\n")
+
+    def _magic_session(self, argv: list[str]) -> None:
+        choice = argv[0] if argv else "info"
+        if choice in ("persistent", "fresh"):
+            self.session_mode = choice
+            self._close_session()
+            words = ("one worker keeps its state between cells" if choice == "persistent"
+                     else "every cell runs in a new single-use sandbox, with no state")
+            self._stream("stdout", f"Session mode {choice}: {words}.\n")
+        elif choice == "restart":
+            self._close_session()
+            self._stream("stdout", "The worker was stopped; the next cell starts a new one.\n")
+        elif choice in ("info", "totals"):
+            self._stream("stdout", self._session_info())
+        else:
+            raise KernelUsageError(
+                "%symbi_session takes persistent, fresh, restart or info, "
+                f"not {choice!r}"
+            )
+
+    def _session_info(self) -> str:
+        lines = [f"tier: {self.current_tier.display_name}", f"mode: {self.session_mode}"]
+        session = self.worker
+        if session is None or not session.alive:
+            lines.append("worker: none running (the next cell starts one)")
+        else:
+            totals = session.totals
+            lines.append(f"worker: running, {session.cells} cells, started in "
+                         f"{format_duration(session.startup_seconds)}")
+            if not self.display_options.stable:
+                lines.append(f"session totals: CPU {format_duration(totals['cpu_seconds'])}, "
+                             f"wall {format_duration(totals['wall_seconds'])}, "
+                             f"highest cell peak {format_bytes(totals['peak_memory_bytes'])}")
+        lines.append(f"limits: {_limits_text(self.limits.within(self.orchestrator.ceilings()))}")
+        return "\n".join(lines) + "\n"
+
+    def _magic_stats(self, argv: list[str]) -> None:
+        if argv not in (["on"], ["off"]):
+            raise KernelUsageError("%symbi_stats takes on or off")
+        self.show_stats = argv == ["on"]
+
+    def _cell_magic(self, code: str) -> dict[str, Any]:
+        """``%%symbi [flags]``: one cell through the orchestrator, as in IPython."""
+        from ..magics import SymbiMagics, parse_symbi_flags
+
+        first, _, body = code.partition("\n")
+        args, tier, limits, env = parse_symbi_flags(SymbiMagics.symbi, first[len("%%symbi"):])
+
+        def out(stream: str, chunk: bytes) -> None:
+            self._stream(stream, chunk.decode("utf-8", "replace"))
+
+        try:
+            result = self.orchestrator.execute_code(
+                tier, body, env=env, language=args.language, limits=limits, on_output=out
+            )
+        except KeyboardInterrupt:
+            return self._error("KeyboardInterrupt", "the sandboxed code was interrupted")
+        if not args.quiet:
+            self._display(result)
+        if result.success:
+            return self._ok()
+        return {"status": "error", "execution_count": self.execution_count,
+                "ename": "SandboxedCodeFailed", "evalue": str(result), "traceback": []}
+
+
+def _limits_text(limits: ResourceLimits) -> str:
+    parts = []
+    if limits.max_memory_mb:
+        parts.append(f"memory {limits.max_memory_mb:g} MB")
+    if limits.max_cpu_cores:
+        parts.append(f"{limits.max_cpu_cores:g} cores")
+    if limits.max_cpu_seconds:
+        parts.append(f"CPU {limits.max_cpu_seconds:g} s per cell")
+    if limits.timeout_seconds:
+        parts.append(f"wall {limits.timeout_seconds:g} s per cell")
+    if limits.max_processes:
+        parts.append(f"{limits.max_processes} processes")
+    parts.append("network" if limits.network else "no network")
+    return ", ".join(parts)
+

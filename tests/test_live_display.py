@@ -34,7 +34,8 @@ def test_a_run_is_sampled_from_outside_while_it_runs(orch) -> None:
     times = [t for t, _ in result.memory_samples]
     assert times == sorted(times)
     memory = [m for _, m in result.memory_samples]
-    assert memory[-1] > memory[0] + 60 * 2**20  # it saw the second allocation
+    # it saw the second allocation (a last sample may catch the process exiting)
+    assert max(memory) > memory[0] + 60 * 2**20
     assert len(seen) == len(result.memory_samples)
     assert all(s.cpu_seconds is not None for s in seen)
 

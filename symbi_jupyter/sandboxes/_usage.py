@@ -26,7 +26,10 @@ def cgroup_file(cgroup: dict[str, Any], ctrl: str, v1: str, v2: str) -> Path | N
 
 
 def cgroup_usage(cgroup: dict[str, Any]) -> dict[str, Any]:
-    """memory_bytes, peak_memory_bytes and cpu_seconds of a run cgroup; {} if unreadable."""
+    """memory_bytes, peak_memory_bytes and cpu_seconds of a run cgroup; {} if unreadable
+    or if no process is left in it (the figures of an emptied group describe no run)."""
+    if _number(cgroup_file(cgroup, "pids", "pids.current", "pids.current")) == 0:
+        return {}
     current = _number(cgroup_file(cgroup, "memory", "memory.usage_in_bytes", "memory.current"))
     if current is None:
         return {}

@@ -817,7 +817,10 @@ def _parent_oom_kills(parent: str | None) -> int:
 
 
 def _parent_usage(parent: str) -> dict[str, Any]:
-    """A container's figures from the cgroup parent of ours it runs under."""
+    """A container's figures from the cgroup parent of ours it runs under; {} once no
+    process is left under it."""
+    if _read_int(_cgroup_file(parent, "pids", "pids.current")) == 0:
+        return {}
     current = _read_int(_cgroup_file(parent, "memory", "memory.usage_in_bytes"))
     if current is None:
         return {}

@@ -312,19 +312,3 @@ class SymbiKernel(KernelMagics, Kernel):
         if previous is None or now <= previous[0]:
             return 0.0
         return max(0.0, 100.0 * (cpu_seconds - previous[1]) / (now - previous[0]))
-
-
-def _limits_text(limits: ResourceLimits) -> str:
-    parts = []
-    if limits.max_memory_mb:
-        parts.append(f"memory {limits.max_memory_mb:g} MB")
-    if limits.max_cpu_cores:
-        parts.append(f"{limits.max_cpu_cores:g} cores")
-    if limits.max_cpu_seconds:
-        parts.append(f"CPU {limits.max_cpu_seconds:g} s per cell")
-    if limits.timeout_seconds:
-        parts.append(f"wall {limits.timeout_seconds:g} s per cell")
-    if limits.max_processes:
-        parts.append(f"{limits.max_processes} processes")
-    parts.append("network" if limits.network else "no network")
-    return ", ".join(parts)

@@ -488,3 +488,18 @@ def test_the_kernel_at_tier3_keeps_state_in_one_vm(tmp_path: Path, workdir: Path
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=False)
+
+
+def test_jupyter_run_drives_the_kernel_like_any_other(tmp_path: Path, workdir: Path) -> None:
+    """Another front end than jupyter_client's API: `jupyter run --kernel=symbi`."""
+    _install(tmp_path)
+    script = tmp_path / "cells.py"
+    script.write_text("x = 41\nprint(x + 1)\n")
+    env = {**os.environ, **_kernel_environment(tmp_path, workdir),
+           "SYMBI_JUPYTER_STABLE_OUTPUT": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "jupyter_client.runapp", "--kernel=symbi", str(script)],
+        env=env, capture_output=True, text=True, timeout=TIMEOUT,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[:2] == ["42", "[symbi] None (native) · exit 0"]

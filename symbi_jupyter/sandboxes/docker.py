@@ -26,6 +26,7 @@ from ..image import DEFAULT_IMAGE, build_command
 from ..result import ExecutionResult
 from ..tiers import SecurityTier
 from ._evidence import Evidence, killed_by, limits_reached
+from ._pool import ReadyPool
 from ._streams import CappedStream
 from ._supervisor import host_tag, pid_alive, remove_cgroup_dir
 from ._worker import BOOTSTRAP as WORKER_BOOTSTRAP
@@ -152,7 +153,7 @@ class DockerSandbox(Sandbox):
         self._counter = itertools.count(1)
         self._reaped = False
         self._ready = False
-        self._pool = _ContainerPool()
+        self._pool: ReadyPool[_Prepared] = ReadyPool("container", _Prepared.discard)
 
     # ------------------------------------------------------------------ engine
     def client(self):
@@ -661,74 +662,6 @@ class _ContainerWorker(WorkerHandle):
             return True
         except OSError:
             return False
-
-
-class _ContainerPool:
-    """Started, never-used containers by configuration; refilled in the background."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._ready: dict[str, list[_Prepared]] = {}
-        self._filling: set[str] = set()
-        self._threads: list[threading.Thread] = []
-        self._closed = False
-
-    def take(self, key: str) -> _Prepared | None:
-        with self._lock:
-            waiting = self._ready.get(key)
-            return waiting.pop(0) if waiting else None
-
-    def refill(self, key: str, size: int, make) -> None:
-        with self._lock:
-            if self._closed or key in self._filling or len(self._ready.get(key, [])) >= size:
-                return
-            self._filling.add(key)
-
-        def fill() -> None:
-            try:
-                while True:
-                    with self._lock:
-                        if self._closed or len(self._ready.get(key, [])) >= size:
-                            return
-                    try:
-                        prepared = make()
-                    except Exception:  # the next cell will create its own and say why
-                        return
-                    with self._lock:
-                        if not self._closed:
-                            self._ready.setdefault(key, []).append(prepared)
-                            continue
-                    prepared.discard()
-                    return
-            finally:
-                with self._lock:
-                    self._filling.discard(key)
-
-        thread = threading.Thread(target=fill, name="symbi-container-pool", daemon=True)
-        with self._lock:
-            self._threads = [t for t in self._threads if t.is_alive()] + [thread]
-        thread.start()
-
-    def later(self, job) -> None:
-        """Run ``job`` (a removal) in the background; close() waits for it."""
-        thread = threading.Thread(target=job, name="symbi-container-cleanup", daemon=True)
-        with self._lock:
-            self._threads = [t for t in self._threads if t.is_alive()] + [thread]
-        thread.start()
-
-    def close(self) -> None:
-        """Remove every waiting container, including those being made right now, and
-        wait for the removals already under way."""
-        with self._lock:
-            self._closed = True
-            threads = list(self._threads)
-        for thread in threads:
-            thread.join(timeout=60)
-        with self._lock:
-            waiting = [p for ready in self._ready.values() for p in ready]
-            self._ready.clear()
-        for prepared in waiting:
-            prepared.discard()
 
 
 def _pool_key(image: str, options: dict[str, Any]) -> str:

@@ -37,6 +37,7 @@ from ..limits import ResourceLimits
 from ..result import ExecutionResult
 from ..tiers import SecurityTier
 from ._evidence import Evidence, killed_by, limits_reached
+from ._pool import ReadyPool
 from ._streams import CappedStream
 from ._supervisor import host_tag, pid_alive, remove_cgroup_dir
 from .base import Availability, ExecutionRequest, Sandbox, WorkerHandle
@@ -244,7 +245,8 @@ class MicroVMSandbox(Sandbox):
         self._counter = 0
         self._lock = threading.Lock()
         self._reaped = False
-        self._pool = _VMPool()
+        # A pooled VM may have died while it waited: such a one is closed, not taken.
+        self._pool: ReadyPool[Any] = ReadyPool("vm", lambda s: s.close(), lambda s: s.alive)
 
     # ------------------------------------------------------------------ guest files
     def _artifacts(self) -> Path:
@@ -593,60 +595,6 @@ def _pool_key(request: ExecutionRequest) -> tuple:
     lim = request.limits
     return (lim.max_memory_mb, lim.max_cpu_cores, lim.max_processes, lim.max_file_size_mb,
             lim.max_open_files, lim.max_cpu_seconds)
-
-
-class _VMPool:
-    """Booted, never-used VMs by key, filled in the background."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._ready: dict[tuple, list[Any]] = {}
-        self._threads: list[threading.Thread] = []
-        self._closed = False
-
-    def take(self, key: tuple) -> Any | None:
-        with self._lock:
-            while self._ready.get(key):
-                session = self._ready[key].pop()
-                if session.alive:
-                    return session
-                session.close()
-        return None
-
-    def refill(self, key: tuple, size: int, boot: Any) -> None:
-        def fill() -> None:
-            try:
-                session = boot()
-            except Exception:  # the next cold run reports what is wrong
-                return
-            with self._lock:
-                if not self._closed and len(self._ready.setdefault(key, [])) < size:
-                    self._ready[key].append(session)
-                    return
-            session.close()
-
-        with self._lock:
-            if self._closed:
-                return
-            self._threads = [t for t in self._threads if t.is_alive()]
-            if len(self._ready.get(key, [])) + len(self._threads) >= size:
-                return
-            thread = threading.Thread(target=fill, name="symbi-vm-pool", daemon=True)
-            self._threads.append(thread)
-            thread.start()
-
-    def close(self) -> None:
-        """Destroy every waiting VM, including those booting right now."""
-        with self._lock:
-            self._closed = True
-            threads = list(self._threads)
-        for thread in threads:
-            thread.join(timeout=120)
-        with self._lock:
-            waiting = [s for ready in self._ready.values() for s in ready]
-            self._ready.clear()
-        for session in waiting:
-            session.close()
 
 
 def _cell(request: ExecutionRequest, interpreter: str, filename: str) -> str:

@@ -235,13 +235,10 @@ class SandboxOrchestrator(LoggingConfigurable):
         started = time.monotonic()
         record: dict[str, Any] = {"code_sha256": digest, "tier": str(tier)}
         try:
-            chosen = SecurityTier.parse(tier if tier is not None else self.default_sandbox_tier)
-            record["tier"] = chosen.value
-            policy.check_tier_allowed(chosen, self.allow_native_execution)
+            chosen = self._admit_tier(tier, record)
             language = language or self.default_language
             policy.language_spec(language)
-            effective = (limits or ResourceLimits()).within(self.ceilings())
-            record["limits"] = effective.to_dict()
+            effective = self._admit_limits(limits, record)
             sandbox = self.sandbox(chosen)
             if volumes:
                 record["volumes"] = list(volumes)
@@ -271,8 +268,7 @@ class SandboxOrchestrator(LoggingConfigurable):
             finally:
                 samples = sampler.stop() if sampler else None
         except SymbiError as exc:
-            self._audit(record, outcome="refused", error=f"{type(exc).__name__}: {exc}",
-                        duration_seconds=time.monotonic() - started)
+            self._audit_refused(record, exc, duration_seconds=time.monotonic() - started)
             raise
         except KeyboardInterrupt as exc:
             interrupted = exc.args[0] if exc.args else None
@@ -305,11 +301,8 @@ class SandboxOrchestrator(LoggingConfigurable):
                                   "tier": str(tier)}
         started = time.monotonic()
         try:
-            chosen = SecurityTier.parse(tier if tier is not None else self.default_sandbox_tier)
-            record["tier"] = chosen.value
-            policy.check_tier_allowed(chosen, self.allow_native_execution)
-            effective = (limits or ResourceLimits()).within(self.ceilings())
-            record["limits"] = effective.to_dict()
+            chosen = self._admit_tier(tier, record)
+            effective = self._admit_limits(limits, record)
             sandbox = self.sandbox(chosen)
             clean_env = policy.check_env(env or {})
 
@@ -326,8 +319,7 @@ class SandboxOrchestrator(LoggingConfigurable):
                 audit=lambda fields: self._audit({}, **fields),
             )
         except SymbiError as exc:
-            self._audit(record, outcome="refused", error=f"{type(exc).__name__}: {exc}",
-                        duration_seconds=time.monotonic() - started)
+            self._audit_refused(record, exc, duration_seconds=time.monotonic() - started)
             raise
         self._audit(record, outcome="started", duration_seconds=time.monotonic() - started)
         return session
@@ -344,8 +336,28 @@ class SandboxOrchestrator(LoggingConfigurable):
                       **fields: Any) -> None:
         """Record a refusal decided before this orchestrator was asked to run anything
         (an agent's own definition, a kernel's policy), so every refusal is audited."""
-        self._audit({"tier": str(tier.value if isinstance(tier, SecurityTier) else tier)},
-                    outcome="refused", error=f"{type(error).__name__}: {error}", **fields)
+        self._audit_refused(
+            {"tier": str(tier.value if isinstance(tier, SecurityTier) else tier)}, error,
+            **fields)
+
+    def _audit_refused(self, record: dict[str, Any], error: SymbiError, **fields: Any) -> None:
+        self._audit(record, outcome="refused", error=f"{type(error).__name__}: {error}",
+                    **fields)
+
+    def _admit_tier(self, tier: SecurityTier | str | None, record: dict[str, Any]
+                    ) -> SecurityTier:
+        """The tier asked for (None: the default), if the policy allows it."""
+        chosen = SecurityTier.parse(tier if tier is not None else self.default_sandbox_tier)
+        record["tier"] = chosen.value
+        policy.check_tier_allowed(chosen, self.allow_native_execution)
+        return chosen
+
+    def _admit_limits(self, limits: ResourceLimits | None, record: dict[str, Any]
+                      ) -> ResourceLimits:
+        """The limits asked for, within the ceilings (PolicyViolation above them)."""
+        effective = (limits or ResourceLimits()).within(self.ceilings())
+        record["limits"] = effective.to_dict()
+        return effective
 
     def _audit(self, record: dict[str, Any], **fields: Any) -> None:
         if not self.audit_log_path:

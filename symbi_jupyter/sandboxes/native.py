@@ -173,6 +173,7 @@ class NativeSandbox(Sandbox):
                 worker.error = exc
             finally:
                 worker.ready.set()
+                worker.done.set()
 
         threading.Thread(target=serve, name="symbi-native-worker", daemon=True).start()
         worker.ready.wait()
@@ -514,7 +515,8 @@ class _NativeWorker(WorkerHandle):
     def __init__(self, stdin_w: int) -> None:
         self._stdin = stdin_w
         self._send_lock = threading.Lock()
-        self.ready = threading.Event()
+        self.ready = threading.Event()  # started, or failed before it could
+        self.done = threading.Event()  # the run is over: result or error is set
         self.monitor_pid: int | None = None
         self.pid: int | None = None
         self.cgroup: dict[str, Any] | None = None
@@ -548,12 +550,8 @@ class _NativeWorker(WorkerHandle):
         self._stdin = -1
 
     def wait(self, timeout: float | None = None) -> ExecutionResult | None:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while self.result is None and self.error is None:
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                return None
-            time.sleep(0.01 if left is None else min(0.01, left))
+        if not self.done.wait(timeout):
+            return None
         if self.error is not None:
             if isinstance(self.error, TierUnavailable):
                 raise self.error

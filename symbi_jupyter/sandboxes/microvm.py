@@ -358,12 +358,16 @@ class MicroVMSandbox(Sandbox):
     def start_worker(self, request: ExecutionRequest) -> WorkerHandle:
         return self._start(request, one_shot=False)
 
-    def _start(self, request: ExecutionRequest, one_shot: bool) -> _VMWorker:
+    def _refuse_network(self, request: ExecutionRequest) -> None:
+        """Checked before a pooled VM is taken as well as before a boot."""
         if request.limits.network:
             raise TierUnavailable(
                 f"{self.tier.display_name} has no network device in this version; "
                 "run without --network"
             )
+
+    def _start(self, request: ExecutionRequest, one_shot: bool) -> _VMWorker:
+        self._refuse_network(request)
         manifest = self.manifest()
         driver, accel, _ = self._choose(manifest)
         return self._boot(driver, accel, manifest, request, timeout=self.boot_timeout_seconds,
@@ -486,11 +490,7 @@ class MicroVMSandbox(Sandbox):
         interpreter, filename = policy.language_spec(request.language)
         if request.executable:
             raise ConfigError("an explicit executable applies to tier None only")
-        if request.limits.network:
-            raise TierUnavailable(
-                f"{self.tier.display_name} has no network device in this version; "
-                "run without --network"
-            )
+        self._refuse_network(request)
         cap = request.limits.max_output_bytes or 10 * MiB
         streams = {"stdout": CappedStream("stdout", cap), "stderr": CappedStream("stderr", cap)}
 

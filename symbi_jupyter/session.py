@@ -300,13 +300,15 @@ class WorkerSession:
         killed_by = {"timeout": "timeout", "cpu": "cpu", "signal": "signal"}.get(why)
         if killed_by is None and ended is not None:
             killed_by = ended.killed_by or ("signal" if ended.term_signal else None)
+        # Only the entry that applies is formatted: the other limits may be unset.
         words = {
-            "timeout": f"the cell passed its {limits.timeout_seconds:g} s wall-clock limit",
-            "cpu": f"the cell passed its {limits.max_cpu_seconds:g} s CPU limit",
-            "signal": "the cell did not stop when interrupted",
-            "memory": "the sandbox ran out of its memory limit",
-            "processes": "the sandbox hit its process limit",
-        }.get(killed_by or "", "the worker process ended")
+            "timeout": lambda: f"the cell passed its {limits.timeout_seconds:g} s "
+                               "wall-clock limit",
+            "cpu": lambda: f"the cell passed its {limits.max_cpu_seconds:g} s CPU limit",
+            "signal": lambda: "the cell did not stop when interrupted",
+            "memory": lambda: "the sandbox ran out of its memory limit",
+            "processes": lambda: "the sandbox hit its process limit",
+        }.get(killed_by or "", lambda: "the worker process ended")()
         self.lost = self.lost or f"{words}; the worker was stopped and its state is gone"
         cpu = None
         if ended is not None and ended.cpu_user_seconds is not None:

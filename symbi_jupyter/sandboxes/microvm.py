@@ -519,8 +519,8 @@ class MicroVMSandbox(Sandbox):
         finally:
             session.close()
         handle = session.handle
-        ended = handle.wait(timeout=30)
-        return self._result(request, streams, outcome, startup, ended, handle)
+        handle.wait(timeout=30)  # the VM is gone: its console log is complete
+        return self._result(request, streams, outcome, startup, handle)
 
     def _boot_session(self, request: ExecutionRequest) -> Any:
         """A VM booted for one run of ``request``'s size and limits, its agent ready."""
@@ -537,7 +537,7 @@ class MicroVMSandbox(Sandbox):
     def close(self) -> None:
         self._pool.close()
 
-    def _result(self, request, streams, outcome, startup, ended, handle) -> ExecutionResult:
+    def _result(self, request, streams, outcome, startup, handle) -> ExecutionResult:
         reply, cell = outcome.reply, outcome.result
         out, err = streams["stdout"], streams["stderr"]
         if outcome.session_lost:
@@ -551,7 +551,7 @@ class MicroVMSandbox(Sandbox):
         evidence = Evidence(
             exit_code=code, term_signal=term, timed_out=cell.timed_out,
             cpu_exceeded=cell.killed_by == "cpu", stopped_for_output=False,
-            oom_kills=1 if "Out of memory" in console or "oom-kill" in console else 0,
+            oom_kills=1 if _guest_oom(console) else 0,
             pids_limit_hits=0, cpu_seconds=cell.cpu_seconds or 0.0,
             stderr=err.text(), output_truncated=out.truncated or err.truncated,
         )
@@ -587,6 +587,11 @@ class MicroVMSandbox(Sandbox):
             startup_seconds=startup,
             sandbox_detail=handle.label if handle else None,
         )
+
+
+def _guest_oom(console: str) -> bool:
+    """Whether the guest kernel's console log reports an OOM kill."""
+    return "Out of memory" in console or "oom-kill" in console
 
 
 def _pool_key(request: ExecutionRequest) -> tuple:
@@ -701,7 +706,7 @@ class _VMWorker(WorkerHandle):
         console = self._console = self.console_tail()
         if console and self.request.on_output:
             self.request.on_output("stderr", console.encode())
-        oom = "Out of memory" in console or "oom-kill" in console
+        oom = _guest_oom(console)
         self.result = ExecutionResult(
             tier=SecurityTier.TIER3, exit_code=self.proc.returncode or 0,
             killed_by="memory" if oom else ("signal" if self._stopped else None),

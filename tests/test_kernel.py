@@ -223,6 +223,9 @@ def test_state_persists_between_cells(kernel) -> None:
     assert reply["status"] == "ok"
     reply, outputs = run(kc, "print(x + 1, math.floor(2.5))")
     assert stdout(outputs) == "42 2\n"
+    info = stdout(run(kc, "%symbi_session info")[1])
+    assert "mode: persistent" in info and "worker: running, 2 cells" in info
+    assert "session totals: CPU" in info
 
 
 def test_every_cell_is_followed_by_its_stats(kernel) -> None:
@@ -321,6 +324,8 @@ def test_bad_kernel_magics_give_one_line_errors(kernel) -> None:
     assert reply["status"] == "error" and "%symbi_tier" in reply["evalue"]
     reply, _ = run(kc, "%symbi_limits --max-memory 999999")
     assert reply["ename"] == "PolicyViolation" and "max_memory_mb" in reply["evalue"]
+    assert "wall 5 s per cell" in stdout(run(kc, "%symbi_limits --timeout 5")[1])
+    assert "wall 300 s per cell" in stdout(run(kc, "%symbi_limits --reset")[1])
 
 
 def test_cell_magic_runs_one_cell_through_the_orchestrator(kernel) -> None:

@@ -64,6 +64,8 @@ def test_hello_in_a_microvm_with_the_guests_figures(vm) -> None:
     assert result.startup_seconds > 0  # the boot, apart from the run
     assert result.sandbox_detail == "QEMU microvm · emulated (TCG)"
     assert "Tier3 (QEMU microvm · emulated (TCG))" in str(result)
+    if os.access("/sys/fs/cgroup/memory", os.W_OK):  # the VMM's own memory is bounded
+        assert result.enforcement["vmm_memory"].startswith("cgroup")
 
 
 def test_the_code_never_goes_on_the_kernel_command_line(vm) -> None:

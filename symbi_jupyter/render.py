@@ -230,7 +230,20 @@ def _tier_label(result: ExecutionResult) -> str:
     tier = _tier(result)
     if tier is None:
         return str(result.tier)
-    return f"{tier.value} ({result.sandbox_detail or tier.short_name})"
+    return _tier_words(tier, result.sandbox_detail)
+
+
+def _tier_words(tier: SecurityTier, detail: str | None = None) -> str:
+    """'Tier3 (QEMU microvm · emulated (TCG))', or with no detail 'Tier1 (docker)'."""
+    return f"{tier.value} ({detail or tier.short_name})"
+
+
+def _tier_pill_html(tier: SecurityTier | None, label: str, detail: str | None = None) -> str:
+    """The coloured tier label at the head of a badge."""
+    colour = TIER_COLOURS.get(tier, "#616161") if tier else "#616161"
+    text = f"{tier.value} · {detail or _TIER_BADGE[tier]}" if tier else label
+    return (f'<span style="background:{colour};color:#fff;border-radius:3px;padding:0 6px;'
+            f'font-weight:600">{html.escape(text)}</span>')
 
 
 def _signal_text(number: int | None) -> str:
@@ -411,7 +424,6 @@ def render_html(result: ExecutionResult, display: ResultDisplay | None = None) -
     tier = _tier(result)
     colour = TIER_COLOURS.get(tier, "#616161") if tier else "#616161"
     tier_value = tier.value if tier else str(result.tier)
-    badge = f"{tier_value} · {result.sandbox_detail or _TIER_BADGE[tier]}" if tier else tier_value
     status_colour = "inherit" if result.success else _STOP_COLOUR
 
     out = [
@@ -420,8 +432,7 @@ def render_html(result: ExecutionResult, display: ResultDisplay | None = None) -
         f"line-height:1.5;border:1px solid rgba(127,127,127,.35);border-left:4px solid {colour};"
         f'border-radius:4px;padding:4px 8px;margin:2px 0;min-width:24em">',
         '<div style="display:flex;align-items:center;gap:8px;flex-wrap:wrap">',
-        f'<span style="background:{colour};color:#fff;border-radius:3px;padding:0 6px;'
-        f'font-weight:600">{esc(badge)}</span>',
+        _tier_pill_html(tier, tier_value, result.sandbox_detail),
         f'<span style="color:{status_colour};font-weight:600">{esc(_status_words(result))}</span>',
         "</div>",
     ]
@@ -598,21 +609,18 @@ class LiveLine:
         return parts
 
     def __str__(self) -> str:
-        label = f"{self.tier.value} ({self.tier.short_name})"
-        return " · ".join([f"[symbi] {label}", *self._parts()])
+        return " · ".join([f"[symbi] {_tier_words(self.tier)}", *self._parts()])
 
     def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
         printer.text(str(self))
 
     def _repr_html_(self) -> str:
         colour = TIER_COLOURS.get(self.tier, "#616161")
-        badge = f"{self.tier.value} · {_TIER_BADGE[self.tier]}"
         return (
             f'<div class="symbi-live" data-tier="{html.escape(self.tier.value)}" '
             "style=\"display:inline-block;font-family:system-ui,-apple-system,'Segoe UI',"
             f"sans-serif;font-size:12px;border-left:4px solid {colour};padding:2px 8px\">"
-            f'<span style="background:{colour};color:#fff;border-radius:3px;padding:0 6px;'
-            f'font-weight:600">{html.escape(badge)}</span> '
+            f"{_tier_pill_html(self.tier, self.tier.value)} "
             f"{html.escape(' · '.join(self._parts()))}</div>"
         )
 

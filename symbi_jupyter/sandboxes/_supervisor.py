@@ -8,12 +8,13 @@ stays small. Why a separate process rather than forking from the notebook:
   so ``wait4`` figures stay honest where no cgroup is available;
 * forking a small process is cheap, however large the kernel has grown.
 
-Protocol: the host sends one SOCK_SEQPACKET message per run, a JSON request with three
-descriptors attached (stdout, stderr, status write ends). For each, the supervisor
-forks a *monitor*, a child subreaper that owns one run: it creates the run's cgroups,
-forks the workload under its limits, enforces the wall clock, kills the whole process
-tree when the run ends, and writes JSON lines to the status pipe:
-``{"event": "started", ...}`` then ``{"event": "exit", ...}``.
+Protocol: the host sends one SOCK_SEQPACKET message per run, a JSON request with four
+descriptors attached (stdout, stderr, status write ends, and a file holding the code).
+Each run is taken by a *monitor*, a child subreaper forked in advance that owns one
+run: it makes the run's directory and cgroups, starts the workload under its limits,
+enforces the wall clock, kills the whole process tree when the run ends, and writes
+JSON lines to the status pipe: ``{"event": "started", ...}`` then ``{"event":
+"exit", ...}`` (or one ``{"event": "error", ...}`` if the run could not start).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import shutil
 import signal
 import socket
 import sys
+import tempfile
 import time
 
 PR_SET_CHILD_SUBREAPER = 36
@@ -38,6 +40,13 @@ CLONE_NEWNET = 0x40000000
 CGROUP_ROOT = "/sys/fs/cgroup"
 V1_CONTROLLERS = ("memory", "pids", "cpu", "cpuacct", "freezer")
 CGROUP_PARENT_NAME = "symbi-jupyter"
+# Stands for the run's directory in a request's environment: the monitor makes the
+# directory. NUL cannot occur in a real environment value.
+RUN_DIR = "\0run_dir\0"
+PRESTARTED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_prestarted.py")
+# A started interpreter takes a request only if these are what it was started with.
+PROFILE_KEYS = ("executable", "argv0", "filename", "workdir", "env", "uid", "gid",
+                "new_netns", "use_cgroup")
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -496,10 +505,7 @@ def _exec_workload(
         os.dup2(out_fd, 1)
         os.dup2(err_fd, 2)
         os.closerange(3, 65536)
-        for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM,
-                    signal.SIGCHLD, signal.SIGUSR1, signal.SIGXCPU):
-            signal.signal(sig, signal.SIG_DFL)
-        signal.pthread_sigmask(signal.SIG_SETMASK, [])
+        _default_signals()
         os.execve(req["executable"], req["argv"], req["env"])
     except BaseException as exc:  # report anything, then die
         try:
@@ -508,12 +514,56 @@ def _exec_workload(
             os._exit(127)
 
 
+def _default_signals() -> None:
+    """Undo what the supervisor set, before an exec."""
+    for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM,
+                signal.SIGCHLD, signal.SIGUSR1, signal.SIGXCPU):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+
+
+def profile_of(req: dict) -> dict:
+    """What a started interpreter must have been made for to take ``req``."""
+    return {key: req.get(key) for key in PROFILE_KEYS}
+
+
+def _run_environment(template: dict[str, str], run_dir: str) -> dict[str, str]:
+    return {key: value.replace(RUN_DIR, run_dir) for key, value in template.items()}
+
+
+def _write_new(path: str, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
+
+
+def _read_all(fd: int) -> bytes:
+    chunks, offset = [], 0
+    while chunk := os.pread(fd, 1 << 20, offset):
+        chunks.append(chunk)
+        offset += len(chunk)
+    return b"".join(chunks)
+
+
 class Monitor:
     """Owns one run. Created as a spare before any request arrives, so the slow parts
-    (a network namespace, the run's cgroups) are ready when one does."""
+    (a network namespace, the run's cgroups, and for the usual Python run the run
+    directory and a started interpreter) are ready when one does."""
 
-    def __init__(self, probe: dict, host_pid: int, inherited: tuple[int, ...] = ()) -> None:
+    def __init__(
+        self,
+        probe: dict,
+        host_pid: int,
+        inherited: tuple[int, ...] = (),
+        profile: dict | None = None,
+    ) -> None:
         self.probe = probe
+        self.host_pid = host_pid
+        self.inherited = inherited
         self.cancel = False
         self.cgroup: RunCgroup | None = None
         self.cgroup_error: str | None = None
@@ -530,20 +580,145 @@ class Monitor:
                 self.cgroup = RunCgroup(probe, f"{host_tag(host_pid)}-{os.getpid()}")
             except OSError as exc:
                 self.cgroup_error = str(exc)
-        # The workload process is forked now, while idle, and waits for its request:
-        # a fork of a Python process costs about a millisecond we need not spend later.
         _prctl(PR_SET_CHILD_SUBREAPER, 1)
         # Not SIG_IGN (inherited from the supervisor): that would reap the workload
         # behind our back and lose its exit status.
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        self.run_dir: str | None = None
+        self.workload_pid: int | None = None
+        self.channel: socket.socket | None = None
+        self.profile: dict | None = None  # what the started interpreter was made for
+        self.startup_fds: tuple[int, int] | None = None
+        if profile is not None:
+            try:
+                self._prestart(profile)
+            except OSError:
+                self._drop_prestarted()  # e.g. the working directory is gone
+        if self.workload_pid is None:
+            # Forked now, while idle, to wait for its request: a fork of a Python
+            # process costs about a millisecond we need not spend later.
+            self._fork_waiting()
+
+    def _fork_waiting(self) -> None:
         self.channel, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.workload_pid = os.fork()
         if self.workload_pid == 0:
-            for fd in inherited:
+            for fd in self.inherited:
                 os.close(fd)
             self.channel.close()
             _await_workload(theirs, self.cgroup, self.home_netns)
         theirs.close()
+
+    def _make_run_dir(self, workdir: str) -> str:
+        # Root's until the request: a run of the same user must not plant files (a
+        # module on sys.path[0], say) where the next run will look for them.
+        path = tempfile.mkdtemp(prefix=f"run-{host_tag(self.host_pid)}-", dir=workdir)
+        os.mkdir(os.path.join(path, "tmp"), 0o700)
+        self.run_dir = path
+        return path
+
+    def _prestart(self, profile: dict) -> None:
+        """Start Python on the bootstrap (:mod:`._prestarted`) in this spare's run
+        directory, confined as the run will be except for its user and limits: it
+        runs as root until the request (so no run of the unprivileged user can signal
+        or trace it) and gets the limits from here when the request comes."""
+        run_dir = self._make_run_dir(profile["workdir"])
+        path = os.path.join(run_dir, profile["filename"])
+        with open(PRESTARTED) as f:
+            bootstrap = f.read()
+        bootstrap += (f"\n_symbi_prestarted({profile['uid']!r}, {profile['gid']!r}, "
+                      f"{profile['executable']!r})\n")
+        _write_new(path, bootstrap.encode())
+        env = _run_environment(profile["env"], run_dir)
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        self.channel, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.setsid()
+                if self.cgroup is not None and profile.get("use_cgroup", True):
+                    self.cgroup.join(os.getpid())
+                os.chdir(run_dir)
+                if self.home_netns is not None and not profile["new_netns"]:
+                    # Made for runs allowed the network: out of the empty namespace.
+                    if _libc.setns(self.home_netns, CLONE_NEWNET) != 0:
+                        os._exit(126)
+                _prctl(PR_SET_NO_NEW_PRIVS, 1)
+                # Pipes, as the run's will be: Python chooses its buffering at start.
+                os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+                os.dup2(out_w, 1)
+                os.dup2(err_w, 2)
+                os.dup2(theirs.fileno(), 3)
+                for fd in range(4):
+                    os.set_inheritable(fd, True)
+                os.closerange(4, 65536)
+                _default_signals()
+                os.execve(profile["executable"], [profile["argv0"], path], env)
+            finally:
+                os._exit(127)
+        for fd in (out_w, err_w):
+            os.close(fd)
+        theirs.close()
+        self.workload_pid, self.profile, self.startup_fds = pid, profile, (out_r, err_r)
+
+    def _prestarted_ready(self, timeout: float = 10.0) -> bool:
+        """Whether the started interpreter is waiting in its bootstrap, silent."""
+        poller = select.poll()
+        poller.register(self.channel, select.POLLIN)
+        if not poller.poll(int(timeout * 1000)):
+            return False
+        try:
+            if self.channel.recv(16) != b"r":
+                return False
+        except OSError:
+            return False
+        # Anything it wrote while starting (a warning from a .pth file, say) belongs
+        # to the run: a fresh interpreter will write it again where the run sees it.
+        for fd in self.startup_fds or ():
+            if select.select([fd], [], [], 0)[0]:
+                return False
+        return True
+
+    def _drop_prestarted(self) -> None:
+        """Kill an interpreter started for a request that cannot use it."""
+        if self.workload_pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.workload_pid, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(self.workload_pid, 0)
+        for fd in self.startup_fds or ():
+            os.close(fd)
+        if self.channel is not None:
+            self.channel.close()
+        self.workload_pid = self.channel = self.profile = self.startup_fds = None
+
+    def _prepare(self, req: dict, code_fd: int) -> bool:
+        """Pick the run's workload and directory and write its code. True when the
+        started interpreter takes the run."""
+        prestarted = (
+            self.profile is not None
+            and req.get("prestart") == "use"
+            and profile_of(req) == self.profile
+            and self._prestarted_ready()
+        )
+        if not prestarted and self.profile is not None:
+            self._drop_prestarted()
+            self._fork_waiting()
+        if self.run_dir is not None and os.path.dirname(self.run_dir) != req["workdir"]:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+            self.run_dir = None
+        run_dir = self.run_dir or self._make_run_dir(req["workdir"])
+        path = os.path.join(run_dir, req["filename"])
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)  # the bootstrap, read and compiled by now
+        _write_new(path, _read_all(code_fd))
+        if req.get("uid") is not None:
+            for node in (run_dir, os.path.join(run_dir, "tmp"), path):
+                os.chown(node, req["uid"], req["gid"])
+        req.update(cwd=run_dir, argv=[req["argv0"], path],
+                   env=_run_environment(req["env"], run_dir))
+        return prestarted
 
     def run(
         self,
@@ -551,9 +726,14 @@ class Monitor:
         out_fd: int,
         err_fd: int,
         status_fd: int,
+        code_fd: int,
         on_started,
         in_fd: int | None = None,
+        on_profile=None,
     ) -> None:
+        """Run ``req``. ``on_started()`` is called once the run has started (time to
+        fork the next spare); ``on_profile(profile)`` when the request says what later
+        spares should start an interpreter for (None: nothing)."""
         wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(wake_w)
         signal.signal(signal.SIGCHLD, lambda s, f: None)
@@ -566,9 +746,20 @@ class Monitor:
             except OSError:
                 pass
 
+        wanted = req.get("prestart")
+        if on_profile is not None and wanted in ("use", "off"):
+            profile = profile_of(req) if wanted == "use" else None
+            if profile != self.profile:
+                on_profile(profile)
+        try:
+            prestarted = self._prepare(req, code_fd)
+        except OSError as exc:
+            emit({"event": "error", "message": f"cannot prepare the run directory: {exc}"})
+            return
+        finally:
+            os.close(code_fd)
         enforcement: dict[str, str] = {}
         if self.home_netns is not None:
-            os.close(self.home_netns)
             if req.get("new_netns"):
                 enforcement["network"] = "empty network namespace"
         elif req.get("new_netns"):
@@ -577,31 +768,61 @@ class Monitor:
         # process may still be inside it until it reads the request.
         cgroup = self.cgroup if req.get("use_cgroup", True) else None
         applied: dict[str, str] = {}
+        limits = (req.get("memory_bytes"), req.get("pids"), req.get("cpu_cores"))
         if cgroup is not None:
             try:
-                applied = cgroup.apply(
-                    req.get("memory_bytes"), req.get("pids"), req.get("cpu_cores")
-                )
+                applied = cgroup.apply(*limits)
             except OSError as exc:
-                cgroup = None
                 self.cgroup_error = str(exc)
+                if prestarted:
+                    # The started interpreter already holds more than a small memory
+                    # limit allows; a fresh one meets the limit from its first page.
+                    self._drop_prestarted()
+                    self._fork_waiting()
+                    prestarted = False
+                    with contextlib.suppress(OSError):
+                        applied = cgroup.apply(*limits)
+                        self.cgroup_error = None
+                if self.cgroup_error:
+                    cgroup = None
         enforcement.update(self._fallbacks(req, cgroup, applied))
         if self.cgroup_error:
             enforcement["cgroup_error"] = self.cgroup_error
 
-        started = time.monotonic()
+        if prestarted:
+            try:
+                for name, value in req["rlimits"].items():
+                    soft, hard = value if isinstance(value, list) else (value, value)
+                    resource.prlimit(self.workload_pid, RLIMITS[name], (soft, hard))
+            except (OSError, ValueError):
+                # A limit the host does not allow: a fresh interpreter fails to start
+                # and says so, as it would without a started one.
+                self._drop_prestarted()
+                self._fork_waiting()
+                prestarted = False
+        if self.home_netns is not None:
+            os.close(self.home_netns)
         pid = self.workload_pid
-        req["join_cgroup"] = cgroup is not None
         passed = [out_fd, err_fd] + ([in_fd] if in_fd is not None else [])
+        if prestarted:
+            if cgroup is not None:
+                cgroup.reset_peak()  # what its start-up touched is counted in memory.usage
+            message = b"g"
+            for fd in self.startup_fds:
+                os.close(fd)
+        else:
+            req["join_cgroup"] = cgroup is not None
+            message = json.dumps(req).encode()
+        started = time.monotonic()
         self.channel.sendmsg(
-            [json.dumps(req).encode()],
-            [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", passed))],
+            [message], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", passed))]
         )
         self.channel.close()
         for fd in passed:
             os.close(fd)
         started_event = {"event": "started", "pid": pid, "monitor_pid": os.getpid(),
-                         "enforcement": enforcement}
+                         "enforcement": enforcement, "cwd": req["cwd"],
+                         "prestarted": prestarted}
         if cgroup is not None:
             # A kernel reads its worker's usage from these between cells.
             started_event["cgroup"] = {"version": cgroup.version, "paths": cgroup.paths}
@@ -737,9 +958,15 @@ class Monitor:
         self.cancel = True
 
     def discard(self) -> None:
-        self.channel.close()  # the waiting workload process sees EOF and exits
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(self.workload_pid, 0)
+        """Release an unused spare: its workload, its run directory, its groups."""
+        if self.profile is not None:
+            self._drop_prestarted()
+        else:
+            self.channel.close()  # the waiting workload process sees EOF and exits
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(self.workload_pid, 0)
+        if self.run_dir is not None:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
         if self.cgroup is not None:
             self.cgroup.remove()
 
@@ -751,7 +978,11 @@ SPARE_MONITORS = 1
 def serve(sock: socket.socket, host_pid: int) -> None:
     """Keep ``SPARE_MONITORS`` monitors forked in advance, each waiting on the socket,
     so a request costs no fork of the supervisor; replace each one that takes a
-    request. Exit when the host closes its end."""
+    request. Exit when the host closes its end.
+
+    Spares tell this process on ``news`` (one message each): ``+`` replace me, ``q``
+    the host is gone, ``p`` + JSON the profile later spares start an interpreter for.
+    """
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # monitors are reaped by the kernel
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in the notebook is not for us
     probe = probe_cgroups()
@@ -762,34 +993,42 @@ def serve(sock: socket.socket, host_pid: int) -> None:
     # Frozen objects are never touched by the collector, so forked monitors share
     # their pages with us instead of copying them.
     gc.freeze()
-    taken_r, taken_w = os.pipe()
+    news, spares_news = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    profile = None
     for _ in range(SPARE_MONITORS):
-        _fork_spare(sock, taken_r, taken_w, probe, host_pid)
+        _fork_spare(sock, news, spares_news, probe, host_pid, profile)
     while True:
         try:
-            news = os.read(taken_r, 64)
+            message = news.recv(1 << 20)
         except InterruptedError:
             continue
-        if not news or b"q" in news:
+        if not message or message == b"q":
             return  # a spare saw EOF: the host is gone or done with us
-        for _ in news:
-            _fork_spare(sock, taken_r, taken_w, probe, host_pid)
+        if message[:1] == b"p":
+            profile = json.loads(message[1:])
+        else:
+            _fork_spare(sock, news, spares_news, probe, host_pid, profile)
 
 
 def _fork_spare(
-    sock: socket.socket, taken_r: int, taken_w: int, probe: dict, host_pid: int
+    sock: socket.socket,
+    news: socket.socket,
+    spares_news: socket.socket,
+    probe: dict,
+    host_pid: int,
+    profile: dict | None,
 ) -> None:
     if os.fork() != 0:
         return
     try:
         gc.disable()
-        os.close(taken_r)
+        news.close()
         # A kernel's shutdown may SIGTERM its process tree: a spare then removes what
         # it prepared instead of dying with it. Held back while it prepares, so it is
         # never caught with half of it made.
         signal.signal(signal.SIGTERM, _exit_on_signal)
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
-        spare = Monitor(probe, host_pid, inherited=(sock.fileno(), taken_w))
+        spare = Monitor(probe, host_pid, (sock.fileno(), spares_news.fileno()), profile)
         try:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
             request = _receive(sock)
@@ -797,21 +1036,23 @@ def _fork_spare(
             request = None
         if request is None:
             spare.discard()
-            os.write(taken_w, b"q")
+            spares_news.send(b"q")
             return
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         sock.close()
-        req, (out_fd, err_fd, status_fd, *in_fd) = request
+        spare.inherited = (spares_news.fileno(),)
+        req, (out_fd, err_fd, status_fd, code_fd, *in_fd) = request
         refilled = []
 
         def refill() -> None:
             if not refilled:
                 refilled.append(True)
-                os.write(taken_w, b"+")
+                spares_news.send(b"+")
 
         try:
-            spare.run(req, out_fd, err_fd, status_fd, on_started=refill,
-                      in_fd=in_fd[0] if in_fd else None)
+            spare.run(req, out_fd, err_fd, status_fd, code_fd, on_started=refill,
+                      in_fd=in_fd[0] if in_fd else None,
+                      on_profile=lambda p: spares_news.send(b"p" + json.dumps(p).encode()))
         finally:
             refill()  # even if this run failed early, the next request needs a spare
     finally:
@@ -822,7 +1063,7 @@ def _exit_on_signal(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
-def _receive(sock: socket.socket, nfds: int = 3) -> tuple[dict, list[int]] | None:
+def _receive(sock: socket.socket, nfds: int = 4) -> tuple[dict, list[int]] | None:
     """One request with its ``nfds`` descriptors, and optionally one more (a worker's
     stdin); None at EOF."""
     size = array.array("i").itemsize

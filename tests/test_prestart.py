@@ -1,0 +1,206 @@
+"""Tier None's pre-started interpreter (``NativeSandbox.prestart_interpreter``): a run
+it serves must see and report what a fresh ``python3 cell.py`` would, and a run must
+not be able to reach the interpreter waiting for the next one."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from symbi_jupyter import ResourceLimits, SecurityTier
+
+from .conftest import wait_until
+
+NONE = SecurityTier.NONE
+
+# Everything a cell can ask about the process it runs in.
+PROBE = r"""
+import json, os, resource, signal, sys
+status = dict(line.split(':', 1) for line in open('/proc/self/status'))
+print(json.dumps({
+    'argv': sys.argv, 'orig_argv': sys.orig_argv, 'path': sys.path, 'file': __file__,
+    'globals': sorted(globals()), 'modules': sorted(sys.modules), 'flags': list(sys.flags),
+    'ids': [os.getuid(), os.geteuid(), os.getgid(), os.getegid(), os.getgroups()],
+    'cwd': os.getcwd(), 'env': dict(os.environ), 'umask': os.umask(0o22),
+    'stdout': [sys.stdout.line_buffering, sys.stdout.isatty(), sys.stdout.encoding],
+    'stdin': sys.stdin.read(), 'fds': sorted(os.listdir('/proc/self/fd')),
+    'rlimits': {n: resource.getrlimit(getattr(resource, n))
+                for n in dir(resource) if n.startswith('RLIMIT_')},
+    'signals': {s.name: str(signal.getsignal(s)) for s in signal.Signals
+                if s not in (signal.SIGKILL, signal.SIGSTOP)},
+    'no_new_privs': status['NoNewPrivs'].strip(), 'caps': status['CapEff'].strip(),
+    'session_leader': os.getsid(0) == os.getpid(), 'net': os.listdir('/sys/class/net'),
+    'main': [__name__, __doc__, repr(__spec__), type(__loader__).__name__, __package__],
+}))
+"""
+
+# Endings a cell can come to, each to be reported exactly as a fresh interpreter would.
+ENDINGS = {
+    "exception": "raise ValueError('x')",
+    "chained": "def f():\n    raise KeyError(1)\ntry:\n    f()\n"
+               "except KeyError as e:\n    raise RuntimeError('y') from e",
+    "exit-message": "import sys\nsys.exit('bye')",
+    "exit-code": "import sys\nprint('before')\nsys.exit(3)",
+    "keyboard-interrupt": "raise KeyboardInterrupt",
+    "own-excepthook": "import sys, traceback\n"
+                      "sys.excepthook = lambda t, v, tb: print('hooked', t.__name__,\n"
+                      "    [f.name for f in traceback.extract_tb(tb)])\n"
+                      "def g():\n    1/0\ng()",
+    "threads-then-atexit": "import atexit, threading, time\natexit.register(print, 'atexit')\n"
+                           "threading.Thread(target=lambda: (time.sleep(0.2), "
+                           "print('thread'))).start()\nprint('main')",
+    "syntax-error": "x = (",
+    "nul-byte": b"print(1)\x00",
+    "not-utf8": b"print('\xff')",
+    "latin-1-cookie": "# -*- coding: latin-1 -*-\nprint('\xe9')".encode("latin-1"),
+    "docstring": "'''The doc.'''\nprint(__doc__)",
+    "warning": "import warnings\nwarnings.warn('careful')",
+    "killed": "import os\nprint('x', flush=True)\nos.kill(os.getpid(), 9)",
+}
+
+
+@pytest.fixture
+def native(orch):
+    return orch.sandbox(NONE)
+
+
+def warm(orch, code, **kwargs):
+    """Run ``code`` on the pre-started interpreter (a first run teaches the spare)."""
+    orch.sandbox(NONE).prestart_interpreter = True
+    orch.execute_code(NONE, "pass")
+    result = orch.execute_code(NONE, code, **kwargs)
+    assert result.startup_seconds == 0.0, "not served by the pre-started interpreter"
+    return result
+
+
+def cold(orch, code, **kwargs):
+    orch.sandbox(NONE).prestart_interpreter = False
+    result = orch.execute_code(NONE, code, **kwargs)
+    assert result.startup_seconds is None
+    return result
+
+
+def same_run(text: str) -> str:
+    """Run directories and cgroups differ by name from run to run."""
+    return re.sub(r"run-[0-9]+-[0-9]+-\w+", "RUN", re.sub(r"/[0-9]+-[0-9]+-[0-9]+", "/CG", text))
+
+
+def test_the_process_is_what_a_fresh_interpreter_gives(orch):
+    seen = [json.loads(same_run(run(orch, PROBE).stdout)) for run in (warm, cold)]
+    assert seen[0] == seen[1]
+    assert seen[0]["argv"] == [seen[0]["file"]] and seen[0]["stdin"] == ""
+
+
+@pytest.mark.parametrize("ending", ENDINGS)
+def test_every_ending_is_reported_as_a_fresh_interpreter_reports_it(orch, ending):
+    code = ENDINGS[ending]
+    fast, fresh = warm(orch, code), cold(orch, code)
+
+    def outcome(result):
+        return (result.stdout, same_run(result.stderr), result.exit_code, result.term_signal,
+                result.killed_by)
+
+    assert outcome(fast) == outcome(fresh)
+    if ending == "keyboard-interrupt":
+        assert fast.term_signal == 2  # Python's own death by SIGINT, after its shutdown
+    if ending == "own-excepthook":
+        assert fast.stdout == "hooked ZeroDivisionError ['<module>', 'g']\n"
+    if ending == "threads-then-atexit":
+        assert fast.stdout == "main\nthread\natexit\n"
+
+
+def test_a_small_memory_limit_meets_a_fresh_interpreter(orch, cgroups):
+    """A limit below what the started interpreter already holds cannot be set on its
+    group: the run gets a fresh interpreter, which meets the limit as usual."""
+    orch.execute_code(NONE, "pass")
+    result = orch.execute_code(NONE, "print(1)", limits=ResourceLimits(max_memory_mb=2))
+    assert result.killed_by == "memory" and result.startup_seconds is None
+    assert result.enforcement["memory"].startswith("cgroup")
+    # and the next usual run is served by a started interpreter again
+    assert orch.execute_code(NONE, "print(2)").startup_seconds == 0.0
+
+
+def test_runs_unlike_the_usual_one_start_fresh(orch):
+    orch.execute_code(NONE, "pass")
+    env = orch.execute_code(NONE, "import os; print(os.environ['X'])", env={"X": "1"})
+    shell = orch.execute_code(NONE, "echo $0", language="bash")
+    limited = orch.execute_code(NONE, "pass", limits=ResourceLimits(max_processes=20))
+    assert (env.stdout, env.startup_seconds) == ("1\n", None)
+    assert shell.success and shell.startup_seconds is None
+    assert limited.startup_seconds == 0.0  # limits are set when the run comes
+    # they did not change what the spares start for
+    assert orch.execute_code(NONE, "print(2)").startup_seconds == 0.0
+
+
+def spare_interpreters(workdir: str) -> list[tuple[int, str]]:
+    """Processes running a script in ``workdir`` that is the bootstrap."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            script = args[1].decode() if len(args) > 1 else ""
+            if script.startswith(workdir) and Path(script).read_text().startswith(
+                "# The bootstrap of a pre-started"
+            ):
+                found.append((int(pid), script))
+        except (OSError, UnicodeDecodeError):
+            continue
+    return found
+
+
+def test_a_run_cannot_reach_the_interpreter_waiting_for_the_next(orch, workdir):
+    if os.geteuid() != 0:
+        pytest.skip("runs and the spare run as one user unless the host is root")
+    orch.execute_code(NONE, "pass")
+    # The spare for the next run starts while this one runs; the cell finds it.
+    attempt = f"""
+import os, time
+def spare():
+    for pid in filter(str.isdigit, os.listdir('/proc')):
+        try:
+            args = open(f'/proc/{{pid}}/cmdline', 'rb').read().split(b'\\0')
+        except OSError:
+            continue
+        if int(pid) != os.getpid() and args[1:2] and args[1].startswith({str(workdir)!r}.encode()):
+            return int(pid), args[1].decode()
+deadline = time.monotonic() + 30
+while not spare() and time.monotonic() < deadline:
+    time.sleep(0.01)
+pid, script = spare()
+for what, act in [
+    ('signal', lambda: os.kill(pid, 0)),
+    ('plant', lambda: open(os.path.join(os.path.dirname(script), 'json.py'), 'w')),
+    ('read', lambda: open(script).read()),
+    ('trace', lambda: open(f'/proc/{{pid}}/mem', 'rb')),
+]:
+    try:
+        act()
+        print(what, 'done')
+    except PermissionError:
+        print(what, 'denied')
+"""
+    result = orch.execute_code(NONE, attempt)
+    assert result.stdout.split("\n")[:-1] == [
+        "signal denied", "plant denied", "read denied", "trace denied"
+    ], result.stderr
+    assert result.startup_seconds == 0.0
+
+
+def test_the_spare_and_its_directory_go_with_the_orchestrator(orch, workdir):
+    orch.execute_code(NONE, "pass")
+    assert wait_until(lambda: spare_interpreters(str(workdir)))
+    assert [p.name for p in workdir.iterdir() if p.name.startswith("run-")]
+    orch.close()
+    assert wait_until(lambda: not spare_interpreters(str(workdir)), 10)
+    assert not [p.name for p in workdir.iterdir() if p.name.startswith("run-")]
+
+
+def test_switched_off_no_interpreter_waits(orch, native, workdir):
+    native.prestart_interpreter = False
+    for _ in range(3):
+        assert orch.execute_code(NONE, "pass").startup_seconds is None
+    assert not spare_interpreters(str(workdir))

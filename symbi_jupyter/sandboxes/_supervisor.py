@@ -1,20 +1,22 @@
 """The native tier's process supervisor: a small, long-lived helper process.
 
-Runs as its own script (``python -I -S _supervisor.py FD``), stdlib only, so that it
-stays small. Why a separate process rather than forking from the notebook:
+Runs as its own script (``python -I -S _supervisor.py FD HOST_PID SPARES``), stdlib
+only, so that it stays small. Why a separate process rather than forking from the notebook:
 
 * a child forked (or vforked) from a large kernel inherits the kernel's memory
   high-water mark in ``ru_maxrss``; children forked from this small process do not,
   so ``wait4`` figures stay honest where no cgroup is available;
 * forking a small process is cheap, however large the kernel has grown.
 
-Protocol: the host sends one SOCK_SEQPACKET message per run, a JSON request with four
-descriptors attached (stdout, stderr, status write ends, and a file holding the code).
-Each run is taken by a *monitor*, a child subreaper forked in advance that owns one
-run: it makes the run's directory and cgroups, starts the workload under its limits,
-enforces the wall clock, kills the whole process tree when the run ends, and writes
-JSON lines to the status pipe: ``{"event": "started", ...}`` then ``{"event":
-"exit", ...}`` (or one ``{"event": "error", ...}`` if the run could not start).
+Protocol: after the supervisor's ``ready`` the host sends ``{"profile": ...}``, what
+the first spares start an interpreter for (see :class:`Monitor`); then one
+SOCK_SEQPACKET message per run, a JSON request with four descriptors attached (stdout,
+stderr, status write ends, and a file holding the code). Each run is taken by a
+*monitor*, a child subreaper forked in advance that owns one run: it makes the run's
+directory and cgroups, starts the workload under its limits, enforces the wall clock,
+kills the whole process tree when the run ends, and writes JSON lines to the status
+pipe: ``{"event": "started", ...}`` then ``{"event": "exit", ...}`` (or one
+``{"event": "error", ...}`` if the run could not start).
 """
 
 from __future__ import annotations
@@ -972,13 +974,10 @@ class Monitor:
 
 
 # --------------------------------------------------------------------------- server
-SPARE_MONITORS = 1
-
-
-def serve(sock: socket.socket, host_pid: int) -> None:
-    """Keep ``SPARE_MONITORS`` monitors forked in advance, each waiting on the socket,
-    so a request costs no fork of the supervisor; replace each one that takes a
-    request. Exit when the host closes its end.
+def serve(sock: socket.socket, host_pid: int, spares: int = 1) -> None:
+    """Keep ``spares`` monitors forked in advance, each waiting on the socket, so a
+    request costs no fork of the supervisor; replace each one that takes a request.
+    Exit when the host closes its end.
 
     Spares tell this process on ``news`` (one message each): ``+`` replace me, ``q``
     the host is gone, ``p`` + JSON the profile later spares start an interpreter for.
@@ -990,12 +989,13 @@ def serve(sock: socket.socket, host_pid: int) -> None:
     sock.send(json.dumps(
         {"event": "ready", "pid": os.getpid(), "cgroup": probe, "reaped": reaped}
     ).encode())
+    # The host answers with what the first spares should start an interpreter for.
+    profile = json.loads(sock.recv(1 << 20) or b"{}").get("profile")
     # Frozen objects are never touched by the collector, so forked monitors share
     # their pages with us instead of copying them.
     gc.freeze()
     news, spares_news = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    profile = None
-    for _ in range(SPARE_MONITORS):
+    for _ in range(spares):
         _fork_spare(sock, news, spares_news, probe, host_pid, profile)
     while True:
         try:
@@ -1087,7 +1087,7 @@ def _receive(sock: socket.socket, nfds: int = 4) -> tuple[dict, list[int]] | Non
 def main() -> None:
     # Orphans of a monitor killed from outside come here rather than to init.
     _prctl(PR_SET_CHILD_SUBREAPER, 1)
-    serve(socket.socket(fileno=int(sys.argv[1])), int(sys.argv[2]))
+    serve(socket.socket(fileno=int(sys.argv[1])), int(sys.argv[2]), int(sys.argv[3]))
 
 
 if __name__ == "__main__":

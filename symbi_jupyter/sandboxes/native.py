@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from traitlets import Bool, Enum, Float, Unicode
+from traitlets import Bool, Enum, Float, Int, Unicode
 
 from .. import policy
 from ..errors import TierUnavailable
@@ -35,7 +35,7 @@ from ..result import ExecutionResult
 from ..tiers import SecurityTier
 from ._evidence import Evidence, killed_by, limits_reached
 from ._streams import CappedStream
-from ._supervisor import RUN_DIR, host_tag, pid_alive
+from ._supervisor import RUN_DIR, host_tag, pid_alive, profile_of
 from ._usage import cgroup_file, run_usage
 from .base import Availability, ExecutionRequest, Sandbox, WorkerHandle
 
@@ -76,6 +76,16 @@ class NativeSandbox(Sandbox):
         run_as_user; it serves only runs with the usual interpreter and environment
         (others start a fresh one, as with this off).""",
     )
+    spare_runs = Int(
+        2,
+        min=1,
+        config=True,
+        help="""Runs prepared in advance (a monitor with the run's cgroups and network
+        namespace, and with prestart_interpreter a started Python), each costing an
+        idle process or two (about 10 MB with the interpreter). Two keep up with
+        runs requested back to back, where one would still be starting; read when
+        the supervisor starts.""",
+    )
     stop_on_output_limit = Bool(
         False,
         config=True,
@@ -97,7 +107,7 @@ class NativeSandbox(Sandbox):
             py_compile.compile(str(policy.LINE_BUFFERING_DIR / "sitecustomize.py"), doraise=True)
 
     # ------------------------------------------------------------------ supervisor
-    def _supervisor(self) -> socket.socket:
+    def _supervisor(self, profile: dict | None = None) -> socket.socket:
         with self._lock:
             if self._proc is not None and self._proc.poll() is None and self._sock:
                 return self._sock
@@ -111,7 +121,7 @@ class NativeSandbox(Sandbox):
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             self._proc = subprocess.Popen(
                 [sys.executable, "-I", "-S", "-B", str(SUPERVISOR), str(theirs.fileno()),
-                 str(os.getpid())],
+                 str(os.getpid()), str(self.spare_runs)],
                 pass_fds=[theirs.fileno()],
                 stdin=subprocess.DEVNULL,
                 close_fds=True,
@@ -124,6 +134,8 @@ class NativeSandbox(Sandbox):
             hello = json.loads(ours.recv(1 << 16) or b"{}")
             if hello.get("event") != "ready":
                 raise TierUnavailable("the native supervisor process failed to start")
+            # What the first spares start an interpreter for (later runs teach it).
+            ours.send(json.dumps({"profile": profile}).encode())
             self._cgroup_probe = hello["cgroup"]
             if hello.get("reaped"):
                 self.log.warning("reaped run cgroups left by dead kernels: %s", hello["reaped"])
@@ -143,8 +155,8 @@ class NativeSandbox(Sandbox):
                     self._proc.wait()
                 self._proc = None
 
-    def cgroup_version(self) -> int | None:
-        self._supervisor()
+    def cgroup_version(self, profile: dict | None = None) -> int | None:
+        self._supervisor(profile)
         return self._cgroup_probe.get("version")
 
     def availability(self) -> Availability:
@@ -204,10 +216,6 @@ class NativeSandbox(Sandbox):
         # argv[0] keeps the path as found (a virtualenv's bin/python3) so the interpreter
         # finds its environment; what is executed is the checked real path.
         shown_exe = policy.find_executable(request.executable or default_exe, search_path)
-        if self.use_cgroups == "require" and self.cgroup_version() is None:
-            raise TierUnavailable(self.availability().reason)
-        sock = self._supervisor()
-        self._reap_run_dirs(workdir)
         uid, gid = self._run_as(workdir)
         if uid is not None:
             _check_reachable(real_exe, uid, gid, self.run_as_user)
@@ -232,6 +240,12 @@ class NativeSandbox(Sandbox):
             interrupt_grace=0 if stdin_fd is not None else self.interrupt_grace_seconds,
             remove_cwd=not request.keep_workdir,
         )
+        # A supervisor started for this run prepares its first spares for runs like it.
+        profile = profile_of(spec) if prestart == "use" else None
+        if self.use_cgroups == "require" and self.cgroup_version(profile) is None:
+            raise TierUnavailable(self.availability().reason)
+        sock = self._supervisor(profile)
+        self._reap_run_dirs(workdir)
         result = self._execute(sock, spec, request, enforcement, stdin_fd)
         result.language = language
         result.executable = real_exe

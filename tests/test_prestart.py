@@ -54,6 +54,7 @@ ENDINGS = {
                            "threading.Thread(target=lambda: (time.sleep(0.2), "
                            "print('thread'))).start()\nprint('main')",
     "syntax-error": "x = (",
+    "compile-warnings": "x = 1\nprint(x is 1, '\\d')",
     "nul-byte": b"print(1)\x00",
     "not-utf8": b"print('\xff')",
     "latin-1-cookie": "# -*- coding: latin-1 -*-\nprint('\xe9')".encode("latin-1"),

@@ -12,7 +12,7 @@
 # run's __main__, whose namespace the cell's code must find as Python leaves it.
 
 
-def _symbi_prestarted(uid, gid, executable):
+def _symbi_prestarted(uid, gid, executable, argv):
     import _socket
     import os
     import sys
@@ -46,7 +46,7 @@ def _symbi_prestarted(uid, gid, executable):
         os.setuid(uid)
     if code is None:
         # Code Python rejects: let the interpreter itself say so, in its own words.
-        os.execv(executable, sys.orig_argv)
+        os.execv(executable, argv)
     del globals_["_symbi_prestarted"]
     try:
         exec(code, globals_)

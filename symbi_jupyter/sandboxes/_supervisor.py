@@ -628,8 +628,9 @@ class Monitor:
         path = os.path.join(run_dir, profile["filename"])
         with open(PRESTARTED) as f:
             bootstrap = f.read()
+        argv = [profile["argv0"], path]
         bootstrap += (f"\n_symbi_prestarted({profile['uid']!r}, {profile['gid']!r}, "
-                      f"{profile['executable']!r})\n")
+                      f"{profile['executable']!r}, {argv!r})\n")
         _write_new(path, bootstrap.encode())
         env = _run_environment(profile["env"], run_dir)
         out_r, out_w = os.pipe()
@@ -656,7 +657,7 @@ class Monitor:
                     os.set_inheritable(fd, True)
                 os.closerange(4, 65536)
                 _default_signals()
-                os.execve(profile["executable"], [profile["argv0"], path], env)
+                os.execve(profile["executable"], argv, env)
             finally:
                 os._exit(127)
         for fd in (out_w, err_w):

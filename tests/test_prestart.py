@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -205,3 +206,21 @@ def test_switched_off_no_interpreter_waits(orch, native, workdir):
     for _ in range(3):
         assert orch.execute_code(NONE, "pass").startup_seconds is None
     assert not spare_interpreters(str(workdir))
+
+
+def test_a_new_working_directory_is_followed_and_the_old_one_left_clean(orch):
+    old = Path(orch.working_directory)
+    orch.execute_code(NONE, "pass")
+    assert wait_until(lambda: list(old.glob("run-*")))  # the spares' directories
+    new = Path("/tmp") / f"{old.name}-moved"
+    new.mkdir(mode=0o711)
+    try:
+        orch.working_directory = str(new)
+        results = [orch.execute_code(NONE, "import os; print(os.getcwd())")
+                   for _ in range(orch.sandbox(NONE).spare_runs + 1)]
+        assert all(r.stdout.startswith(str(new)) for r in results)
+        assert results[-1].startup_seconds == 0.0  # spares now start in the new one
+        assert wait_until(lambda: not list(old.glob("run-*")), 10)
+    finally:
+        orch.close()
+        shutil.rmtree(new, ignore_errors=True)

@@ -75,7 +75,7 @@ class AgentMagics(Magics):
         triggers, and what the orchestrator's policy will and will not permit it.
         Run a trigger with ``%symbi_trigger AGENT TRIGGER``.
         """
-        args = _parse(self.symbi_agent, line)
+        args = parse_magic_line(self.symbi_agent, line)
         directory = self.notebook_directory or os.getcwd()
         agents = load(cell, orchestrator=self.orchestrator, directory=directory)
         for agent in agents:
@@ -100,18 +100,9 @@ class AgentMagics(Magics):
         """Run a trigger of an agent defined with %%symbi_agent: each action at the
         agent's tier through the orchestrator, its output streamed, then its
         statistics; emitted values follow as they are recorded."""
-        args = _parse(self.symbi_trigger, line)
-        agent = self.agents.get(args.agent)
-        if agent is None:
-            defined = ", ".join(self.agents) or "none yet"
-            raise ConfigError(f"no agent named {args.agent!r}; defined with %%symbi_agent: "
-                              f"{defined}")
-        payload = None
-        if args.payload is not None:
-            try:
-                payload = json.loads(args.payload)
-            except json.JSONDecodeError as exc:
-                raise ConfigError(f"--payload is not JSON: {exc}") from None
+        args = parse_magic_line(self.symbi_trigger, line)
+        agent = find_agent(self.agents, args.agent)
+        payload = parse_payload(args.payload)
         writers = LiveOutput() if self.stream_output else None
 
         def shown(item: ActionResult) -> None:
@@ -141,7 +132,25 @@ class AgentMagics(Magics):
             self.shell.user_ns[args.out] = results
 
 
-def _parse(magic: Any, line: str) -> Any:
+def find_agent(agents: dict[str, Agent], name: str) -> Agent:
+    agent = agents.get(name)
+    if agent is None:
+        defined = ", ".join(agents) or "none yet"
+        raise ConfigError(f"no agent named {name!r}; defined with %%symbi_agent: {defined}")
+    return agent
+
+
+def parse_payload(text: str | None) -> Any:
+    """A ``--payload`` argument: JSON, or None when not given."""
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"--payload is not JSON: {exc}") from None
+
+
+def parse_magic_line(magic: Any, line: str) -> Any:
     """Flags with shell quoting, so --payload '{"a": "x y"}' is one argument."""
     try:
         argv = shlex.split(line)

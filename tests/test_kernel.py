@@ -337,6 +337,40 @@ def test_cell_magic_runs_one_cell_through_the_orchestrator(kernel) -> None:
     assert stats(outputs)[0]["tier"] == "None"
 
 
+AGENT = """%%symbi_agent
+agent Echo {
+  metadata { name: "Echo" version: "1.0" }
+  security { tier: None sandbox: Strict capabilities: [] }
+  on trigger "say" {
+    run_code("python3", "import json, os; print(json.loads(os.environ['SYMBI_PAYLOAD'])['x'])")
+    emit("said", "done")
+  }
+}"""
+
+
+def test_agents_are_defined_and_triggered_in_the_kernel(kernel) -> None:
+    _, kc = kernel
+    reply, outputs = run(kc, AGENT)
+    assert reply["status"] == "ok"
+    (card,) = [m for m in outputs if m["msg_type"] == "display_data"]
+    assert "Echo" in card["content"]["data"]["text/plain"]
+    hostile = "a b; $(touch /tmp/x) `id`\nnext"
+    reply, outputs = run(kc, f"%symbi_trigger Echo say --payload '{json.dumps({'x': hostile})}'")
+    assert reply["status"] == "ok"
+    assert stdout(outputs) == "a b; $(touch /tmp/x) `id`\nnext\n"
+    assert stats(outputs)[0]["tier"] == "None"
+    assert any("said" in m["content"]["data"]["text/plain"] for m in outputs
+               if m["msg_type"] == "display_data")
+    reply, _ = run(kc, "%symbi_trigger Nobody say")
+    assert reply["ename"] == "ConfigError" and "Echo" in reply["evalue"]
+    reply, _ = run(kc, "%symbi_trigger Echo say -o results")
+    assert reply["status"] == "error" and "sandbox" in reply["evalue"]
+    reply, _ = run(kc, "%%symbi_agent\nagent Broken {")
+    assert reply["status"] == "error" and "line" in reply["evalue"]
+    reply, _ = run(kc, "%%symbi_nonsense\nx")
+    assert reply["status"] == "error" and "%%symbi_agent" in reply["evalue"]
+
+
 def test_completion_and_inspection_come_from_the_sandboxed_namespace(kernel) -> None:
     _, kc = kernel
     run(kc, "def sandboxed_function(alpha, beta):\n    'Adds things.'\n    return alpha")

@@ -57,7 +57,7 @@ class SymbiKernel(KernelMagics, Kernel):
     banner = (
         "Python (symbi sandbox): every cell runs in a sandbox at a Symbiont security "
         "tier.\nKernel magics: %symbi_tier, %symbi_limits, %symbi_session, %symbi_stats, "
-        "%symbi_tiers, %%symbi."
+        "%symbi_tiers, %symbi_trigger, %%symbi, %%symbi_agent."
     )
     help_links = [{"text": "symbi-jupyter", "url": "https://github.com/symbi-jupyter"}]
 
@@ -98,6 +98,8 @@ class SymbiKernel(KernelMagics, Kernel):
         self.worker: WorkerSession | None = None
         self.history: list[tuple[int, int, str]] = []
         self._cpu_sample: tuple[float, float] | None = None
+        #: agents defined with %%symbi_agent, by name
+        self.agents: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ helpers
     @property

@@ -1,5 +1,6 @@
 """The symbi kernel's own magics: ``%symbi_tier``, ``%symbi_limits``,
-``%symbi_session``, ``%symbi_stats``, ``%symbi_tiers`` and the ``%%symbi`` cell magic.
+``%symbi_session``, ``%symbi_stats``, ``%symbi_tiers``, ``%symbi_trigger`` and the
+cell magics ``%%symbi`` and ``%%symbi_agent``.
 
 They run in the kernel process (they change what the following cells get), never in
 the sandbox; :class:`KernelMagics` is mixed into :class:`~.kernel.SymbiKernel`.
@@ -8,12 +9,14 @@ the sandbox; :class:`KernelMagics` is mixed into :class:`~.kernel.SymbiKernel`.
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 from typing import Any
 
 from ..errors import SymbiError
 from ..limits import ResourceLimits
 from ..render import TierLadder, format_bytes, format_duration
+from ..result import ExecutionResult
 from ..tiers import SecurityTier
 
 #: Limits that hold for a whole worker: changing one needs a new worker.
@@ -21,11 +24,16 @@ SESSION_LIMITS = ("max_memory_mb", "max_cpu_cores", "max_processes", "max_file_s
                   "network")
 
 KERNEL_MAGICS = ("%symbi_tier", "%symbi_limits", "%symbi_session", "%symbi_stats",
-                 "%symbi_tiers")
+                 "%symbi_tiers", "%symbi_trigger")
+CELL_MAGICS = ("%%symbi", "%%symbi_agent")
 
 
 class KernelUsageError(SymbiError):
     """A kernel magic was given bad arguments."""
+
+
+class Interrupted(SymbiError):
+    """A kernel magic's sandboxed run was interrupted (and killed)."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -75,11 +83,12 @@ class KernelMagics:
             "%symbi_stats": self._magic_stats,
             "%symbi_tiers": lambda argv: self._display(
                 TierLadder(self.orchestrator.availability())),
+            "%symbi_trigger": self._magic_trigger,
         }.get(name)
         if handler is None:
             raise KernelUsageError(
                 f"unknown kernel magic {name}; the kernel has {', '.join(KERNEL_MAGICS)} "
-                "and the cell magic %%symbi"
+                f"and the cell magics {', '.join(CELL_MAGICS)}"
             )
         handler(argv)
 
@@ -164,11 +173,23 @@ class KernelMagics:
         self.show_stats = argv == ["on"]
 
     def _cell_magic(self, code: str) -> dict[str, Any]:
+        """A cell that starts with one of :data:`CELL_MAGICS`."""
+        first, _, body = code.partition("\n")
+        name, _, flags = first.partition(" ")
+        if name == "%%symbi_agent":
+            return self._agent_cell(flags, body)
+        if name != "%%symbi":
+            raise KernelUsageError(
+                f"unknown cell magic {name}; the kernel has {', '.join(CELL_MAGICS)} "
+                "(other cells run as Python in the sandbox)"
+            )
+        return self._symbi_cell(flags, body)
+
+    def _symbi_cell(self, flags: str, body: str) -> dict[str, Any]:
         """``%%symbi [flags]``: one cell through the orchestrator, as in IPython."""
         from ..magics import SymbiMagics, parse_symbi_flags
 
-        first, _, body = code.partition("\n")
-        args, tier, limits, env = parse_symbi_flags(SymbiMagics.symbi, first[len("%%symbi"):])
+        args, tier, limits, env = parse_symbi_flags(SymbiMagics.symbi, flags)
 
         def out(stream: str, chunk: bytes) -> None:
             self._stream(stream, chunk.decode("utf-8", "replace"))
@@ -185,6 +206,57 @@ class KernelMagics:
             return self._ok()
         return {"status": "error", "execution_count": self.execution_count,
                 "ename": "SandboxedCodeFailed", "evalue": str(result), "traceback": []}
+
+
+    # ------------------------------------------------------------------ agents
+    def _agent_cell(self, flags: str, body: str) -> dict[str, Any]:
+        """``%%symbi_agent``: define agents, as in IPython; their actions run through
+        this kernel's orchestrator, under its operator's policy."""
+        from ..agent_magics import AgentMagics, parse_magic_line
+        from ..agents import load
+
+        args = parse_magic_line(AgentMagics.symbi_agent, flags)
+        _no_out(args, "%%symbi_agent")
+        agents = load(body, orchestrator=self.orchestrator, directory=os.getcwd())
+        for agent in agents:
+            self.agents[agent.name] = agent
+        if not args.quiet:
+            for agent in agents:
+                self._display(agent)
+        return self._ok()
+
+    def _magic_trigger(self, argv: list[str]) -> None:
+        """``%symbi_trigger AGENT TRIGGER [--payload JSON]``, as in IPython."""
+        from ..agent_magics import AgentMagics, find_agent, parse_payload
+        from ..agents import Emitted
+
+        args = AgentMagics.symbi_trigger.parser.parse_args(argv)
+        _no_out(args, "%symbi_trigger")
+        agent = find_agent(self.agents, args.agent)
+
+        def shown(item: Any) -> None:
+            if isinstance(item, ExecutionResult):
+                if self.show_stats and not args.quiet:
+                    self._display(item)
+            elif isinstance(item, Emitted):
+                self._display(item)
+
+        def out(stream: str, chunk: bytes) -> None:
+            self._stream(stream, chunk.decode("utf-8", "replace"))
+
+        try:
+            agent.trigger(args.trigger, parse_payload(args.payload), on_output=out,
+                          on_result=shown)
+        except KeyboardInterrupt:
+            raise Interrupted("the sandboxed code was interrupted and killed") from None
+
+
+def _no_out(args: Any, magic: str) -> None:
+    if args.out:
+        raise KernelUsageError(
+            f"{magic} -o: the symbi kernel's variables live in the sandbox, which the "
+            "kernel does not write to; use the displayed results"
+        )
 
 
 def _limits_text(limits: ResourceLimits) -> str:

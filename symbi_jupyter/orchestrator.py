@@ -53,6 +53,11 @@ class SandboxOrchestrator(LoggingConfigurable):
         Off by default. Also set by [native_execution] enabled in Symbiont's config.toml
         and SYMBIONT_ALLOW_NATIVE_EXECUTION.""",
     )
+    native_refusal = Unicode(
+        policy.NATIVE_HOWTO,
+        help="""What a refusal of tier None says about switching it on. A host where the
+        notebook cannot change the policy (the symbi kernel) says how its operator can.""",
+    )
     default_sandbox_tier = Unicode(
         "Tier1",
         config=True,
@@ -344,12 +349,25 @@ class SandboxOrchestrator(LoggingConfigurable):
         self._audit(record, outcome="refused", error=f"{type(error).__name__}: {error}",
                     **fields)
 
+    def admit_tier(self, tier: SecurityTier | str | None, **audit_fields: Any
+                   ) -> SecurityTier:
+        """The tier asked for (None: the default) if the policy allows it, for a host
+        that refuses before it runs anything; a refusal is audited, with
+        ``audit_fields``, and raised."""
+        record: dict[str, Any] = {"tier": str(tier)}
+        try:
+            return self._admit_tier(tier, record)
+        except SymbiError as exc:
+            self._audit_refused(record, exc, **audit_fields)
+            raise
+
     def _admit_tier(self, tier: SecurityTier | str | None, record: dict[str, Any]
                     ) -> SecurityTier:
         """The tier asked for (None: the default), if the policy allows it."""
         chosen = SecurityTier.parse(tier if tier is not None else self.default_sandbox_tier)
         record["tier"] = chosen.value
-        policy.check_tier_allowed(chosen, self.allow_native_execution)
+        policy.check_tier_allowed(chosen, self.allow_native_execution,
+                                  howto=self.native_refusal)
         return chosen
 
     def _admit_limits(self, limits: ResourceLimits | None, record: dict[str, Any]

@@ -72,16 +72,19 @@ def deployment(environ: Mapping[str, str] | None = None) -> str:
 
 
 def check_tier_allowed(
-    tier: SecurityTier, allow_native: bool, environ: Mapping[str, str] | None = None
+    tier: SecurityTier,
+    allow_native: bool,
+    environ: Mapping[str, str] | None = None,
+    howto: str = NATIVE_HOWTO,
 ) -> None:
-    """Refuse tier None unless native execution is on, and in production unless
-    ``SYMBIONT_ALLOW_UNISOLATED`` is ``1`` or ``true``."""
+    """Refuse tier None unless native execution is on (``howto`` says how to switch it
+    on), and in production unless ``SYMBIONT_ALLOW_UNISOLATED`` is ``1`` or ``true``."""
     env = os.environ if environ is None else environ
     kind = deployment(env)  # validated for every tier: a typo must not pass silently
     if tier is not SecurityTier.NONE:
         return
     if not allow_native:
-        raise PolicyViolation(NATIVE_HOWTO)
+        raise PolicyViolation(howto)
     if kind == "production" and env.get("SYMBIONT_ALLOW_UNISOLATED", "").strip().lower() not in (
         "1",
         "true",

@@ -152,6 +152,15 @@ def test_native_refused_in_the_kernel_explains_the_operator_switch(
         assert "--allow-native" in reply["evalue"] and "%config" not in reply["evalue"]
         records = [json.loads(line) for line in audit.read_text().splitlines()]
         assert records[-1]["outcome"] == "refused" and records[-1]["tier"] == "None"
+        assert records[-1]["source"] == "symbi kernel"
+        # a one-off cell and an agent's action are refused with the same explanation
+        reply, _ = run(kc, "%%symbi --tier none\nprint(1)")
+        assert reply["ename"] == "PolicyViolation" and "--allow-native" in reply["evalue"]
+        assert run(kc, AGENT)[0]["status"] == "ok"
+        reply, _ = run(kc, "%symbi_trigger Echo say --payload '{\"x\": 1}'")
+        assert reply["ename"] == "PolicyViolation" and "--allow-native" in reply["evalue"]
+        records = [json.loads(line) for line in audit.read_text().splitlines()]
+        assert [r["outcome"] for r in records] == ["refused"] * 3
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=True)

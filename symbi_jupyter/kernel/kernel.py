@@ -19,8 +19,8 @@ from IPython.core.error import UsageError
 from IPython.core.inputtransformer2 import TransformerManager
 from traitlets import Bool, Enum, Float, Instance, Unicode
 
-from .. import __version__, policy
-from ..errors import PolicyViolation, SymbiError
+from .. import __version__
+from ..errors import SymbiError
 from ..limits import ResourceLimits
 from ..orchestrator import SandboxOrchestrator
 from ..render import ResultDisplay
@@ -90,7 +90,7 @@ class SymbiKernel(KernelMagics, Kernel):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.orchestrator = SandboxOrchestrator(parent=self)
+        self.orchestrator = SandboxOrchestrator(parent=self, native_refusal=NATIVE_HOWTO)
         self.display_options = ResultDisplay.instance()
         if not self.tier and os.environ.get("SYMBI_KERNEL_TIER"):
             self.tier = os.environ["SYMBI_KERNEL_TIER"]
@@ -131,11 +131,7 @@ class SymbiKernel(KernelMagics, Kernel):
                 "user_expressions": {}}
 
     def _check_allowed(self, tier: SecurityTier) -> None:
-        if tier is SecurityTier.NONE and not self.orchestrator.allow_native_execution:
-            refusal = PolicyViolation(NATIVE_HOWTO)
-            self.orchestrator.audit_refusal(tier, refusal, source="symbi kernel")
-            raise refusal
-        policy.check_tier_allowed(tier, self.orchestrator.allow_native_execution)
+        self.orchestrator.admit_tier(tier, source="symbi kernel")
 
     def _open_session(self) -> WorkerSession:
         if self.worker is not None and self.worker.alive:

@@ -16,3 +16,22 @@ def test_a_timeout_is_reported_when_other_limits_are_unset(orch) -> None:
         assert not session.alive
     finally:
         session.close()
+
+
+def test_lines_before_the_workers_first_are_skipped(orch, monkeypatch) -> None:
+    """A serial console (Firecracker's) carries boot messages before the agent's first
+    line. Here a real worker prints such lines itself before it starts."""
+    from symbi_jupyter import orchestrator
+    from symbi_jupyter import session as session_module
+
+    noise = b"print('[    0.000000] Linux version 6.1.0 (boot)')\nprint('{\"half\": ')\n"
+    source = session_module.worker_source()
+    monkeypatch.setattr(orchestrator, "worker_source", lambda: noise + source)
+    session = orch.open_session(SecurityTier.NONE)
+    try:
+        messages: list[dict] = []
+        outcome = session.execute("print(6 * 7)", messages.append)
+        assert outcome.result.success
+        assert [m["text"] for m in messages if m.get("type") == "stream"] == ["42\n"]
+    finally:
+        session.close()

@@ -207,7 +207,6 @@ class KernelMagics:
         return {"status": "error", "execution_count": self.execution_count,
                 "ename": "SandboxedCodeFailed", "evalue": str(result), "traceback": []}
 
-
     # ------------------------------------------------------------------ agents
     def _agent_cell(self, flags: str, body: str) -> dict[str, Any]:
         """``%%symbi_agent``: define agents, as in IPython; their actions run through

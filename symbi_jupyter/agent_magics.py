@@ -14,7 +14,7 @@ from IPython.core.magic_arguments import argument, magic_arguments
 from IPython.display import display
 from traitlets import Bool, Instance, Unicode
 
-from .agents import Agent, Emitted, load
+from .agents import Agent, Emitted, SandboxModeLimits, load
 from .agents.runner import ActionResult
 from .errors import ConfigError
 from .magics import LiveOutput, print_output, print_truncation_markers
@@ -55,8 +55,13 @@ class AgentMagics(Magics):
         self.orchestrator = orchestrator or SandboxOrchestrator(parent=self)
         #: agents defined so far, by name; a later definition replaces an earlier one
         self.agents: dict[str, Agent] = {}
-        if shell is not None and all(self is not c for c in shell.configurables):
-            shell.configurables.append(self)
+        # Agents read their modes' limits from the orchestrator's config when they
+        # run; an instance here lets %config SandboxModeLimits... reach that config.
+        self.mode_limits = SandboxModeLimits(parent=self.orchestrator)
+        if shell is not None:
+            for obj in (self, self.mode_limits):
+                if all(obj is not c for c in shell.configurables):
+                    shell.configurables.append(obj)
 
     @magic_arguments()
     @argument("-o", "--out", metavar="NAME", help="Store the list of agents in NAME.")

@@ -108,7 +108,7 @@ def ip(workdir: Path, audit_path: Path):
         c for c in shell.configurables if type(c).__module__.split(".")[0] != "symbi_jupyter"
     ]
     for section in ("SandboxOrchestrator", "NativeSandbox", "ResultDisplay", "SymbiMagics",
-                    "AgentMagics"):
+                    "AgentMagics", "SandboxModeLimits"):
         shell.config.pop(section, None)
     ResultDisplay.clear_instance()
 

@@ -329,6 +329,42 @@ def test_mode_limits_stay_within_the_ceilings(orch, project):
     assert (result.limits.max_memory_mb, result.limits.timeout_seconds) == (128, 10)
 
 
+def test_mode_limits_are_configurable_and_still_within_the_ceilings(workdir, audit_path,
+                                                                     project):
+    from traitlets.config import Config
+
+    config = Config()
+    config.SandboxOrchestrator.allow_native_execution = True
+    config.SandboxOrchestrator.working_directory = str(workdir)
+    config.SandboxOrchestrator.audit_log_path = str(audit_path)
+    config.SandboxOrchestrator.max_execution_time_seconds = 20
+    config.SandboxModeLimits.strict = {"max_memory_mb": 96, "timeout_seconds": 60}
+    orch = SandboxOrchestrator(config=config)
+    try:
+        agent = one(agent_text(mode="Strict", body='execute("true")'), orch, project)
+        [result] = agent.trigger("t")
+        # as configured, the wall clock lowered to the ceiling; left out: the ceiling
+        assert (result.limits.max_memory_mb, result.limits.timeout_seconds,
+                result.limits.max_processes) == (96, 20, 256)
+        assert "96 MB" in render_card_text(agent)
+    finally:
+        orch.close()
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ({"max_memory": 1}, "unknown limit max_memory; accepted: max_memory_mb"),
+    ({"network": True}, "unknown limit network"),
+    ({"max_processes": -1}, "max_processes must be a positive number"),
+])
+def test_bad_mode_limits_are_refused_with_the_accepted_names(value, message):
+    from traitlets import TraitError
+
+    from symbi_jupyter.agents import SandboxModeLimits
+
+    with pytest.raises(TraitError, match=re.escape(message)):
+        SandboxModeLimits(moderate=value)
+
+
 @pytest.mark.parametrize("language", ["sh", "python3"])
 def test_hostile_payload_arrives_intact_and_is_not_executed(orch, project, language):
     code = ('printf "%s" "$SYMBI_PAYLOAD"' if language == "sh" else
@@ -641,6 +677,15 @@ def test_magics_define_and_trigger(ip, project):
     assert json.loads((project / "processed.json").read_text())["payload"] == {
         "items": ["a b", "$(id)"]}
     assert isinstance(ip.user_ns["out"][0], ExecutionResult)
+
+
+def test_mode_limits_are_set_with_config_in_ipython(ip):
+    ip.run_line_magic("config", "SandboxOrchestrator.allow_native_execution = True")
+    ip.run_line_magic("config", 'SandboxModeLimits.permissive = {"max_memory_mb": 77}')
+    result, _ = run(ip, "%%symbi_agent -o defined\n" + agent_text(body='execute("true")'))
+    assert result.success
+    [ran] = ip.user_ns["defined"][0].trigger("t")
+    assert ran.limits.max_memory_mb == 77
 
 
 def test_agent_magics_share_the_symbi_orchestrator(ip):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from .grants import Permissions, Verdict
 from .model import CAPABILITIES, Agent, Emit, Ref, Run, SandboxMode, Trigger
+from .modes import SandboxModeLimits
 from .parser import load
 from .runner import NOTEBOOK_ENV, PAYLOAD_ENV, ActionResult, Emitted
 
@@ -28,6 +29,7 @@ __all__ = [
     "Ref",
     "Run",
     "SandboxMode",
+    "SandboxModeLimits",
     "Trigger",
     "Verdict",
     "load",

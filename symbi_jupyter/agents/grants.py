@@ -14,6 +14,7 @@ from ..errors import ConfigError, PolicyViolation, SymbiError, TierUnavailable
 from ..limits import CEILING_TRAITS, ResourceLimits
 from ..tiers import SecurityTier
 from .model import Agent, Run, SandboxMode
+from .modes import SandboxModeLimits
 
 #: Where containers see the notebook directory.
 CONTAINER_NOTEBOOK_DIR = "/notebook"
@@ -65,13 +66,12 @@ def permissions(agent: Agent) -> Permissions:
             f"agent {agent.name} is not bound to an orchestrator: "
             "load(text, orchestrator=...) or agent.bind(orchestrator)"
         )
-    tier = _tier_verdict(agent.tier, orch.allow_native_execution)
+    tier = _tier_verdict(agent.tier, orch.allow_native_execution, orch.native_refusal)
     network = _network_verdict(agent, orch.allow_network)
     mount = agent.sandbox.mount if agent.has("local_filesystem") else None
     filesystem = _filesystem_verdict(agent, mount, orch)
-    limits = dataclasses.replace(
-        clamp(agent.sandbox.limits, orch.ceilings()), network=network.allowed
-    )
+    mode_limits = SandboxModeLimits(parent=orch).limits(agent.sandbox)
+    limits = dataclasses.replace(clamp(mode_limits, orch.ceilings()), network=network.allowed)
     actions = {
         name: [(a, _action_verdict(agent, a, orch)) for a in trigger.actions
                if isinstance(a, Run)]
@@ -93,9 +93,9 @@ def clamp(limits: ResourceLimits, ceilings: ResourceLimits) -> ResourceLimits:
     return ResourceLimits(**values)
 
 
-def _tier_verdict(tier: SecurityTier, allow_native: bool) -> Verdict:
+def _tier_verdict(tier: SecurityTier, allow_native: bool, howto: str) -> Verdict:
     try:
-        policy.check_tier_allowed(tier, allow_native)
+        policy.check_tier_allowed(tier, allow_native, howto=howto)
     except SymbiError as exc:
         return Verdict(f"tier {tier.value}", False, str(exc))
     if tier is SecurityTier.NONE:
@@ -190,7 +190,7 @@ def _action_verdict(agent: Agent, action: Run, orch: Any) -> Verdict:
     refusal = _agent_refusal(agent, action)
     if refusal:
         return Verdict(action.summary, False, refusal)
-    tier = _tier_verdict(agent.tier, orch.allow_native_execution)
+    tier = _tier_verdict(agent.tier, orch.allow_native_execution, orch.native_refusal)
     if not tier.allowed:
         return Verdict(action.summary, False, f"refused by the policy: {tier.subject} may not run")
     if "network" in action.needs and not orch.allow_network:

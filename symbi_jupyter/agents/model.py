@@ -40,7 +40,8 @@ class SandboxMode(enum.Enum):
 
     @property
     def limits(self) -> ResourceLimits:
-        """The mode's default limits (network aside: that is the capability's)."""
+        """The mode's default limits (network aside: that is the capability's);
+        :class:`~.modes.SandboxModeLimits` configures them."""
         return _MODE_LIMITS[self]
 
     @property

@@ -245,6 +245,30 @@ def test_every_cell_is_followed_by_its_stats(kernel) -> None:
     assert outputs[-1]["msg_type"] == "display_data"  # after the output
 
 
+def test_a_long_cell_shows_a_live_line_that_gives_way_to_its_stats(kernel) -> None:
+    _, kc = kernel
+    reply, outputs = run(kc, "import time\nx = b'1' * (64 << 20)\ntime.sleep(2)\nprint('done')")
+    assert reply["status"] == "ok"
+    displays = [m for m in outputs if m["msg_type"] in ("display_data", "update_display_data")]
+    live = [m for m in displays if m["content"].get("transient", {}).get("display_id")]
+    assert live and live[0]["msg_type"] == "display_data"
+    first = live[0]["content"]["data"]["text/plain"]
+    assert first.startswith("[symbi] None") and "running" in first and "memory" in first
+    assert "symbi-live" in live[0]["content"]["data"]["text/html"]
+    assert {m["content"]["transient"]["display_id"] for m in live} == {
+        live[0]["content"]["transient"]["display_id"]}
+    # emptied when the cell ends; the statistics follow as for any cell, last
+    assert live[-1]["msg_type"] == "update_display_data"
+    assert live[-1]["content"]["data"] == {"text/plain": ""}
+    assert displays[-1] is not live[-1] and stats([displays[-1]])
+    # a short cell, or statistics switched off: no live line
+    _, outputs = run(kc, "print(1)")
+    assert not [m for m in outputs if m["content"].get("transient", {}).get("display_id")]
+    run(kc, "%symbi_stats off")
+    _, outputs = run(kc, "time.sleep(1)")
+    assert not [m for m in outputs if m["msg_type"].endswith("display_data")]
+
+
 def test_fresh_mode_keeps_no_state(kernel) -> None:
     _, kc = kernel
     _, outputs = run(kc, "%symbi_session fresh")

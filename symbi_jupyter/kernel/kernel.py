@@ -27,6 +27,7 @@ from ..render import ResultDisplay
 from ..result import ExecutionResult
 from ..session import CellOutcome, WorkerSession
 from ..tiers import SecurityTier
+from .live import KernelLiveLine
 from .magics import KernelMagics
 
 #: The kernel's policy is its operator's: %config is not there to switch it from a cell.
@@ -79,6 +80,15 @@ class SymbiKernel(KernelMagics, Kernel):
     )
     show_stats = Bool(
         True, config=True, help="Display each cell's statistics after its output."
+    )
+    live_stats = Bool(
+        True,
+        config=True,
+        help="""While a cell runs (from its first usage sample on, after
+        SandboxOrchestrator.sample_interval_seconds), show a line with the elapsed
+        time, memory now and CPU %, updated in place and emptied when the cell's
+        statistics come. Only with show_stats, never under the stable rendering
+        (ResultDisplay.stable), which nbval compares.""",
     )
     interrupt_grace_seconds = Float(
         3.0,
@@ -192,10 +202,18 @@ class SymbiKernel(KernelMagics, Kernel):
                         "execute_result", "error"):
                 self.send_response(self.iopub_socket, kind, content)
 
+        live = None
+        interval = self.orchestrator.sample_interval_seconds
+        if (self.live_stats and self.show_stats and not silent and interval > 0
+                and not self.display_options.stable):
+            live = KernelLiveLine(self, session.tier, session.limits, interval)
+            live.start(session.handle.usage)
         try:
             outcome = session.execute(code, relay, cell_name=f"<cell-{count}>",
                                       silent=silent)
         finally:
+            if live is not None:
+                live.stop()
             if fresh:
                 self._close_session()
         return self._reply(outcome, silent)

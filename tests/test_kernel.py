@@ -347,15 +347,19 @@ def test_tier_switch_says_the_state_did_not_move(kernel) -> None:
     assert reply["ename"] == "NameError"
 
 
+def refused(kc, code: str) -> dict:
+    """The error reply of a cell that must fail."""
+    reply, _ = run(kc, code)
+    assert reply["status"] == "error", reply
+    return reply
+
+
 def test_bad_kernel_magics_give_one_line_errors(kernel) -> None:
     _, kc = kernel
-    reply, _ = run(kc, "%symbi_tier tier9")
-    assert reply["status"] == "error" and reply["ename"] == "ConfigError"
-    reply, _ = run(kc, "%symbi_limits --max-memory lots")
-    assert reply["status"] == "error" and "--max-memory" in reply["evalue"]
-    reply, _ = run(kc, "%symbi_nonsense")
-    assert reply["status"] == "error" and "%symbi_tier" in reply["evalue"]
-    reply, _ = run(kc, "%symbi_limits --max-memory 999999")
+    assert refused(kc, "%symbi_tier tier9")["ename"] == "ConfigError"
+    assert "--max-memory" in refused(kc, "%symbi_limits --max-memory lots")["evalue"]
+    assert "%symbi_tier" in refused(kc, "%symbi_nonsense")["evalue"]
+    reply = refused(kc, "%symbi_limits --max-memory 999999")
     assert reply["ename"] == "PolicyViolation" and "max_memory_mb" in reply["evalue"]
     assert "wall 5 s per cell" in stdout(run(kc, "%symbi_limits --timeout 5")[1])
     assert "wall 300 s per cell" in stdout(run(kc, "%symbi_limits --reset")[1])
@@ -394,14 +398,11 @@ def test_agents_are_defined_and_triggered_in_the_kernel(kernel) -> None:
     assert stats(outputs)[0]["tier"] == "None"
     assert any("said" in m["content"]["data"]["text/plain"] for m in outputs
                if m["msg_type"] == "display_data")
-    reply, _ = run(kc, "%symbi_trigger Nobody say")
+    reply = refused(kc, "%symbi_trigger Nobody say")
     assert reply["ename"] == "ConfigError" and "Echo" in reply["evalue"]
-    reply, _ = run(kc, "%symbi_trigger Echo say -o results")
-    assert reply["status"] == "error" and "sandbox" in reply["evalue"]
-    reply, _ = run(kc, "%%symbi_agent\nagent Broken {")
-    assert reply["status"] == "error" and "line" in reply["evalue"]
-    reply, _ = run(kc, "%%symbi_nonsense\nx")
-    assert reply["status"] == "error" and "%%symbi_agent" in reply["evalue"]
+    assert "sandbox" in refused(kc, "%symbi_trigger Echo say -o results")["evalue"]
+    assert "line" in refused(kc, "%%symbi_agent\nagent Broken {")["evalue"]
+    assert "%%symbi_agent" in refused(kc, "%%symbi_nonsense\nx")["evalue"]
 
 
 def test_completion_and_inspection_come_from_the_sandboxed_namespace(kernel) -> None:

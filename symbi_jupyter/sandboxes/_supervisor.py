@@ -758,6 +758,7 @@ class Monitor:
             prestarted = self._prepare(req, code_fd)
         except OSError as exc:
             emit({"event": "error", "message": f"cannot prepare the run directory: {exc}"})
+            self.discard()
             return
         finally:
             os.close(code_fd)
@@ -964,7 +965,7 @@ class Monitor:
         """Release an unused spare: its workload, its run directory, its groups."""
         if self.profile is not None:
             self._drop_prestarted()
-        else:
+        elif self.channel is not None:
             self.channel.close()  # the waiting workload process sees EOF and exits
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(self.workload_pid, 0)

@@ -224,3 +224,16 @@ def test_a_new_working_directory_is_followed_and_the_old_one_left_clean(orch):
     finally:
         orch.close()
         shutil.rmtree(new, ignore_errors=True)
+
+
+def test_a_removed_working_directory_costs_no_failed_run(orch, workdir):
+    """The spares' directories (and so their interpreters' working directories) go
+    with it; the next runs start fresh ones instead of failing."""
+    orch.execute_code(NONE, "pass")
+    assert wait_until(lambda: len(list(workdir.glob("run-*"))) == orch.sandbox(NONE).spare_runs)
+    shutil.rmtree(workdir)
+    workdir.mkdir(mode=0o711)
+    results = [orch.execute_code(NONE, "print('ok')")
+               for _ in range(orch.sandbox(NONE).spare_runs + 1)]
+    assert [r.stdout for r in results] == ["ok\n"] * len(results)
+    assert results[-1].startup_seconds == 0.0

@@ -32,6 +32,7 @@ import select
 import shutil
 import signal
 import socket
+import stat
 import sys
 import tempfile
 import time
@@ -543,6 +544,15 @@ def _write_new(path: str, data: bytes) -> None:
         os.close(fd)
 
 
+def _own_directory(path: str) -> bool:
+    """Whether ``path`` is still a directory of this process's user (not a link)."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid()
+
+
 def _read_all(fd: int) -> bytes:
     chunks, offset = [], 0
     while chunk := os.pread(fd, 1 << 20, offset):
@@ -699,8 +709,12 @@ class Monitor:
     def _prepare(self, req: dict, code_fd: int) -> bool:
         """Pick the run's workload and directory and write its code. True when the
         started interpreter takes the run."""
+        # Someone may have removed the working directory since this spare made its
+        # run directory there: then it and its interpreter are of no use.
+        intact = self.run_dir is not None and _own_directory(self.run_dir)
         prestarted = (
             self.profile is not None
+            and intact
             and req.get("prestart") == "use"
             and profile_of(req) == self.profile
             and self._prestarted_ready()
@@ -708,7 +722,9 @@ class Monitor:
         if not prestarted and self.profile is not None:
             self._drop_prestarted()
             self._fork_waiting()
-        if self.run_dir is not None and os.path.dirname(self.run_dir) != req["workdir"]:
+        if self.run_dir is not None and (
+            not intact or os.path.dirname(self.run_dir) != req["workdir"]
+        ):
             shutil.rmtree(self.run_dir, ignore_errors=True)
             self.run_dir = None
         run_dir = self.run_dir or self._make_run_dir(req["workdir"])

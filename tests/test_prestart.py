@@ -122,8 +122,10 @@ def test_a_small_memory_limit_meets_a_fresh_interpreter(orch, cgroups):
     result = orch.execute_code(NONE, "print(1)", limits=ResourceLimits(max_memory_mb=2))
     assert result.killed_by == "memory" and result.startup_seconds is None
     assert result.enforcement["memory"].startswith("cgroup")
-    # and the next usual run is served by a started interpreter again
-    assert orch.execute_code(NONE, "print(2)").startup_seconds == 0.0
+    # and usual runs are served by started interpreters again (the supervisor, started
+    # by the cgroups fixture before any run, may hold one spare made for no profile)
+    assert any(orch.execute_code(NONE, "print(2)").startup_seconds == 0.0
+               for _ in range(orch.sandbox(NONE).spare_runs + 1))
 
 
 def test_runs_unlike_the_usual_one_start_fresh(orch):
@@ -136,6 +138,16 @@ def test_runs_unlike_the_usual_one_start_fresh(orch):
     assert limited.startup_seconds == 0.0  # limits are set when the run comes
     # they did not change what the spares start for
     assert orch.execute_code(NONE, "print(2)").startup_seconds == 0.0
+
+
+def spares_settled(workdir: Path, orch) -> bool:
+    """Whether the working directory holds just the spares' directories, each with its
+    bootstrap written (no run's directory left, no spare still being made)."""
+    dirs = list(workdir.glob("run-*"))
+    return len(dirs) == orch.sandbox(NONE).spare_runs and all(
+        (d / "cell.py").is_file()
+        and (d / "cell.py").read_text().startswith("# The bootstrap of a pre-started")
+        for d in dirs)
 
 
 def spare_interpreters(workdir: str) -> list[tuple[int, str]]:
@@ -211,7 +223,7 @@ def test_switched_off_no_interpreter_waits(orch, native, workdir):
 def test_a_new_working_directory_is_followed_and_the_old_one_left_clean(orch):
     old = Path(orch.working_directory)
     orch.execute_code(NONE, "pass")
-    assert wait_until(lambda: list(old.glob("run-*")))  # the spares' directories
+    assert wait_until(lambda: spares_settled(old, orch))
     new = Path("/tmp") / f"{old.name}-moved"
     new.mkdir(mode=0o711)
     try:
@@ -230,7 +242,7 @@ def test_a_removed_working_directory_costs_no_failed_run(orch, workdir):
     """The spares' directories (and so their interpreters' working directories) go
     with it; the next runs start fresh ones instead of failing."""
     orch.execute_code(NONE, "pass")
-    assert wait_until(lambda: len(list(workdir.glob("run-*"))) == orch.sandbox(NONE).spare_runs)
+    assert wait_until(lambda: spares_settled(workdir, orch))
     shutil.rmtree(workdir)
     workdir.mkdir(mode=0o711)
     results = [orch.execute_code(NONE, "print('ok')")

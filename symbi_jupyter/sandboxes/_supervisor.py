@@ -264,6 +264,11 @@ class RunCgroup:
                 return
             time.sleep(0.001)
 
+    def memory_usage(self) -> int | None:
+        path = self._file("memory", "memory.usage_in_bytes", "memory.current")
+        text = _read(path) if path else None
+        return int(text) if text and text.strip().isdigit() else None
+
     def peak_memory(self) -> int | None:
         path = self._file("memory", "memory.max_usage_in_bytes", "memory.peak")
         text = _read(path) if path else None
@@ -706,6 +711,18 @@ class Monitor:
             self.channel.close()
         self.workload_pid = self.channel = self.profile = self.startup_fds = None
 
+    def _fresh_instead(self) -> bool:
+        """Give up the started interpreter for a waiting process that will exec a
+        fresh one (returns False: the run is not served by a started interpreter)."""
+        self._drop_prestarted()
+        self._fork_waiting()
+        return False
+
+    def _send_start(self, message: bytes, fds: list[int]) -> None:
+        self.channel.sendmsg(
+            [message], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
+        )
+
     def _prepare(self, req: dict, code_fd: int) -> bool:
         """Pick the run's workload and directory and write its code. True when the
         started interpreter takes the run."""
@@ -720,8 +737,7 @@ class Monitor:
             and self._prestarted_ready()
         )
         if not prestarted and self.profile is not None:
-            self._drop_prestarted()
-            self._fork_waiting()
+            self._fresh_instead()
         if self.run_dir is not None and (
             not intact or os.path.dirname(self.run_dir) != req["workdir"]
         ):
@@ -789,17 +805,20 @@ class Monitor:
         cgroup = self.cgroup if req.get("use_cgroup", True) else None
         applied: dict[str, str] = {}
         limits = (req.get("memory_bytes"), req.get("pids"), req.get("cpu_cores"))
+        if prestarted and cgroup is not None and req.get("memory_bytes"):
+            usage = cgroup.memory_usage()
+            if usage is not None and req["memory_bytes"] <= usage:
+                # The started interpreter already holds more than the memory limit
+                # allows (v1 would refuse the limit, v2 kill it); a fresh interpreter
+                # meets the limit from its first page, as without one.
+                prestarted = self._fresh_instead()
         if cgroup is not None:
             try:
                 applied = cgroup.apply(*limits)
             except OSError as exc:
                 self.cgroup_error = str(exc)
-                if prestarted:
-                    # The started interpreter already holds more than a small memory
-                    # limit allows; a fresh one meets the limit from its first page.
-                    self._drop_prestarted()
-                    self._fork_waiting()
-                    prestarted = False
+                if prestarted:  # the same, grown since we looked
+                    prestarted = self._fresh_instead()
                     with contextlib.suppress(OSError):
                         applied = cgroup.apply(*limits)
                         self.cgroup_error = None
@@ -817,27 +836,27 @@ class Monitor:
             except (OSError, ValueError):
                 # A limit the host does not allow: a fresh interpreter fails to start
                 # and says so, as it would without a started one.
-                self._drop_prestarted()
-                self._fork_waiting()
-                prestarted = False
+                prestarted = self._fresh_instead()
+        passed = [out_fd, err_fd] + ([in_fd] if in_fd is not None else [])
+        if prestarted and cgroup is not None:
+            cgroup.reset_peak()  # what its start-up touched is counted in memory.usage
+        started = time.monotonic()
+        if prestarted:
+            try:
+                self._send_start(b"g", passed)
+            except OSError:
+                # It died since it said it was ready: a fresh interpreter takes the run.
+                prestarted = self._fresh_instead()
+        if not prestarted:
+            req["join_cgroup"] = cgroup is not None
+            self._send_start(json.dumps(req).encode(), passed)
+        pid = self.workload_pid
         if self.home_netns is not None:
             os.close(self.home_netns)
-        pid = self.workload_pid
-        passed = [out_fd, err_fd] + ([in_fd] if in_fd is not None else [])
-        if prestarted:
-            if cgroup is not None:
-                cgroup.reset_peak()  # what its start-up touched is counted in memory.usage
-            message = b"g"
+        self.channel.close()
+        if self.startup_fds:
             for fd in self.startup_fds:
                 os.close(fd)
-        else:
-            req["join_cgroup"] = cgroup is not None
-            message = json.dumps(req).encode()
-        started = time.monotonic()
-        self.channel.sendmsg(
-            [message], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", passed))]
-        )
-        self.channel.close()
         for fd in passed:
             os.close(fd)
         started_event = {"event": "started", "pid": pid, "monitor_pid": os.getpid(),

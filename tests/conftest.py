@@ -83,6 +83,15 @@ def cgroups(orch: SandboxOrchestrator) -> int:
     return version
 
 
+def is_prestarted(script: str | Path) -> bool:
+    """Whether ``script`` is the bootstrap a spare's pre-started interpreter waits in
+    (tier None), not a run's code."""
+    try:
+        return Path(script).read_text().startswith("# The bootstrap of a pre-started")
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
 def wait_until(predicate, seconds: float = 30.0) -> bool:
     """Poll for an eventual state (clean-up after a process exits); not a timing test."""
     deadline = time.monotonic() + seconds

@@ -26,7 +26,7 @@ from symbi_jupyter.audit import verify
 from symbi_jupyter.orchestrator import SandboxOrchestrator
 from symbi_jupyter.sandboxes.native import host_tag
 
-from .conftest import need, wait_until
+from .conftest import is_prestarted, need, wait_until
 
 MiB = 1024 * 1024
 ALLOC_300 = "x = b'1' * (300 * 1024 * 1024)"  # writes every page, unlike bytearray(n)
@@ -77,12 +77,6 @@ def ran_in(pid: str, orch) -> bool:
         return False
     return not is_prestarted(cmdline.split("\0")[1])
 
-
-def is_prestarted(script: str) -> bool:
-    try:
-        return Path(script).read_text().startswith("# The bootstrap of a pre-started")
-    except (OSError, UnicodeDecodeError):
-        return False
 
 
 def run_cgroup_dirs() -> list[str]:

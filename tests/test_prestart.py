@@ -14,7 +14,7 @@ import pytest
 
 from symbi_jupyter import ResourceLimits, SecurityTier
 
-from .conftest import wait_until
+from .conftest import is_prestarted, wait_until
 
 NONE = SecurityTier.NONE
 
@@ -145,9 +145,7 @@ def spares_settled(workdir: Path, orch) -> bool:
     bootstrap written (no run's directory left, no spare still being made)."""
     dirs = list(workdir.glob("run-*"))
     return len(dirs) == orch.sandbox(NONE).spare_runs and all(
-        (d / "cell.py").is_file()
-        and (d / "cell.py").read_text().startswith("# The bootstrap of a pre-started")
-        for d in dirs)
+        is_prestarted(d / "cell.py") for d in dirs)
 
 
 def spare_interpreters(workdir: str) -> list[tuple[int, str]]:
@@ -157,9 +155,7 @@ def spare_interpreters(workdir: str) -> list[tuple[int, str]]:
         try:
             args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
             script = args[1].decode() if len(args) > 1 else ""
-            if script.startswith(workdir) and Path(script).read_text().startswith(
-                "# The bootstrap of a pre-started"
-            ):
+            if script.startswith(workdir) and is_prestarted(script):
                 found.append((int(pid), script))
         except (OSError, UnicodeDecodeError):
             continue

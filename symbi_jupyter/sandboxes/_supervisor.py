@@ -816,14 +816,8 @@ class Monitor:
             try:
                 applied = cgroup.apply(*limits)
             except OSError as exc:
+                cgroup = None
                 self.cgroup_error = str(exc)
-                if prestarted:  # the same, grown since we looked
-                    prestarted = self._fresh_instead()
-                    with contextlib.suppress(OSError):
-                        applied = cgroup.apply(*limits)
-                        self.cgroup_error = None
-                if self.cgroup_error:
-                    cgroup = None
         enforcement.update(self._fallbacks(req, cgroup, applied))
         if self.cgroup_error:
             enforcement["cgroup_error"] = self.cgroup_error

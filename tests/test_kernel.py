@@ -405,6 +405,24 @@ def test_agents_are_defined_and_triggered_in_the_kernel(kernel) -> None:
     assert "%%symbi_agent" in refused(kc, "%%symbi_nonsense\nx")["evalue"]
 
 
+def test_an_interrupted_trigger_is_stopped_and_said(kernel) -> None:
+    km, kc = kernel
+    run(kc, AGENT.replace("""run_code("python3", "import json""",
+                          """run_code("python3", "import time; print('sleeping', flush=True); """
+                          """time.sleep(60); import json"""))
+    msg_id = kc.execute("%symbi_trigger Echo say --payload '{\"x\": 1}'")
+    while True:  # the action is really running in its sandbox
+        msg = kc.get_iopub_msg(timeout=TIMEOUT)
+        if msg["msg_type"] == "stream" and "sleeping" in msg["content"]["text"]:
+            break
+    km.interrupt_kernel()
+    reply = kc.get_shell_msg(timeout=TIMEOUT)
+    assert reply["parent_header"]["msg_id"] == msg_id
+    assert reply["content"]["ename"] == "Interrupted"
+    assert "interrupted" in reply["content"]["evalue"]
+    assert stdout(run(kc, "print('next')")[1]) == "next\n"
+
+
 def test_completion_and_inspection_come_from_the_sandboxed_namespace(kernel) -> None:
     _, kc = kernel
     run(kc, "def sandboxed_function(alpha, beta):\n    'Adds things.'\n    return alpha")

@@ -115,6 +115,12 @@ def test_every_ending_is_reported_as_a_fresh_interpreter_reports_it(orch, ending
         assert fast.stdout == "main\nthread\natexit\n"
 
 
+def test_the_first_run_is_served_by_a_started_interpreter(orch):
+    """The supervisor that the first run starts prepares its first spares for runs
+    like that one."""
+    assert orch.execute_code(NONE, "print(1)").startup_seconds == 0.0
+
+
 def test_a_small_memory_limit_meets_a_fresh_interpreter(orch, cgroups):
     """A limit below what the started interpreter already holds cannot be set on its
     group: the run gets a fresh interpreter, which meets the limit as usual."""

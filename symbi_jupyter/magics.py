@@ -17,7 +17,7 @@ from traitlets import Bool, Instance
 from .errors import ConfigError
 from .limits import ResourceLimits
 from .orchestrator import SandboxOrchestrator
-from .render import Comparison, LiveLine, ResultDisplay, TierLadder
+from .render import Comparison, LiveLine, LiveUpdates, ResultDisplay, TierLadder
 from .result import ExecutionResult
 from .tiers import SecurityTier
 
@@ -236,47 +236,34 @@ def _chain(*callbacks: Any) -> Any:
     return call
 
 
-class _LiveStats:
+class _LiveStats(LiveUpdates):
     """The live line of one cell: displayed at the first usage sample (a cell that
     ends sooner never shows one), updated in place, and replaced by the final result;
     if output came after it, the result goes after the output instead (the
     statistics always come last) and the live line is emptied."""
 
-    #: Seconds between display updates, so a front end is not flooded.
-    MIN_UPDATE_SECONDS = 0.5
-
     def __init__(self, orchestrator: SandboxOrchestrator, tier: Any, limits: ResourceLimits
                  ) -> None:
-        self.tier = SecurityTier.parse(tier or orchestrator.default_sandbox_tier)
-        self.limits = limits.within(orchestrator.ceilings())
+        super().__init__(SecurityTier.parse(tier or orchestrator.default_sandbox_tier),
+                         limits.within(orchestrator.ceilings()))
         self.handle: Any = None
-        self.finished = False
-        self.last = 0.0
         self.output_after = False
 
     def saw_output(self, stream: str, chunk: bytes) -> None:
-        if self.handle is not None:
+        if self.shown:
             self.output_after = True
 
-    def update(self, sample: Any) -> None:
-        """Called from the sampling thread."""
-        if self.finished:
-            return
-        if self.handle is not None and sample.elapsed_seconds - self.last < self.MIN_UPDATE_SECONDS:
-            return
-        self.last = sample.elapsed_seconds
-        line = LiveLine(self.tier, self.limits, sample)
-        if self.handle is None:
+    def _show(self, line: LiveLine, first: bool) -> None:
+        if first:
             self.handle = display(line, display_id=True)
         else:
             self.handle.update(line)
 
     def finish(self, result: ExecutionResult | None) -> bool:
         """Replace the live line by ``result`` (or remove it); True if it was shown."""
-        if self.finished:
-            return self.handle is not None
-        self.finished = True
-        if self.handle is None:
+        if self.closed:
+            return self.shown
+        if not self.close():
             return False
         if result is None or self.output_after:
             self.handle.update({"text/plain": ""}, raw=True)

@@ -13,6 +13,7 @@ import html
 import math
 import os
 import signal
+import threading
 from typing import Any, NamedTuple
 
 from traitlets import Bool, default
@@ -623,6 +624,43 @@ class LiveLine:
             f"{_tier_pill_html(self.tier, self.tier.value)} "
             f"{html.escape(' · '.join(self._parts()))}</div>"
         )
+
+
+class LiveUpdates:
+    """Shows a :class:`LiveLine` from usage samples (called from the sampling thread):
+    the first sample displays it, later ones update it in place at most every
+    ``MIN_UPDATE_SECONDS``, none after :meth:`close`. A front end says how to show
+    it (:meth:`_show`): ``%%symbi`` through IPython's display, the symbi kernel
+    through its own messages."""
+
+    #: Seconds between display updates, so a front end is not flooded.
+    MIN_UPDATE_SECONDS = 0.5
+
+    def __init__(self, tier: SecurityTier, limits: ResourceLimits) -> None:
+        self.tier, self.limits = tier, limits
+        self.shown = False
+        self.closed = False
+        self._last = 0.0
+        self._lock = threading.Lock()
+
+    def update(self, sample: Any) -> None:
+        with self._lock:
+            if self.closed:
+                return
+            if self.shown and sample.elapsed_seconds - self._last < self.MIN_UPDATE_SECONDS:
+                return
+            self._last = sample.elapsed_seconds
+            self._show(LiveLine(self.tier, self.limits, sample), first=not self.shown)
+            self.shown = True
+
+    def close(self) -> bool:
+        """No more updates; whether the line was ever shown."""
+        with self._lock:
+            self.closed = True
+            return self.shown
+
+    def _show(self, line: LiveLine, first: bool) -> None:
+        raise NotImplementedError
 
 
 class TierLadder:

@@ -539,12 +539,17 @@ def _run_environment(template: dict[str, str], run_dir: str) -> dict[str, str]:
     return {key: value.replace(RUN_DIR, run_dir) for key, value in template.items()}
 
 
+def write_all(fd: int, data: bytes) -> None:
+    """Write all of ``data`` (a pipe or file may take part of a write)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 def _write_new(path: str, data: bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
+        write_all(fd, data)
     finally:
         os.close(fd)
 

@@ -35,7 +35,7 @@ from ..result import ExecutionResult
 from ..tiers import SecurityTier
 from ._evidence import Evidence, killed_by, limits_reached
 from ._streams import CappedStream
-from ._supervisor import RUN_DIR, host_tag, pid_alive, profile_of
+from ._supervisor import RUN_DIR, host_tag, pid_alive, profile_of, write_all
 from ._usage import cgroup_file, run_usage
 from .base import Availability, ExecutionRequest, Sandbox, WorkerHandle
 
@@ -155,8 +155,8 @@ class NativeSandbox(Sandbox):
                     self._proc.wait()
                 self._proc = None
 
-    def cgroup_version(self, profile: dict | None = None) -> int | None:
-        self._supervisor(profile)
+    def cgroup_version(self) -> int | None:
+        self._supervisor()
         return self._cgroup_probe.get("version")
 
     def availability(self) -> Availability:
@@ -242,9 +242,9 @@ class NativeSandbox(Sandbox):
         )
         # A supervisor started for this run prepares its first spares for runs like it.
         profile = profile_of(spec) if prestart == "use" else None
-        if self.use_cgroups == "require" and self.cgroup_version(profile) is None:
-            raise TierUnavailable(self.availability().reason)
         sock = self._supervisor(profile)
+        if self.use_cgroups == "require" and self.cgroup_version() is None:
+            raise TierUnavailable(self.availability().reason)
         self._reap_run_dirs(workdir)
         result = self._execute(sock, spec, request, enforcement, stdin_fd)
         result.language = language
@@ -341,9 +341,7 @@ class NativeSandbox(Sandbox):
         code = os.memfd_create("symbi-cell", os.MFD_CLOEXEC)
         passed = [out_w, err_w, st_w, code] + ([stdin_fd] if stdin_fd is not None else [])
         try:
-            view = memoryview(request.code)
-            while view:
-                view = view[os.write(code, view):]
+            write_all(code, request.code)
             sock.sendmsg(
                 [json.dumps(spec).encode()],
                 [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", passed))],
@@ -558,9 +556,7 @@ class _NativeWorker(WorkerHandle):
 
     def send(self, data: bytes) -> None:
         with self._send_lock:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(self._stdin, view):]
+            write_all(self._stdin, data)
 
     def stop(self) -> None:
         if self.monitor_pid is not None and self.result is None and self.error is None:

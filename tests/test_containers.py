@@ -75,6 +75,20 @@ def test_code_with_quotes_and_bytes_arrives_intact(corch, tier):
     assert corch.execute_code(tier, code).stdout == "'\\xe9 \"$(id)\" `x`' []\n"
 
 
+def test_a_sigkill_with_the_memory_at_its_limit_is_a_memory_kill():
+    """Under gVisor its own kernel may kill a process when the sandbox's cgroup is
+    full, leaving neither the engine's OOMKilled flag nor an OOM count (about one
+    memory bomb in six here): the cgroup's peak at the limit is the evidence then.
+    The decision itself, on the evidence a backend gathers:"""
+    from symbi_jupyter.sandboxes._evidence import Evidence, killed_by, limits_reached
+
+    limits = ResourceLimits(max_memory_mb=128)
+    full = Evidence(exit_code=137, term_signal=9, memory_limit_reached=True)
+    assert killed_by(full, limits) == "memory"
+    assert limits_reached(full, "memory") == ["memory"]
+    assert killed_by(Evidence(exit_code=137, term_signal=9), limits) == "signal"
+
+
 def test_memory_bomb(corch, tier):
     res = run(corch, tier, "print('start', flush=True)\nx = b'1' * (1024 * 1024 * 1024)",
               max_memory_mb=128)

@@ -34,6 +34,9 @@ class Evidence:
     cpu_exceeded: bool = False
     stopped_for_output: bool = False
     oom_kills: int = 0
+    #: the run's memory reached its limit (a cgroup's peak), where the OOM kill that
+    #: followed left no count behind (gVisor's own kernel kills inside the sandbox)
+    memory_limit_reached: bool = False
     pids_limit_hits: int = 0
     cpu_seconds: float = 0.0
     stderr: str = ""
@@ -51,7 +54,7 @@ def killed_by(ev: Evidence, limits: ResourceLimits) -> str | None:
         return "cpu"
     if ev.term_signal == signal.SIGXFSZ:
         return "file_size"
-    if ev.term_signal == signal.SIGKILL and ev.oom_kills:
+    if ev.term_signal == signal.SIGKILL and (ev.oom_kills or ev.memory_limit_reached):
         return "memory"
     if ev.term_signal == signal.SIGKILL and limits.max_cpu_seconds:
         if ev.cpu_seconds >= math.ceil(limits.max_cpu_seconds):
@@ -74,7 +77,7 @@ def killed_by(ev: Evidence, limits: ResourceLimits) -> str | None:
 def limits_reached(ev: Evidence, stopped_by: str | None) -> list[str]:
     """Every limit the run ran into, including those that did not stop it."""
     reached: list[str] = []
-    if ev.oom_kills:
+    if ev.oom_kills or ev.memory_limit_reached:
         reached.append("memory")
     if ev.pids_limit_hits:
         reached.append("processes")

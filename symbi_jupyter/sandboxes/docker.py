@@ -531,6 +531,10 @@ class DockerSandbox(Sandbox):
             # The engine's flag misses a process gVisor's own kernel killed when the
             # sandbox's cgroup ran out: the cgroup's own count does not.
             oom_kills=1 if state.get("OOMKilled") else _parent_oom_kills(parent),
+            memory_limit_reached=bool(
+                peak and request.limits.max_memory_mb
+                and peak >= int(request.limits.max_memory_mb * MiB)
+            ),
             pids_limit_hits=pids_hits,
             cpu_seconds=(cpu_user or 0) + (cpu_sys or 0),
             stderr=stderr_text,

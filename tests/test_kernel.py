@@ -287,11 +287,10 @@ def test_the_host_environment_is_not_visible(kernel, monkeypatch) -> None:
     assert stdout(outputs) == "[]\n"
 
 
-def test_interrupt_stops_the_cell_and_keeps_the_session(kernel) -> None:
-    km, kc = kernel
-    run(kc, "kept = 'still here'")
-    msg_id = kc.execute("import time\nprint('sleeping', flush=True)\ntime.sleep(60)")
-    # Wait until the cell is really running in the sandbox before interrupting.
+def interrupted(km, kc, code: str) -> dict:
+    """Execute ``code``, interrupt the kernel once the sandbox has printed 'sleeping'
+    (the code is really running there), and return the cell's reply."""
+    msg_id = kc.execute(code)
     while True:
         msg = kc.get_iopub_msg(timeout=TIMEOUT)
         if msg["msg_type"] == "stream" and "sleeping" in msg["content"]["text"]:
@@ -299,6 +298,13 @@ def test_interrupt_stops_the_cell_and_keeps_the_session(kernel) -> None:
     km.interrupt_kernel()
     reply = kc.get_shell_msg(timeout=TIMEOUT)
     assert reply["parent_header"]["msg_id"] == msg_id
+    return reply
+
+
+def test_interrupt_stops_the_cell_and_keeps_the_session(kernel) -> None:
+    km, kc = kernel
+    run(kc, "kept = 'still here'")
+    reply = interrupted(km, kc, "import time\nprint('sleeping', flush=True)\ntime.sleep(60)")
     assert reply["content"]["status"] == "error"
     assert reply["content"]["ename"] == "KeyboardInterrupt"
     assert stdout(run(kc, "print(kept)")[1]) == "still here\n"
@@ -410,14 +416,7 @@ def test_an_interrupted_trigger_is_stopped_and_said(kernel) -> None:
     run(kc, AGENT.replace("""run_code("python3", "import json""",
                           """run_code("python3", "import time; print('sleeping', flush=True); """
                           """time.sleep(60); import json"""))
-    msg_id = kc.execute("%symbi_trigger Echo say --payload '{\"x\": 1}'")
-    while True:  # the action is really running in its sandbox
-        msg = kc.get_iopub_msg(timeout=TIMEOUT)
-        if msg["msg_type"] == "stream" and "sleeping" in msg["content"]["text"]:
-            break
-    km.interrupt_kernel()
-    reply = kc.get_shell_msg(timeout=TIMEOUT)
-    assert reply["parent_header"]["msg_id"] == msg_id
+    reply = interrupted(km, kc, "%symbi_trigger Echo say --payload '{\"x\": 1}'")
     assert reply["content"]["ename"] == "Interrupted"
     assert "interrupted" in reply["content"]["evalue"]
     assert stdout(run(kc, "print('next')")[1]) == "next\n"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,8 @@ from symbi_jupyter import ResourceLimits, SecurityTier
 from symbi_jupyter.errors import TierUnavailable
 from symbi_jupyter.microvm_image import READY_LINE
 from symbi_jupyter.orchestrator import SandboxOrchestrator
-from symbi_jupyter.sandboxes.microvm import FirecrackerDriver, MicroVMSandbox
+from symbi_jupyter.sandboxes.base import ExecutionRequest
+from symbi_jupyter.sandboxes.microvm import FirecrackerDriver, MicroVMSandbox, QEMUDriver
 
 from .conftest import need, wait_until
 
@@ -215,6 +217,9 @@ def test_the_probe_boot_decides_the_acceleration(audit_path) -> None:
         # Here /dev/kvm exists but cannot run guests: the probe says so, not a guess.
         assert availability.details["vmm"].startswith("QEMU microvm")
         assert ("KVM" in availability.details["vmm"]) == (accel == "a probe VM booted under KVM")
+        if accel.startswith("/dev/kvm exists but"):
+            # The VMM's own words say why, not an empty diagnosis.
+            assert "no diagnostics" not in accel, accel
     finally:
         orch.close()
 
@@ -249,6 +254,36 @@ def test_forced_kvm_that_cannot_boot_fails_closed(audit_path, tmp_path: Path) ->
         assert "KVM" in availability.details["vmm"]  # a host with real KVM
     else:
         assert "KVM" in availability.reason and "forced" in availability.reason
+
+
+class _DyingVMM(QEMUDriver):
+    """Stands in for a VMM that opens the agent's socket and then dies, as QEMU does
+    on a KVM that cannot run the guest (seen in CI). The real QEMU does it only
+    sometimes, depending on who is faster; this one does it every time."""
+
+    def command(self, spec) -> list[str]:
+        script = (
+            "import socket, sys, time\n"
+            "s = socket.socket(socket.AF_UNIX)\n"
+            f"s.bind({spec.socket.name!r}); s.listen(1)\n"
+            "c, _ = s.accept(); time.sleep(0.2); sys.exit(3)\n"
+        )
+        return [sys.executable, "-c", script]
+
+
+def test_a_vmm_that_dies_after_opening_its_socket_is_unavailable(tmp_path: Path) -> None:
+    sandbox = MicroVMSandbox(run_root=str(tmp_path))
+    try:
+        manifest = sandbox.manifest()
+    except TierUnavailable as exc:
+        need(False, str(exc), tier="microvm")
+    # More than the socket holds, so sending waits for the reader, which dies.
+    request = ExecutionRequest(tier=TIER3, code=b"#" * (8 << 20), language="python",
+                               limits=ResourceLimits(max_memory_mb=256))
+    with pytest.raises(TierUnavailable, match=r"VMM exited while starting \(3"):
+        sandbox._boot(_DyingVMM("qemu"), "kvm", manifest, request, timeout=10)
+    assert not list(tmp_path.glob("symbi-vm-*")), "a run directory was left behind"
+    sandbox.close()
 
 
 def test_sh_hello_and_environment_in_host_environment_out(vm, monkeypatch) -> None:

@@ -336,7 +336,7 @@ class MicroVMSandbox(Sandbox):
             try:
                 WorkerSession(boot, self.tier, request.limits, start_timeout_seconds=15).close()
                 self._probe_cache[key] = ("kvm", "a probe VM booted under KVM")
-            except TierUnavailable as exc:
+            except (TierUnavailable, OSError) as exc:
                 self._probe_cache[key] = (
                     "tcg", f"/dev/kvm exists but a probe VM did not boot under it ({exc})")
         accel, why = self._probe_cache[key]
@@ -410,7 +410,16 @@ class MicroVMSandbox(Sandbox):
                            driver.label(accel), isinstance(driver, FirecrackerDriver))
         try:
             worker.connect(deadline=time.monotonic() + timeout)
-            worker.send(f"{len(request.code)}\n".encode() + request.code)
+            try:
+                worker.send(f"{len(request.code)}\n".encode() + request.code)
+            except OSError as exc:
+                # The VMM can die between opening the socket and the guest's agent
+                # reading it (a KVM that cannot run this guest does just that).
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    worker.proc.wait(timeout=5)
+                raise TierUnavailable(
+                    f"the VMM exited while starting ({worker.proc.returncode}, {exc}): "
+                    f"{worker.vmm_log() or worker.console_tail() or 'no output'}") from None
         except BaseException:
             worker.stop()
             raise
@@ -704,6 +713,10 @@ class _VMWorker(WorkerHandle):
 
     def _finish(self) -> None:
         console = self._console = self.console_tail()
+        if self.proc.returncode and not self._stopped:
+            # The VMM itself failed (a KVM that cannot run the guest, say): its own
+            # words are the diagnosis, the console has little or nothing.
+            console = "\n".join(filter(None, (console, self.vmm_log())))
         if console and self.request.on_output:
             self.request.on_output("stderr", console.encode())
         oom = _guest_oom(console)

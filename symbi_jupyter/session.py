@@ -13,16 +13,16 @@ import dataclasses
 import itertools
 import json
 import queue
-import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from .errors import TierUnavailable
 from .limits import ResourceLimits
 from .result import ExecutionResult
+from .sandboxes._sigint import SigintLatch
 from .sandboxes.base import WorkerHandle
 from .tiers import SecurityTier
 
@@ -207,8 +207,8 @@ class WorkerSession:
         stopped: str | None = None
         interrupted_at: float | None = None
         next_cpu_check = started + CPU_POLL_SECONDS
-        sigint = threading.Event()
-        with _sigint_sets(sigint):
+        with SigintLatch() as latch:
+            sigint = latch.event
             while reply is None and stopped is None:
                 message = self._next(
                     deadline=min(filter(None, (deadline, next_cpu_check))), sigint=sigint
@@ -394,20 +394,6 @@ _SESSION_ENFORCEMENT = {
     "cpu": f"session (per cell, sampled every {CPU_POLL_SECONDS:g} s; the worker is stopped)",
     "output": "worker (per cell, drained past the cap)",
 }
-
-
-@contextlib.contextmanager
-def _sigint_sets(event: threading.Event) -> Iterator[None]:
-    """While a cell runs, SIGINT sets ``event`` instead of raising KeyboardInterrupt
-    wherever the relay happens to be; the cell loop passes it on to the worker."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: event.set())
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 def _cpu(usage: dict[str, Any]) -> float:

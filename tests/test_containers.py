@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import threading
 from pathlib import Path
 
 import pytest
@@ -115,6 +117,25 @@ def test_timeout_kills_a_process_that_ignores_sigterm(corch, tier):
     assert res.timed_out and res.killed_by == "timeout"
     assert res.stdout == "partial\n"
     assert not our_containers(corch)
+
+
+def test_an_interrupt_while_output_is_relayed_stops_the_container(corch, tier):
+    """SIGINT lands wherever the host is, here in the output callback: the container
+    is still stopped and the partial result kept."""
+    need(threading.current_thread() is threading.main_thread(), "SIGINT goes to the main thread")
+    seen = []
+
+    def relay(stream: str, chunk: bytes) -> None:
+        if not seen:
+            seen.append(chunk)
+            os.kill(os.getpid(), signal.SIGINT)  # handled before this function returns
+
+    with pytest.raises(KeyboardInterrupt) as err:
+        corch.execute_code(tier, "import time\nprint('running', flush=True)\ntime.sleep(60)",
+                           limits=ResourceLimits(timeout_seconds=30), on_output=relay)
+    partial = err.value.args[0]
+    assert partial.stdout == "running\n" and partial.term_signal == 9
+    assert wait_until(lambda: not our_containers(corch), 30)
 
 
 def test_output_flood(corch, tier):

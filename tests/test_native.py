@@ -641,6 +641,42 @@ def test_interrupt_kills_the_tree_and_raises(orch):
         spool.rmdir()
 
 
+def test_an_interrupt_while_output_is_relayed_still_stops_the_run(orch):
+    """SIGINT lands wherever the host is, here in the output callback (the symbi
+    kernel's relay): the run is still stopped and its partial result kept."""
+    need(threading.current_thread() is threading.main_thread(), "SIGINT goes to the main thread")
+    code = ("import os, time\nprint(os.getpid(), flush=True)\ntime.sleep(60)\n")
+    pids = []
+    handler = signal.getsignal(signal.SIGINT)
+
+    def relay(stream: str, chunk: bytes) -> None:
+        if stream == "stdout" and not pids:
+            pids.append(int(chunk))
+            os.kill(os.getpid(), signal.SIGINT)  # handled before this function returns
+
+    with pytest.raises(KeyboardInterrupt) as err:
+        orch.execute_code(NONE, code, limits=ResourceLimits(timeout_seconds=30),
+                          on_output=relay)
+    partial = err.value.args[0]
+    assert partial.stdout.strip() == str(pids[0])
+    assert partial.killed_by == "signal"
+    assert wait_until(lambda: not alive(pids[0]), 10)
+    assert signal.getsignal(signal.SIGINT) is handler  # the host's own, back
+
+
+def test_a_host_that_ignores_sigint_keeps_ignoring_it(orch):
+    """ipykernel ignores SIGINT between requests: the run must not take it over."""
+    need(threading.current_thread() is threading.main_thread(), "SIGINT goes to the main thread")
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        result = orch.execute_code(NONE, "print('a', flush=True)\nimport time; time.sleep(0.3)",
+                                   on_output=lambda s, c: os.kill(os.getpid(), signal.SIGINT))
+        assert result.success and result.stdout == "a\n"
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def test_supervisor_exits_with_its_orchestrator(workdir, audit_path):
     orch = SandboxOrchestrator(allow_native_execution=True, working_directory=str(workdir),
                                audit_log_path=str(audit_path))

@@ -34,6 +34,7 @@ from ..errors import TierUnavailable
 from ..result import ExecutionResult
 from ..tiers import SecurityTier
 from ._evidence import Evidence, killed_by, limits_reached
+from ._sigint import SigintLatch
 from ._streams import CappedStream
 from ._supervisor import RUN_DIR, host_tag, pid_alive, profile_of, write_all
 from ._usage import cgroup_file, run_usage
@@ -332,6 +333,21 @@ class NativeSandbox(Sandbox):
         enforcement: dict[str, str],
         stdin_fd: int | None = None,
     ) -> ExecutionResult:
+        # The stop button is handled in the loop whatever the host is doing when it
+        # is pressed (in the main thread; a worker's thread gets no signals).
+        with SigintLatch() as latch:
+            return self._watch(sock, spec, request, enforcement, stdin_fd, latch)
+
+    def _watch(
+        self,
+        sock: socket.socket,
+        spec: dict[str, Any],
+        request: ExecutionRequest,
+        enforcement: dict[str, str],
+        stdin_fd: int | None,
+        latch: SigintLatch,
+    ) -> ExecutionResult:
+        """Start the run on the supervisor and follow it to its end."""
         # A worker's stdout is its protocol: never capped or kept here.
         cap = math.inf if stdin_fd is not None else request.limits.max_output_bytes or 10 * MiB
         keep = stdin_fd is None
@@ -362,29 +378,35 @@ class NativeSandbox(Sandbox):
         for fd in (out_r, err_r, st_r):
             os.set_blocking(fd, False)
             sel.register(fd, selectors.EVENT_READ)
+        if latch.fd is not None:
+            sel.register(latch.fd, selectors.EVENT_READ)
+        signalled = False
         backstop = None
         if request.limits.timeout_seconds:
             backstop = time.monotonic() + request.limits.timeout_seconds + 30
         try:
             # Done when the monitor has reported and both streams are closed (the
             # whole tree is dead); its own exit is not worth waiting for.
-            while sel.get_map() and not ("exit" in events and len(sel.get_map()) == 1):
+            pipes = {out_r, err_r, st_r}
+            while pipes and not ("exit" in events and pipes == {st_r}):
                 try:
                     ready = sel.select(timeout=1.0)
-                except KeyboardInterrupt:
+                except KeyboardInterrupt:  # not SIGINT: the latch takes that
                     interrupted = True
-                    if monitor_pid:
-                        with contextlib.suppress(ProcessLookupError):
-                            os.kill(monitor_pid, signal.SIGUSR1)
-                    continue
+                    ready = []
                 for key, _ in ready:
                     fd = key.fd
+                    if fd == latch.fd:
+                        latch.drain()
+                        interrupted = True
+                        continue
                     try:
                         chunk = os.read(fd, 1 << 16)
                     except BlockingIOError:
                         continue
                     if not chunk:
                         sel.unregister(fd)
+                        pipes.discard(fd)
                         continue
                     if fd == st_r:
                         status_buf += chunk
@@ -410,6 +432,11 @@ class NativeSandbox(Sandbox):
                         stopped_for_output = True
                         with contextlib.suppress(ProcessLookupError):
                             os.kill(monitor_pid, signal.SIGUSR1)
+                if interrupted and monitor_pid and not signalled:
+                    # Also when the stop came before the monitor said who it is.
+                    signalled = True
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(monitor_pid, signal.SIGUSR1)
                 if monitor_pid is None and self._proc is not None and self._proc.poll() is not None:
                     raise TierUnavailable(
                         "the native supervisor process died before starting this run"

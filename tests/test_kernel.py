@@ -419,7 +419,9 @@ def test_an_interrupted_trigger_is_stopped_and_said(kernel) -> None:
     reply = interrupted(km, kc, "%symbi_trigger Echo say --payload '{\"x\": 1}'")
     assert reply["content"]["ename"] == "Interrupted"
     assert "interrupted" in reply["content"]["evalue"]
-    assert stdout(run(kc, "print('next')")[1]) == "next\n"
+    reply, outputs = run(kc, "print('next')")
+    assert reply["status"] == "ok", reply
+    assert stdout(outputs) == "next\n", outputs
 
 
 def test_completion_and_inspection_come_from_the_sandboxed_namespace(kernel) -> None:

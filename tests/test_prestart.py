@@ -168,6 +168,17 @@ def spare_interpreters(workdir: str) -> list[tuple[int, str]]:
     return found
 
 
+def runs_until_served(orch, code: str) -> list:
+    """Run ``code`` until a started interpreter serves it. Each spare made for what no
+    longer holds (another directory, one removed) serves one run with a fresh
+    interpreter instead; which run gets which spare is up to timing."""
+    results = []
+    while len(results) < orch.sandbox(NONE).spare_runs + 2 and (
+            not results or results[-1].startup_seconds != 0.0):
+        results.append(orch.execute_code(NONE, code))
+    return results
+
+
 def test_a_run_cannot_reach_the_interpreter_waiting_for_the_next(orch, workdir):
     if os.geteuid() != 0:
         pytest.skip("runs and the spare run as one user unless the host is root")
@@ -230,8 +241,7 @@ def test_a_new_working_directory_is_followed_and_the_old_one_left_clean(orch):
     new.mkdir(mode=0o711)
     try:
         orch.working_directory = str(new)
-        results = [orch.execute_code(NONE, "import os; print(os.getcwd())")
-                   for _ in range(orch.sandbox(NONE).spare_runs + 1)]
+        results = runs_until_served(orch, "import os; print(os.getcwd())")
         assert all(r.stdout.startswith(str(new)) for r in results)
         assert results[-1].startup_seconds == 0.0  # spares now start in the new one
         assert wait_until(lambda: not list(old.glob("run-*")), 10)
@@ -247,7 +257,6 @@ def test_a_removed_working_directory_costs_no_failed_run(orch, workdir):
     assert wait_until(lambda: spares_settled(workdir, orch))
     shutil.rmtree(workdir)
     workdir.mkdir(mode=0o711)
-    results = [orch.execute_code(NONE, "print('ok')")
-               for _ in range(orch.sandbox(NONE).spare_runs + 1)]
+    results = runs_until_served(orch, "print('ok')")
     assert [r.stdout for r in results] == ["ok\n"] * len(results)
     assert results[-1].startup_seconds == 0.0

@@ -247,7 +247,10 @@ class NativeSandbox(Sandbox):
         if self.use_cgroups == "require" and self.cgroup_version() is None:
             raise TierUnavailable(self.availability().reason)
         self._reap_run_dirs(workdir)
-        result = self._execute(sock, spec, request, enforcement, stdin_fd)
+        # The stop button is handled in the loop whatever the host is doing when it
+        # is pressed (in the main thread; a worker's thread gets no signals).
+        with SigintLatch() as latch:
+            result = self._execute(sock, spec, request, enforcement, stdin_fd, latch)
         result.language = language
         result.executable = real_exe
         return result
@@ -331,23 +334,11 @@ class NativeSandbox(Sandbox):
         spec: dict[str, Any],
         request: ExecutionRequest,
         enforcement: dict[str, str],
-        stdin_fd: int | None = None,
-    ) -> ExecutionResult:
-        # The stop button is handled in the loop whatever the host is doing when it
-        # is pressed (in the main thread; a worker's thread gets no signals).
-        with SigintLatch() as latch:
-            return self._watch(sock, spec, request, enforcement, stdin_fd, latch)
-
-    def _watch(
-        self,
-        sock: socket.socket,
-        spec: dict[str, Any],
-        request: ExecutionRequest,
-        enforcement: dict[str, str],
         stdin_fd: int | None,
         latch: SigintLatch,
     ) -> ExecutionResult:
-        """Start the run on the supervisor and follow it to its end."""
+        """Start the run on the supervisor and follow it to its end; ``latch`` turns
+        the stop button into an event of the loop."""
         # A worker's stdout is its protocol: never capped or kept here.
         cap = math.inf if stdin_fd is not None else request.limits.max_output_bytes or 10 * MiB
         keep = stdin_fd is None

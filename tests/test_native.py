@@ -664,15 +664,21 @@ def test_an_interrupt_while_output_is_relayed_still_stops_the_run(orch):
     assert signal.getsignal(signal.SIGINT) is handler  # the host's own, back
 
 
-def test_a_host_that_ignores_sigint_keeps_ignoring_it(orch):
-    """ipykernel ignores SIGINT between requests: the run must not take it over."""
+@pytest.mark.parametrize("handler", ["ignore", "own"])
+def test_a_host_with_its_own_sigint_handling_keeps_it(orch, handler):
+    """Only Python's default handler (which raises KeyboardInterrupt anywhere) is
+    taken over for a run: ipykernel ignores SIGINT between requests, an application
+    may handle it its own way."""
     need(threading.current_thread() is threading.main_thread(), "SIGINT goes to the main thread")
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    calls = []
+    chosen = signal.SIG_IGN if handler == "ignore" else (lambda signum, frame: calls.append(1))
+    previous = signal.signal(signal.SIGINT, chosen)
     try:
         result = orch.execute_code(NONE, "print('a', flush=True)\nimport time; time.sleep(0.3)",
                                    on_output=lambda s, c: os.kill(os.getpid(), signal.SIGINT))
         assert result.success and result.stdout == "a\n"
-        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        assert signal.getsignal(signal.SIGINT) is chosen
+        assert calls == ([] if handler == "ignore" else [1])
     finally:
         signal.signal(signal.SIGINT, previous)
 

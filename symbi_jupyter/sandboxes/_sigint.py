@@ -17,8 +17,10 @@ from types import TracebackType
 
 class SigintLatch:
     """Within ``with``, in the main thread, SIGINT sets :attr:`event` and makes
-    :attr:`fd` readable (for a selector). Elsewhere, or where SIGINT is ignored, it
-    changes nothing and :attr:`fd` is None."""
+    :attr:`fd` readable (for a selector). It takes over only Python's own handler,
+    the one that raises KeyboardInterrupt (IPython, ipykernel during a request,
+    scripts); a host that ignores SIGINT or handles it its own way keeps doing so,
+    and then :attr:`fd` is None."""
 
     def __init__(self) -> None:
         self.event = threading.Event()
@@ -29,12 +31,10 @@ class SigintLatch:
     def __enter__(self) -> SigintLatch:
         if threading.current_thread() is not threading.main_thread():
             return self
-        if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
-            return self  # ipykernel between requests, a background job: not ours to take
+        if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+            return self
         self.fd, self._write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        # None: a handler not set from Python, which cannot be put back; SIG_DFL is
-        # what such hosts (embedders) have in practice.
-        self._previous = signal.signal(signal.SIGINT, self._handle) or signal.SIG_DFL
+        self._previous = signal.signal(signal.SIGINT, self._handle)
         return self
 
     def _handle(self, signum: int, frame: object) -> None:

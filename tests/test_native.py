@@ -683,6 +683,64 @@ def test_a_host_with_its_own_sigint_handling_keeps_it(orch, handler):
         signal.signal(signal.SIGINT, previous)
 
 
+def test_a_limit_the_host_cannot_set_is_said_in_the_result(orch, capfd):
+    """Even root cannot raise RLIMIT_NOFILE past fs.nr_open: the run fails to start and
+    its result says why (before, the words went to the supervisor's stderr, that is
+    the kernel's log). The second run finds a started interpreter the host refuses
+    the limit too, and takes a fresh one, which fails the same way."""
+    need(os.geteuid() == 0, "an unprivileged host lowers such a limit (tested apart)")
+    too_many = int(Path("/proc/sys/fs/nr_open").read_text()) * 2
+    orch.max_open_files = too_many
+    for _ in range(2):
+        result = orch.execute_code(NONE, "print(1)",
+                                   limits=ResourceLimits(max_open_files=too_many))
+        assert result.exit_code == 127 and not result.success and result.stdout == ""
+        assert "cannot start" in result.stderr
+        assert f"RLIMIT_NOFILE = {too_many}" in result.stderr
+        assert result.startup_seconds != 0.0
+    assert "cannot start" not in capfd.readouterr().err
+
+
+def test_an_unprivileged_host_lowers_a_limit_above_its_hard_limit():
+    """Without root the hard limits are the host's: a limit above one is lowered to it
+    (stricter than asked, never weaker) and the result says so, instead of every run
+    failing to start (the default ceiling of 1024 open files, say)."""
+    need(os.geteuid() == 0 and shutil.which("setpriv") is not None,
+         "needs root (to drop to nobody) and setpriv")
+    home = Path("/tmp") / f"symbi-nobody-{os.getpid()}"
+    home.mkdir(mode=0o777)
+    home.chmod(0o777)
+    script = (
+        "import json, sys\n"
+        "from symbi_jupyter.orchestrator import SandboxOrchestrator\n"
+        "from symbi_jupyter import ResourceLimits\n"
+        "o = SandboxOrchestrator(allow_native_execution=True, working_directory=sys.argv[1],"
+        " audit_log_path=sys.argv[1] + '/audit.log')\n"
+        "code = 'import resource; print(resource.getrlimit(resource.RLIMIT_NOFILE))'\n"
+        "out = {}\n"
+        "for n in (128, 1024):\n"
+        "    r = o.execute_code('none', code, limits=ResourceLimits(max_open_files=n))\n"
+        "    out[n] = [r.stdout, r.exit_code, r.enforcement.get('open_files')]\n"
+        "o.close()\n"
+        "print(json.dumps(out))\n"
+    )
+    try:
+        proc = subprocess.run(
+            ["prlimit", "--nofile=256:256", "setpriv", "--reuid=65534", "--regid=65534",
+             "--clear-groups", sys.executable, "-c", script, str(home / "w")],
+            capture_output=True, text=True, timeout=120, cwd="/",
+            env={"PATH": os.environ["PATH"], "HOME": str(home)},
+        )
+        assert proc.returncode == 0, proc.stderr
+        out = json.loads(proc.stdout.splitlines()[-1])
+        assert out["128"][:2] == ["(128, 128)\n", 0]
+        assert out["128"][2] == "rlimit (RLIMIT_NOFILE)"
+        assert out["1024"][:2] == ["(256, 256)\n", 0]
+        assert "lowered to 256" in out["1024"][2]
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
 def test_supervisor_exits_with_its_orchestrator(workdir, audit_path):
     orch = SandboxOrchestrator(allow_native_execution=True, working_directory=str(workdir),
                                audit_log_path=str(audit_path))

@@ -489,6 +489,9 @@ def _exec_workload(
     req: dict, cgroup: RunCgroup | None, out_fd: int, err_fd: int, in_fd: int | None = None
 ) -> None:
     """In the workload process: confine, then exec. Never returns."""
+    # A failure is the run's to report, on its stderr (fd 2 is the supervisor's
+    # until the dup2 below).
+    report_fd = err_fd
     try:
         os.setsid()
         if cgroup is not None:
@@ -499,7 +502,10 @@ def _exec_workload(
                 cgroup.join(os.getpid())
         for name, value in req.get("rlimits", {}).items():
             soft, hard = value if isinstance(value, list) else (value, value)
-            resource.setrlimit(RLIMITS[name], (soft, hard))
+            try:
+                resource.setrlimit(RLIMITS[name], (soft, hard))
+            except (OSError, ValueError) as exc:
+                raise OSError(f"RLIMIT_{name.upper()} = {hard}: {exc}") from None
         os.chdir(req["cwd"])
         uid, gid = req.get("uid"), req.get("gid")
         if gid is not None:
@@ -512,12 +518,14 @@ def _exec_workload(
         os.dup2(in_fd if in_fd is not None else os.open(os.devnull, os.O_RDONLY), 0)
         os.dup2(out_fd, 1)
         os.dup2(err_fd, 2)
+        report_fd = 2
         os.closerange(3, 65536)
         _default_signals()
         os.execve(req["executable"], req["argv"], req["env"])
     except BaseException as exc:  # report anything, then die
         try:
-            os.write(2, f"symbi-jupyter: cannot start {req['argv'][0]}: {exc}\n".encode())
+            os.write(report_fd,
+                     f"symbi-jupyter: cannot start {req['argv'][0]}: {exc}\n".encode())
         finally:
             os._exit(127)
 

@@ -16,6 +16,7 @@ import math
 import os
 import pwd
 import py_compile
+import resource
 import selectors
 import shutil
 import signal
@@ -36,12 +37,24 @@ from ..tiers import SecurityTier
 from ._evidence import Evidence, killed_by, limits_reached
 from ._sigint import SigintLatch
 from ._streams import CappedStream
-from ._supervisor import RUN_DIR, host_tag, pid_alive, profile_of, write_all
+from ._supervisor import RLIMITS, RUN_DIR, host_tag, pid_alive, profile_of, write_all
 from ._usage import cgroup_file, run_usage
 from .base import Availability, ExecutionRequest, Sandbox, WorkerHandle
 
 MiB = 1024 * 1024
 SUPERVISOR = Path(__file__).with_name("_supervisor.py")
+
+
+def _within_hard_limit(name: str, value: int | list[int]) -> tuple[int | list[int], int | None]:
+    """``value`` (a limit, or [soft, hard]) lowered to this process's hard limit where
+    an unprivileged process could not raise it (stricter, never weaker, than asked;
+    the run would otherwise fail to start); and that hard limit if it was lowered."""
+    soft, hard = value if isinstance(value, list) else (value, value)
+    host = resource.getrlimit(RLIMITS[name])[1]
+    if os.geteuid() == 0 or host == resource.RLIM_INFINITY or hard <= host:
+        return value, None
+    return ([min(soft, host), host] if isinstance(value, list) else host), host
+
 
 class NativeSandbox(Sandbox):
     """Runs code directly on the host (tier None) under rlimits and cgroups."""
@@ -321,6 +334,13 @@ class NativeSandbox(Sandbox):
         if lim.max_open_files:
             rl["nofile"] = int(lim.max_open_files)
             enforcement["open_files"] = "rlimit (RLIMIT_NOFILE)"
+        for name, key in (("cpu", "cpu"), ("fsize", "file_size"), ("nofile", "open_files")):
+            if name in rl:
+                rl[name], lowered = _within_hard_limit(name, rl[name])
+                if lowered is not None:
+                    enforcement[key] = (
+                        f"rlimit (RLIMIT_{name.upper()}), lowered to {lowered}: this host's "
+                        "hard limit, which an unprivileged user cannot raise")
         if lim.max_processes:
             spec["pids"] = int(lim.max_processes)
         if lim.max_cpu_cores:

@@ -721,13 +721,16 @@ def test_an_unprivileged_host_lowers_a_limit_above_its_hard_limit():
         "for n in (128, 1024):\n"
         "    r = o.execute_code('none', code, limits=ResourceLimits(max_open_files=n))\n"
         "    out[n] = [r.stdout, r.exit_code, r.enforcement.get('open_files')]\n"
+        "r = o.execute_code('none', 'import resource; print(resource.getrlimit(0))',"
+        " limits=ResourceLimits(max_cpu_seconds=120))\n"
+        "out['cpu'] = [r.stdout, r.exit_code, r.enforcement.get('cpu')]\n"
         "o.close()\n"
         "print(json.dumps(out))\n"
     )
     try:
         proc = subprocess.run(
-            ["prlimit", "--nofile=256:256", "setpriv", "--reuid=65534", "--regid=65534",
-             "--clear-groups", sys.executable, "-c", script, str(home / "w")],
+            ["prlimit", "--nofile=256:256", "--cpu=60:60", "setpriv", "--reuid=65534",
+             "--regid=65534", "--clear-groups", sys.executable, "-c", script, str(home / "w")],
             capture_output=True, text=True, timeout=120, cwd="/",
             env={"PATH": os.environ["PATH"], "HOME": str(home)},
         )
@@ -737,6 +740,9 @@ def test_an_unprivileged_host_lowers_a_limit_above_its_hard_limit():
         assert out["128"][2] == "rlimit (RLIMIT_NOFILE)"
         assert out["1024"][:2] == ["(256, 256)\n", 0]
         assert "lowered to 256" in out["1024"][2]
+        # The monitor says how CPU time is kept; what the host lowered is said too.
+        assert out["cpu"][:2] == ["(60, 60)\n", 0]
+        assert "RLIMIT_CPU" in out["cpu"][2] and "lowered to 60" in out["cpu"][2]
     finally:
         shutil.rmtree(home, ignore_errors=True)
 

@@ -474,7 +474,10 @@ class NativeSandbox(Sandbox):
                 "the native supervisor lost this run (its monitor process died); "
                 "nothing is known about how the code ended"
             )
-        enforcement.update(started.get("enforcement", {}))
+        for key, how in started.get("enforcement", {}).items():
+            # The monitor says how a limit was kept; a note of ours on the same limit
+            # (a CPU rlimit lowered to the host's hard limit) is kept beside it.
+            enforcement[key] = f"{how}; {enforcement[key]}" if key in enforcement else how
         result = self._result(request, exit_event, streams, enforcement, stopped_for_output)
         if started.get("prestarted"):
             result.startup_seconds = 0.0  # started before the request, as a pooled container

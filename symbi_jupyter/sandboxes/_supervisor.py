@@ -501,7 +501,7 @@ def _exec_workload(
             else:
                 cgroup.join(os.getpid())
         for name, value in req.get("rlimits", {}).items():
-            soft, hard = value if isinstance(value, list) else (value, value)
+            soft, hard = soft_hard(value)
             try:
                 resource.setrlimit(RLIMITS[name], (soft, hard))
             except (OSError, ValueError) as exc:
@@ -528,6 +528,11 @@ def _exec_workload(
                      f"symbi-jupyter: cannot start {req['argv'][0]}: {exc}\n".encode())
         finally:
             os._exit(127)
+
+
+def soft_hard(value: int | list[int]) -> tuple[int, int]:
+    """A request's rlimit (one value for both, or [soft, hard]) as (soft, hard)."""
+    return tuple(value) if isinstance(value, list) else (value, value)
 
 
 def _default_signals() -> None:
@@ -838,8 +843,7 @@ class Monitor:
         if prestarted:
             try:
                 for name, value in req["rlimits"].items():
-                    soft, hard = value if isinstance(value, list) else (value, value)
-                    resource.prlimit(self.workload_pid, RLIMITS[name], (soft, hard))
+                    resource.prlimit(self.workload_pid, RLIMITS[name], soft_hard(value))
             except (OSError, ValueError):
                 # A limit the host does not allow: a fresh interpreter fails to start
                 # and says so, as it would without a started one.

@@ -37,7 +37,15 @@ from ..tiers import SecurityTier
 from ._evidence import Evidence, killed_by, limits_reached
 from ._sigint import SigintLatch
 from ._streams import CappedStream
-from ._supervisor import RLIMITS, RUN_DIR, host_tag, pid_alive, profile_of, write_all
+from ._supervisor import (
+    RLIMITS,
+    RUN_DIR,
+    host_tag,
+    pid_alive,
+    profile_of,
+    soft_hard,
+    write_all,
+)
 from ._usage import cgroup_file, run_usage
 from .base import Availability, ExecutionRequest, Sandbox, WorkerHandle
 
@@ -49,7 +57,7 @@ def _within_hard_limit(name: str, value: int | list[int]) -> tuple[int | list[in
     """``value`` (a limit, or [soft, hard]) lowered to this process's hard limit where
     an unprivileged process could not raise it (stricter, never weaker, than asked;
     the run would otherwise fail to start); and that hard limit if it was lowered."""
-    soft, hard = value if isinstance(value, list) else (value, value)
+    soft, hard = soft_hard(value)
     host = resource.getrlimit(RLIMITS[name])[1]
     if os.geteuid() == 0 or host == resource.RLIM_INFINITY or hard <= host:
         return value, None

@@ -6,6 +6,7 @@ from __future__ import annotations
 import codecs
 import shlex
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from IPython.core.error import UsageError
@@ -199,10 +200,12 @@ def _parse_env(pairs: list[str]) -> dict[str, str]:
 
 
 class LiveOutput:
-    """Write streamed chunks to sys.stdout / sys.stderr, decoding UTF-8 across chunk
-    boundaries so a character split between two reads is not mangled."""
+    """Write streamed chunks to ``write(stream, text)`` (by default sys.stdout and
+    sys.stderr), decoding UTF-8 across chunk boundaries so a character split between
+    two reads is not mangled."""
 
-    def __init__(self) -> None:
+    def __init__(self, write: Callable[[str, str], None] | None = None) -> None:
+        self._write = write or _write_to_sys
         self._decoders = {
             name: codecs.getincrementaldecoder("utf-8")(errors="replace")
             for name in ("stdout", "stderr")
@@ -211,17 +214,20 @@ class LiveOutput:
     def write(self, stream: str, chunk: bytes) -> None:
         text = self._decoders[stream].decode(chunk)
         if text:
-            target = sys.stdout if stream == "stdout" else sys.stderr
-            target.write(text)
-            target.flush()
+            self._write(stream, text)
 
     def flush(self) -> None:
+        """Write what an unfinished character left (as replacement characters)."""
         for stream, decoder in self._decoders.items():
             tail = decoder.decode(b"", final=True)
             if tail:
-                (sys.stdout if stream == "stdout" else sys.stderr).write(tail)
-        sys.stdout.flush()
-        sys.stderr.flush()
+                self._write(stream, tail)
+
+
+def _write_to_sys(stream: str, text: str) -> None:
+    target = sys.stdout if stream == "stdout" else sys.stderr
+    target.write(text)
+    target.flush()
 
 
 def _chain(*callbacks: Any) -> Any:

@@ -380,6 +380,17 @@ def test_cell_magic_runs_one_cell_through_the_orchestrator(kernel) -> None:
     assert stats(outputs)[0]["tier"] == "None"
 
 
+
+def test_a_character_split_between_two_reads_arrives_whole(kernel) -> None:
+    """The relay of %%symbi decodes UTF-8 across chunks, as the IPython magic does."""
+    _, kc = kernel
+    code = ("%%symbi --tier none\nimport sys, time\n"
+            "sys.stdout.buffer.write(b'\\xc3'); sys.stdout.flush(); time.sleep(0.3)\n"
+            "sys.stdout.buffer.write(b'\\xa9\\n'); sys.stdout.flush()")
+    reply, outputs = run(kc, code)
+    assert reply["status"] == "ok"
+    assert stdout(outputs) == "\u00e9\n"
+
 AGENT = """%%symbi_agent
 agent Echo {
   metadata { name: "Echo" version: "1.0" }

@@ -187,19 +187,19 @@ class KernelMagics:
 
     def _symbi_cell(self, flags: str, body: str) -> dict[str, Any]:
         """``%%symbi [flags]``: one cell through the orchestrator, as in IPython."""
-        from ..magics import SymbiMagics, parse_symbi_flags
+        from ..magics import LiveOutput, SymbiMagics, parse_symbi_flags
 
         args, tier, limits, env = parse_symbi_flags(SymbiMagics.symbi, flags)
-
-        def out(stream: str, chunk: bytes) -> None:
-            self._stream(stream, chunk.decode("utf-8", "replace"))
-
+        out = LiveOutput(self._stream)
         try:
             result = self.orchestrator.execute_code(
-                tier, body, env=env, language=args.language, limits=limits, on_output=out
+                tier, body, env=env, language=args.language, limits=limits,
+                on_output=out.write,
             )
         except KeyboardInterrupt:
             return self._error("KeyboardInterrupt", "the sandboxed code was interrupted")
+        finally:
+            out.flush()
         if not args.quiet:
             self._display(result)
         if result.success:
@@ -228,6 +228,7 @@ class KernelMagics:
         """``%symbi_trigger AGENT TRIGGER [--payload JSON]``, as in IPython."""
         from ..agent_magics import AgentMagics, find_agent, parse_payload
         from ..agents import Emitted
+        from ..magics import LiveOutput
 
         args = AgentMagics.symbi_trigger.parser.parse_args(argv)
         _no_out(args, "%symbi_trigger")
@@ -240,14 +241,14 @@ class KernelMagics:
             elif isinstance(item, Emitted):
                 self._display(item)
 
-        def out(stream: str, chunk: bytes) -> None:
-            self._stream(stream, chunk.decode("utf-8", "replace"))
-
+        out = LiveOutput(self._stream)
         try:
-            agent.trigger(args.trigger, parse_payload(args.payload), on_output=out,
+            agent.trigger(args.trigger, parse_payload(args.payload), on_output=out.write,
                           on_result=shown)
         except KeyboardInterrupt:
             raise Interrupted("the sandboxed code was interrupted and killed") from None
+        finally:
+            out.flush()
 
 
 def _no_out(args: Any, magic: str) -> None:

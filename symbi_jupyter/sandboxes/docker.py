@@ -257,7 +257,10 @@ class DockerSandbox(Sandbox):
         import requests
 
         try:
-            return self._run_container(client, request, options, enforcement)
+            # The stop button is handled in the run's loop whatever the host is doing
+            # when it is pressed (SIGINT sets the latch instead of raising).
+            with SigintLatch() as latch:
+                return self._run_container(client, request, options, enforcement, latch)
         except (docker.errors.DockerException, requests.RequestException) as exc:
             raise TierUnavailable(
                 f"{self.tier.display_name}: the Docker engine failed during the run "
@@ -417,7 +420,8 @@ class DockerSandbox(Sandbox):
             raise
         return _Prepared(container, sock._sock, parent, time.monotonic() - created)
 
-    def _run_container(self, client, request, options, enforcement) -> ExecutionResult:
+    def _run_container(self, client, request, options, enforcement, latch: SigintLatch
+                       ) -> ExecutionResult:
         import docker
 
         lim = request.limits
@@ -436,72 +440,69 @@ class DockerSandbox(Sandbox):
         timed_out = cpu_exceeded = stopped_for_output = interrupted = False
         pids_hits = 0
         started = time.monotonic()
-        # The stop button is handled in the loop whatever the host is doing when it
-        # is pressed (SIGINT sets the latch instead of raising KeyboardInterrupt).
-        with SigintLatch() as latch:
+        try:
+            raw.sendall(request.code)
+            raw.shutdown(socket.SHUT_WR)
+            if request.on_started and parent:
+                request.on_started({"usage": functools.partial(_parent_usage, parent)})
+            deadline = started + lim.timeout_seconds if lim.timeout_seconds else None
+            frames = _Frames()
+            sel = selectors.DefaultSelector()
+            sel.register(raw, selectors.EVENT_READ)
+            if latch.fd is not None:
+                sel.register(latch.fd, selectors.EVENT_READ)
             try:
-                raw.sendall(request.code)
-                raw.shutdown(socket.SHUT_WR)
-                if request.on_started and parent:
-                    request.on_started({"usage": functools.partial(_parent_usage, parent)})
-                deadline = started + lim.timeout_seconds if lim.timeout_seconds else None
-                frames = _Frames()
-                sel = selectors.DefaultSelector()
-                sel.register(raw, selectors.EVENT_READ)
-                if latch.fd is not None:
-                    sel.register(latch.fd, selectors.EVENT_READ)
-                try:
-                    while True:
-                        now = time.monotonic()
-                        if deadline is not None and now >= deadline:
-                            timed_out = True
+                while True:
+                    now = time.monotonic()
+                    if deadline is not None and now >= deadline:
+                        timed_out = True
+                        break
+                    if parent and lim.max_cpu_seconds:
+                        used = _cgroup_cpu(parent)
+                        if used is not None and used >= lim.max_cpu_seconds:
+                            cpu_exceeded = True
                             break
-                        if parent and lim.max_cpu_seconds:
-                            used = _cgroup_cpu(parent)
-                            if used is not None and used >= lim.max_cpu_seconds:
-                                cpu_exceeded = True
-                                break
-                        wait = 0.1 if parent and lim.max_cpu_seconds else 1.0
-                        if deadline is not None:
-                            wait = min(wait, max(0.0, deadline - now))
-                        try:
-                            ready = sel.select(wait)
-                        except KeyboardInterrupt:
-                            interrupted = True
-                            break
-                        if not ready:
+                    wait = 0.1 if parent and lim.max_cpu_seconds else 1.0
+                    if deadline is not None:
+                        wait = min(wait, max(0.0, deadline - now))
+                    try:
+                        ready = sel.select(wait)
+                    except KeyboardInterrupt:
+                        interrupted = True
+                        break
+                    if not ready:
+                        continue
+                    if any(key.fd == latch.fd for key, _ in ready):
+                        interrupted = True
+                        break
+                    chunk = raw.recv(1 << 16)
+                    if not chunk:
+                        break
+                    for kind, data in frames.feed(chunk):
+                        stream = streams.get(kind)
+                        if stream is None:
                             continue
-                        if any(key.fd == latch.fd for key, _ in ready):
-                            interrupted = True
-                            break
-                        chunk = raw.recv(1 << 16)
-                        if not chunk:
-                            break
-                        for kind, data in frames.feed(chunk):
-                            stream = streams.get(kind)
-                            if stream is None:
-                                continue
-                            kept = stream.feed(data)
-                            if kept and request.on_output:
-                                request.on_output(stream.name, kept)
-                finally:
-                    sel.close()
-                wall = time.monotonic() - started
-                if timed_out or cpu_exceeded or interrupted or stopped_for_output:
-                    pids_hits = _container_pids_hits(parent, container.id)
-                    with contextlib.suppress(docker.errors.APIError):
-                        container.kill()
-                status = container.wait(timeout=30)
-                container.reload()
-                state = container.attrs.get("State", {})
-                result = self._result(request, streams, status, state, enforcement, parent, wall,
-                                      timed_out, cpu_exceeded, pids_hits)
+                        kept = stream.feed(data)
+                        if kept and request.on_output:
+                            request.on_output(stream.name, kept)
             finally:
-                raw.close()
-                # The container has exited (or been killed) and its figures are read:
-                # removing it and its cgroup parent need not delay the result. close()
-                # waits for these removals.
-                self._pool.later(prepared.discard)
+                sel.close()
+            wall = time.monotonic() - started
+            if timed_out or cpu_exceeded or interrupted or stopped_for_output:
+                pids_hits = _container_pids_hits(parent, container.id)
+                with contextlib.suppress(docker.errors.APIError):
+                    container.kill()
+            status = container.wait(timeout=30)
+            container.reload()
+            state = container.attrs.get("State", {})
+            result = self._result(request, streams, status, state, enforcement, parent, wall,
+                                  timed_out, cpu_exceeded, pids_hits)
+        finally:
+            raw.close()
+            # The container has exited (or been killed) and its figures are read:
+            # removing it and its cgroup parent need not delay the result. close()
+            # waits for these removals.
+            self._pool.later(prepared.discard)
         result.startup_seconds = 0.0 if pooled else prepared.startup_seconds
         if interrupted:
             raise KeyboardInterrupt(result)

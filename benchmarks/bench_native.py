@@ -43,12 +43,16 @@ def timed(fn) -> float:
     return time.perf_counter() - start
 
 
+def bare() -> None:
+    """The baseline: the interpreter cells run (this environment's python3), bare."""
+    subprocess.run([sys.executable, "-c", "pass"], check=True)
+
+
 def overhead(
     orchestrators: dict[str, SandboxOrchestrator], runs: int, idle: float
 ) -> dict[str, float]:
     """Median seconds of the bare baseline and of each orchestrator's trivial run."""
-    python = sys.executable  # the interpreter cells run: this environment's python3
-    calls = {"bare": lambda: subprocess.run([python, "-c", "pass"], check=True)}
+    calls = {"bare": bare}
     for name, orch in orchestrators.items():
         calls[name] = functools.partial(orch.execute_code, SecurityTier.NONE, "pass")
     for _ in range(3):  # warm the page cache and start the supervisors
@@ -67,10 +71,9 @@ def overhead(
 def loops(orch: SandboxOrchestrator, runs: int) -> tuple[float, float]:
     """Medians of ``runs`` bare runs in a tight loop, then of ``runs`` trivial
     ``execute_code`` calls in a tight loop (each next spare still starting)."""
-    bare = [timed(lambda: subprocess.run([sys.executable, "-c", "pass"], check=True))
-            for _ in range(runs)]
+    base = [timed(bare) for _ in range(runs)]
     ours = [timed(lambda: orch.execute_code(SecurityTier.NONE, "pass")) for _ in range(runs)]
-    return statistics.median(bare), statistics.median(ours)
+    return statistics.median(base), statistics.median(ours)
 
 
 def peaks(orch: SandboxOrchestrator) -> dict[str, int | None]:

@@ -205,7 +205,9 @@ def _dpkg_installed(package: str) -> bool:
     out = subprocess.run(
         ["dpkg-query", "-W", "-f=${Status}", package], capture_output=True, text=True
     )
-    return out.returncode == 0 and out.stdout.strip().endswith("installed")
+    # The last word alone would take "unknown ok not-installed" (a package apt knows
+    # of but never installed) for an installed one.
+    return out.returncode == 0 and out.stdout.split()[-1:] == ["installed"]
 
 
 def _run(argv: list[str], env: dict[str, str] | None = None) -> None:

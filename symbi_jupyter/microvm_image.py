@@ -40,9 +40,9 @@ from .errors import TierUnavailable
 from .image import PACKAGES as IMAGE_PACKAGES
 from .image import SUITE, Say, Stages
 from .limits import ResourceLimits
-from .sandboxes._worker import BOOTSTRAP
 from .sandboxes.base import ExecutionRequest
 from .sandboxes.microvm import PORT_NAME, MicroVMSandbox, default_artifacts_dir
+from .sandboxes.worker import BOOTSTRAP
 from .tiers import SecurityTier
 
 FORMAT = 1

@@ -24,7 +24,7 @@ from .result import ExecutionResult
 from .sampling import UsageSample, UsageSampler
 from .sandboxes import Availability, ExecutionRequest, Sandbox, sandbox_classes
 from .sandboxes.base import OutputCallback, WorkerHandle
-from .session import WorkerSession, worker_source
+from .sandboxes.worker import WorkerSession, worker_source
 from .tiers import SecurityTier
 
 # Backends shipped in this package, used when entry points are not installed (a

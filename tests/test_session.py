@@ -22,10 +22,10 @@ def test_lines_before_the_workers_first_are_skipped(orch, monkeypatch) -> None:
     """A serial console (Firecracker's) carries boot messages before the agent's first
     line. Here a real worker prints such lines itself before it starts."""
     from symbi_jupyter import orchestrator
-    from symbi_jupyter import session as session_module
+    from symbi_jupyter.sandboxes import worker
 
     noise = b"print('[    0.000000] Linux version 6.1.0 (boot)')\nprint('{\"half\": ')\n"
-    source = session_module.worker_source()
+    source = worker.worker_source()
     monkeypatch.setattr(orchestrator, "worker_source", lambda: noise + source)
     session = orch.open_session(SecurityTier.NONE)
     try:

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from symbi_jupyter.sandboxes import _worker
-from symbi_jupyter.sandboxes._worker import BOOTSTRAP, TRUNCATION_MARKER
+from symbi_jupyter.sandboxes.worker import agent
+from symbi_jupyter.sandboxes.worker.agent import BOOTSTRAP, TRUNCATION_MARKER
 
-WORKER = Path(_worker.__file__)
+WORKER = Path(agent.__file__)
 TIMEOUT = 60  # generous: only a hang should ever reach it
 
 
@@ -198,7 +198,7 @@ def test_error_traceback_has_cell_source_and_no_worker_frames(worker):
     text = "\n".join(error["traceback"])
     assert "raise ValueError('boom')" in text
     assert '"<cell-7>", line 3' in text
-    assert "_worker.py" not in text and "symbi-worker" not in text
+    assert WORKER.name not in text and "symbi-worker" not in text
 
 
 def test_syntax_error(worker):
@@ -207,7 +207,7 @@ def test_syntax_error(worker):
     assert reply["ename"] == "SyntaxError"
     text = "\n".join(reply["traceback"])
     assert "x = = 1" in text and "^" in text
-    assert "_worker.py" not in text and "ast.py" not in text
+    assert WORKER.name not in text and "ast.py" not in text
 
 
 def test_system_exit_does_not_kill_worker(worker):
@@ -420,7 +420,7 @@ def test_interrupt_during_heavy_output_keeps_the_protocol_intact(worker):
     assert {m["type"] for m in msgs} <= {"stream", "error"}
     assert [m["ename"] for m in msgs if m["type"] == "error"] == ["KeyboardInterrupt"]
     assert set(stdout_text(msgs).replace("\n", "")) <= {"y"}
-    assert not [line for line in reply["traceback"] if "_worker.py" in line]
+    assert not [line for line in reply["traceback"] if WORKER.name in line]
 
 
 def test_interrupt_top_level_await(worker):

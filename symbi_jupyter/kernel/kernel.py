@@ -1,9 +1,10 @@
 """``SymbiKernel``: a Jupyter kernel whose every cell runs in a sandbox.
 
-The kernel process only relays: cells go to a :class:`~symbi_jupyter.session.WorkerSession`
-(one long-lived worker per notebook, or a fresh one per cell), whose messages come
-back as ipykernel's would, followed by the cell's statistics. The kernel itself
-survives whatever happens in the sandbox.
+The kernel process only relays: cells go to a
+:class:`~symbi_jupyter.sandboxes.worker.WorkerSession` (one long-lived worker per
+notebook, or a fresh one per cell), whose messages come back as ipykernel's would,
+followed by the cell's statistics. The kernel itself survives whatever happens in the
+sandbox.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from ..limits import ResourceLimits
 from ..orchestrator import SandboxOrchestrator
 from ..render import ResultDisplay
 from ..result import ExecutionResult
-from ..session import CellOutcome, WorkerSession
+from ..sandboxes.worker import CellOutcome, WorkerSession
 from ..tiers import SecurityTier
 from .live import KernelLiveLine
 from .magics import KernelMagics

@@ -30,8 +30,8 @@ from ._pool import ReadyPool
 from ._sigint import SigintLatch
 from ._streams import CappedStream
 from ._supervisor import host_tag, pid_alive, remove_cgroup_dir
-from ._worker import BOOTSTRAP as WORKER_BOOTSTRAP
 from .base import Availability, ExecutionRequest, Sandbox, WorkerHandle
+from .worker import BOOTSTRAP as WORKER_BOOTSTRAP
 
 MiB = 1024 * 1024
 LABEL = "symbi-jupyter"

@@ -2,7 +2,7 @@
 
 The guest (kernel, read-only root with python3, an init) is built by
 ``symbi-jupyter image build --tier3``. Its init runs the worker agent
-(:mod:`._worker`) as an unprivileged user on a virtio-serial port that QEMU binds to a
+(:mod:`.worker.agent`) as an unprivileged user on a virtio-serial port that QEMU binds to a
 unix socket here: the code and its environment travel over that channel, never on the
 kernel command line. The VM's memory and vCPUs are the limits; a timeout destroys the
 VM. VMM drivers sit behind :class:`VMMDriver`: QEMU ``-M microvm`` (KVM where a probe
@@ -41,6 +41,7 @@ from ._pool import ReadyPool
 from ._streams import CappedStream
 from ._supervisor import host_tag, pid_alive, remove_cgroup_dir
 from .base import Availability, ExecutionRequest, Sandbox, WorkerHandle
+from .worker import WorkerSession, worker_source
 
 MiB = 1024 * 1024
 #: The smallest guest that boots python3 here.
@@ -325,8 +326,6 @@ class MicroVMSandbox(Sandbox):
             return False, "QEMU is needed for the KVM probe boot"
         key = (str(manifest["kernel"]), os.stat(manifest["kernel"]).st_mtime, qemu.path())
         if key not in self._probe_cache:
-            from ..session import WorkerSession
-
             request = _probe_request()
 
             def boot(on_output):
@@ -533,8 +532,6 @@ class MicroVMSandbox(Sandbox):
 
     def _boot_session(self, request: ExecutionRequest) -> Any:
         """A VM booted for one run of ``request``'s size and limits, its agent ready."""
-        from ..session import WorkerSession, worker_source
-
         boot = dataclasses.replace(request, code=worker_source(), env={}, on_output=None)
 
         def start(on_output):
@@ -845,7 +842,5 @@ def _host_tsc_khz() -> int:
 
 
 def _probe_request() -> ExecutionRequest:
-    from ..session import worker_source
-
     return ExecutionRequest(tier=SecurityTier.TIER3, code=worker_source(), language="python3",
                             limits=ResourceLimits(max_memory_mb=256))

@@ -1,7 +1,7 @@
 """The worker agent: one persistent Python namespace that runs cells on request.
 
 Stdlib only, Python 3.11: it is shipped as source into containers and guests that have
-nothing but Debian's python3. Started as ``python3 _worker.py`` or through ``BOOTSTRAP``
+nothing but Debian's python3. Started as ``python3 agent.py`` or through ``BOOTSTRAP``
 (a length line, then the source, on fd 0), which execs it as ``<symbi-worker>``.
 
 Protocol: JSON lines (``ensure_ascii``, compact separators) on the worker's own stdin

@@ -1,5 +1,5 @@
 """The host side of a kernel session: one long-lived worker agent
-(:mod:`symbi_jupyter.sandboxes._worker`) inside a sandbox, spoken to in JSON lines.
+(:mod:`symbi_jupyter.sandboxes.worker.agent`) inside a sandbox, spoken to in JSON lines.
 
 Everything that must hold against hostile code is enforced out here, not by the
 worker: the wall clock and CPU seconds of each cell, and the sandbox's own limits.
@@ -19,17 +19,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .errors import TierUnavailable
-from .limits import ResourceLimits
-from .result import ExecutionResult
-from .sandboxes._sigint import SigintLatch
-from .sandboxes.base import WorkerHandle
-from .tiers import SecurityTier
+from ...errors import TierUnavailable
+from ...limits import ResourceLimits
+from ...result import ExecutionResult
+from ...tiers import SecurityTier
+from .._sigint import SigintLatch
+from ..base import WorkerHandle
 
 #: Called with each message of the running cell (stream, display_data, error, ...).
 MessageCallback = Callable[[dict[str, Any]], None]
 
-WORKER_PATH = Path(__file__).with_name("sandboxes") / "_worker.py"
+WORKER_PATH = Path(__file__).with_name("agent.py")
 #: The longest protocol line accepted from a worker; a longer one ends the session.
 MAX_LINE_BYTES = 64 * 1024 * 1024
 #: How often a running cell's CPU time is checked against its limit.

@@ -19,8 +19,8 @@ import subprocess
 import time
 
 from symbi_jupyter import SecurityTier
-from symbi_jupyter.image import DEFAULT_IMAGE
 from symbi_jupyter.orchestrator import SandboxOrchestrator
+from symbi_jupyter.setup.images.container import DEFAULT_IMAGE
 
 CLAIMED = {SecurityTier.TIER1: "~500 ms", SecurityTier.TIER2: "~800 ms"}
 RUNTIME = {SecurityTier.TIER1: [], SecurityTier.TIER2: ["--runtime", "runsc"]}

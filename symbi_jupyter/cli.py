@@ -37,7 +37,7 @@ def _add_audit(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _doctor(args: argparse.Namespace) -> int:
-    from .doctor import run_doctor
+    from .setup.doctor import run_doctor
 
     return run_doctor(reap=args.reap)
 
@@ -57,7 +57,7 @@ def _add_doctor(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _setup(args: argparse.Namespace) -> int:
-    from .provision import SetupError, setup
+    from .setup.host import SetupError, setup
 
     try:
         setup(build_image=not args.no_image, tier3=not args.no_tier3)
@@ -129,7 +129,7 @@ def _add_install_kernel(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _image_build(args: argparse.Namespace) -> int:
-    from .image import ImageError, build_image
+    from .setup.images.container import ImageError, build_image
 
     if args.tier3:
         return _image_build_tier3(args)
@@ -147,7 +147,7 @@ def _image_build(args: argparse.Namespace) -> int:
 
 
 def _image_build_tier3(args: argparse.Namespace) -> int:
-    from .microvm_image import MicroVMImageError, build_artifacts
+    from .setup.images.microvm import MicroVMImageError, build_artifacts
 
     try:
         build_artifacts(args.output, kernel=args.kernel, check=not args.no_check)
@@ -158,7 +158,7 @@ def _image_build_tier3(args: argparse.Namespace) -> int:
 
 
 def _add_image(subparsers: argparse._SubParsersAction) -> None:
-    from .image import DEFAULT_IMAGE, PACKAGES
+    from .setup.images.container import DEFAULT_IMAGE, PACKAGES
 
     image = subparsers.add_parser("image", help="the container tiers' sandbox image")
     image.set_defaults(func=_needs_subcommand(image))
@@ -180,7 +180,7 @@ def _add_image(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _add_tier3_options(build: argparse.ArgumentParser) -> None:
-    from .microvm_image import KERNEL_CHOICES, default_artifacts_dir
+    from .setup.images.microvm import KERNEL_CHOICES, default_artifacts_dir
 
     tier3 = build.add_argument_group(
         "tier3", "--tier3 builds the microVM guest instead: kernel, rootfs and manifest"

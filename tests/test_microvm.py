@@ -13,10 +13,10 @@ import pytest
 
 from symbi_jupyter import ResourceLimits, SecurityTier
 from symbi_jupyter.errors import TierUnavailable
-from symbi_jupyter.microvm_image import READY_LINE
 from symbi_jupyter.orchestrator import SandboxOrchestrator
 from symbi_jupyter.sandboxes.base import ExecutionRequest
 from symbi_jupyter.sandboxes.microvm import FirecrackerDriver, MicroVMSandbox, QEMUDriver
+from symbi_jupyter.setup.images.microvm import READY_LINE
 
 from .conftest import need, wait_until
 

@@ -19,10 +19,10 @@ from typing import Any
 import pytest
 
 from symbi_jupyter import ResourceLimits
-from symbi_jupyter import microvm_image as mi
 from symbi_jupyter.cli import build_parser
-from symbi_jupyter.provision import tier3_packages
 from symbi_jupyter.sandboxes.microvm import MicroVMSandbox, QEMUDriver
+from symbi_jupyter.setup.host import tier3_packages
+from symbi_jupyter.setup.images import microvm as mi
 
 from .conftest import need
 

@@ -22,8 +22,8 @@ from traitlets import Bool, Int, List, Unicode
 
 from .. import policy
 from ..errors import ConfigError, PolicyViolation, TierUnavailable
-from ..image import DEFAULT_IMAGE, build_command
 from ..result import ExecutionResult
+from ..setup.images.container import DEFAULT_IMAGE, build_command
 from ..tiers import SecurityTier
 from ._evidence import Evidence, killed_by, limits_reached
 from ._pool import ReadyPool

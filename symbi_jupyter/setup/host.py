@@ -4,7 +4,7 @@ On Debian or Ubuntu, as root: Debian's ``docker.io``, ``runsc`` and ``mmdebstrap
 a Docker daemon with runsc registered as a runtime (``--network=none``: runsc will
 not start with the host network here); the sandbox image. For Tier3, QEMU and what
 building the microVM guest needs (kernel source and toolchain), then the guest
-artefacts (:mod:`symbi_jupyter.microvm_image`). Idempotent: what is there is reused,
+artefacts (:mod:`symbi_jupyter.setup.images.microvm`). Idempotent: what is there is reused,
 a daemon we did not start is never restarted.
 """
 
@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 APT_PACKAGES = ("docker.io", "runsc", "mmdebstrap")
-#: Tier3: the VMM, and what `image build --tier3` needs (see microvm_image).
+#: Tier3: the VMM, and what `image build --tier3` needs (see images.microvm).
 TIER3_APT_PACKAGES = ("qemu-system-x86",)
 DAEMON_CONFIG = Path("/etc/docker/daemon.json")
 DOCKER_SOCKET = Path("/var/run/docker.sock")
@@ -52,7 +52,7 @@ def setup(*, build_image: bool = True, tier3: bool = True, say: Say = print) -> 
     ensure_runtime_config(say)
     ensure_daemon(say)
     if build_image:
-        from .image import ensure_image
+        from .images.container import ensure_image
 
         ensure_image(say=say)
     if tier3:
@@ -61,7 +61,7 @@ def setup(*, build_image: bool = True, tier3: bool = True, say: Say = print) -> 
 
 
 def tier3_packages() -> tuple[str, ...]:
-    from .microvm_image import BUILD_APT_PACKAGES
+    from .images.microvm import BUILD_APT_PACKAGES
 
     return TIER3_APT_PACKAGES + tuple(p for p in BUILD_APT_PACKAGES if p not in APT_PACKAGES)
 
@@ -69,7 +69,7 @@ def tier3_packages() -> tuple[str, ...]:
 def ensure_tier3(say: Say) -> None:
     """Build the microVM artefacts unless a current set is there (the kernel build is
     cached, so a rebuild after an upgrade of this package takes about half a minute)."""
-    from .microvm_image import MicroVMImageError, ensure_artifacts
+    from .images.microvm import MicroVMImageError, ensure_artifacts
 
     try:
         ensure_artifacts(say=say)

@@ -36,17 +36,18 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-from .errors import TierUnavailable
-from .image import PACKAGES as IMAGE_PACKAGES
-from .image import SUITE, Say, Stages
-from .limits import ResourceLimits
-from .sandboxes.base import ExecutionRequest
-from .sandboxes.microvm import PORT_NAME, MicroVMSandbox, default_artifacts_dir
-from .sandboxes.worker import BOOTSTRAP
-from .tiers import SecurityTier
+from ...errors import TierUnavailable
+from ...limits import ResourceLimits
+from ...sandboxes.base import ExecutionRequest
+from ...sandboxes.microvm import PORT_NAME, MicroVMSandbox, default_artifacts_dir
+from ...sandboxes.worker import BOOTSTRAP
+from ...tiers import SecurityTier
+from .container import PACKAGES as IMAGE_PACKAGES
+from .container import SUITE, Say, Stages
 
 FORMAT = 1
-DATA = Path(__file__).with_name("data") / "microvm"
+#: symbi_jupyter/data/microvm, two packages up from this file.
+DATA = Path(__file__).parents[2] / "data" / "microvm"
 INIT_SCRIPT = DATA / "init"
 KERNEL_FRAGMENT = DATA / "guest-kernel.config.fragment"
 

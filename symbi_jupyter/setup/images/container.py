@@ -22,7 +22,8 @@ DEFAULT_IMAGE = "symbi-jupyter/sandbox:bookworm"
 SUITE = "bookworm"
 #: Debian packages on top of the essential set (bash, coreutils, dash, ...).
 PACKAGES = ("python3", "procps")
-DOCKERFILE = Path(__file__).with_name("data") / "Dockerfile"
+#: symbi_jupyter/data, two packages up from this file.
+DOCKERFILE = Path(__file__).parents[2] / "data" / "Dockerfile"
 IMAGE_CHANGES = (
     "WORKDIR /workspace",
     "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",

@@ -6,11 +6,11 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
-from . import policy
-from .errors import SymbiError
-from .orchestrator import SandboxOrchestrator
-from .render import TierLadder
-from .tiers import SecurityTier
+from .. import policy
+from ..errors import SymbiError
+from ..orchestrator import SandboxOrchestrator
+from ..render import TierLadder
+from ..tiers import SecurityTier
 
 
 def policy_notes(orch: SandboxOrchestrator) -> list[str]:
@@ -45,7 +45,7 @@ def run_doctor(*, reap: bool = False, say: Callable[[str], None] = print) -> int
 
 
 def _reap(orch: SandboxOrchestrator, say: Callable[[str], None]) -> None:
-    from .sandboxes.docker import reap as reap_containers
+    from ..sandboxes.docker import reap as reap_containers
 
     docker = orch.sandbox(SecurityTier.TIER1)
     if docker.availability().ok or "image" in docker.availability().reason:

@@ -1,0 +1,1 @@
+"""The sandbox images: the container tiers' image and the microVM guest."""

@@ -55,12 +55,32 @@ def test_hello_and_stats(corch, tier):
 
 
 def test_runtime_is_what_was_asked(corch, tier):
-    res = run(corch, tier, "dmesg 2>&1 | head -3; true", )
-    res = corch.execute_code(tier, "dmesg 2>&1 | head -3; true", language="bash")
+    """Tier1 runs under the engine's default runtime (runc: this host's own kernel
+    answers the code); Tier2 under runsc, gVisor's kernel, never the host's in its
+    place. The engine's record of the container and the code's own view both say so."""
+    client = corch.sandbox(tier).client()
+    info = client.info()
+    ours = {"label": [f"{HOST_LABEL}={host_tag()}", f"symbi-jupyter.tier={tier.value}"]}
+    runtimes = set()
+
+    def while_it_runs(stream: str, chunk: bytes) -> None:
+        # The run's container exists until its result is read (a pooled spare may too).
+        for container in client.containers.list(all=True, filters=ours, ignore_removed=True):
+            runtimes.add(container.attrs["HostConfig"]["Runtime"])
+
+    res = corch.execute_code(tier, "uname -r; cat /proc/version; dmesg 2>&1 | head -n 3",
+                             language="bash", on_output=while_it_runs)
+    assert res.success, res.stderr
+    release, version, *kernel_log = res.stdout.splitlines()
     if tier is SecurityTier.TIER2:
-        assert "Starting gVisor" in res.stdout
+        assert runtimes == {"runsc"}
+        assert release != info["KernelVersion"]
+        assert any("Starting gVisor" in line for line in kernel_log), res.stdout
     else:
-        assert "Starting gVisor" not in res.stdout
+        assert runtimes == {info["DefaultRuntime"]}
+        if info["DefaultRuntime"] == "runc":
+            assert release == info["KernelVersion"]
+            assert not any("gVisor" in line for line in [version, *kernel_log]), res.stdout
 
 
 @pytest.mark.parametrize(("language", "code", "expected"), [

@@ -15,7 +15,7 @@ from symbi_jupyter import ResourceLimits, SecurityTier
 from symbi_jupyter.errors import TierUnavailable
 from symbi_jupyter.orchestrator import SandboxOrchestrator
 from symbi_jupyter.sandboxes.base import ExecutionRequest
-from symbi_jupyter.sandboxes.microvm import FirecrackerDriver, MicroVMSandbox, QEMUDriver
+from symbi_jupyter.sandboxes.microvm import MicroVMSandbox, QEMUDriver
 from symbi_jupyter.setup.images.microvm import READY_LINE
 
 from .conftest import need, wait_until
@@ -224,14 +224,54 @@ def test_the_probe_boot_decides_the_acceleration(audit_path) -> None:
         orch.close()
 
 
-def test_firecracker_is_skipped_with_a_precise_reason(audit_path) -> None:
-    driver = FirecrackerDriver("firecracker")
-    if driver.path() is None:
-        sandbox = MicroVMSandbox(vmm="firecracker")
-        availability = sandbox.availability()
-        assert not availability.ok
-        pytest.skip(f"Firecracker cannot run here: {availability.reason}")
-    pytest.skip("Firecracker is installed: its boot test needs a host with real KVM")
+def _vmms_tried(reason: str) -> str:
+    """The VMMs an unavailable Tier3 tried, and why each failed, from its reason."""
+    assert "no usable VMM: " in reason and "; install " in reason, reason
+    return reason.split("no usable VMM: ", 1)[1].rsplit("; install ", 1)[0]
+
+
+def test_firecracker_is_skipped_with_a_precise_reason(tmp_path: Path) -> None:
+    """``vmm = 'firecracker'`` where Firecracker cannot run: Tier3 is unavailable, with
+    no QEMU put in its place, and the reason names which of its two needs is missing,
+    the binary or a KVM that boots guests (in the KVM probe's own words), and the fix.
+    'auto' passes over such a Firecracker to QEMU.
+
+    Both faults are real: a binary path with nothing there, and this host's own KVM
+    verdict. An executable file stands in for an installed Firecracker: availability
+    only looks the binary up, it never runs it."""
+    try:
+        MicroVMSandbox().manifest()
+    except TierUnavailable as exc:
+        need(False, str(exc), tier="microvm")
+    need(shutil.which(MicroVMSandbox().qemu_binary) is not None,
+         "no QEMU (its probe boot is the KVM verdict Firecracker needs)", tier="microvm")
+
+    absent = tmp_path / "no-such-firecracker"
+    missing = MicroVMSandbox(vmm="firecracker", firecracker_binary=str(absent)).availability()
+    assert not missing.ok and not missing.details
+    assert _vmms_tried(missing.reason) == f"firecracker ({absent} not found)"
+    assert missing.reason.endswith("; install Firecracker on a host with real KVM (VMX/SVM), "
+                                   "or set MicroVMSandbox.vmm = 'qemu'")
+
+    installed = tmp_path / "firecracker"
+    installed.write_text("#!/bin/sh\nexit 99\n")
+    installed.chmod(0o755)
+    # The KVM verdict the QEMU probe boot gives on this host (cached per guest kernel).
+    qemu = MicroVMSandbox(vmm="qemu").availability()
+    assert qemu.ok, qemu.reason
+    kvm = qemu.details["acceleration"]
+    kvm_boots = kvm == "a probe VM booted under KVM"
+    verdict = MicroVMSandbox(vmm="firecracker", firecracker_binary=str(installed)).availability()
+    auto = MicroVMSandbox(firecracker_binary=str(installed)).availability()
+    assert auto.ok, auto.reason
+    if kvm_boots:  # a host with real KVM: Firecracker it is
+        assert verdict.ok and verdict.details["vmm"] == "Firecracker · KVM"
+        assert auto.details["vmm"] == "Firecracker · KVM"
+    else:
+        assert not verdict.ok
+        assert _vmms_tried(verdict.reason) == f"firecracker (needs KVM: {kvm})"
+        assert auto.details["vmm"] == "QEMU microvm · emulated (TCG)"
+        assert auto.details["acceleration"] == kvm
 
 
 def test_missing_guest_names_the_build_command(tmp_path: Path) -> None:

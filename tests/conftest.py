@@ -14,6 +14,7 @@ from IPython.utils.capture import capture_output
 
 from symbi_jupyter.orchestrator import SandboxOrchestrator
 from symbi_jupyter.render import ResultDisplay
+from symbi_jupyter.sandboxes.identities import RunIdentities
 
 # Set in CI, e.g. SYMBI_REQUIRE_TIERS=none,docker,gvisor: a tier the tests need but
 # cannot find is a failure there, a skip (with the reason) on a user's laptop.
@@ -90,6 +91,12 @@ def is_prestarted(script: str | Path) -> bool:
         return Path(script).read_text().startswith("# The bootstrap of a pre-started")
     except (OSError, UnicodeDecodeError):
         return False
+
+
+def leased(uid: int | str) -> bool:
+    """Whether ``uid`` is one of the block sandboxes lease their own host uid from."""
+    block = RunIdentities()
+    return block.first_uid <= int(uid) < block.first_uid + block.count
 
 
 def wait_until(predicate, seconds: float = 30.0) -> bool:

@@ -31,7 +31,7 @@ def _qemu_processes() -> list[int]:
                 cmdline = (proc / "cmdline").read_bytes()
             except OSError:
                 continue
-            if b"qemu-system" in cmdline and b"symbi-vm-" in cmdline:
+            if b"qemu-system" in cmdline and b"name=symbi.agent" in cmdline:
                 found.append(int(proc.name))
     return found
 

@@ -14,7 +14,7 @@ import pytest
 
 from symbi_jupyter import ResourceLimits, SecurityTier
 
-from .conftest import is_prestarted, wait_until
+from .conftest import is_prestarted, leased, wait_until
 
 NONE = SecurityTier.NONE
 
@@ -93,6 +93,11 @@ def same_run(text: str) -> str:
 
 def test_the_process_is_what_a_fresh_interpreter_gives(orch):
     seen = [json.loads(same_run(run(orch, PROBE).stdout)) for run in (warm, cold)]
+    for ids in (seen[0].pop("ids"), seen[1].pop("ids")):
+        # Each run's own uid (as root) differs from run to run; its shape does not.
+        uid, euid, gid, egid, groups = ids
+        assert uid == euid and gid == egid and groups == []
+        assert uid == gid and leased(uid) if os.geteuid() == 0 else uid == os.getuid()
     assert seen[0] == seen[1]
     assert seen[0]["argv"] == [seen[0]["file"]] and seen[0]["stdin"] == ""
 

@@ -15,7 +15,6 @@ import socket
 import struct
 import threading
 import time
-from pathlib import Path
 from typing import Any, ClassVar
 
 from traitlets import Bool, Int, List, Unicode
@@ -29,15 +28,18 @@ from ._evidence import Evidence, killed_by, limits_reached
 from ._pool import ReadyPool
 from ._sigint import SigintLatch
 from ._streams import CappedStream
-from ._supervisor import host_tag, pid_alive, remove_cgroup_dir
 from .base import Availability, ExecutionRequest, Sandbox, WorkerHandle
+from .identities import RunIdentities
+from .supervisor.cgroups import CGROUP_ROOT, DOCKER_PARENT, RunCgroup, stale_groups
+from .supervisor.identity import Lease
+from .supervisor.proctree import host_tag, pid_alive
 from .worker import BOOTSTRAP as WORKER_BOOTSTRAP
 
 MiB = 1024 * 1024
+#: Stands for the container's leased uid in its options until it is created.
+LEASED_UID = "leased-uid"
 LABEL = "symbi-jupyter"
 HOST_LABEL = "symbi-jupyter.host"
-CGROUP_ROOT = "/sys/fs/cgroup"
-CGROUP_PARENT = "symbi-jupyter-docker"
 WORKSPACE = "/workspace"
 #: Where the launcher writes the line-buffering sitecustomize (see policy.py).
 LINE_BUFFERING_DIR = f"{WORKSPACE}/.symbi"
@@ -47,7 +49,6 @@ LAUNCHER = (
     'mkdir -p "$3" && printf "%s" "$4" > "$3/sitecustomize.py" '
     '&& cat > "$1" && exec "$2" "$1"'
 )
-# Where the kernel's cgroup trees live for each limit we read back (v1).
 _STDOUT, _STDERR = 1, 2
 
 
@@ -111,9 +112,12 @@ class DockerSandbox(Sandbox):
         and the interpreter works.""",
     )
     user = Unicode(
-        "65534:65534",
+        "",
         config=True,
-        help="UID:GID the code runs as inside the container; root (0) is refused.",
+        help="""UID:GID the code runs as inside the container, which is also its uid on
+        the host (no user-namespace remapping); root (0) is refused. '' (the default):
+        each container its own uid, leased from RunIdentities' block, so that no two
+        containers, and no native run, share one.""",
     )
     read_only_root = Bool(True, config=True, help="Mount the image's filesystem read-only.")
     tmp_size_mb = Int(64, config=True, help="Size of the /tmp tmpfs (noexec, nosuid).")
@@ -296,8 +300,12 @@ class DockerSandbox(Sandbox):
         """The hardened container configuration for this request, and how each limit
         is enforced by it."""
         check_container_env(request.env)
-        uid, _, gid = self.user.partition(":")
-        if not uid.isdigit() or int(uid) == 0 or (gid and not gid.isdigit()):
+        # A leased uid is put in by _prepare: pooled containers of one configuration
+        # stay interchangeable.
+        uid, _, gid = self.user.partition(":") if self.user else (LEASED_UID, "", "")
+        if not self.user:
+            RunIdentities(parent=self).check()
+        elif not uid.isdigit() or int(uid) == 0 or (gid and not gid.isdigit()):
             raise ConfigError(
                 f"{type(self).__name__}.user = {self.user!r}: give a numeric non-root UID:GID"
             )
@@ -396,18 +404,28 @@ class DockerSandbox(Sandbox):
 
         created = time.monotonic()
         options = dict(options)
+        lease = None
+        if options["user"].startswith(LEASED_UID):
+            lease = RunIdentities(parent=self).lease()
+            options["user"] = options["user"].replace(LEASED_UID, str(lease.uid))
+            options["tmpfs"] = {path: spec.replace(LEASED_UID, str(lease.uid))
+                                for path, spec in options["tmpfs"].items()}
         parent = None
         if self._measurable():
-            parent = f"/{CGROUP_PARENT}/{host_tag()}-{next(self._counter)}"
+            parent = f"/{DOCKER_PARENT}/{host_tag()}-{next(self._counter)}"
             options["cgroup_parent"] = parent
         try:
             container = client.containers.create(self.image, **options)
         except docker.errors.ImageNotFound:
             self._ready = False
+            if lease:
+                lease.release()
             raise TierUnavailable(
                 f"the image {self.image} is missing; build it with: {build_command()}"
             ) from None
         except docker.errors.APIError as exc:
+            if lease:
+                lease.release()
             raise TierUnavailable(f"the engine refused the container: {_short(exc)}") from None
         try:
             sock = container.attach_socket(
@@ -417,8 +435,10 @@ class DockerSandbox(Sandbox):
         except BaseException:
             with contextlib.suppress(docker.errors.APIError):
                 container.remove(force=True)
+            if lease:
+                lease.release()
             raise
-        return _Prepared(container, sock._sock, parent, time.monotonic() - created)
+        return _Prepared(container, sock._sock, parent, time.monotonic() - created, lease)
 
     def _run_container(self, client, request, options, enforcement, latch: SigintLatch
                        ) -> ExecutionResult:
@@ -435,6 +455,7 @@ class DockerSandbox(Sandbox):
         if key:
             self._pool.refill(key, self.pool_size, lambda: self._prepare(client, options))
         container, raw, parent = prepared.container, prepared.raw, prepared.parent
+        group = prepared.group
         cap = lim.max_output_bytes or 10 * MiB
         streams = {_STDOUT: CappedStream("stdout", cap), _STDERR: CappedStream("stderr", cap)}
         timed_out = cpu_exceeded = stopped_for_output = interrupted = False
@@ -443,8 +464,8 @@ class DockerSandbox(Sandbox):
         try:
             raw.sendall(request.code)
             raw.shutdown(socket.SHUT_WR)
-            if request.on_started and parent:
-                request.on_started({"usage": functools.partial(_parent_usage, parent)})
+            if request.on_started and group:
+                request.on_started({"usage": group.usage})
             deadline = started + lim.timeout_seconds if lim.timeout_seconds else None
             frames = _Frames()
             sel = selectors.DefaultSelector()
@@ -457,12 +478,12 @@ class DockerSandbox(Sandbox):
                     if deadline is not None and now >= deadline:
                         timed_out = True
                         break
-                    if parent and lim.max_cpu_seconds:
-                        used = _cgroup_cpu(parent)
+                    if group and lim.max_cpu_seconds:
+                        used = group.cpu_usage_seconds()
                         if used is not None and used >= lim.max_cpu_seconds:
                             cpu_exceeded = True
                             break
-                    wait = 0.1 if parent and lim.max_cpu_seconds else 1.0
+                    wait = 0.1 if group and lim.max_cpu_seconds else 1.0
                     if deadline is not None:
                         wait = min(wait, max(0.0, deadline - now))
                     try:
@@ -489,7 +510,7 @@ class DockerSandbox(Sandbox):
                 sel.close()
             wall = time.monotonic() - started
             if timed_out or cpu_exceeded or interrupted or stopped_for_output:
-                pids_hits = _container_pids_hits(parent, container.id)
+                pids_hits = group.child(container.id).pids_limit_hits() if group else 0
                 with contextlib.suppress(docker.errors.APIError):
                     container.kill()
             status = container.wait(timeout=30)
@@ -518,10 +539,10 @@ class DockerSandbox(Sandbox):
             term_signal = 9
         peak = cpu_user = cpu_sys = None
         method = None
-        if parent:
-            peak = _read_int(_cgroup_file(parent, "memory", "memory.max_usage_in_bytes"))
-            cpu_user = _read_ns(_cgroup_file(parent, "cpuacct", "cpuacct.usage_user"))
-            cpu_sys = _read_ns(_cgroup_file(parent, "cpuacct", "cpuacct.usage_sys"))
+        group = RunCgroup.v1_parent(parent) if parent else None
+        if group:
+            peak = group.peak_memory()
+            cpu_user, cpu_sys = group.cpu_user_system()
             method = "cgroup" if peak else None
             if self.runtime == "runsc":
                 enforcement["measurement"] = (
@@ -540,7 +561,7 @@ class DockerSandbox(Sandbox):
             cpu_exceeded=cpu_exceeded,
             # The engine's flag misses a process gVisor's own kernel killed when the
             # sandbox's cgroup ran out: the cgroup's own count does not.
-            oom_kills=1 if state.get("OOMKilled") else _parent_oom_kills(parent),
+            oom_kills=1 if state.get("OOMKilled") else group.oom_kills() if group else 0,
             memory_limit_reached=bool(
                 peak and request.limits.max_memory_mb
                 and peak >= int(request.limits.max_memory_mb * MiB)
@@ -586,14 +607,23 @@ class _Prepared:
     raw: socket.socket
     parent: str | None
     startup_seconds: float
+    #: the container's own host uid, held until it is removed
+    lease: Lease | None = None
 
     def discard(self) -> None:
         with contextlib.suppress(Exception):
             self.raw.close()
         with contextlib.suppress(Exception):
             self.container.remove(force=True)
-        if self.parent:
-            _remove_cgroup_parent(self.parent)
+        if self.group:
+            self.group.remove()
+        if self.lease:
+            self.lease.release()
+
+    @functools.cached_property
+    def group(self) -> RunCgroup | None:
+        """The container's cgroup parent, where its figures are read."""
+        return RunCgroup.v1_parent(self.parent) if self.parent else None
 
 
 class _ContainerWorker(WorkerHandle):
@@ -662,20 +692,14 @@ class _ContainerWorker(WorkerHandle):
         return self.result
 
     def usage(self) -> dict[str, Any]:
-        parent = self._prepared.parent
-        if not parent or self.result is not None:
+        group = self._prepared.group
+        if not group or self.result is not None:
             return {}
-        return _parent_usage(parent)
+        return group.usage()
 
     def reset_peak(self) -> bool:
-        parent = self._prepared.parent
-        if not parent:
-            return False
-        try:
-            _cgroup_file(parent, "memory", "memory.max_usage_in_bytes").write_text("0")
-            return True
-        except OSError:
-            return False
+        group = self._prepared.group
+        return bool(group) and group.reset_peak()
 
 
 def _pool_key(image: str, options: dict[str, Any]) -> str:
@@ -717,85 +741,13 @@ def reap(client, *, log=print) -> list[str]:
         with contextlib.suppress(Exception):
             container.remove(force=True)
             removed.append(container.short_id)
-    for path in Path(CGROUP_ROOT).glob(f"*/{CGROUP_PARENT}/{namespace}-*"):
-        pid = path.name.split("-")[1]
-        if pid.isdigit() and not pid_alive(int(pid)):
-            with contextlib.suppress(OSError):
-                path.rmdir()
+    for path in stale_groups(DOCKER_PARENT):
+        with contextlib.suppress(OSError):
+            os.rmdir(path)
     if removed:
         log(f"reaped containers left by dead kernels: {', '.join(removed)}")
     return removed
 
-
-
-def _cgroup_file(parent: str, controller: str, name: str) -> Path:
-    return Path(CGROUP_ROOT, controller, parent.lstrip("/"), name)
-
-
-def _read_int(path: Path) -> int | None:
-    try:
-        return int(path.read_text().strip())
-    except (OSError, ValueError):
-        return None
-
-
-def _read_ns(path: Path) -> float | None:
-    value = _read_int(path)
-    return value / 1e9 if value is not None else None
-
-
-def _cgroup_cpu(parent: str) -> float | None:
-    return _read_ns(_cgroup_file(parent, "cpuacct", "cpuacct.usage"))
-
-
-def _parent_oom_kills(parent: str | None) -> int:
-    """OOM kills in the container's cgroup parent (v1 memory.oom_control)."""
-    if not parent:
-        return 0
-    try:
-        text = _cgroup_file(parent, "memory", "memory.oom_control").read_text()
-    except OSError:
-        return 0
-    for line in text.splitlines():
-        key, _, value = line.partition(" ")
-        if key == "oom_kill" and value.strip().isdigit():
-            return int(value)
-    return 0
-
-
-def _parent_usage(parent: str) -> dict[str, Any]:
-    """A container's figures from the cgroup parent of ours it runs under; {} once no
-    process is left under it."""
-    if _read_int(_cgroup_file(parent, "pids", "pids.current")) == 0:
-        return {}
-    current = _read_int(_cgroup_file(parent, "memory", "memory.usage_in_bytes"))
-    if current is None:
-        return {}
-    return {
-        "memory_bytes": current,
-        "peak_memory_bytes": _read_int(_cgroup_file(parent, "memory",
-                                                    "memory.max_usage_in_bytes")),
-        "cpu_seconds": _cgroup_cpu(parent),
-        "method": "cgroup",
-    }
-
-
-def _container_pids_hits(parent: str | None, container_id: str) -> int:
-    if not parent:
-        return 0
-    text = ""
-    with contextlib.suppress(OSError):
-        text = _cgroup_file(parent, "pids", f"{container_id}/pids.events").read_text()
-    for line in text.splitlines():
-        key, _, value = line.partition(" ")
-        if key == "max" and value.strip().isdigit():
-            return int(value)
-    return 0
-
-
-def _remove_cgroup_parent(parent: str) -> None:
-    for controller in os.listdir(CGROUP_ROOT):
-        remove_cgroup_dir(os.path.join(CGROUP_ROOT, controller, parent.lstrip("/")))
 
 
 def _short(exc: BaseException) -> str:

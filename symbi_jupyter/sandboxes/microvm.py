@@ -39,15 +39,16 @@ from ..tiers import SecurityTier
 from ._evidence import Evidence, killed_by, limits_reached
 from ._pool import ReadyPool
 from ._streams import CappedStream
-from ._supervisor import host_tag, pid_alive, remove_cgroup_dir
 from .base import Availability, ExecutionRequest, Sandbox, WorkerHandle
+from .identities import RunIdentities
+from .supervisor.cgroups import VM_PARENT, RunCgroup, stale_groups, v1_memory_group
+from .supervisor.identity import Lease
+from .supervisor.proctree import PR_SET_NO_NEW_PRIVS, host_tag, pid_alive
 from .worker import WorkerSession, worker_source
 
 MiB = 1024 * 1024
 #: The smallest guest that boots python3 here.
 MIN_GUEST_MIB = 128
-CGROUP_ROOT = "/sys/fs/cgroup"
-CGROUP_PARENT = "symbi-jupyter-vm"
 PORT_NAME = "symbi.agent"
 _PR_SET_PDEATHSIG = 1
 
@@ -75,6 +76,10 @@ class VMSpec:
     vcpus: int
     accel: str
     run_dir: Path
+    #: descriptors the host opened for the VMM: the agent's listening socket and the
+    #: console file (QEMU), so that it never opens a path in the run directory
+    agent_fd: int | None = None
+    console_fd: int | None = None
 
     @property
     def socket(self) -> Path:
@@ -125,11 +130,13 @@ class QEMUDriver(VMMDriver):
             + (",readonly=on" if spec.rootfs_read_only else ""),
             "-device", "virtio-blk-device,drive=root",
             "-device", "virtio-serial-device",
-            # Relative to the VMM's working directory (the run directory): a unix
-            # socket's path must stay under 108 bytes however deep that is.
-            "-chardev", f"socket,id=agent,path={spec.socket.name},server=on,wait=off",
+            # The host's own listening socket and console file, opened before QEMU
+            # starts: the VMM needs no access to the run directory.
+            "-chardev", f"socket,id=agent,fd={spec.agent_fd},server=on,wait=off",
             "-device", f"virtserialport,chardev=agent,name={PORT_NAME}",
-            "-serial", f"file:{spec.console}",
+            "-add-fd", f"fd={spec.console_fd},set=1", "-serial", "file:/dev/fdset/1",
+            # No new processes, no privileges, no obsolete or resource-control calls.
+            "-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
         ]
         if spec.initrd:
             argv[argv.index("-append"):argv.index("-append")] = ["-initrd", str(spec.initrd)]
@@ -386,6 +393,8 @@ class MicroVMSandbox(Sandbox):
             shutil.rmtree(run_dir, ignore_errors=True)
             raise
         mem, vcpus = spec.mem_mib, spec.vcpus
+        qemu = not isinstance(driver, FirecrackerDriver)
+        lease = RunIdentities(parent=self).lease() if qemu and os.geteuid() == 0 else None
         cgroup = self._vmm_cgroup(n, mem)
         enforcement = {
             "memory": f"guest memory ({mem} MiB)",
@@ -396,17 +405,29 @@ class MicroVMSandbox(Sandbox):
             "open_files": "RLIMIT_NOFILE inside the guest",
             "vmm_memory": f"cgroup ({mem + self.vmm_memory_overhead_mb} MiB)" if cgroup
             else "not enforced: no writable memory cgroup",
+            "vmm_privileges": f"uid {lease.uid} of its own, no capabilities, seccomp "
+            "(-sandbox on)" if lease else "seccomp (-sandbox on), as this user" if qemu
+            else "not deprivileged: Firecracker's jailer is not used yet",
         }
+        passed: list[int] = []
         try:
-            proc = _launch(driver.command(spec), cgroup, spec.run_dir,
-                           stdio=isinstance(driver, FirecrackerDriver))
+            if qemu:
+                passed = _open_for_vmm(spec)
+            proc = _launch(driver.command(spec), cgroup, spec.run_dir, stdio=not qemu,
+                           lease=lease, pass_fds=passed)
         except OSError as exc:
             shutil.rmtree(run_dir, ignore_errors=True)
-            _remove_cgroup(cgroup)
+            if cgroup is not None:
+                cgroup.remove()
+            if lease is not None:
+                lease.release()
             raise TierUnavailable(f"{self.tier.display_name}: cannot start {driver.name}: {exc}"
                                   ) from None
+        finally:
+            for fd in passed:
+                os.close(fd)  # the VMM has its own copies
         worker = _VMWorker(self, proc, spec, cgroup, request, enforcement,
-                           driver.label(accel), isinstance(driver, FirecrackerDriver))
+                           driver.label(accel), not qemu, lease)
         try:
             worker.connect(deadline=time.monotonic() + timeout)
             try:
@@ -459,21 +480,10 @@ class MicroVMSandbox(Sandbox):
             accel=accel, run_dir=run_dir,
         )
 
-    def _vmm_cgroup(self, n: int, mem: int) -> Path | None:
+    def _vmm_cgroup(self, n: int, mem: int) -> RunCgroup | None:
         """A v1 memory cgroup bounding the VMM process (guest memory + overhead)."""
-        base = Path(CGROUP_ROOT, "memory")
-        if not os.access(base, os.W_OK):
-            return None
-        path = base / CGROUP_PARENT / f"{host_tag()}-{n}"
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-            limit = str((mem + self.vmm_memory_overhead_mb) * MiB)
-            (path / "memory.limit_in_bytes").write_text(limit)
-            with contextlib.suppress(OSError):
-                (path / "memory.memsw.limit_in_bytes").write_text(limit)
-        except OSError:
-            return None
-        return path
+        return v1_memory_group(VM_PARENT, f"{host_tag()}-{n}",
+                               (mem + self.vmm_memory_overhead_mb) * MiB)
 
     def _reap(self) -> None:
         """Remove the run directories and cgroups of kernels (of this pid namespace)
@@ -483,16 +493,14 @@ class MicroVMSandbox(Sandbox):
         self._reaped = True
         namespace = host_tag().split("-")[0]
         root = Path(self.run_root or tempfile.gettempdir())
-        stale = [*root.glob(f"symbi-vm-{namespace}-*"),
-                 *Path(CGROUP_ROOT, "memory", CGROUP_PARENT).glob(f"{namespace}-*")]
-        for path in stale:
+        for path in root.glob(f"symbi-vm-{namespace}-*"):
             pid = path.name.removeprefix("symbi-vm-").split("-")[1]
             if pid.isdigit() and not pid_alive(int(pid)):
-                if path.is_relative_to(CGROUP_ROOT):
-                    remove_cgroup_dir(str(path))
-                else:
-                    shutil.rmtree(path, ignore_errors=True)
+                shutil.rmtree(path, ignore_errors=True)
                 self.log.warning("removed %s left by a dead kernel", path)
+        for group in stale_groups(VM_PARENT):
+            RunCgroup(1, {"memory": group}).remove()
+            self.log.warning("removed %s left by a dead kernel", group)
 
     def run(self, request: ExecutionRequest) -> ExecutionResult:
         interpreter, filename = policy.language_spec(request.language)
@@ -628,9 +636,11 @@ class _VMWorker(WorkerHandle):
     """A running VM and the byte channel to its agent."""
 
     def __init__(self, sandbox: MicroVMSandbox, proc: subprocess.Popen, spec: VMSpec,
-                 cgroup: Path | None, request: ExecutionRequest,
-                 enforcement: dict[str, str], label: str, stdio: bool) -> None:
+                 cgroup: RunCgroup | None, request: ExecutionRequest,
+                 enforcement: dict[str, str], label: str, stdio: bool,
+                 lease: Lease | None = None) -> None:
         self.sandbox, self.proc, self.spec, self.cgroup = sandbox, proc, spec, cgroup
+        self.lease = lease  # the VMM's own uid, freed once it is gone
         self.request, self._enforcement, self.label, self.stdio = (
             request, enforcement, label, stdio)
         self.sock: socket.socket | None = None
@@ -747,7 +757,10 @@ class _VMWorker(WorkerHandle):
             with contextlib.suppress(OSError):
                 self.sock.close()
         shutil.rmtree(self.spec.run_dir, ignore_errors=True)
-        _remove_cgroup(self.cgroup)
+        if self.cgroup is not None:
+            self.cgroup.remove()
+        if self.lease is not None and self.proc.poll() is not None:
+            self.lease.release()
 
     def stop(self) -> None:
         if self.result is None:
@@ -798,22 +811,50 @@ class _Launcher:
                 done.put((False, exc))
 
 
-def _launch(argv: list[str], cgroup: Path | None, run_dir: Path, stdio: bool
+def _open_for_vmm(spec: VMSpec) -> list[int]:
+    """Open the agent's listening socket and the console file in the run directory
+    (root's) for the VMM, which then needs no path of its own there."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    dir_fd = os.open(spec.run_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        # Through the directory's descriptor: a short path to a deep socket.
+        listener.bind(f"/proc/self/fd/{dir_fd}/{spec.socket.name}")
+        listener.listen(1)
+        console = os.open(spec.console.name, os.O_WRONLY | os.O_CREAT | os.O_EXCL
+                          | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
+    except BaseException:
+        listener.close()
+        raise
+    finally:
+        os.close(dir_fd)
+    spec.agent_fd, spec.console_fd = listener.detach(), console
+    return [spec.agent_fd, spec.console_fd]
+
+
+def _launch(argv: list[str], cgroup: RunCgroup | None, run_dir: Path, stdio: bool,
+            lease: Lease | None = None, pass_fds: list[int] | None = None
             ) -> subprocess.Popen:
-    """Start the VMM in its own session, in its cgroup, dying with us (PDEATHSIG)."""
-    return _Launcher.call(lambda: _popen(argv, cgroup, run_dir, stdio))
+    """Start the VMM in its own session, in its cgroup, as its own uid (``lease``),
+    dying with us (PDEATHSIG)."""
+    return _Launcher.call(lambda: _popen(argv, cgroup, run_dir, stdio, lease, pass_fds or []))
 
 
-def _popen(argv: list[str], cgroup: Path | None, run_dir: Path, stdio: bool
-           ) -> subprocess.Popen:
+def _popen(argv: list[str], cgroup: RunCgroup | None, run_dir: Path, stdio: bool,
+           lease: Lease | None, pass_fds: list[int]) -> subprocess.Popen:
     libc = ctypes.CDLL(None, use_errno=True)
-    procs = str(cgroup / "cgroup.procs") if cgroup else None
+    procs = os.path.join(cgroup.paths["memory"], "cgroup.procs") if cgroup else None
 
     def confine() -> None:
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-        if procs:
+        if procs:  # while still root
             with open(procs, "w") as f:
                 f.write(str(os.getpid()))
+        if lease is not None:
+            os.setgroups(_kvm_groups())
+            os.setresgid(lease.gid, lease.gid, lease.gid)
+            os.setresuid(lease.uid, lease.uid, lease.uid)
+            libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+        # After the change of uid, which clears it.
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
     with open(run_dir / "vmm.log", "wb") as errors:
         return subprocess.Popen(
@@ -821,15 +862,21 @@ def _popen(argv: list[str], cgroup: Path | None, run_dir: Path, stdio: bool
             stdin=subprocess.PIPE if stdio else subprocess.DEVNULL,
             stdout=subprocess.PIPE if stdio else subprocess.DEVNULL,
             stderr=errors,
-            cwd=run_dir,
+            # Its own uid cannot enter root's run directory, and needs nothing there.
+            cwd="/" if lease is not None else run_dir,
+            pass_fds=pass_fds,
             start_new_session=True,
-            preexec_fn=confine,  # only prctl and a write before exec
+            preexec_fn=confine,  # only syscalls and a write before exec
         )
 
 
-def _remove_cgroup(path: Path | None) -> None:
-    if path is not None:
-        remove_cgroup_dir(str(path))
+def _kvm_groups() -> list[int]:
+    """The group that may use /dev/kvm, if any may: an unprivileged VMM needs it."""
+    with contextlib.suppress(OSError):
+        st = os.stat("/dev/kvm")
+        if st.st_mode & 0o060 == 0o060 and st.st_gid != 0:
+            return [st.st_gid]
+    return []
 
 
 def _host_tsc_khz() -> int:

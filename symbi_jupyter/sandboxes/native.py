@@ -1,30 +1,26 @@
 """Tier None: native execution on the host, under real limits.
 
 Each run gets a private directory, a clean environment, rlimits, and (where the host
-allows it) its own cgroups; a small supervisor process (:mod:`._supervisor`) forks the
+allows it) its own cgroups; a small supervisor process (:mod:`.supervisor`) forks the
 code, enforces the wall clock and kills the whole process tree afterwards.
 """
 
 from __future__ import annotations
 
-import array
 import contextlib
 import dataclasses
-import functools
 import json
 import math
 import os
 import pwd
 import py_compile
 import resource
-import selectors
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -35,22 +31,18 @@ from ..errors import TierUnavailable
 from ..result import ExecutionResult
 from ..tiers import SecurityTier
 from ._evidence import Evidence, killed_by, limits_reached
+from ._follow import RunFollower
 from ._sigint import SigintLatch
 from ._streams import CappedStream
-from ._supervisor import (
-    RLIMITS,
-    RUN_DIR,
-    host_tag,
-    pid_alive,
-    profile_of,
-    soft_hard,
-    write_all,
-)
-from ._usage import cgroup_file, run_usage
+from ._usage import run_usage
 from .base import Availability, ExecutionRequest, Sandbox, WorkerHandle
+from .identities import RunIdentities
+from .supervisor import BOOTSTRAP, PACKAGE_DIR, channel
+from .supervisor.cgroups import RunCgroup
+from .supervisor.proctree import RLIMITS, host_tag, pid_alive, soft_hard, write_all
+from .supervisor.workload import RUN_DIR, profile_of
 
 MiB = 1024 * 1024
-SUPERVISOR = Path(__file__).with_name("_supervisor.py")
 
 
 def _within_hard_limit(name: str, value: int | list[int]) -> tuple[int | list[int], int | None]:
@@ -70,11 +62,13 @@ class NativeSandbox(Sandbox):
     tier = SecurityTier.NONE
 
     run_as_user = Unicode(
-        "nobody",
+        "",
         config=True,
-        help="""When the orchestrator runs as root, native code runs as this unprivileged
-        user (RLIMIT_NPROC does not bind root, and root could undo every limit).
-        Set to '' to run as root anyway.""",
+        help="""When the orchestrator runs as root, who native code runs as. '' (the
+        default): each run as its own uid, leased from RunIdentities' block, so that no
+        run can signal, trace or write to another. A user name: every run as that
+        user (runs can then reach one another). 'root': as root (root could undo
+        every limit; RLIMIT_NPROC does not bind it).""",
     )
     use_cgroups = Enum(
         ["auto", "require", "never"],
@@ -142,8 +136,8 @@ class NativeSandbox(Sandbox):
                                  self._proc.returncode)
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             self._proc = subprocess.Popen(
-                [sys.executable, "-I", "-S", "-B", str(SUPERVISOR), str(theirs.fileno()),
-                 str(os.getpid()), str(self.spare_runs)],
+                [sys.executable, "-I", "-S", "-B", "-c", BOOTSTRAP, PACKAGE_DIR,
+                 str(theirs.fileno()), str(os.getpid()), str(self.spare_runs)],
                 pass_fds=[theirs.fileno()],
                 stdin=subprocess.DEVNULL,
                 close_fds=True,
@@ -157,12 +151,21 @@ class NativeSandbox(Sandbox):
             if hello.get("event") != "ready":
                 raise TierUnavailable("the native supervisor process failed to start")
             # What the first spares start an interpreter for (later runs teach it).
-            ours.send(json.dumps({"profile": profile}).encode())
+            ours.send(json.dumps({"profile": profile, "identity": self._identities()}).encode())
             self._cgroup_probe = hello["cgroup"]
             if hello.get("reaped"):
                 self.log.warning("reaped run cgroups left by dead kernels: %s", hello["reaped"])
             self._sock = ours
             return ours
+
+    def _identities(self) -> dict[str, Any] | None:
+        """The block the supervisor's spares lease their runs' uids from, if any."""
+        if os.geteuid() != 0 or self.run_as_user:
+            return None
+        try:
+            return RunIdentities(parent=self).check()
+        except TierUnavailable:
+            return None  # said by the run that needs it
 
     def close(self) -> None:
         with self._lock:
@@ -238,9 +241,12 @@ class NativeSandbox(Sandbox):
         # argv[0] keeps the path as found (a virtualenv's bin/python3) so the interpreter
         # finds its environment; what is executed is the checked real path.
         shown_exe = policy.find_executable(request.executable or default_exe, search_path)
-        uid, gid = self._run_as(workdir)
-        if uid is not None:
-            _check_reachable(real_exe, uid, gid, self.run_as_user)
+        who = self._run_as(workdir)
+        if who:
+            # Any leased uid is "other" to the interpreter's files, as the block's first.
+            uid = who.get("uid", who.get("identity", {}).get("first"))
+            _check_reachable(real_exe, uid, who.get("gid", uid),
+                             self.run_as_user or "a leased uid")
         spec, enforcement = self._spec(request, worker=stdin_fd is not None)
         # The monitor makes the run directory: it stands in the environment as RUN_DIR.
         env = policy.native_environment(request.env, pol.get("env_passthrough", []), RUN_DIR)
@@ -255,8 +261,9 @@ class NativeSandbox(Sandbox):
             filename=filename,
             workdir=str(workdir),
             env=env,
-            uid=uid,
-            gid=gid,
+            uid=who.get("uid"),
+            gid=who.get("gid"),
+            identity=who.get("identity"),
             prestart=prestart,
             # A worker is interrupted through its channel; stopping it is a kill.
             interrupt_grace=0 if stdin_fd is not None else self.interrupt_grace_seconds,
@@ -289,21 +296,27 @@ class NativeSandbox(Sandbox):
                 shutil.rmtree(path, ignore_errors=True)
                 self.log.warning("removed run directory left by a dead kernel: %s", path)
 
-    def _run_as(self, workdir: Path) -> tuple[int | None, int | None]:
-        if os.geteuid() != 0 or not self.run_as_user:
-            return None, None
-        try:
-            entry = pwd.getpwnam(self.run_as_user)
-        except KeyError:
-            raise TierUnavailable(
-                f"NativeSandbox.run_as_user={self.run_as_user!r} does not exist on this host; "
-                "create it or set the trait to another unprivileged user ('' runs as root)"
-            ) from None
+    def _run_as(self, workdir: Path) -> dict[str, Any]:
+        """Who the run is: ``uid``/``gid`` of a named user, or ``identity``, the block
+        its monitor leases the run's own uid from; nothing when not root."""
+        if os.geteuid() != 0 or self.run_as_user == "root":
+            return {}
+        if self.run_as_user:
+            try:
+                entry = pwd.getpwnam(self.run_as_user)
+            except KeyError:
+                raise TierUnavailable(
+                    f"NativeSandbox.run_as_user={self.run_as_user!r} does not exist on this "
+                    "host; create it, or set the trait to '' (a uid of its own per run)"
+                ) from None
+            who = {"uid": entry.pw_uid, "gid": entry.pw_gid}
+        else:
+            who = {"identity": RunIdentities(parent=self).check()}
         # The unprivileged user must be able to reach its run directory.
         mode = workdir.stat().st_mode
         if mode & 0o111 != 0o111:
             os.chmod(workdir, (mode & 0o7777) | 0o111)
-        return entry.pw_uid, entry.pw_gid
+        return who
 
     def _spec(
         self, request: ExecutionRequest, worker: bool = False
@@ -369,7 +382,6 @@ class NativeSandbox(Sandbox):
         the stop button into an event of the loop."""
         # A worker's stdout is its protocol: never capped or kept here.
         cap = math.inf if stdin_fd is not None else request.limits.max_output_bytes or 10 * MiB
-        keep = stdin_fd is None
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         st_r, st_w = os.pipe()
@@ -377,99 +389,17 @@ class NativeSandbox(Sandbox):
         passed = [out_w, err_w, st_w, code] + ([stdin_fd] if stdin_fd is not None else [])
         try:
             write_all(code, request.code)
-            sock.sendmsg(
-                [json.dumps(spec).encode()],
-                [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", passed))],
-            )
+            channel.send(sock, json.dumps(spec).encode(), passed)
         finally:
             for fd in (out_w, err_w, st_w, code):
                 os.close(fd)
-        streams = {
-            out_r: CappedStream("stdout", cap, keep=keep),
-            err_r: CappedStream("stderr", cap, keep=keep),
-        }
-        status_buf = b""
-        events: dict[str, dict] = {}
-        monitor_pid = None
-        stopped_for_output = False
-        interrupted = False
-        sel = selectors.DefaultSelector()
-        for fd in (out_r, err_r, st_r):
-            os.set_blocking(fd, False)
-            sel.register(fd, selectors.EVENT_READ)
-        if latch.fd is not None:
-            sel.register(latch.fd, selectors.EVENT_READ)
-        signalled = False
-        backstop = None
-        if request.limits.timeout_seconds:
-            backstop = time.monotonic() + request.limits.timeout_seconds + 30
-        try:
-            # Done when the monitor has reported and both streams are closed (the
-            # whole tree is dead); its own exit is not worth waiting for.
-            pipes = {out_r, err_r, st_r}
-            while pipes and not ("exit" in events and pipes == {st_r}):
-                try:
-                    ready = sel.select(timeout=1.0)
-                except KeyboardInterrupt:  # not SIGINT: the latch takes that
-                    interrupted = True
-                    ready = []
-                for key, _ in ready:
-                    fd = key.fd
-                    if fd == latch.fd:
-                        latch.drain()
-                        interrupted = True
-                        continue
-                    try:
-                        chunk = os.read(fd, 1 << 16)
-                    except BlockingIOError:
-                        continue
-                    if not chunk:
-                        sel.unregister(fd)
-                        pipes.discard(fd)
-                        continue
-                    if fd == st_r:
-                        status_buf += chunk
-                        while b"\n" in status_buf:
-                            line, status_buf = status_buf.split(b"\n", 1)
-                            event = json.loads(line)
-                            events[event["event"]] = event
-                            monitor_pid = monitor_pid or event.get("monitor_pid")
-                            if event["event"] == "started" and request.on_started:
-                                request.on_started(
-                                    {**event, "usage": functools.partial(run_usage, event)})
-                        continue
-                    stream = streams[fd]
-                    kept = stream.feed(chunk)
-                    if kept and request.on_output:
-                        request.on_output(stream.name, kept)
-                    if (
-                        stream.truncated
-                        and self.stop_on_output_limit
-                        and not stopped_for_output
-                        and monitor_pid
-                    ):
-                        stopped_for_output = True
-                        with contextlib.suppress(ProcessLookupError):
-                            os.kill(monitor_pid, signal.SIGUSR1)
-                if interrupted and monitor_pid and not signalled:
-                    # Also when the stop came before the monitor said who it is.
-                    signalled = True
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(monitor_pid, signal.SIGUSR1)
-                if monitor_pid is None and self._proc is not None and self._proc.poll() is not None:
-                    raise TierUnavailable(
-                        "the native supervisor process died before starting this run"
-                    )
-                if backstop and time.monotonic() > backstop and monitor_pid:
-                    # The monitor enforces the timeout; this only guards against a
-                    # monitor that itself got stuck.
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(monitor_pid, signal.SIGKILL)
-                    backstop = None
-        finally:
-            sel.close()
-            for fd in (out_r, err_r, st_r):
-                os.close(fd)
+        follower = RunFollower(
+            request, (out_r, err_r, st_r), cap, keep=stdin_fd is None, latch=latch,
+            stop_on_output_limit=self.stop_on_output_limit,
+            supervisor_died=lambda: self._proc is not None and self._proc.poll() is not None,
+        )
+        follower.follow()
+        events, streams = follower.events, follower.streams
         if "error" in events:
             raise TierUnavailable(f"the native tier could not start this run: "
                                   f"{events['error']['message']}")
@@ -486,7 +416,8 @@ class NativeSandbox(Sandbox):
             # The monitor says how a limit was kept; a note of ours on the same limit
             # (a CPU rlimit lowered to the host's hard limit) is kept beside it.
             enforcement[key] = f"{how}; {enforcement[key]}" if key in enforcement else how
-        result = self._result(request, exit_event, streams, enforcement, stopped_for_output)
+        result = self._result(request, exit_event, streams, enforcement,
+                              follower.stopped_for_output)
         if started.get("prestarted"):
             result.startup_seconds = 0.0  # started before the request, as a pooled container
         if request.keep_workdir and started.get("cwd"):
@@ -494,7 +425,7 @@ class NativeSandbox(Sandbox):
             kept = run_dir.with_name("kept-" + run_dir.name[len("run-") :])
             run_dir.rename(kept)
             result.workdir = str(kept)
-        if interrupted:
+        if follower.interrupted:
             raise KeyboardInterrupt(result)
         return result
 
@@ -629,11 +560,5 @@ class _NativeWorker(WorkerHandle):
         return run_usage({"cgroup": self.cgroup, "pid": self.pid})
 
     def reset_peak(self) -> bool:
-        path = self.cgroup and cgroup_file(self.cgroup, "memory", "memory.max_usage_in_bytes", "")
-        if not path:
-            return False  # v2's memory.peak resets per open file only
-        try:
-            path.write_text("0")
-            return True
-        except OSError:
-            return False
+        # v2's memory.peak resets per open file only: False there.
+        return bool(self.cgroup) and RunCgroup.from_report(self.cgroup).reset_peak()

@@ -2,8 +2,10 @@
 #
 # A spare monitor writes this file as the next run's code file and starts Python on
 # it, as root, before any request comes: Python's start-up (about 7 ms) is then paid
-# while the notebook is idle. When the run's request arrives the monitor overwrites
-# the file with the cell's code and sends "go" with the run's stdout and stderr. The
+# while the notebook is idle. When the run's request arrives the monitor replaces
+# the file with the cell's code and sends "go" with the run's stdout and stderr and a
+# descriptor of the code file: by then the directory is the run user's, so root here
+# must not open that path (a link put there would be followed as root). The
 # bootstrap puts those on fds 1 and 2, compiles the code, drops to the run's user
 # and runs the code as __main__, so that the cell sees what `python3 cell.py` shows:
 # the same argv, sys.path[0], __file__, environment, limits and exit status.
@@ -19,7 +21,7 @@ def _symbi_prestarted(uid, gid, executable, argv):
 
     channel = _socket.socket(fileno=3)
     channel.send(b"r")  # started: the monitor may now replace this file
-    msg, ancdata, _, _ = channel.recvmsg(16, _socket.CMSG_SPACE(8))
+    msg, ancdata, _, _ = channel.recvmsg(16, _socket.CMSG_SPACE(12))
     if not msg:
         os._exit(0)  # discarded unused
     fds = [int.from_bytes(data[i : i + 4], sys.byteorder)
@@ -32,7 +34,7 @@ def _symbi_prestarted(uid, gid, executable, argv):
     os.close(fds[1])
     globals_ = globals()
     path = globals_["__file__"]
-    with open(path, "rb") as f:
+    with open(fds[2], "rb") as f:
         source = f.read()
     try:
         code = compile(source, path, "exec", dont_inherit=True)

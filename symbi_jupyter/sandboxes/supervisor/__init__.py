@@ -1,0 +1,40 @@
+"""The native tier's supervisor: a small, long-lived helper process, stdlib only.
+
+The host starts it with a small bootstrap (:data:`BOOTSTRAP`, run as ``python -I -S
+-B -c``) that loads this package under a private name, so that the supervisor imports
+neither traitlets nor the rest of ``symbi_jupyter``. Why a separate process rather
+than forking from the notebook:
+
+* a child forked (or vforked) from a large kernel inherits the kernel's memory
+  high-water mark in ``ru_maxrss``; children forked from this small process do not,
+  so ``wait4`` figures stay honest where no cgroup is available;
+* forking a small process is cheap, however large the kernel has grown.
+
+Modules: :mod:`.proctree` (processes, prctl, rlimits), :mod:`.cgroups` (every cgroup
+the project makes or reads, also for the container and microVM tiers),
+:mod:`.channel` (the framed messages), :mod:`.workload` (confining and exec'ing the
+code), :mod:`.monitor` (the :class:`~.monitor.Monitor` that owns one run) and
+:mod:`.__main__` (serving requests, keeping spare monitors). ``prestarted.py`` is not
+a module: it is the bootstrap of a pre-started interpreter.
+"""
+
+from __future__ import annotations
+
+import os
+
+# os.path, not pathlib: the supervisor imports as little as it can.
+PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+#: Loads this package as ``symbi_supervisor`` and serves: ``python -I -S -B -c
+#: BOOTSTRAP FD HOST_PID SPARES``. -I leaves the script's directory off sys.path, so
+#: the package is found by its path (the first argument after ``-c`` is ours).
+BOOTSTRAP = """\
+import importlib.util, sys
+path = sys.argv.pop(1)
+spec = importlib.util.spec_from_file_location(
+    "symbi_supervisor", path + "/__init__.py", submodule_search_locations=[path])
+package = importlib.util.module_from_spec(spec)
+sys.modules["symbi_supervisor"] = package
+spec.loader.exec_module(package)
+importlib.import_module("symbi_supervisor.__main__").main(sys.argv[1:])
+"""

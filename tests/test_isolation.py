@@ -1,0 +1,265 @@
+"""Tenant isolation: attacks run from inside real sandboxes against other runs and
+root's files. Every target is a file or process this test made; each attack is
+bounded in time and reports what it reached, and the test asserts it reached nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import stat
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from symbi_jupyter import ResourceLimits, SecurityTier
+
+from .conftest import leased, need, wait_until
+
+NONE = SecurityTier.NONE
+
+# Swaps each victim's code file for a link to the target while root prepares the
+# victim's run. The victims' run directories are named to it through a file the test
+# (root) writes (a run could also find them in /proc, or guess): the test gives the
+# attacker every advantage and asserts it still gets nothing.
+CHOWN_RACE = r"""
+import os, time
+feed, target, seconds = os.environ["ATTACK"].split("|")
+deadline = time.monotonic() + float(seconds)
+swapped, dirs, refreshed = set(), [], 0.0
+while time.monotonic() < deadline:
+    if time.monotonic() - refreshed > 0.02:
+        refreshed = time.monotonic()
+        try:
+            dirs = [d for d in open(feed).read().split() if d not in swapped]
+        except OSError:
+            dirs = []
+    # Spin on every directory not yet taken: the first write that succeeds is the
+    # moment root made the directory ours, before it changed the code file's owner.
+    for run_dir in dirs:
+        link = run_dir + "/.link"
+        try:
+            os.symlink(target, link)
+        except FileExistsError:
+            pass
+        except OSError:
+            continue
+        try:
+            os.rename(link, run_dir + "/cell.py")
+            swapped.add(run_dir)
+        except OSError:
+            pass
+    dirs = [d for d in dirs if d not in swapped]
+print("swaps", len(swapped))
+"""
+
+
+@pytest.fixture
+def root_only():
+    need(os.geteuid() == 0, "the run user is dropped to only when the host is root")
+
+
+def _feed_run_dirs(workdir: Path, feed: Path, stop: threading.Event) -> None:
+    """Root lists the working directory (which the run user cannot) and tells the
+    attacker every run directory it sees."""
+    known: set[str] = set()
+    while not stop.is_set():
+        try:
+            names = {str(p) for p in workdir.iterdir() if p.name.startswith("run-")}
+        except OSError:
+            names = set()
+        if names - known:
+            known |= names
+            tmp = feed.with_suffix(".tmp")
+            tmp.write_text("\n".join(sorted(known)))
+            tmp.chmod(0o644)
+            tmp.replace(feed)
+        time.sleep(0.0005)
+
+
+def test_root_never_hands_a_planted_link_to_the_run_user(orch, workdir, root_only):
+    """Finding 1 of the isolation review: root chowned ``cell.py`` by path after the
+    run directory was already the run user's, so another run could swap it for a
+    link to any root file and be given that file."""
+    orch.audit_log_path = ""  # more victim runs in the time: an fsync less each
+    target = workdir / "root-secret"
+    target.write_text("root's own\n")
+    target.chmod(0o600)
+    feed = workdir / "feed"
+    seconds = 25
+    stop = threading.Event()
+    feeder = threading.Thread(target=_feed_run_dirs, args=(workdir, feed, stop), daemon=True)
+    feeder.start()
+    attack: dict[str, object] = {}
+
+    def attacker() -> None:
+        attack["result"] = orch.execute_code(
+            NONE, CHOWN_RACE, env={"ATTACK": f"{feed}|{target}|{seconds}"},
+            limits=ResourceLimits(timeout_seconds=seconds + 30))
+
+    thread = threading.Thread(target=attacker)
+    thread.start()
+    victims = 0
+    try:
+        deadline = time.monotonic() + seconds - 2
+        while time.monotonic() < deadline and victims < 500 and target.stat().st_uid == 0:
+            orch.execute_code(NONE, "pass")
+            victims += 1
+    finally:
+        thread.join()
+        stop.set()
+        feeder.join()
+    res = attack["result"]
+    assert res.stdout.startswith("swaps "), res.stderr
+    assert victims >= 10  # the attack had runs to aim at
+    st = target.stat()
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (0, 0, 0o600), (
+        f"the attacker was handed {target} after {victims} victim runs ({res.stdout.strip()})")
+    assert target.read_text() == "root's own\n"
+
+
+# Tries everything one process of another uid should not manage against ``pid``; prints
+# what each attempt gave ("reached", or the errno: not True, which equals EPERM).
+REACH = r"""
+import ctypes, json, os
+pid, root_file = int(os.environ["PID"]), os.environ.get("ROOT_FILE")
+plant_dir = os.environ.get("PLANT_DIR")
+got = {}
+def attempt(name, fn):
+    try:
+        fn()
+        got[name] = "reached"
+    except OSError as exc:
+        got[name] = exc.errno
+attempt("environ", lambda: open(f"/proc/{pid}/environ", "rb").read())
+attempt("signal", lambda: os.kill(pid, 0))
+libc = ctypes.CDLL(None, use_errno=True)
+if libc.ptrace(16, pid, 0, 0) == 0:  # PTRACE_ATTACH
+    got["ptrace"] = "reached"
+    os.waitpid(pid, 0x40000000)  # __WALL: until it has stopped for us
+    libc.ptrace(17, pid, 0, 0)  # PTRACE_DETACH, and it goes on
+else:
+    got["ptrace"] = ctypes.get_errno()
+if root_file:
+    attempt("root", lambda: open(f"/proc/{pid}/root{root_file}", "a").close())
+if plant_dir:
+    attempt("plant", lambda: open(os.path.join(plant_dir, "json.py"), "w").close())
+print(json.dumps(got))
+"""
+
+# A run that says who it is, then waits (holding a secret) until the test lets it go.
+VICTIM = r"""
+import os, time
+print(os.getpid(), os.getcwd(), flush=True)
+while not os.path.exists(os.environ["RELEASE"]):
+    time.sleep(0.02)
+"""
+
+
+def _reach(orch, pid: int, **env: str) -> dict:
+    res = orch.execute_code(NONE, REACH, env={"PID": str(pid), **env})
+    assert res.success, res.stderr
+    return json.loads(res.stdout)
+
+
+def test_a_native_run_cannot_reach_another(orch, workdir, root_only):
+    """Finding 2: every native run was ``nobody``, so one could read another's
+    environment (its secrets), trace it, signal it and plant a module in its
+    directory. Each run now has a uid of its own."""
+    release = workdir / "release"
+    said: list[bytes] = []
+    victim: dict[str, object] = {}
+
+    def run_victim() -> None:
+        victim["result"] = orch.execute_code(
+            NONE, VICTIM, env={"RELEASE": str(release), "SECRET": "s3cr3t"},
+            on_output=lambda stream, data: said.append(data),
+            limits=ResourceLimits(timeout_seconds=60))
+
+    thread = threading.Thread(target=run_victim)
+    thread.start()
+    try:
+        assert wait_until(lambda: b"\n" in b"".join(said))
+        pid, cwd = b"".join(said).decode().split()
+        got = _reach(orch, int(pid), PLANT_DIR=cwd)
+    finally:
+        release.touch()
+        thread.join()
+    assert victim["result"].success
+    assert got == {"environ": errno.EACCES, "signal": errno.EPERM, "ptrace": errno.EPERM,
+                   "plant": errno.EACCES}, got
+
+
+def _running_container(client, tier_value: str):
+    for container in client.containers.list(filters={"label": "symbi-jupyter"}):
+        if container.labels.get("symbi-jupyter.tier") == tier_value:
+            return container
+    return None
+
+
+@pytest.mark.parametrize("tier", ["docker", "gvisor"])
+def test_a_native_run_cannot_reach_a_pooled_container(orch, root_only, tier):
+    """Finding 2: a native run and the containers shared uid 65534, so a native run
+    could open a waiting pooled container's files through /proc/<pid>/root (planting
+    code the next cell runs), read its environment, and kill gVisor's sandbox."""
+    chosen = SecurityTier.parse(tier)
+    availability = orch.sandbox(chosen).availability()
+    need(availability.ok, availability.reason, tier=tier)
+    assert orch.execute_code(chosen, "print(1)").success  # leaves one waiting in the pool
+    client = orch.sandbox(chosen).client()
+    assert wait_until(lambda: _running_container(client, chosen.value) is not None)
+    container = _running_container(client, chosen.value)
+    pids = [int(p[1]) for p in container.top(ps_args="-o user,pid")["Processes"]]
+    if chosen is SecurityTier.TIER2:
+        # gVisor's processes live in its own kernel; on the host it is runsc's sandbox.
+        pids = [int(pid) for pid in _runsc_sandbox_pids(container.id)]
+    assert pids
+    for pid in pids:
+        got = _reach(orch, pid, ROOT_FILE="/workspace/.symbi/sitecustomize.py")
+        assert got == {"environ": errno.EACCES, "signal": errno.EPERM,
+                       "ptrace": errno.EPERM, "root": errno.EACCES}, (pid, got)
+
+
+def _runsc_sandbox_pids(container_id: str) -> list[str]:
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):
+            argv = cmdline.read_bytes().split(b"\0")
+            if argv[0].endswith(b"runsc-sandbox") and container_id.encode() in b" ".join(argv):
+                found.append(cmdline.parent.name)
+    return found
+
+
+def _vmm_children() -> list[int]:
+    """QEMU processes this test process started (the pool's booted VM among them)."""
+    found = []
+    for task in Path("/proc/self/task").iterdir():
+        for pid in (task / "children").read_text().split():
+            with contextlib.suppress(OSError):
+                if Path(f"/proc/{pid}/comm").read_text().startswith("qemu-system"):
+                    found.append(int(pid))
+    return found
+
+
+def test_the_vmm_runs_deprivileged(orch, root_only):
+    """Finding 3: QEMU ran as root with every capability and no seccomp, so a guest
+    escape into the emulator was host root. It now runs as a uid of its own, with no
+    capabilities, no new privileges and QEMU's seccomp sandbox."""
+    availability = orch.sandbox(SecurityTier.TIER3).availability()
+    need(availability.ok, availability.reason, tier="microvm")
+    res = orch.execute_code(SecurityTier.TIER3, "print(1)",
+                            limits=ResourceLimits(max_memory_mb=256))
+    assert res.success, res.stderr
+    assert "of its own" in res.enforcement["vmm_privileges"]
+    assert wait_until(lambda: bool(_vmm_children()))  # the pooled VM, booted for the next
+    for pid in _vmm_children():
+        status = dict(line.split(":\t", 1) for line in
+                      Path(f"/proc/{pid}/status").read_text().splitlines() if ":\t" in line)
+        uids = set(status["Uid"].split())
+        assert len(uids) == 1 and leased(uids.pop()), status["Uid"]
+        assert int(status["CapEff"], 16) == 0 and int(status["CapPrm"], 16) == 0
+        assert status["Seccomp"].strip() == "2" and status["NoNewPrivs"].strip() == "1"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -13,6 +14,7 @@ from ..errors import TierUnavailable
 from ..limits import ResourceLimits
 from ..result import ExecutionResult
 from ..tiers import SecurityTier
+from .identities import RunIdentities
 
 #: Called with ("stdout" | "stderr", chunk) while the code runs.
 OutputCallback = Callable[[str, bytes], None]
@@ -109,6 +111,11 @@ class Sandbox(LoggingConfigurable, metaclass=_SandboxMeta):
     def run(self, request: ExecutionRequest) -> ExecutionResult:
         """Run one request to completion and return its result. Limits that stop the
         code are results, not exceptions; nothing the run started may survive it."""
+
+    @functools.cached_property
+    def run_identities(self) -> RunIdentities:
+        """The block of host uids this backend's sandboxes lease their own from."""
+        return RunIdentities(parent=self)
 
     def start_worker(self, request: ExecutionRequest) -> WorkerHandle:
         """Start ``request.code`` (the worker agent) as a long-lived process with a

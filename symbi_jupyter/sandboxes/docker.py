@@ -29,7 +29,6 @@ from ._pool import ReadyPool
 from ._sigint import SigintLatch
 from ._streams import CappedStream
 from .base import Availability, ExecutionRequest, Sandbox, WorkerHandle
-from .identities import RunIdentities
 from .supervisor.cgroups import CGROUP_ROOT, DOCKER_PARENT, RunCgroup, stale_groups
 from .supervisor.identity import Lease
 from .supervisor.proctree import host_tag, pid_alive
@@ -304,7 +303,7 @@ class DockerSandbox(Sandbox):
         # stay interchangeable.
         uid, _, gid = self.user.partition(":") if self.user else (LEASED_UID, "", "")
         if not self.user:
-            RunIdentities(parent=self).check()
+            self.run_identities.check()
         elif not uid.isdigit() or int(uid) == 0 or (gid and not gid.isdigit()):
             raise ConfigError(
                 f"{type(self).__name__}.user = {self.user!r}: give a numeric non-root UID:GID"
@@ -406,7 +405,7 @@ class DockerSandbox(Sandbox):
         options = dict(options)
         lease = None
         if options["user"].startswith(LEASED_UID):
-            lease = RunIdentities(parent=self).lease()
+            lease = self.run_identities.lease()
             options["user"] = options["user"].replace(LEASED_UID, str(lease.uid))
             options["tmpfs"] = {path: spec.replace(LEASED_UID, str(lease.uid))
                                 for path, spec in options["tmpfs"].items()}

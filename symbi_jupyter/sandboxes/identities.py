@@ -3,6 +3,7 @@ tier (see :mod:`.supervisor.identity` for the leases themselves)."""
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any
 
@@ -42,7 +43,7 @@ class RunIdentities(Configurable):
 
     def check(self) -> dict[str, Any]:
         """The block's config, or TierUnavailable saying why it cannot be used."""
-        reason = identity.overlaps(self.first_uid, self.count)
+        reason = _overlaps(self.first_uid, self.count, _account_files_stamp())
         if reason:
             raise TierUnavailable(
                 f"RunIdentities: {reason}; choose another block with "
@@ -60,3 +61,23 @@ class RunIdentities(Configurable):
     def available() -> bool:
         """Whether this process may give a sandbox another uid (root)."""
         return os.geteuid() == 0
+
+
+_ACCOUNT_FILES = ("/etc/passwd", "/etc/group", "/etc/subuid", "/etc/subgid")
+
+
+def _account_files_stamp() -> tuple[int, ...]:
+    """When the account files last changed: the check is read again only then (a run
+    should not pay for reading four files)."""
+    stamp = []
+    for path in _ACCOUNT_FILES:
+        try:
+            stamp.append(os.stat(path).st_mtime_ns)
+        except OSError:
+            stamp.append(0)
+    return tuple(stamp)
+
+
+@functools.lru_cache(maxsize=8)
+def _overlaps(first: int, count: int, stamp: tuple[int, ...]) -> str | None:
+    return identity.overlaps(first, count)

@@ -40,7 +40,6 @@ from ._evidence import Evidence, killed_by, limits_reached
 from ._pool import ReadyPool
 from ._streams import CappedStream
 from .base import Availability, ExecutionRequest, Sandbox, WorkerHandle
-from .identities import RunIdentities
 from .supervisor.cgroups import VM_PARENT, RunCgroup, stale_groups, v1_memory_group
 from .supervisor.identity import Lease
 from .supervisor.proctree import PR_SET_NO_NEW_PRIVS, host_tag, pid_alive
@@ -394,7 +393,7 @@ class MicroVMSandbox(Sandbox):
             raise
         mem, vcpus = spec.mem_mib, spec.vcpus
         qemu = not isinstance(driver, FirecrackerDriver)
-        lease = RunIdentities(parent=self).lease() if qemu and os.geteuid() == 0 else None
+        lease = self.run_identities.lease() if qemu and os.geteuid() == 0 else None
         cgroup = self._vmm_cgroup(n, mem)
         enforcement = {
             "memory": f"guest memory ({mem} MiB)",

@@ -36,7 +36,6 @@ from ._sigint import SigintLatch
 from ._streams import CappedStream
 from ._usage import run_usage
 from .base import Availability, ExecutionRequest, Sandbox, WorkerHandle
-from .identities import RunIdentities
 from .supervisor import BOOTSTRAP, PACKAGE_DIR, channel
 from .supervisor.cgroups import RunCgroup
 from .supervisor.proctree import RLIMITS, host_tag, pid_alive, soft_hard, write_all
@@ -163,7 +162,7 @@ class NativeSandbox(Sandbox):
         if os.geteuid() != 0 or self.run_as_user:
             return None
         try:
-            return RunIdentities(parent=self).check()
+            return self.run_identities.check()
         except TierUnavailable:
             return None  # said by the run that needs it
 
@@ -311,7 +310,7 @@ class NativeSandbox(Sandbox):
                 ) from None
             who = {"uid": entry.pw_uid, "gid": entry.pw_gid}
         else:
-            who = {"identity": RunIdentities(parent=self).check()}
+            who = {"identity": self.run_identities.check()}
         # The unprivileged user must be able to reach its run directory.
         mode = workdir.stat().st_mode
         if mode & 0o111 != 0o111:

@@ -22,7 +22,7 @@ from symbi_jupyter.agents.render import render_card_html, render_card_text
 from symbi_jupyter.orchestrator import SandboxOrchestrator
 from symbi_jupyter.render import ResultDisplay
 
-from .conftest import need, run_cell
+from .helpers import need, run_cell
 
 # The agent of tier-model.md section 5.3 and of the issue, verbatim.
 SEED = """\

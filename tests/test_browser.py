@@ -22,7 +22,7 @@ from nbconvert.preprocessors import ExecutePreprocessor
 from symbi_jupyter import SandboxOrchestrator, SecurityTier
 from symbi_jupyter.render import MIME_TYPE
 
-from .conftest import need
+from .helpers import need
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTEFACTS = ROOT / "out" / "browser-check"

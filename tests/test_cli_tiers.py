@@ -13,7 +13,7 @@ import pytest
 from symbi_jupyter.orchestrator import SandboxOrchestrator
 from symbi_jupyter.sandboxes.docker import HOST_LABEL, LABEL
 
-from .conftest import need
+from .helpers import need
 
 CLI = [sys.executable, "-m", "symbi_jupyter.cli"]
 

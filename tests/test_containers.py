@@ -14,7 +14,7 @@ from symbi_jupyter.errors import TierUnavailable
 from symbi_jupyter.orchestrator import SandboxOrchestrator
 from symbi_jupyter.sandboxes.docker import HOST_LABEL, host_tag, validate_volume
 
-from .conftest import leased, need, wait_until
+from .helpers import leased, need, wait_until
 
 TIERS = [SecurityTier.TIER1, SecurityTier.TIER2]
 NAMES = {SecurityTier.TIER1: "docker", SecurityTier.TIER2: "gvisor"}

@@ -18,7 +18,7 @@ import pytest
 
 from symbi_jupyter import ResourceLimits, SecurityTier
 
-from .conftest import leased, need, wait_until
+from .helpers import leased, need, wait_until
 
 NONE = SecurityTier.NONE
 

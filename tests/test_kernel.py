@@ -24,7 +24,7 @@ from symbi_jupyter.sandboxes.docker import HOST_LABEL
 from symbi_jupyter.sandboxes.supervisor.proctree import host_tag, pid_alive
 from symbi_jupyter.tiers import SecurityTier
 
-from .conftest import leased, need, wait_until
+from .helpers import leased, need, wait_until
 
 TIMEOUT = 60
 

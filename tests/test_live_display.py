@@ -15,7 +15,7 @@ from symbi_jupyter import ResourceLimits, SecurityTier
 from symbi_jupyter.render import LiveLine, ResultDisplay, render_html, render_mimebundle
 from symbi_jupyter.sampling import UsageSample
 
-from .conftest import need
+from .helpers import need
 
 GROWING = (
     "import time\n"

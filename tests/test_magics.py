@@ -10,7 +10,7 @@ from IPython.utils.capture import capture_output
 
 from symbi_jupyter import ConfigError, ExecutionResult, PolicyViolation
 
-from .conftest import leased, run_cell
+from .helpers import leased, need, run_cell
 
 run = run_cell
 
@@ -155,8 +155,6 @@ def test_symbi_tiers(ip):
 
 def test_container_tier_cell(ip):
     from symbi_jupyter import SecurityTier
-
-    from .conftest import need
 
     orch = ip.magics_manager.registry["SymbiMagics"].orchestrator
     availability = orch.sandbox(SecurityTier.TIER1).availability()

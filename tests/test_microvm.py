@@ -18,7 +18,7 @@ from symbi_jupyter.sandboxes.base import ExecutionRequest
 from symbi_jupyter.sandboxes.microvm import MicroVMSandbox, QEMUDriver
 from symbi_jupyter.setup.images.microvm import READY_LINE
 
-from .conftest import need, wait_until
+from .helpers import need, wait_until
 
 TIER3 = SecurityTier.TIER3
 

@@ -24,7 +24,7 @@ from symbi_jupyter.sandboxes.microvm import MicroVMSandbox, QEMUDriver
 from symbi_jupyter.setup.host import tier3_packages
 from symbi_jupyter.setup.images import microvm as mi
 
-from .conftest import need
+from .helpers import need
 
 QEMU = "qemu-system-x86_64"
 

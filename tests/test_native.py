@@ -26,7 +26,7 @@ from symbi_jupyter.audit import verify
 from symbi_jupyter.orchestrator import SandboxOrchestrator
 from symbi_jupyter.sandboxes.native import host_tag
 
-from .conftest import is_prestarted, leased, need, wait_until
+from .helpers import is_prestarted, leased, need, wait_until
 
 MiB = 1024 * 1024
 ALLOC_300 = "x = b'1' * (300 * 1024 * 1024)"  # writes every page, unlike bytearray(n)

@@ -6,7 +6,7 @@ import threading
 
 from symbi_jupyter.sandboxes._pool import ReadyPool
 
-from .conftest import wait_until
+from .helpers import wait_until
 
 
 class Box:

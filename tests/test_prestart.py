@@ -14,7 +14,7 @@ import pytest
 
 from symbi_jupyter import ResourceLimits, SecurityTier
 
-from .conftest import is_prestarted, leased, wait_until
+from .helpers import is_prestarted, leased, wait_until
 
 NONE = SecurityTier.NONE
 

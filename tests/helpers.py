@@ -1,0 +1,58 @@
+"""Test helpers (plain functions, no fixtures): import them from here, not from conftest."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+from IPython.utils.capture import capture_output
+
+from symbi_jupyter.sandboxes.identities import RunIdentities
+
+# Set in CI, e.g. SYMBI_REQUIRE_TIERS=none,docker,gvisor: a tier the tests need but
+# cannot find is a failure there, a skip (with the reason) on a user's laptop.
+REQUIRE_ENV = "SYMBI_REQUIRE_TIERS"
+
+
+def need(condition: bool, reason: str, tier: str = "none") -> None:
+    """Skip with ``reason`` unless the environment demands ``tier``."""
+    if condition:
+        return
+    required = {t.strip() for t in os.environ.get(REQUIRE_ENV, "").split(",") if t.strip()}
+    if tier in required or "all" in required:
+        pytest.fail(f"{reason} ({REQUIRE_ENV} includes {tier}: a failure, not a skip)")
+    pytest.skip(reason)
+
+
+def is_prestarted(script: str | Path) -> bool:
+    """Whether ``script`` is the bootstrap a spare's pre-started interpreter waits in
+    (tier None), not a run's code."""
+    try:
+        return Path(script).read_text().startswith("# The bootstrap of a pre-started")
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def leased(uid: int | str) -> bool:
+    """Whether ``uid`` is one of the block sandboxes lease their own host uid from."""
+    block = RunIdentities()
+    return block.first_uid <= int(uid) < block.first_uid + block.count
+
+
+def wait_until(predicate, seconds: float = 30.0) -> bool:
+    """Poll for an eventual state (clean-up after a process exits); not a timing test."""
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def run_cell(ip, cell: str):
+    """Run ``cell`` in the shell; its result and captured output."""
+    with capture_output() as cap:
+        result = ip.run_cell(cell)
+    return result, cap

@@ -187,5 +187,7 @@ def test_notebook_renders_in_chromium(name: str, notebook_env: Path) -> None:
     if name == "00-tour" and not found["sparklines"]:
         # The "slow" cell runs for 2 s, long enough for several memory samples.
         if "symbi-sparkline" not in page:
+            # An xfail, not need(): a known gap in the rendering, not a facility this
+            # host lacks (SYMBI_REQUIRE_TIERS must not turn it into a failure).
             pytest.xfail("the memory sparkline (svg.symbi-sparkline) is not rendered yet")
         pytest.fail("the tour's HTML has a sparkline, but the rendered page has none")

@@ -12,6 +12,8 @@ from symbi_jupyter import __version__
 from symbi_jupyter.audit import AuditLog
 from symbi_jupyter.cli import main
 
+from .helpers import need
+
 SCRIPT = Path(sys.executable).parent / "symbi-jupyter"
 
 RUNNERS = {"module": [sys.executable, "-m", "symbi_jupyter.cli"], "script": [str(SCRIPT)]}
@@ -19,8 +21,7 @@ RUNNERS = {"module": [sys.executable, "-m", "symbi_jupyter.cli"], "script": [str
 
 @pytest.fixture(params=list(RUNNERS))
 def cli(request):
-    if request.param == "script" and not SCRIPT.exists():
-        pytest.skip(f"console script not installed at {SCRIPT}")
+    need(request.param != "script" or SCRIPT.exists(), f"console script not installed at {SCRIPT}")
     prefix = RUNNERS[request.param]
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:

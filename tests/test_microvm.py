@@ -286,9 +286,8 @@ def test_forced_kvm_that_cannot_boot_fails_closed(audit_path, tmp_path: Path) ->
     try:
         sandbox.manifest()
     except TierUnavailable as exc:
-        pytest.skip(str(exc))
-    if shutil.which(sandbox.qemu_binary) is None:
-        pytest.skip("no QEMU")
+        need(False, str(exc), tier="microvm")
+    need(shutil.which(sandbox.qemu_binary) is not None, "no QEMU", tier="microvm")
     availability = sandbox.availability()
     if availability.ok:
         assert "KVM" in availability.details["vmm"]  # a host with real KVM

@@ -833,14 +833,13 @@ def test_a_run_directory_that_cannot_be_written_is_a_clear_error(orch):
     """A full filesystem under the working directory (a 64 KiB tmpfs: a real fault,
     where the host can mount one) stops the run before it starts, says why, and
     leaves nothing; the next run that fits goes ahead."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
+    need(os.geteuid() == 0, "mounting a small tmpfs needs root")
     small = Path("/tmp") / f"symbi-full-{os.getpid()}"
     small.mkdir()
     try:
-        if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,mode=0711", "tmpfs",
-                           str(small)]).returncode != 0:
-            pytest.skip("this host does not let us mount a tmpfs")
+        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,mode=0711", "tmpfs",
+                                  str(small)]).returncode == 0
+        need(mounted, "this host does not let us mount a tmpfs")
         orch.working_directory = str(small)
         with pytest.raises(TierUnavailable, match=r"cannot prepare the run directory: "
                                                   r".*No space left"):

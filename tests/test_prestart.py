@@ -14,7 +14,7 @@ import pytest
 
 from symbi_jupyter import ResourceLimits, SecurityTier
 
-from .helpers import is_prestarted, leased, wait_until
+from .helpers import is_prestarted, leased, need, wait_until
 
 NONE = SecurityTier.NONE
 
@@ -185,8 +185,7 @@ def runs_until_served(orch, code: str) -> list:
 
 
 def test_a_run_cannot_reach_the_interpreter_waiting_for_the_next(orch, workdir):
-    if os.geteuid() != 0:
-        pytest.skip("runs and the spare run as one user unless the host is root")
+    need(os.geteuid() == 0, "runs and the spare run as one user unless the host is root")
     orch.execute_code(NONE, "pass")
     # The spare for the next run starts while this one runs; the cell finds it.
     attempt = f"""

@@ -17,6 +17,8 @@ import pytest
 from symbi_jupyter.sandboxes.worker import agent
 from symbi_jupyter.sandboxes.worker.agent import BOOTSTRAP, TRUNCATION_MARKER
 
+from .helpers import need
+
 WORKER = Path(agent.__file__)
 TIMEOUT = 60  # generous: only a hang should ever reach it
 
@@ -321,8 +323,7 @@ def test_usage_answers_while_a_cell_runs(worker):
 
 
 def test_per_cell_peak_memory(worker):
-    if not worker.ready["clear_refs"]:
-        pytest.skip("/proc/self/clear_refs is not writable here: no per-cell peak")
+    need(worker.ready["clear_refs"], "/proc/self/clear_refs is not writable here: no per-cell peak")
     _, big = worker.execute("b = bytearray(200 * 1024 * 1024)\nb[::4096] = b'x' * len(b[::4096])"
                             "\ndel b")
     _, small = worker.execute("s = 1")

@@ -4,10 +4,13 @@ the live line of ``%%symbi`` and the memory sparkline of the HTML badge."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 #: The most samples kept for one run: past this, every other one is dropped, so a
 #: long run keeps its whole shape at a coarser grain.
@@ -62,6 +65,7 @@ class UsageSampler:
             try:
                 figures = self._probe()
             except Exception:  # a sandbox going away mid-read ends the sampling
+                logger.debug("usage probe failed; sampling stops", exc_info=True)
                 self._stopped = True
                 return
             if not figures:
@@ -81,6 +85,8 @@ class UsageSampler:
                 try:
                     self.on_sample(sample)
                 except Exception:  # a display that failed must not stop the figures
+                    logger.warning("the live usage display failed; it is not updated again",
+                                   exc_info=True)
                     self.on_sample = None
 
     def stop(self) -> list[list[float]] | None:

@@ -3,9 +3,12 @@ kept by configuration and refilled in the background; shared by the backends."""
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Hashable
 from typing import Generic, TypeVar
+
+logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -61,6 +64,8 @@ class ReadyPool(Generic[T]):
                     try:
                         item = make()
                     except Exception:  # the next run makes its own and says why
+                        logger.debug("%s pool: making a sandbox in advance failed",
+                                     self._name, exc_info=True)
                         return
                     with self._lock:
                         if not self._closed:

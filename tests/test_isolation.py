@@ -10,6 +10,8 @@ import errno
 import json
 import os
 import stat
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -17,6 +19,9 @@ from pathlib import Path
 import pytest
 
 from symbi_jupyter import ResourceLimits, SecurityTier
+from symbi_jupyter.sandboxes.docker import HOST_LABEL
+from symbi_jupyter.sandboxes.supervisor import seccomp
+from symbi_jupyter.sandboxes.supervisor.proctree import host_tag
 
 from .helpers import leased, need, wait_until
 
@@ -263,3 +268,87 @@ def test_the_vmm_runs_deprivileged(orch, root_only):
         assert len(uids) == 1 and leased(uids.pop()), status["Uid"]
         assert int(status["CapEff"], 16) == 0 and int(status["CapPrm"], 16) == 0
         assert status["Seccomp"].strip() == "2" and status["NoNewPrivs"].strip() == "1"
+
+
+HOST_THAT_DIES = r"""
+import sys, threading
+from symbi_jupyter import ResourceLimits, SecurityTier
+from symbi_jupyter.orchestrator import SandboxOrchestrator
+orch = SandboxOrchestrator(audit_log_path="")
+tier = SecurityTier.parse(sys.argv[1])
+orch.execute_code(tier, "print(1)")  # leaves one started container in the pool
+threading.Thread(target=orch.execute_code, daemon=True, args=(
+    tier, "import time\nprint('running', flush=True)\ntime.sleep(120)"),
+    kwargs={"limits": ResourceLimits(timeout_seconds=100)}).start()
+print("up", flush=True)
+threading.Event().wait()
+"""
+
+
+@pytest.mark.parametrize("tier", ["docker", "gvisor"])
+def test_containers_go_with_a_host_killed_outright(tier, tmp_path, root_only):
+    """Finding 4: after kill -9 of the host, its gVisor container ran on past its time
+    limit and its pooled container stayed, until another host started. The host's
+    reaper removes both at once."""
+    import docker as docker_sdk
+
+    from symbi_jupyter.orchestrator import SandboxOrchestrator
+
+    chosen = SecurityTier.parse(tier)
+    availability = SandboxOrchestrator().sandbox(chosen).availability()
+    need(availability.ok, availability.reason, tier=tier)
+    child = subprocess.Popen([sys.executable, "-c", HOST_THAT_DIES, tier],
+                             stdout=subprocess.PIPE, text=True)
+    client = docker_sdk.from_env()
+    label = f"{HOST_LABEL}={host_tag(child.pid)}"
+
+    def containers() -> list:
+        return client.containers.list(all=True, filters={"label": label}, ignore_removed=True)
+
+    try:
+        assert child.stdout.readline() == "up\n"
+        # The pooled one, and the one whose code now sleeps.
+        assert wait_until(lambda: len([c for c in containers() if c.status == "running"]) >= 2)
+        child.kill()
+        child.wait()
+        assert wait_until(lambda: not containers(), 30), [c.status for c in containers()]
+    finally:
+        child.kill()
+        for container in containers():
+            container.remove(force=True)
+
+
+KERNEL_SURFACE = r"""
+import ctypes, json, os, subprocess, threading
+libc = ctypes.CDLL(None, use_errno=True)
+def errno_of(result):
+    return "allowed" if result >= 0 else ctypes.get_errno()
+got = {
+    "user namespace": errno_of(libc.unshare(0x10000000)),
+    "ptrace": errno_of(libc.ptrace(0, 0, 0, 0)),  # PTRACE_TRACEME
+    "bpf": errno_of(libc.syscall(321, 0, 0, 0)),
+    "keyring": errno_of(libc.syscall(250, 0, 0, 0, 0)),  # keyctl
+    "io_uring": errno_of(libc.syscall(425, 1, 0)),
+}
+# What a run does need still works: threads and child processes.
+thread = threading.Thread(target=lambda: None)
+thread.start()
+thread.join()
+got["child"] = subprocess.run(["sh", "-c", "echo ok"], capture_output=True, text=True).stdout
+print(json.dumps(got))
+"""
+
+
+@pytest.mark.parametrize("usual", [True, False], ids=["started-interpreter", "fresh"])
+def test_a_native_run_gets_no_new_kernel_surface(orch, usual):
+    """Finding 5: ``unshare -Urn`` worked inside a native run (a user namespace, and
+    the kernel attack surface behind it, which no run needs). A seccomp filter now
+    refuses it and a few other calls, on both ways a run starts."""
+    need(seccomp.supported(), "the seccomp filter is for x86-64 only")
+    res = orch.execute_code(NONE, KERNEL_SURFACE, env={} if usual else {"FRESH": "1"})
+    assert res.success, res.stderr
+    assert (res.startup_seconds == 0.0) == usual  # both starts were tried
+    assert json.loads(res.stdout) == {
+        "user namespace": errno.EPERM, "ptrace": errno.EPERM, "bpf": errno.EPERM,
+        "keyring": errno.EPERM, "io_uring": errno.EPERM, "child": "ok\n"}
+    assert res.enforcement["syscalls"].startswith("seccomp")

@@ -303,8 +303,8 @@ class _DyingVMM(QEMUDriver):
     def command(self, spec) -> list[str]:
         script = (
             "import socket, sys, time\n"
-            "s = socket.socket(socket.AF_UNIX)\n"
-            f"s.bind({spec.socket.name!r}); s.listen(1)\n"
+            # The listening socket the host opened for the VMM, as QEMU gets it.
+            f"s = socket.socket(fileno={spec.agent_fd})\n"
             "c, _ = s.accept(); time.sleep(0.2); sys.exit(3)\n"
         )
         return [sys.executable, "-c", script]

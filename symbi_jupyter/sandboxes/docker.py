@@ -13,6 +13,8 @@ import os
 import selectors
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 from typing import Any, ClassVar
@@ -29,6 +31,7 @@ from ._pool import ReadyPool
 from ._sigint import SigintLatch
 from ._streams import CappedStream
 from .base import Availability, ExecutionRequest, Sandbox, WorkerHandle
+from .supervisor import BOOTSTRAP, PACKAGE_DIR
 from .supervisor.cgroups import CGROUP_ROOT, DOCKER_PARENT, RunCgroup, stale_groups
 from .supervisor.identity import Lease
 from .supervisor.proctree import host_tag, pid_alive
@@ -158,6 +161,7 @@ class DockerSandbox(Sandbox):
         self._reaped = False
         self._ready = False
         self._pool: ReadyPool[_Prepared] = ReadyPool("container", _Prepared.discard)
+        self._reaper: subprocess.Popen | None = None
 
     # ------------------------------------------------------------------ engine
     def client(self):
@@ -219,6 +223,28 @@ class DockerSandbox(Sandbox):
             if self._client is not None:
                 self._client.close()
                 self._client = None
+            if self._reaper is not None:
+                # Our containers are removed: the reaper ends without reaping.
+                with contextlib.suppress(OSError):
+                    self._reaper.stdin.write(b"q")
+                    self._reaper.stdin.close()
+                self._reaper.wait()
+                self._reaper = None
+
+    def _start_reaper(self) -> None:
+        """A process that removes this host's containers if the host is killed
+        outright (a kernel's kill -9), which would otherwise run on, or wait in the
+        pool, until another kernel started. Only for an engine on a local socket."""
+        host = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+        if self._reaper is not None or not host.startswith("unix://"):
+            return
+        self._reaper = subprocess.Popen(
+            [sys.executable, "-I", "-S", "-B", "-c", BOOTSTRAP, PACKAGE_DIR, "reaper",
+             host.removeprefix("unix://"), f"{HOST_LABEL}={host_tag()}"],
+            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, close_fds=True,
+            # Out of the kernel's process group, so that it outlives the kernel.
+            start_new_session=True,
+        )
 
     def _measurable(self) -> bool:
         """Whether a container's figures can be read from a cgroup parent of ours: a
@@ -244,6 +270,8 @@ class DockerSandbox(Sandbox):
         if not self._reaped:
             self._reaped = True
             reap(client, log=self.log.warning)
+            with self._lock:
+                self._start_reaper()
         return client
 
     def run(self, request: ExecutionRequest) -> ExecutionResult:

@@ -342,8 +342,11 @@ class MicroVMSandbox(Sandbox):
                 WorkerSession(boot, self.tier, request.limits, start_timeout_seconds=15).close()
                 self._probe_cache[key] = ("kvm", "a probe VM booted under KVM")
             except (TierUnavailable, OSError) as exc:
-                self._probe_cache[key] = (
-                    "tcg", f"/dev/kvm exists but a probe VM did not boot under it ({exc})")
+                why = f"/dev/kvm exists but a probe VM did not boot under it ({exc})"
+                if os.geteuid() == 0 and not _kvm_groups():
+                    why += ("; the VMM runs as a uid of its own, which needs /dev/kvm open "
+                            "to a group (e.g. chgrp kvm /dev/kvm && chmod 660 /dev/kvm)")
+                self._probe_cache[key] = ("tcg", why)
         accel, why = self._probe_cache[key]
         return accel == "kvm", why
 

@@ -135,7 +135,7 @@ class NativeSandbox(Sandbox):
                                  self._proc.returncode)
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             self._proc = subprocess.Popen(
-                [sys.executable, "-I", "-S", "-B", "-c", BOOTSTRAP, PACKAGE_DIR,
+                [sys.executable, "-I", "-S", "-B", "-c", BOOTSTRAP, PACKAGE_DIR, "__main__",
                  str(theirs.fileno()), str(os.getpid()), str(self.spare_runs)],
                 pass_fds=[theirs.fileno()],
                 stdin=subprocess.DEVNULL,

@@ -14,8 +14,9 @@ Modules: :mod:`.proctree` (processes, prctl, rlimits), :mod:`.cgroups` (every cg
 the project makes or reads, also for the container and microVM tiers),
 :mod:`.channel` (the framed messages), :mod:`.workload` (confining and exec'ing the
 code), :mod:`.monitor` (the :class:`~.monitor.Monitor` that owns one run) and
-:mod:`.__main__` (serving requests, keeping spare monitors). ``prestarted.py`` is not
-a module: it is the bootstrap of a pre-started interpreter.
+:mod:`.__main__` (serving requests, keeping spare monitors), and for the container
+tiers :mod:`.reaper` (removes a killed host's containers). ``prestarted.py`` is not a
+module: it is the bootstrap of a pre-started interpreter.
 """
 
 from __future__ import annotations
@@ -25,16 +26,17 @@ import os
 # os.path, not pathlib: the supervisor imports as little as it can.
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
-#: Loads this package as ``symbi_supervisor`` and serves: ``python -I -S -B -c
-#: BOOTSTRAP FD HOST_PID SPARES``. -I leaves the script's directory off sys.path, so
-#: the package is found by its path (the first argument after ``-c`` is ours).
+#: Loads this package as ``symbi_supervisor`` and runs one of its modules' ``main``:
+#: ``python -I -S -B -c BOOTSTRAP PACKAGE_DIR MODULE ARGS...`` (``__main__ FD HOST_PID
+#: SPARES``: the native supervisor; ``reaper SOCKET LABEL``: the containers' reaper).
+#: -I leaves the script's directory off sys.path, so the package is found by its path.
 BOOTSTRAP = """\
 import importlib.util, sys
-path = sys.argv.pop(1)
+path, module = sys.argv.pop(1), sys.argv.pop(1)
 spec = importlib.util.spec_from_file_location(
     "symbi_supervisor", path + "/__init__.py", submodule_search_locations=[path])
 package = importlib.util.module_from_spec(spec)
 sys.modules["symbi_supervisor"] = package
 spec.loader.exec_module(package)
-importlib.import_module("symbi_supervisor.__main__").main(sys.argv[1:])
+importlib.import_module("symbi_supervisor." + module).main(sys.argv[1:])
 """

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from . import channel, identity, rundir
+from . import channel, identity, rundir, seccomp
 from .cgroups import RunCgroup
 from .channel import StatusPipe
 from .proctree import (
@@ -43,6 +43,9 @@ from .workload import (
     run_environment,
     start_prestarted,
 )
+
+SYSCALLS = ("seccomp (refused: new user namespaces, ptrace, bpf, the keyring, io_uring, "
+            "perf events, modules, kexec)")
 
 
 @dataclasses.dataclass
@@ -223,7 +226,8 @@ class Monitor:
         """Set the run's cgroup limits, and fall back to rlimits in ``req`` where they
         cannot be; returns the cgroup in use, what it applied, the enforcement notes
         and whether the started interpreter still takes the run."""
-        enforcement: dict[str, str] = {}
+        enforcement: dict[str, str] = {"syscalls": SYSCALLS if seccomp.supported() else
+                                       "not enforced: the seccomp filter is for x86-64 only"}
         if self.home_netns is not None:
             if req.get("new_netns"):
                 enforcement["network"] = "empty network namespace"

@@ -11,7 +11,7 @@ import select
 import socket
 from typing import TYPE_CHECKING, Any
 
-from . import channel
+from . import channel, seccomp
 from .proctree import (
     CLONE_NEWNET,
     PR_SET_NO_NEW_PRIVS,
@@ -101,6 +101,8 @@ def exec_workload(
         if uid is not None:
             os.setuid(uid)
         prctl(PR_SET_NO_NEW_PRIVS, 1)
+        if seccomp.supported():
+            seccomp.install()
         # A kernel's worker reads its requests on stdin; a run has none.
         os.dup2(in_fd if in_fd is not None else os.open(os.devnull, os.O_RDONLY), 0)
         os.dup2(out_fd, 1)
@@ -141,6 +143,8 @@ def start_prestarted(
                 if libc.setns(home_netns, CLONE_NEWNET) != 0:
                     os._exit(126)
             prctl(PR_SET_NO_NEW_PRIVS, 1)
+            if seccomp.supported():
+                seccomp.install()
             # Pipes, as the run's will be: Python chooses its buffering at start.
             os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
             os.dup2(out_w, 1)

@@ -100,7 +100,7 @@ class SymbiMagics(Magics):
         # Only a kernel's front end can update a display in place; a terminal would
         # print every update.
         in_kernel = getattr(self.shell, "kernel", None) is not None
-        live = _LiveStats(self.orchestrator, tier, limits) if (
+        live = _LiveStats() if (
             show and self.live_stats and in_kernel and not ResultDisplay.instance().stable
         ) else None
         try:
@@ -110,6 +110,7 @@ class SymbiMagics(Magics):
                 on_output=_chain(writers.write if writers else None,
                                  live.saw_output if live else None),
                 on_sample=live.update if live else None,
+                on_admitted=live.admitted if live else None,
             )
         except KeyboardInterrupt as exc:
             partial = exc.args[0] if exc.args else None
@@ -248,12 +249,15 @@ class _LiveStats(LiveUpdates):
     if output came after it, the result goes after the output instead (the
     statistics always come last) and the live line is emptied."""
 
-    def __init__(self, orchestrator: SandboxOrchestrator, tier: Any, limits: ResourceLimits
-                 ) -> None:
-        super().__init__(SecurityTier.parse(tier or orchestrator.default_sandbox_tier),
-                         limits.within(orchestrator.ceilings()))
+    def __init__(self) -> None:
+        # The tier and limits shown are the orchestrator's decision, known once it has
+        # admitted the cell (before any sample): see admitted().
+        super().__init__(None, None)  # type: ignore[arg-type]
         self.handle: Any = None
         self.output_after = False
+
+    def admitted(self, tier: SecurityTier, limits: ResourceLimits) -> None:
+        self.tier, self.limits = tier, limits
 
     def saw_output(self, stream: str, chunk: bytes) -> None:
         if self.shown:

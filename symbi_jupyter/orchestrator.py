@@ -4,13 +4,14 @@ run code, the renderers show results."""
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import hashlib
 import os
 import threading
 import time
 import weakref
 from collections.abc import Callable
-from importlib import import_module
+from importlib.metadata import entry_points
 from typing import Any
 
 from traitlets import Bool, Float, Int, List, Unicode, default, validate
@@ -18,23 +19,14 @@ from traitlets.config import Config, LoggingConfigurable
 
 from . import policy
 from .audit import AuditLog
-from .errors import SymbiError, TierUnavailable
+from .errors import ConfigError, SymbiError, TierUnavailable
 from .limits import ResourceLimits
 from .result import ExecutionResult
 from .sampling import UsageSample, UsageSampler
-from .sandboxes import Availability, ExecutionRequest, Sandbox, sandbox_classes
-from .sandboxes.base import OutputCallback, WorkerHandle
+from .sandboxes import ENTRY_POINT_GROUP, Availability, ExecutionRequest, Sandbox
+from .sandboxes.base import OutputCallback, RunPolicy, WorkerHandle
 from .sandboxes.worker import WorkerSession, worker_source
 from .tiers import SecurityTier
-
-# Backends shipped in this package, used when entry points are not installed (a
-# source checkout on sys.path); installed entry points override them.
-BUILTIN_SANDBOXES = {
-    SecurityTier.NONE: "symbi_jupyter.sandboxes.native:NativeSandbox",
-    SecurityTier.TIER1: "symbi_jupyter.sandboxes.docker:DockerSandbox",
-    SecurityTier.TIER2: "symbi_jupyter.sandboxes.gvisor:GVisorSandbox",
-    SecurityTier.TIER3: "symbi_jupyter.sandboxes.microvm:MicroVMSandbox",
-}
 
 
 def _default_audit_path() -> str:
@@ -184,14 +176,7 @@ class SandboxOrchestrator(LoggingConfigurable):
         tier = SecurityTier.parse(tier)
         with self._lock:
             if tier not in self._sandboxes:
-                classes = {t: _load(path) for t, path in BUILTIN_SANDBOXES.items()}
-                classes.update(sandbox_classes())
-                if tier not in classes:
-                    raise TierUnavailable(
-                        f"{tier.display_name} is not implemented in this version of "
-                        "symbi-jupyter; nothing runs at a weaker tier in its place"
-                    )
-                self._sandboxes[tier] = classes[tier](parent=self)
+                self._sandboxes[tier] = _sandbox_class(tier)(parent=self)
             return self._sandboxes[tier]
 
     def active_sandboxes(self) -> list[Sandbox]:
@@ -222,11 +207,13 @@ class SandboxOrchestrator(LoggingConfigurable):
         keep_workdir: bool = False,
         on_output: OutputCallback | None = None,
         on_sample: Callable[[UsageSample], None] | None = None,
+        on_admitted: Callable[[SecurityTier, ResourceLimits], None] | None = None,
         volumes: tuple[str, ...] | list[str] = (),
     ) -> ExecutionResult:
         """Run ``code`` at ``tier`` (``None``: the default tier) and return its result.
         ``on_output`` gets the output as it comes, ``on_sample`` each look at the
-        running sandbox's memory and CPU (every ``sample_interval_seconds``).
+        running sandbox's memory and CPU (every ``sample_interval_seconds``),
+        ``on_admitted`` the tier and effective limits once the request is admitted.
         ``volumes`` mounts host directories for this run only (HOST:CONTAINER[:ro|rw],
         read-only by default; container tiers only, validated like
         ``DockerSandbox.volumes``).
@@ -262,8 +249,10 @@ class SandboxOrchestrator(LoggingConfigurable):
                 on_output=on_output,
                 volumes=tuple(volumes),
                 code_sha256=digest,
-                policy=self._policy_settings(),
+                policy=self._run_policy(chosen, language, executable),
             )
+            if on_admitted is not None:
+                on_admitted(chosen, effective)
             sampler = None
             if self.sample_interval_seconds > 0:
                 sampler = UsageSampler(self.sample_interval_seconds, on_sample)
@@ -310,12 +299,13 @@ class SandboxOrchestrator(LoggingConfigurable):
             effective = self._admit_limits(limits, record)
             sandbox = self.sandbox(chosen)
             clean_env = policy.check_env(env or {})
+            decided = self._run_policy(chosen, "python3", None)
 
             def start(on_output: OutputCallback) -> WorkerHandle:
                 return sandbox.start_worker(ExecutionRequest(
                     tier=chosen, code=source, language="python3", limits=effective,
                     env=clean_env, on_output=on_output, code_sha256=digest,
-                    policy=self._policy_settings(),
+                    policy=decided,
                 ))
 
             session = WorkerSession(
@@ -329,13 +319,32 @@ class SandboxOrchestrator(LoggingConfigurable):
         self._audit(record, outcome="started", duration_seconds=time.monotonic() - started)
         return session
 
-    def _policy_settings(self) -> dict[str, Any]:
-        return {
-            "working_directory": self.working_directory,
-            "allowed_executables": list(self.allowed_executables),
-            "env_passthrough": list(self.env_passthrough),
-            "enforce_resource_limits": self.enforce_resource_limits,
-        }
+    def _run_policy(self, tier: SecurityTier, language: str, executable: str | None
+                    ) -> RunPolicy:
+        """What the sandbox of ``tier`` is to read, decided and checked here once."""
+        decided = dataclasses.replace(
+            RunPolicy.for_language(language),
+            env_passthrough=tuple(self.env_passthrough),
+            enforce_resource_limits=self.enforce_resource_limits,
+        )
+        if tier is not SecurityTier.NONE:
+            if executable:
+                raise ConfigError(
+                    "an explicit executable applies to tier None only; at "
+                    f"{tier.display_name} choose the interpreter with the language "
+                    "(python3, bash, sh, node)"
+                )
+            return decided
+        workdir = policy.validate_working_directory(self.working_directory)
+        name = executable or decided.interpreter
+        search_path = policy.executable_search_path()
+        real = policy.check_executable(name, self.allowed_executables, search_path)
+        # argv[0] keeps the path as found (a virtualenv's bin/python3) so the interpreter
+        # finds its environment; what is executed is the checked real path.
+        return dataclasses.replace(
+            decided, working_directory=workdir, executable=real,
+            argv0=policy.find_executable(name, search_path),
+        )
 
     def audit_refusal(self, tier: SecurityTier | str | None, error: SymbiError,
                       **fields: Any) -> None:
@@ -410,6 +419,28 @@ def _result_record(result: ExecutionResult) -> dict[str, Any]:
     }
 
 
-def _load(path: str) -> type[Sandbox]:
-    module, _, name = path.partition(":")
-    return getattr(import_module(module), name)
+def _sandbox_class(tier: SecurityTier) -> type[Sandbox]:
+    """The backend of ``tier``, imported only now, through its entry point (named
+    after the tier: none, tier1, ...), as jupyter_client finds its provisioners."""
+    name = tier.value.lower()
+    found = entry_points(group=ENTRY_POINT_GROUP, name=name)
+    if not found:
+        raise TierUnavailable(
+            f"{tier.display_name} is not implemented in this installation of symbi-jupyter "
+            f"(no entry point {name!r} in the group {ENTRY_POINT_GROUP}; reinstall it); "
+            "nothing runs at a weaker tier in its place"
+        )
+    point = next(iter(found))
+    try:
+        cls = point.load()
+    except (ImportError, AttributeError) as exc:
+        raise TierUnavailable(
+            f"{tier.display_name}: its sandbox {point.value} cannot be loaded ({exc})"
+        ) from None
+    # A backend registered under another tier's name would run code at the wrong tier.
+    if getattr(cls, "tier", None) is not tier:
+        raise TierUnavailable(
+            f"{tier.display_name}: the entry point {name} = {point.value} is not the "
+            "sandbox of this tier; nothing runs in its place"
+        )
+    return cls

@@ -230,6 +230,49 @@ def check_env(env: Mapping[str, str]) -> dict[str, str]:
     return clean
 
 
+# Volumes may not reach these (tier-model.md section 4).
+FORBIDDEN_MOUNTS = (
+    "/var/run/docker.sock", "/run/docker.sock", "/var/run/containerd", "/run/containerd",
+    "/proc", "/sys", "/boot", "/etc", "/root", "/var/lib/docker", "/var/lib/kubelet",
+)
+
+
+def validate_volume(spec: str) -> tuple[str, dict[str, str]]:
+    """``HOST:CONTAINER[:ro|rw]`` -> (host path, docker-py bind dict); refuses the
+    Docker socket, containerd, /proc, /sys, /boot, /etc, /root, /var/lib/docker,
+    /var/lib/kubelet (and anything below them), the root itself, and any ``..``."""
+    parts = spec.split(":")
+    if len(parts) not in (2, 3) or not parts[0] or not parts[1]:
+        raise ConfigError(f"volume {spec!r} must be HOST:CONTAINER or HOST:CONTAINER:ro|rw")
+    host, target = parts[0], parts[1]
+    mode = parts[2] if len(parts) == 3 else "ro"
+    if mode not in ("ro", "rw"):
+        raise ConfigError(f"volume {spec!r}: mode must be ro or rw, not {mode!r}")
+    if ".." in host.split("/") or ".." in target.split("/") or ".." in spec:
+        raise PolicyViolation(f"volume {spec!r} contains '..'")
+    if not os.path.isabs(host) or not os.path.isabs(target):
+        raise ConfigError(f"volume {spec!r}: both paths must be absolute")
+    for path in {os.path.normpath(host), os.path.realpath(host)}:
+        if path == "/":
+            raise PolicyViolation(f"volume {spec!r} would mount the host's root")
+        for forbidden in FORBIDDEN_MOUNTS:
+            if path == forbidden or path.startswith(forbidden + "/"):
+                raise PolicyViolation(f"volume {spec!r} reaches {forbidden}, which is refused")
+        if "docker.sock" in path or "containerd" in path:
+            raise PolicyViolation(f"volume {spec!r} reaches the container engine")
+    return host, {"bind": target, "mode": mode}
+
+
+def check_container_env(env: dict[str, str]) -> None:
+    """Keys with ``=``, and keys or values with a newline or NUL, are refused."""
+    for key, value in env.items():
+        for bad, name in (("=", "'='"), ("\n", "a newline"), ("\0", "NUL")):
+            if bad in key:
+                raise ConfigError(f"environment variable name {key!r} contains {name}")
+            if bad != "=" and bad in value:
+                raise ConfigError(f"environment variable {key} contains {name}")
+
+
 # The sitecustomize that line-buffers Python's stdout in every sandboxed run (why: in
 # that file). It lives in a directory of its own, put first on PYTHONPATH.
 LINE_BUFFERING_DIR = Path(__file__).parent / "sandboxes" / "linebuffer"
@@ -237,34 +280,3 @@ LINE_BUFFERING_DIR = Path(__file__).parent / "sandboxes" / "linebuffer"
 
 def line_buffering_module() -> str:
     return (LINE_BUFFERING_DIR / "sitecustomize.py").read_text()
-
-
-def native_environment(
-    explicit: Mapping[str, str],
-    passthrough: Iterable[str],
-    run_dir: str,
-    host: Mapping[str, str] | None = None,
-) -> dict[str, str]:
-    """The clean environment of a native run: nothing from the host but a PATH, the
-    locale and the names the operator lets through; then the caller's own values."""
-    host = os.environ if host is None else host
-    env = {
-        "PATH": os.pathsep.join(
-            dict.fromkeys([os.path.dirname(sys.executable), "/usr/local/bin", "/usr/bin", "/bin"])
-        ),
-        "HOME": run_dir,
-        "TMPDIR": os.path.join(run_dir, "tmp"),
-        "PYTHONPATH": str(LINE_BUFFERING_DIR),
-        "PYTHONDONTWRITEBYTECODE": "1",
-    }
-    for key, value in host.items():
-        if key in ("LANG", "LANGUAGE", "TZ") or key.startswith("LC_"):
-            env[key] = value
-    for key in passthrough:
-        if key in host:
-            env[key] = host[key]
-    explicit = check_env(explicit)
-    if explicit.get("PYTHONPATH"):
-        explicit["PYTHONPATH"] = env["PYTHONPATH"] + os.pathsep + explicit["PYTHONPATH"]
-    env.update(explicit)
-    return env

@@ -12,7 +12,8 @@ import pytest
 from symbi_jupyter import ConfigError, PolicyViolation, ResourceLimits, SecurityTier
 from symbi_jupyter.errors import TierUnavailable
 from symbi_jupyter.orchestrator import SandboxOrchestrator
-from symbi_jupyter.sandboxes.docker import HOST_LABEL, host_tag, validate_volume
+from symbi_jupyter.policy import validate_volume
+from symbi_jupyter.sandboxes.docker import HOST_LABEL, host_tag
 
 from .helpers import leased, need, wait_until
 

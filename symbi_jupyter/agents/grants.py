@@ -127,13 +127,11 @@ def _filesystem_verdict(agent: Agent, mount: str | None, orch: Any) -> Verdict:
         return Verdict("local_filesystem", True,
                        f"execute and execute_native start in the notebook directory, "
                        f"{access}{note}")
-    from ..sandboxes.docker import validate_volume
-
     try:
         why_not = mount_refusal(orch, agent.tier)
         if why_not:
             raise TierUnavailable(why_not)
-        validate_volume(volume_spec(agent, mount))
+        policy.validate_volume(volume_spec(agent, mount))
     except SymbiError as exc:
         return Verdict("local_filesystem", False, f"the notebook directory cannot be mounted: "
                        f"{exc}")

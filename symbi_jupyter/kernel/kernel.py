@@ -141,15 +141,17 @@ class SymbiKernel(KernelMagics, Kernel):
         return {"status": "ok", "execution_count": self.execution_count, "payload": [],
                 "user_expressions": {}}
 
-    def _check_allowed(self, tier: SecurityTier) -> None:
-        self.orchestrator.admit_tier(tier, source="symbi kernel")
+    def _check_allowed(self, tier: SecurityTier | str | None) -> SecurityTier:
+        """The tier named (None: the default) as the orchestrator admits it; its
+        refusal, an unknown name included, is audited."""
+        return self.orchestrator.admit_tier(tier, source="symbi kernel")
 
     def _open_session(self) -> WorkerSession:
         if self.worker is not None and self.worker.alive:
             return self.worker
-        self._check_allowed(self.current_tier)
+        tier = self._check_allowed(self.tier or None)
         self.worker = self.orchestrator.open_session(
-            self.current_tier, self.limits,
+            tier, self.limits,
             interrupt_grace_seconds=self.interrupt_grace_seconds,
         )
         return self.worker

@@ -17,7 +17,6 @@ from ..errors import SymbiError
 from ..limits import ResourceLimits
 from ..render import TierLadder, format_bytes, format_duration
 from ..result import ExecutionResult
-from ..tiers import SecurityTier
 
 #: Limits that hold for a whole worker: changing one needs a new worker.
 SESSION_LIMITS = ("max_memory_mb", "max_cpu_cores", "max_processes", "max_file_size_mb",
@@ -96,8 +95,7 @@ class KernelMagics:
         if len(argv) != 1:
             self._stream("stdout", f"Cells run at {self.current_tier.display_name}.\n")
             return
-        tier = SecurityTier.parse(argv[0])
-        self._check_allowed(tier)
+        tier = self._check_allowed(argv[0])
         had_state = self.worker is not None and self.worker.alive
         self._close_session()
         self.tier = tier.value

@@ -6,12 +6,14 @@ import abc
 import dataclasses
 import functools
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, ClassVar
 
 from traitlets.config import LoggingConfigurable
 
 from ..errors import TierUnavailable
 from ..limits import ResourceLimits
+from ..policy import language_spec
 from ..result import ExecutionResult
 from ..tiers import SecurityTier
 from .identities import RunIdentities
@@ -33,6 +35,34 @@ class Availability:
         return self.ok
 
 
+@dataclasses.dataclass(frozen=True)
+class RunPolicy:
+    """What the orchestrator decided for one run, once. A backend reads it and checks
+    none of it again: every refusal is the orchestrator's, so every one is audited."""
+
+    #: the language's interpreter, by name (a container or guest finds it inside)
+    interpreter: str
+    #: the file the code is written to
+    filename: str
+    #: tier None: the checked parent of the private run directories
+    working_directory: Path | None = None
+    #: tier None: the allowlisted real path that is executed
+    executable: str | None = None
+    #: tier None: that interpreter's path as found, its argv[0] (through it a
+    #: virtualenv's bin/python3 finds its environment)
+    argv0: str | None = None
+    #: tier None: the host environment variables a run gets
+    env_passthrough: tuple[str, ...] = ()
+    #: tier None: whether OS limits are applied
+    enforce_resource_limits: bool = True
+
+    @classmethod
+    def for_language(cls, language: str) -> RunPolicy:
+        """A policy no orchestrator decided (a probe, the image check): the language's
+        interpreter and file name, nothing for tier None."""
+        return cls(*language_spec(language))
+
+
 @dataclasses.dataclass
 class ExecutionRequest:
     """One execution, after policy: what to run and under which effective limits."""
@@ -50,8 +80,12 @@ class ExecutionRequest:
     #: called with the backend's facts once the code has started (pids, cgroups)
     on_started: Callable[[dict[str, Any]], None] | None = None
     code_sha256: str = ""
-    #: operator settings a backend may need (allowlist, working directory, ...)
-    policy: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: what the orchestrator decided; without it, RunPolicy.for_language(language)
+    policy: RunPolicy = None  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.policy is None:
+            self.policy = RunPolicy.for_language(self.language)
 
 
 class WorkerHandle(abc.ABC):

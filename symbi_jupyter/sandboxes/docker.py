@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 from traitlets import Bool, Int, List, Unicode
 
 from .. import policy
-from ..errors import ConfigError, PolicyViolation, TierUnavailable
+from ..errors import ConfigError, TierUnavailable
 from ..result import ExecutionResult
 from ..setup.images.container import DEFAULT_IMAGE, build_command
 from ..tiers import SecurityTier
@@ -52,50 +52,6 @@ LAUNCHER = (
     '&& cat > "$1" && exec "$2" "$1"'
 )
 _STDOUT, _STDERR = 1, 2
-
-
-
-# Volumes may not reach these (tier-model.md section 4).
-FORBIDDEN_MOUNTS = (
-    "/var/run/docker.sock", "/run/docker.sock", "/var/run/containerd", "/run/containerd",
-    "/proc", "/sys", "/boot", "/etc", "/root", "/var/lib/docker", "/var/lib/kubelet",
-)
-
-
-def validate_volume(spec: str) -> tuple[str, dict[str, str]]:
-    """``HOST:CONTAINER[:ro|rw]`` -> (host path, docker-py bind dict); refuses the
-    Docker socket, containerd, /proc, /sys, /boot, /etc, /root, /var/lib/docker,
-    /var/lib/kubelet (and anything below them), the root itself, and any ``..``."""
-    parts = spec.split(":")
-    if len(parts) not in (2, 3) or not parts[0] or not parts[1]:
-        raise ConfigError(f"volume {spec!r} must be HOST:CONTAINER or HOST:CONTAINER:ro|rw")
-    host, target = parts[0], parts[1]
-    mode = parts[2] if len(parts) == 3 else "ro"
-    if mode not in ("ro", "rw"):
-        raise ConfigError(f"volume {spec!r}: mode must be ro or rw, not {mode!r}")
-    if ".." in host.split("/") or ".." in target.split("/") or ".." in spec:
-        raise PolicyViolation(f"volume {spec!r} contains '..'")
-    if not os.path.isabs(host) or not os.path.isabs(target):
-        raise ConfigError(f"volume {spec!r}: both paths must be absolute")
-    for path in {os.path.normpath(host), os.path.realpath(host)}:
-        if path == "/":
-            raise PolicyViolation(f"volume {spec!r} would mount the host's root")
-        for forbidden in FORBIDDEN_MOUNTS:
-            if path == forbidden or path.startswith(forbidden + "/"):
-                raise PolicyViolation(f"volume {spec!r} reaches {forbidden}, which is refused")
-        if "docker.sock" in path or "containerd" in path:
-            raise PolicyViolation(f"volume {spec!r} reaches the container engine")
-    return host, {"bind": target, "mode": mode}
-
-
-def check_container_env(env: dict[str, str]) -> None:
-    """Keys with ``=``, and keys or values with a newline or NUL, are refused."""
-    for key, value in env.items():
-        for bad, name in (("=", "'='"), ("\n", "a newline"), ("\0", "NUL")):
-            if bad in key:
-                raise ConfigError(f"environment variable name {key!r} contains {name}")
-            if bad != "=" and bad in value:
-                raise ConfigError(f"environment variable {key} contains {name}")
 
 
 class DockerSandbox(Sandbox):
@@ -277,13 +233,8 @@ class DockerSandbox(Sandbox):
     def run(self, request: ExecutionRequest) -> ExecutionResult:
         client = self._ready_client()
         # The same names as at tier None, here looked up inside the image.
-        interpreter, filename = policy.language_spec(request.language)
-        if request.executable:
-            raise ConfigError(
-                "an explicit executable applies to tier None only; in a container choose "
-                "the interpreter with the language (python3, bash, sh, node)"
-            )
-        options, enforcement = self._container_options(request, interpreter, filename)
+        options, enforcement = self._container_options(
+            request, request.policy.interpreter, request.policy.filename)
         import docker
         import requests
 
@@ -326,7 +277,7 @@ class DockerSandbox(Sandbox):
     ) -> tuple[dict[str, Any], dict[str, str]]:
         """The hardened container configuration for this request, and how each limit
         is enforced by it."""
-        check_container_env(request.env)
+        policy.check_container_env(request.env)
         # A leased uid is put in by _prepare: pooled containers of one configuration
         # stay interchangeable.
         uid, _, gid = self.user.partition(":") if self.user else (LEASED_UID, "", "")
@@ -336,7 +287,7 @@ class DockerSandbox(Sandbox):
             raise ConfigError(
                 f"{type(self).__name__}.user = {self.user!r}: give a numeric non-root UID:GID"
             )
-        binds = dict(validate_volume(v) for v in [*self.volumes, *request.volumes])
+        binds = dict(policy.validate_volume(v) for v in [*self.volumes, *request.volumes])
         lim = request.limits
         env = {
             "HOME": WORKSPACE,
@@ -619,7 +570,7 @@ class DockerSandbox(Sandbox):
             enforcement=enforcement,
             limits_reached=limits_reached(evidence, stopped_by),
             language=request.language,
-            executable=f"{self.image}:{policy.language_spec(request.language)[0]}",
+            executable=f"{self.image}:{request.policy.interpreter}",
             code_sha256=request.code_sha256,
             stdout_bytes=out.total,
             stderr_bytes=err.total,

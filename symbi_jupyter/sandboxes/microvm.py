@@ -31,7 +31,6 @@ from typing import Any, ClassVar
 
 from traitlets import Bool, Enum, Float, Int, Unicode
 
-from .. import policy
 from ..errors import ConfigError, TierUnavailable
 from ..limits import ResourceLimits
 from ..result import ExecutionResult
@@ -505,9 +504,7 @@ class MicroVMSandbox(Sandbox):
             self.log.warning("removed %s left by a dead kernel", group)
 
     def run(self, request: ExecutionRequest) -> ExecutionResult:
-        interpreter, filename = policy.language_spec(request.language)
-        if request.executable:
-            raise ConfigError("an explicit executable applies to tier None only")
+        interpreter, filename = request.policy.interpreter, request.policy.filename
         self._refuse_network(request)
         cap = request.limits.max_output_bytes or 10 * MiB
         streams = {"stdout": CappedStream("stdout", cap), "stderr": CappedStream("stderr", cap)}
@@ -596,7 +593,7 @@ class MicroVMSandbox(Sandbox):
                          "output": "host (drained past the cap)"},
             limits_reached=limits_reached(evidence, stopped),
             language=request.language,
-            executable=f"guest:{policy.language_spec(request.language)[0]}",
+            executable=f"guest:{request.policy.interpreter}",
             code_sha256=request.code_sha256,
             stdout_bytes=out.total,
             stderr_bytes=err.total,

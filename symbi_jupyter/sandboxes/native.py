@@ -21,6 +21,7 @@ import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -229,17 +230,9 @@ class NativeSandbox(Sandbox):
         return worker
 
     def _run(self, request: ExecutionRequest, stdin_fd: int | None = None) -> ExecutionResult:
+        # The orchestrator decided and checked these; they are not checked again here.
         pol = request.policy
-        workdir = policy.validate_working_directory(pol["working_directory"])
-        language = request.language
-        default_exe, filename = policy.language_spec(language)
-        search_path = policy.executable_search_path()
-        real_exe = policy.check_executable(
-            request.executable or default_exe, pol.get("allowed_executables", []), search_path
-        )
-        # argv[0] keeps the path as found (a virtualenv's bin/python3) so the interpreter
-        # finds its environment; what is executed is the checked real path.
-        shown_exe = policy.find_executable(request.executable or default_exe, search_path)
+        workdir, real_exe, filename = pol.working_directory, pol.executable, pol.filename
         who = self._run_as(workdir)
         if who:
             # Any leased uid is "other" to the interpreter's files, as the block's first.
@@ -248,7 +241,7 @@ class NativeSandbox(Sandbox):
                              self.run_as_user or "a leased uid")
         spec, enforcement = self._spec(request, worker=stdin_fd is not None)
         # The monitor makes the run directory: it stands in the environment as RUN_DIR.
-        env = policy.native_environment(request.env, pol.get("env_passthrough", []), RUN_DIR)
+        env = native_environment(request.env, pol.env_passthrough, RUN_DIR)
         usual = filename.endswith(".py") and not request.executable and not request.env
         if stdin_fd is not None or not usual:
             prestart = "skip"  # runs unlike the usual one do not change what spares start
@@ -256,7 +249,7 @@ class NativeSandbox(Sandbox):
             prestart = "use" if self.prestart_interpreter else "off"
         spec.update(
             executable=real_exe,
-            argv0=shown_exe,
+            argv0=pol.argv0,
             filename=filename,
             workdir=str(workdir),
             env=env,
@@ -278,7 +271,7 @@ class NativeSandbox(Sandbox):
         # is pressed (in the main thread; a worker's thread gets no signals).
         with SigintLatch() as latch:
             result = self._execute(sock, spec, request, enforcement, stdin_fd, latch)
-        result.language = language
+        result.language = request.language
         result.executable = real_exe
         return result
 
@@ -336,7 +329,7 @@ class NativeSandbox(Sandbox):
         spec: dict[str, Any] = {"timeout": lim.timeout_seconds, "rlimits": {"core": 0}}
         if lim.network is False:
             spec["new_netns"] = True
-        if not request.policy.get("enforce_resource_limits", True):
+        if not request.policy.enforce_resource_limits:
             for name in ("memory", "cpu", "processes", "file_size", "open_files", "cpu_cores"):
                 enforcement[name] = "not enforced: enforce_resource_limits is off"
             spec["use_cgroup"] = False
@@ -506,6 +499,38 @@ def _check_reachable(real: str, uid: int, gid: int, user: str) -> None:
                 "run (e.g. a virtualenv made from Debian's /usr/bin/python3), or set "
                 "NativeSandbox.run_as_user = '' to run as root (weaker)"
             )
+
+
+def native_environment(
+    explicit: Mapping[str, str],
+    passthrough: Iterable[str],
+    run_dir: str,
+    host: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """The clean environment of a native run: nothing from the host but a PATH, the
+    locale and the names the operator lets through; then the caller's own values
+    (checked by the orchestrator)."""
+    host = os.environ if host is None else host
+    env = {
+        "PATH": os.pathsep.join(
+            dict.fromkeys([os.path.dirname(sys.executable), "/usr/local/bin", "/usr/bin", "/bin"])
+        ),
+        "HOME": run_dir,
+        "TMPDIR": os.path.join(run_dir, "tmp"),
+        "PYTHONPATH": str(policy.LINE_BUFFERING_DIR),
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
+    for key, value in host.items():
+        if key in ("LANG", "LANGUAGE", "TZ") or key.startswith("LC_"):
+            env[key] = value
+    for key in passthrough:
+        if key in host:
+            env[key] = host[key]
+    explicit = dict(explicit)
+    if explicit.get("PYTHONPATH"):
+        explicit["PYTHONPATH"] = env["PYTHONPATH"] + os.pathsep + explicit["PYTHONPATH"]
+    env.update(explicit)
+    return env
 
 
 class _NativeWorker(WorkerHandle):

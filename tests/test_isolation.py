@@ -195,8 +195,9 @@ def test_a_native_run_cannot_reach_another(orch, workdir, root_only):
         release.touch()
         thread.join()
     assert victim["result"].success
-    assert got == {"environ": errno.EACCES, "signal": errno.EPERM, "ptrace": errno.EPERM,
-                   "plant": errno.EACCES}, got
+    # The other run's /proc entries are hidden (ENOENT) or closed (EACCES).
+    assert got.pop("environ") in (errno.EACCES, errno.ENOENT), got
+    assert got == {"signal": errno.EPERM, "ptrace": errno.EPERM, "plant": errno.EACCES}, got
 
 
 def _running_container(client, tier_value: str):
@@ -225,8 +226,8 @@ def test_a_native_run_cannot_reach_a_pooled_container(orch, root_only, tier):
     assert pids
     for pid in pids:
         got = _reach(orch, pid, ROOT_FILE="/workspace/.symbi/sitecustomize.py")
-        assert got == {"environ": errno.EACCES, "signal": errno.EPERM,
-                       "ptrace": errno.EPERM, "root": errno.EACCES}, (pid, got)
+        assert {got.pop("environ"), got.pop("root")} <= {errno.EACCES, errno.ENOENT}, got
+        assert got == {"signal": errno.EPERM, "ptrace": errno.EPERM}, (pid, got)
 
 
 def _runsc_sandbox_pids(container_id: str) -> list[str]:
@@ -352,3 +353,24 @@ def test_a_native_run_gets_no_new_kernel_surface(orch, usual):
         "user namespace": errno.EPERM, "ptrace": errno.EPERM, "bpf": errno.EPERM,
         "keyring": errno.EPERM, "io_uring": errno.EPERM, "child": "ok\n"}
     assert res.enforcement["syscalls"].startswith("seccomp")
+
+
+LEAVES_TRACES = r"""
+import os
+for path in ("/dev/shm/" + os.environ["MARK"], "/var/tmp/" + os.environ["MARK"]):
+    with open(path, "w") as f:
+        f.write("x" * (1 << 20))
+print(sorted(p for p in os.listdir("/proc") if p.isdigit()) == [str(os.getpid())])
+"""
+
+
+def test_a_native_run_sees_only_its_own_and_leaves_no_shared_files(orch, root_only):
+    """Finding 5: files a run left in /dev/shm and /var/tmp outlived it (RAM in
+    /dev/shm then counted nowhere), and every run saw every process of the host.
+    Each run now has its own /dev/shm, /var/tmp and view of /proc."""
+    mark = f"symbi-trace-{os.getpid()}"
+    res = orch.execute_code(NONE, LEAVES_TRACES, env={"MARK": mark})
+    assert res.success, res.stderr
+    assert res.stdout == "True\n"  # only its own process, not the kernel's or root's
+    assert not Path("/dev/shm", mark).exists() and not Path("/var/tmp", mark).exists()
+    assert res.enforcement["process_view"].startswith("its own processes only")

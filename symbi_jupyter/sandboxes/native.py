@@ -102,6 +102,15 @@ class NativeSandbox(Sandbox):
         runs requested back to back, where one would still be starting; read when
         the supervisor starts.""",
     )
+    private_tmp_size_mb = Int(
+        64,
+        min=0,
+        config=True,
+        help="""As root, each run gets a mount namespace of its own: a /proc that shows it
+        only its own processes, and a private /dev/shm and /var/tmp, tmpfs of this size
+        (MB) each, gone with the run (/tmp stays the host's). 0: none of these. Read
+        when the supervisor starts.""",
+    )
     stop_on_output_limit = Bool(
         False,
         config=True,
@@ -151,7 +160,10 @@ class NativeSandbox(Sandbox):
             if hello.get("event") != "ready":
                 raise TierUnavailable("the native supervisor process failed to start")
             # What the first spares start an interpreter for (later runs teach it).
-            ours.send(json.dumps({"profile": profile, "identity": self._identities()}).encode())
+            ours.send(json.dumps({
+                "profile": profile, "identity": self._identities(),
+                "private_tmp_bytes": self.private_tmp_size_mb * MiB,
+            }).encode())
             self._cgroup_probe = hello["cgroup"]
             if hello.get("reaped"):
                 self.log.warning("reaped run cgroups left by dead kernels: %s", hello["reaped"])
@@ -247,11 +259,15 @@ class NativeSandbox(Sandbox):
             prestart = "skip"  # runs unlike the usual one do not change what spares start
         else:
             prestart = "use" if self.prestart_interpreter else "off"
+        st = workdir.stat()
         spec.update(
             executable=real_exe,
             argv0=pol.argv0,
             filename=filename,
             workdir=str(workdir),
+            # Which directory the host checked: a spare's mount namespace may be older
+            # than a filesystem mounted there since.
+            workdir_id=[st.st_dev, st.st_ino],
             env=env,
             uid=who.get("uid"),
             gid=who.get("gid"),

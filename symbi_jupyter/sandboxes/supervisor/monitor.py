@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from . import channel, identity, rundir, seccomp
+from . import channel, identity, mounts, rundir, seccomp
 from .cgroups import RunCgroup
 from .channel import StatusPipe
 from .proctree import (
@@ -73,6 +73,7 @@ class Monitor:
         inherited: tuple[int, ...] = (),
         profile: dict[str, Any] | None = None,
         identities: dict[str, Any] | None = None,
+        private_tmp_bytes: int = 0,
     ) -> None:
         self.probe = probe
         self.host_pid = host_pid
@@ -88,6 +89,12 @@ class Monitor:
             if libc.unshare(CLONE_NEWNET) != 0:
                 os.close(self.home_netns)
                 self.home_netns = None
+        self.tmpfs_bytes = private_tmp_bytes
+        self.home_mntns: int | None = None
+        if os.geteuid() == 0 and private_tmp_bytes:
+            # A way back, should the host mount something where runs must see it.
+            self.home_mntns = os.open("/proc/self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+        self.mount_enforcement = self._private_mounts()
         if probe.get("version"):
             try:
                 self.cgroup = RunCgroup.create(probe, f"{host_tag(host_pid)}-{os.getpid()}")
@@ -117,6 +124,45 @@ class Monitor:
             # Forked now, while idle, to wait for its request: a fork of a Python
             # process costs about a millisecond we need not spend later.
             self._fork_waiting()
+
+    def _private_mounts(self) -> dict[str, str]:
+        """The run's own /proc view, /dev/shm and /var/tmp (root only): made now, so
+        that the workload and a started interpreter are born in them."""
+        if os.geteuid() != 0:
+            return {"process_view": "not enforced: a mount namespace needs root"}
+        if not self.tmpfs_bytes:
+            return {"process_view": "not enforced: NativeSandbox.private_tmp_size_mb is 0"}
+        try:
+            return mounts.make_private(self.tmpfs_bytes)
+        except OSError as exc:
+            return {"process_view": f"not enforced: {exc}"}
+
+    def _sees_the_hosts_workdir(self, req: dict[str, Any]) -> bool:
+        """Whether the working directory here is the one the host checked. Where the
+        host's root is not a shared mount, what the host mounted after this spare made
+        its namespace (a filesystem for the working directory, say) is not seen here."""
+        wanted = req.get("workdir_id")
+        try:
+            st = os.stat(req["workdir"])
+        except OSError:
+            return wanted is None
+        return wanted is None or [st.st_dev, st.st_ino] == wanted
+
+    def _renew_mounts(self) -> None:
+        """Give up what was prepared in a namespace that no longer shows the host's
+        working directory, and make a fresh one from the host's."""
+        if self.profile is not None:
+            self._drop_prestarted()
+        elif self.channel is not None:
+            self.channel.close()
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(self.workload_pid, 0)
+        if self.run_dir is not None:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+            self.run_dir = None
+        mounts.rejoin(self.home_mntns)
+        self.mount_enforcement = self._private_mounts()
+        self._fork_waiting()
 
     # ------------------------------------------------------------------ the workload
     def _fork_waiting(self) -> None:
@@ -189,6 +235,8 @@ class Monitor:
         """Pick the run's workload and directory, write its code and hand the directory
         to the run's user. Returns whether the started interpreter takes the run, and
         a read-only descriptor of the code file."""
+        if self.home_mntns is not None and not self._sees_the_hosts_workdir(req):
+            self._renew_mounts()
         # Someone may have removed the working directory since this spare made its
         # run directory there: then it and its interpreter are of no use.
         intact = self.run_dir is not None and rundir.still_ours(self.run_dir)
@@ -227,7 +275,8 @@ class Monitor:
         cannot be; returns the cgroup in use, what it applied, the enforcement notes
         and whether the started interpreter still takes the run."""
         enforcement: dict[str, str] = {"syscalls": SYSCALLS if seccomp.supported() else
-                                       "not enforced: the seccomp filter is for x86-64 only"}
+                                       "not enforced: the seccomp filter is for x86-64 only",
+                                       **self.mount_enforcement}
         if self.home_netns is not None:
             if req.get("new_netns"):
                 enforcement["network"] = "empty network namespace"

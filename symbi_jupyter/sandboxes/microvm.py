@@ -406,7 +406,7 @@ class MicroVMSandbox(Sandbox):
             "open_files": "RLIMIT_NOFILE inside the guest",
             "vmm_memory": f"cgroup ({mem + self.vmm_memory_overhead_mb} MiB)" if cgroup
             else "not enforced: no writable memory cgroup",
-            "vmm_privileges": f"uid {lease.uid} of its own, no capabilities, seccomp "
+            "vmm_privileges": "a uid of its own, no capabilities, seccomp "
             "(-sandbox on)" if lease else "seccomp (-sandbox on), as this user" if qemu
             else "not deprivileged: Firecracker's jailer is not used yet",
         }

@@ -20,7 +20,7 @@ import pytest
 
 from symbi_jupyter import ResourceLimits
 from symbi_jupyter.cli import build_parser
-from symbi_jupyter.sandboxes.microvm import MicroVMSandbox, QEMUDriver
+from symbi_jupyter.sandboxes.microvm import MicroVMSandbox, QEMUDriver, _open_for_vmm
 from symbi_jupyter.setup.host import tier3_packages
 from symbi_jupyter.setup.images import microvm as mi
 
@@ -251,7 +251,9 @@ def test_the_sandbox_boots_what_the_manifest_says(tmp_path: Path) -> None:
     manifest = fake_set(tmp_path / "set")
     sandbox = MicroVMSandbox(artifacts_dir=str(tmp_path / "set"))
     limits = ResourceLimits(max_memory_mb=512, max_processes=5, max_file_size_mb=2)
+    (tmp_path / "run").mkdir()
     spec = sandbox.vm_spec(sandbox.manifest(), limits, "tcg", tmp_path / "run")
+    opened = _open_for_vmm(spec)  # as the sandbox does before it starts QEMU
     argv = QEMUDriver(QEMU).command(spec)
     text = " ".join(argv)
     assert Path(argv[0]).name == QEMU and argv[1:3] == ["-M", "microvm,acpi=off"]
@@ -261,9 +263,19 @@ def test_the_sandbox_boots_what_the_manifest_says(tmp_path: Path) -> None:
     host_args = append.removeprefix(manifest["kernel_args"]).split()
     assert "symbi.nproc=5" in host_args and "symbi.fsize=2097152" in host_args
     assert all(re.fullmatch(r"[\w.]+=[\w.-]+", a) for a in host_args), host_args
-    assert f"file={tmp_path / 'set' / mi.ROOTFS},format=raw,if=none,readonly=on" in text
+    # The VMM, of its own uid, gets the guest's files and its channel as descriptors
+    # the host opened: no path of the host's for it to open.
+    fds = spec.file_fds
+    assert os.readlink(f"/proc/self/fd/{fds['rootfs']}") == str(tmp_path / "set" / mi.ROOTFS)
+    assert os.readlink(f"/proc/self/fd/{fds['kernel']}") == str(spec.kernel)
+    assert f"-add-fd fd={fds['rootfs']},set=2" in text
+    assert "id=root,format=raw,if=none,file=/dev/fdset/2,readonly=on" in text
+    assert argv[argv.index("-kernel") + 1] == f"/proc/self/fd/{fds['kernel']}"
     assert "virtserialport,chardev=agent,name=symbi.agent" in text
-    assert "socket,id=agent,path=agent.sock,server=on,wait=off" in text
+    assert f"socket,id=agent,fd={spec.agent_fd},server=on,wait=off" in text
+    assert f"-add-fd fd={spec.console_fd},set=1 -serial file:/dev/fdset/1" in text
+    for fd in opened:
+        os.close(fd)
 
 
 def test_init_script_is_valid_sh() -> None:

@@ -78,6 +78,15 @@ class VMSpec:
     #: console file (QEMU), so that it never opens a path in the run directory
     agent_fd: int | None = None
     console_fd: int | None = None
+    #: and the guest's files ("kernel", "initrd", "rootfs"), which its own uid may not
+    #: be able to reach by path
+    file_fds: dict[str, int] = dataclasses.field(default_factory=dict)
+
+    def path_of(self, name: str) -> str:
+        """How the VMM names a guest file: its descriptor where the host opened it."""
+        if name in self.file_fds:
+            return f"/proc/self/fd/{self.file_fds[name]}"
+        return str(getattr(self, name))
 
     @property
     def socket(self) -> Path:
@@ -122,9 +131,12 @@ class QEMUDriver(VMMDriver):
             "-m", str(spec.mem_mib),
             "-smp", str(spec.vcpus),
             "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
-            "-kernel", str(spec.kernel),
+            "-kernel", spec.path_of("kernel"),
             "-append", spec.kernel_args,
-            "-drive", f"id=root,file={spec.rootfs},format=raw,if=none"
+            *(["-add-fd", f"fd={spec.file_fds['rootfs']},set=2"] if "rootfs" in spec.file_fds
+              else []),
+            "-drive", "id=root,format=raw,if=none,file="
+            + ("/dev/fdset/2" if "rootfs" in spec.file_fds else str(spec.rootfs))
             + (",readonly=on" if spec.rootfs_read_only else ""),
             "-device", "virtio-blk-device,drive=root",
             "-device", "virtio-serial-device",
@@ -137,7 +149,8 @@ class QEMUDriver(VMMDriver):
             "-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
         ]
         if spec.initrd:
-            argv[argv.index("-append"):argv.index("-append")] = ["-initrd", str(spec.initrd)]
+            argv[argv.index("-append"):argv.index("-append")] = ["-initrd",
+                                                                 spec.path_of("initrd")]
         return argv
 
     def label(self, accel: str) -> str:
@@ -827,7 +840,22 @@ def _open_for_vmm(spec: VMSpec) -> list[int]:
     finally:
         os.close(dir_fd)
     spec.agent_fd, spec.console_fd = listener.detach(), console
-    return [spec.agent_fd, spec.console_fd]
+    opened = [spec.agent_fd, spec.console_fd]
+    try:
+        # Opened by root: the VMM's uid may not reach them by path (a guest built
+        # under a private directory), and it gets no more than it needs.
+        for name in ("kernel", "initrd", "rootfs"):
+            path = getattr(spec, name)
+            if path:
+                writable = name == "rootfs" and not spec.rootfs_read_only
+                spec.file_fds[name] = os.open(
+                    path, (os.O_RDWR if writable else os.O_RDONLY) | os.O_CLOEXEC)
+                opened.append(spec.file_fds[name])
+    except BaseException:
+        for fd in opened:
+            os.close(fd)
+        raise
+    return opened
 
 
 def _launch(argv: list[str], cgroup: RunCgroup | None, run_dir: Path, stdio: bool,

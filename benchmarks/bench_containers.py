@@ -44,8 +44,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     docker = shutil.which("docker")
     print(f"median of {args.runs}, image {DEFAULT_IMAGE}")
-    print(f"{'tier':<16}{'docker CLI':>12}{'cold':>10}{'pooled':>10}"
-          f"{'cold/CLI':>10}{'pooled/CLI':>12}   seed's claim")
+    print(
+        f"{'tier':<16}{'docker CLI':>12}{'cold':>10}{'pooled':>10}"
+        f"{'cold/CLI':>10}{'pooled/CLI':>12}   seed's claim"
+    )
     for tier in (SecurityTier.TIER1, SecurityTier.TIER2):
         orch = SandboxOrchestrator(audit_log_path="")
         sandbox = orch.sandbox(tier)
@@ -53,17 +55,32 @@ def main(argv: list[str] | None = None) -> int:
         if not availability.ok:
             print(f"{tier.display_name:<16} unavailable: {availability.reason}")
             continue
-        cli = [docker, "run", "--rm", *RUNTIME[tier], "--network", "none", DEFAULT_IMAGE,
-               "python3", "-c", "pass"]
+        cli = [
+            docker,
+            "run",
+            "--rm",
+            *RUNTIME[tier],
+            "--network",
+            "none",
+            DEFAULT_IMAGE,
+            "python3",
+            "-c",
+            "pass",
+        ]
         cli_ms = median_ms(lambda: subprocess.run(cli, check=True), args.runs)  # noqa: B023
         sandbox.pool_size = 0
         cold_ms = median_ms(lambda: orch.execute_code(tier, "pass"), args.runs)  # noqa: B023
         sandbox.pool_size = 1
-        pooled_ms = median_ms(lambda: orch.execute_code(tier, "pass"), args.runs,  # noqa: B023
-                              pause=1.0)
+        pooled_ms = median_ms(
+            lambda: orch.execute_code(tier, "pass"),  # noqa: B023
+            args.runs,
+            pause=1.0,
+        )
         orch.close()
-        print(f"{tier.display_name:<16}{cli_ms:>10.0f}ms{cold_ms:>8.0f}ms{pooled_ms:>8.0f}ms"
-              f"{cold_ms / cli_ms:>9.2f}x{pooled_ms / cli_ms:>11.2f}x   {CLAIMED[tier]}")
+        print(
+            f"{tier.display_name:<16}{cli_ms:>10.0f}ms{cold_ms:>8.0f}ms{pooled_ms:>8.0f}ms"
+            f"{cold_ms / cli_ms:>9.2f}x{pooled_ms / cli_ms:>11.2f}x   {CLAIMED[tier]}"
+        )
     print("targets: cold <= 1.0x the CLI, pooled <= 0.4x")
     return 0
 

@@ -29,8 +29,11 @@ def round_trip(kc, code: str) -> float:
     msg_id = kc.execute(code)
     while True:
         msg = kc.get_iopub_msg(timeout=60)
-        if (msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "status"
-                and msg["content"]["execution_state"] == "idle"):
+        if (
+            msg["parent_header"].get("msg_id") == msg_id
+            and msg["msg_type"] == "status"
+            and msg["content"]["execution_state"] == "idle"
+        ):
             break
     elapsed = time.perf_counter() - start
     kc.get_shell_msg(timeout=60)
@@ -47,12 +50,14 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="symbi-bench-run-"))
     os.chmod(workdir, 0o711)
     cli(["install-kernel", "--prefix", str(prefix)])
-    os.environ.update({
-        "JUPYTER_PATH": str(prefix / "share" / "jupyter"),
-        "SYMBIONT_ALLOW_NATIVE_EXECUTION": "true",
-        "SYMBIONT_NATIVE_WORKING_DIR": str(workdir),
-        "SYMBI_KERNEL_TIER": args.tier,
-    })
+    os.environ.update(
+        {
+            "JUPYTER_PATH": str(prefix / "share" / "jupyter"),
+            "SYMBIONT_ALLOW_NATIVE_EXECUTION": "true",
+            "SYMBIONT_NATIVE_WORKING_DIR": str(workdir),
+            "SYMBI_KERNEL_TIER": args.tier,
+        }
+    )
     kernels = {name: start_new_kernel(kernel_name=name) for name in ("python3", "symbi")}
     try:
         symbi = kernels["symbi"][1]

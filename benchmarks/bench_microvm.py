@@ -74,10 +74,12 @@ def main() -> None:
         print(f"{tier:<6} {label:<7} {wall * 1000:7.0f} ms {boot_text}")
     tier1_cold = rows[0][2]
     tier3_cold, tier3_pooled = rows[2][2], rows[3][2]
-    print(f"Tier3 cold / Tier1 cold: {tier3_cold / tier1_cold:.1f}x; "
-          f"Tier3 pooled / Tier1 cold: {tier3_pooled / tier1_cold:.2f}x; "
-          f"seed's Firecracker claim: ~{SEED_FIRECRACKER_MS} ms "
-          f"(Tier3 pooled is {tier3_pooled * 1000 / SEED_FIRECRACKER_MS:.1f}x that)")
+    print(
+        f"Tier3 cold / Tier1 cold: {tier3_cold / tier1_cold:.1f}x; "
+        f"Tier3 pooled / Tier1 cold: {tier3_pooled / tier1_cold:.2f}x; "
+        f"seed's Firecracker claim: ~{SEED_FIRECRACKER_MS} ms "
+        f"(Tier3 pooled is {tier3_pooled * 1000 / SEED_FIRECRACKER_MS:.1f}x that)"
+    )
 
 
 if __name__ == "__main__":

@@ -96,11 +96,13 @@ def peaks(orch: SandboxOrchestrator) -> dict[str, int | None]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=40)
-    parser.add_argument("--idle", type=float, default=0.03,
-                        help="seconds of idle time between calls (default 0.03)")
+    parser.add_argument(
+        "--idle", type=float, default=0.03, help="seconds of idle time between calls (default 0.03)"
+    )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="symbi-bench-") as tmp:
         os.chmod(tmp, 0o711)
+
         def orchestrator(name: str) -> SandboxOrchestrator:
             return SandboxOrchestrator(
                 allow_native_execution=True,
@@ -113,19 +115,24 @@ def main(argv: list[str] | None = None) -> int:
         try:
             medians = overhead({"default": orch, "cold": cold}, args.runs, args.idle)
             base = medians["bare"]
-            print(f"trivial cell, median of {args.runs}, {args.idle * 1000:.0f} ms idle "
-                  "between calls:")
+            print(
+                f"trivial cell, median of {args.runs}, {args.idle * 1000:.0f} ms idle "
+                "between calls:"
+            )
             print(f"  subprocess.run([python3, '-c', 'pass'])         {base * 1000:6.1f} ms")
-            for name, label in [("default", "execute_code, as configured by default"),
-                                ("cold", "execute_code, prestart_interpreter off")]:
-                print(f"  {label:<46} {medians[name] * 1000:6.1f} ms  "
-                      f"{medians[name] / base:5.2f}x")
+            for name, label in [
+                ("default", "execute_code, as configured by default"),
+                ("cold", "execute_code, prestart_interpreter off"),
+            ]:
+                print(f"  {label:<46} {medians[name] * 1000:6.1f} ms  {medians[name] / base:5.2f}x")
             print("  (target <= 1.15x)")
             base, mine = loops(orch, args.runs)
             print(f"the same, {args.runs} calls back to back in a tight loop each:")
             print(f"  subprocess.run([python3, '-c', 'pass'])         {base * 1000:6.1f} ms")
-            print(f"  {'execute_code, as configured by default':<46} {mine * 1000:6.1f} ms  "
-                  f"{mine / base:5.2f}x")
+            print(
+                f"  {'execute_code, as configured by default':<46} {mine * 1000:6.1f} ms  "
+                f"{mine / base:5.2f}x"
+            )
             print("300 MiB allocation under a 1 GiB caller:")
             for method, peak in peaks(orch).items():
                 if peak is None:

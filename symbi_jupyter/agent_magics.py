@@ -95,7 +95,8 @@ class AgentMagics(Magics):
     @argument("agent", help="The agent's name (from %%symbi_agent).")
     @argument("trigger", help="The trigger to run.")
     @argument(
-        "--payload", metavar="JSON",
+        "--payload",
+        metavar="JSON",
         help="The trigger's payload, as JSON; the code reads it from $SYMBI_PAYLOAD.",
     )
     @argument("-o", "--out", metavar="NAME", help="Store the list of results in NAME.")
@@ -125,8 +126,10 @@ class AgentMagics(Magics):
 
         try:
             results = agent.trigger(
-                args.trigger, payload,
-                on_output=writers.write if writers else None, on_result=shown,
+                args.trigger,
+                payload,
+                on_output=writers.write if writers else None,
+                on_result=shown,
             )
         except KeyboardInterrupt:
             raise KeyboardInterrupt("the sandboxed code was interrupted and killed") from None
@@ -162,4 +165,3 @@ def parse_magic_line(magic: Any, line: str) -> Any:
     except ValueError as exc:
         raise UsageError(f"{magic.__name__}: {exc}") from None
     return magic.parser.parse_args(argv)
-

@@ -50,7 +50,8 @@ def _add_doctor(subparsers: argparse._SubParsersAction) -> None:
         "missing and the command that fixes it.",
     )
     doctor.add_argument(
-        "--reap", action="store_true",
+        "--reap",
+        action="store_true",
         help="first remove containers and cgroups left by kernels that died",
     )
     doctor.set_defaults(func=_doctor)
@@ -76,8 +77,11 @@ def _add_setup(subparsers: argparse._SubParsersAction) -> None:
         "microVM artefacts (image build --tier3). Idempotent.",
     )
     setup.add_argument("--no-image", action="store_true", help="do not build the image")
-    setup.add_argument("--no-tier3", action="store_true",
-                       help="do not install QEMU nor build the microVM artefacts")
+    setup.add_argument(
+        "--no-tier3",
+        action="store_true",
+        help="do not install QEMU nor build the microVM artefacts",
+    )
     setup.set_defaults(func=_setup)
 
 
@@ -86,14 +90,20 @@ def _install_kernel(args: argparse.Namespace) -> int:
     from .kernel.install import install
 
     try:
-        where = install(args.name, user=args.user, prefix=args.prefix, tier=args.tier,
-                        allow_native=args.allow_native)
+        where = install(
+            args.name,
+            user=args.user,
+            prefix=args.prefix,
+            tier=args.tier,
+            allow_native=args.allow_native,
+        )
     except ConfigError as exc:
         print(f"install-kernel: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except OSError as exc:
-        print(f"install-kernel: {exc} (try --user, or --sys-prefix in a virtualenv)",
-              file=sys.stderr)
+        print(
+            f"install-kernel: {exc} (try --user, or --sys-prefix in a virtualenv)", file=sys.stderr
+        )
         return EXIT_FAILED
     print(f"installed kernelspec {args.name} in {where}")
     return EXIT_OK
@@ -112,19 +122,27 @@ def _add_install_kernel(subparsers: argparse._SubParsersAction) -> None:
     where = cmd.add_mutually_exclusive_group()
     where.add_argument("--user", action="store_true", help="for the current user only")
     where.add_argument(
-        "--sys-prefix", dest="prefix", action="store_const", const=sys.prefix,
+        "--sys-prefix",
+        dest="prefix",
+        action="store_const",
+        const=sys.prefix,
         help=f"into this Python's prefix ({sys.prefix}), e.g. a virtualenv",
     )
     where.add_argument("--prefix", metavar="P", help="into the prefix P")
-    cmd.add_argument("--tier", metavar="T", help="the tier its cells run at "
-                     "(default: SandboxOrchestrator.default_sandbox_tier)")
     cmd.add_argument(
-        "--allow-native", action="store_true",
+        "--tier",
+        metavar="T",
+        help="the tier its cells run at (default: SandboxOrchestrator.default_sandbox_tier)",
+    )
+    cmd.add_argument(
+        "--allow-native",
+        action="store_true",
         help="allow native execution (tier None) for this kernel: its cells then run on "
         "the host under rlimits and cgroups only",
     )
-    cmd.add_argument("--name", default=DEFAULT_NAME,
-                     help=f"kernelspec name (default {DEFAULT_NAME})")
+    cmd.add_argument(
+        "--name", default=DEFAULT_NAME, help=f"kernelspec name (default {DEFAULT_NAME})"
+    )
     cmd.set_defaults(func=_install_kernel)
 
 
@@ -185,15 +203,27 @@ def _add_tier3_options(build: argparse.ArgumentParser) -> None:
     tier3 = build.add_argument_group(
         "tier3", "--tier3 builds the microVM guest instead: kernel, rootfs and manifest"
     )
-    tier3.add_argument("--tier3", action="store_true",
-                       help="build the microVM artefacts (offline, from Debian packages)")
-    tier3.add_argument("--output", type=_path, metavar="DIR",
-                       help=f"where to put them (default {default_artifacts_dir()})")
-    tier3.add_argument("--kernel", choices=KERNEL_CHOICES, default="source",
-                       help="source: build linux-source-6.1 with the packaged fragment "
-                       "(default, cached); debian: Debian's cloud kernel plus an initramfs")
-    tier3.add_argument("--no-check", action="store_true",
-                       help="do not boot the result once under QEMU")
+    tier3.add_argument(
+        "--tier3",
+        action="store_true",
+        help="build the microVM artefacts (offline, from Debian packages)",
+    )
+    tier3.add_argument(
+        "--output",
+        type=_path,
+        metavar="DIR",
+        help=f"where to put them (default {default_artifacts_dir()})",
+    )
+    tier3.add_argument(
+        "--kernel",
+        choices=KERNEL_CHOICES,
+        default="source",
+        help="source: build linux-source-6.1 with the packaged fragment "
+        "(default, cached); debian: Debian's cloud kernel plus an initramfs",
+    )
+    tier3.add_argument(
+        "--no-check", action="store_true", help="do not boot the result once under QEMU"
+    )
 
 
 def _path(value: str):

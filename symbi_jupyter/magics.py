@@ -61,7 +61,11 @@ class SymbiMagics(Magics):
 
     @magic_arguments()
     @argument(
-        "-t", "--tier", "--sandbox-tier", dest="tier", default=None,
+        "-t",
+        "--tier",
+        "--sandbox-tier",
+        dest="tier",
+        default=None,
         help="Security tier: none/native/tier0, tier1/docker, tier2/gvisor/runsc, "
         "tier3/firecracker/microvm (default: SandboxOrchestrator.default_sandbox_tier).",
     )
@@ -72,16 +76,25 @@ class SymbiMagics(Magics):
     @argument("--timeout", type=float, metavar="S", help="Wall-clock limit in seconds.")
     @argument("--max-processes", type=int, metavar="N", help="Process limit.")
     @argument(
-        "--network", dest="network", action="store_true", default=None,
+        "--network",
+        dest="network",
+        action="store_true",
+        default=None,
         help="Ask for network access (only if the policy allows it).",
     )
     @argument("--no-network", dest="network", action="store_false", help="No network.")
     @argument(
-        "--exec", dest="language", default=None, metavar="INTERPRETER",
+        "--exec",
+        dest="language",
+        default=None,
+        metavar="INTERPRETER",
         help="Interpreter: python3, python, bash, sh or node (default python3).",
     )
     @argument(
-        "--env", action="append", default=[], metavar="KEY=VALUE",
+        "--env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="Environment variable for the code (repeatable).",
     )
     @argument("-o", "--out", metavar="NAME", help="Store the ExecutionResult in NAME.")
@@ -100,15 +113,22 @@ class SymbiMagics(Magics):
         # Only a kernel's front end can update a display in place; a terminal would
         # print every update.
         in_kernel = getattr(self.shell, "kernel", None) is not None
-        live = _LiveStats() if (
-            show and self.live_stats and in_kernel and not ResultDisplay.instance().stable
-        ) else None
+        live = (
+            _LiveStats()
+            if (show and self.live_stats and in_kernel and not ResultDisplay.instance().stable)
+            else None
+        )
         try:
             result = self.orchestrator.execute_code(
-                tier, cell, env=env, language=args.language, limits=limits,
+                tier,
+                cell,
+                env=env,
+                language=args.language,
+                limits=limits,
                 keep_workdir=args.keep_workdir,
-                on_output=_chain(writers.write if writers else None,
-                                 live.saw_output if live else None),
+                on_output=_chain(
+                    writers.write if writers else None, live.saw_output if live else None
+                ),
                 on_sample=live.update if live else None,
                 on_admitted=live.admitted if live else None,
             )

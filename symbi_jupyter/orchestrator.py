@@ -235,9 +235,7 @@ class SandboxOrchestrator(LoggingConfigurable):
             if volumes:
                 record["volumes"] = list(volumes)
                 if not sandbox.supports_volumes:
-                    raise TierUnavailable(
-                        f"{chosen.display_name} cannot mount host directories"
-                    )
+                    raise TierUnavailable(f"{chosen.display_name} cannot mount host directories")
             request = ExecutionRequest(
                 tier=chosen,
                 code=data,
@@ -267,14 +265,19 @@ class SandboxOrchestrator(LoggingConfigurable):
         except KeyboardInterrupt as exc:
             interrupted = exc.args[0] if exc.args else None
             extra = _result_record(interrupted) if isinstance(interrupted, ExecutionResult) else {}
-            self._audit(record, outcome="interrupted", **extra,
-                        duration_seconds=time.monotonic() - started)
+            self._audit(
+                record, outcome="interrupted", **extra, duration_seconds=time.monotonic() - started
+            )
             raise
         result.code_sha256 = digest
         result.memory_samples = samples
         outcome = "success" if result.success else ("stopped" if result.killed_by else "failed")
-        self._audit(record, outcome=outcome, **_result_record(result),
-                    duration_seconds=time.monotonic() - started)
+        self._audit(
+            record,
+            outcome=outcome,
+            **_result_record(result),
+            duration_seconds=time.monotonic() - started,
+        )
         return result
 
     def open_session(
@@ -291,8 +294,11 @@ class SandboxOrchestrator(LoggingConfigurable):
         memory, processes, cores and network hold for the whole session."""
         source = worker_source()
         digest = hashlib.sha256(source).hexdigest()
-        record: dict[str, Any] = {"event": "session-start", "code_sha256": digest,
-                                  "tier": str(tier)}
+        record: dict[str, Any] = {
+            "event": "session-start",
+            "code_sha256": digest,
+            "tier": str(tier),
+        }
         started = time.monotonic()
         try:
             chosen = self._admit_tier(tier, record)
@@ -302,14 +308,23 @@ class SandboxOrchestrator(LoggingConfigurable):
             decided = self._run_policy(chosen, "python3", None)
 
             def start(on_output: OutputCallback) -> WorkerHandle:
-                return sandbox.start_worker(ExecutionRequest(
-                    tier=chosen, code=source, language="python3", limits=effective,
-                    env=clean_env, on_output=on_output, code_sha256=digest,
-                    policy=decided,
-                ))
+                return sandbox.start_worker(
+                    ExecutionRequest(
+                        tier=chosen,
+                        code=source,
+                        language="python3",
+                        limits=effective,
+                        env=clean_env,
+                        on_output=on_output,
+                        code_sha256=digest,
+                        policy=decided,
+                    )
+                )
 
             session = WorkerSession(
-                start, chosen, effective,
+                start,
+                chosen,
+                effective,
                 interrupt_grace_seconds=interrupt_grace_seconds,
                 audit=lambda fields: self._audit({}, **fields),
             )
@@ -319,8 +334,7 @@ class SandboxOrchestrator(LoggingConfigurable):
         self._audit(record, outcome="started", duration_seconds=time.monotonic() - started)
         return session
 
-    def _run_policy(self, tier: SecurityTier, language: str, executable: str | None
-                    ) -> RunPolicy:
+    def _run_policy(self, tier: SecurityTier, language: str, executable: str | None) -> RunPolicy:
         """What the sandbox of ``tier`` is to read, decided and checked here once."""
         decided = dataclasses.replace(
             RunPolicy.for_language(language),
@@ -342,24 +356,25 @@ class SandboxOrchestrator(LoggingConfigurable):
         # argv[0] keeps the path as found (a virtualenv's bin/python3) so the interpreter
         # finds its environment; what is executed is the checked real path.
         return dataclasses.replace(
-            decided, working_directory=workdir, executable=real,
+            decided,
+            working_directory=workdir,
+            executable=real,
             argv0=policy.find_executable(name, search_path),
         )
 
-    def audit_refusal(self, tier: SecurityTier | str | None, error: SymbiError,
-                      **fields: Any) -> None:
+    def audit_refusal(
+        self, tier: SecurityTier | str | None, error: SymbiError, **fields: Any
+    ) -> None:
         """Record a refusal decided before this orchestrator was asked to run anything
         (an agent's own definition, a kernel's policy), so every refusal is audited."""
         self._audit_refused(
-            {"tier": str(tier.value if isinstance(tier, SecurityTier) else tier)}, error,
-            **fields)
+            {"tier": str(tier.value if isinstance(tier, SecurityTier) else tier)}, error, **fields
+        )
 
     def _audit_refused(self, record: dict[str, Any], error: SymbiError, **fields: Any) -> None:
-        self._audit(record, outcome="refused", error=f"{type(error).__name__}: {error}",
-                    **fields)
+        self._audit(record, outcome="refused", error=f"{type(error).__name__}: {error}", **fields)
 
-    def admit_tier(self, tier: SecurityTier | str | None, **audit_fields: Any
-                   ) -> SecurityTier:
+    def admit_tier(self, tier: SecurityTier | str | None, **audit_fields: Any) -> SecurityTier:
         """The tier asked for (None: the default) if the policy allows it, for a host
         that refuses before it runs anything; a refusal is audited, with
         ``audit_fields``, and raised."""
@@ -370,17 +385,16 @@ class SandboxOrchestrator(LoggingConfigurable):
             self._audit_refused(record, exc, **audit_fields)
             raise
 
-    def _admit_tier(self, tier: SecurityTier | str | None, record: dict[str, Any]
-                    ) -> SecurityTier:
+    def _admit_tier(self, tier: SecurityTier | str | None, record: dict[str, Any]) -> SecurityTier:
         """The tier asked for (None: the default), if the policy allows it."""
         chosen = SecurityTier.parse(tier if tier is not None else self.default_sandbox_tier)
         record["tier"] = chosen.value
-        policy.check_tier_allowed(chosen, self.allow_native_execution,
-                                  howto=self.native_refusal)
+        policy.check_tier_allowed(chosen, self.allow_native_execution, howto=self.native_refusal)
         return chosen
 
-    def _admit_limits(self, limits: ResourceLimits | None, record: dict[str, Any]
-                      ) -> ResourceLimits:
+    def _admit_limits(
+        self, limits: ResourceLimits | None, record: dict[str, Any]
+    ) -> ResourceLimits:
         """The limits asked for, within the ceilings (PolicyViolation above them)."""
         effective = (limits or ResourceLimits()).within(self.ceilings())
         record["limits"] = effective.to_dict()

@@ -34,9 +34,25 @@ DEPLOYMENTS = {
 # System trees no run directory may live in (prefix match); "/" itself is refused
 # only as the bare root, not as a prefix (Symbiont's prefix "/" rejects everything).
 BLOCKED_TREES = (
-    "/etc", "/bin", "/sbin", "/usr", "/lib", "/lib32", "/lib64", "/libx32", "/boot",
-    "/dev", "/proc", "/sys", "/root", "/run", "/var/run", "/var/lib/docker",
-    "/var/lib/containerd", "/var/lib/kubelet", "/snap",
+    "/etc",
+    "/bin",
+    "/sbin",
+    "/usr",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/libx32",
+    "/boot",
+    "/dev",
+    "/proc",
+    "/sys",
+    "/root",
+    "/run",
+    "/var/run",
+    "/var/lib/docker",
+    "/var/lib/containerd",
+    "/var/lib/kubelet",
+    "/snap",
 )
 
 # Language -> (default executable name, code file name).
@@ -100,9 +116,7 @@ def language_spec(language: str) -> tuple[str, str]:
     """(default executable, code file name) for a language name."""
     spec = LANGUAGES.get(language.strip().lower())
     if spec is None:
-        raise ConfigError(
-            f"unknown language {language!r}; accepted: {', '.join(LANGUAGES)}"
-        )
+        raise ConfigError(f"unknown language {language!r}; accepted: {', '.join(LANGUAGES)}")
     return spec
 
 
@@ -232,8 +246,17 @@ def check_env(env: Mapping[str, str]) -> dict[str, str]:
 
 # Volumes may not reach these (tier-model.md section 4).
 FORBIDDEN_MOUNTS = (
-    "/var/run/docker.sock", "/run/docker.sock", "/var/run/containerd", "/run/containerd",
-    "/proc", "/sys", "/boot", "/etc", "/root", "/var/lib/docker", "/var/lib/kubelet",
+    "/var/run/docker.sock",
+    "/run/docker.sock",
+    "/var/run/containerd",
+    "/run/containerd",
+    "/proc",
+    "/sys",
+    "/boot",
+    "/etc",
+    "/root",
+    "/var/lib/docker",
+    "/var/lib/kubelet",
 )
 
 

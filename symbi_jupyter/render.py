@@ -193,17 +193,26 @@ _LIMIT_PHRASES: dict[str, Any] = {
 }
 
 
-def limit_phrases(limits: ResourceLimits, fields: tuple[str, ...] = tuple(_LIMIT_PHRASES)
-                  ) -> list[str]:
+def limit_phrases(
+    limits: ResourceLimits, fields: tuple[str, ...] = tuple(_LIMIT_PHRASES)
+) -> list[str]:
     """The set limits among ``fields`` (ResourceLimits field names), in words."""
-    return [_LIMIT_PHRASES[f](getattr(limits, f)) for f in fields
-            if getattr(limits, f) is not None]
+    return [_LIMIT_PHRASES[f](getattr(limits, f)) for f in fields if getattr(limits, f) is not None]
 
 
 def _other_limits(limits: ResourceLimits) -> list[str]:
     """The limits that have no usage bar, in words."""
-    return limit_phrases(limits, ("max_cpu_cores", "max_processes", "max_open_files",
-                                  "max_file_size_mb", "max_output_bytes", "network"))
+    return limit_phrases(
+        limits,
+        (
+            "max_cpu_cores",
+            "max_processes",
+            "max_open_files",
+            "max_file_size_mb",
+            "max_output_bytes",
+            "network",
+        ),
+    )
 
 
 # -- what the result says, shared by the renderers -------------------------------------
@@ -243,8 +252,10 @@ def _tier_pill_html(tier: SecurityTier | None, label: str, detail: str | None = 
     """The coloured tier label at the head of a badge."""
     colour = TIER_COLOURS.get(tier, "#616161") if tier else "#616161"
     text = f"{tier.value} · {detail or _TIER_BADGE[tier]}" if tier else label
-    return (f'<span style="background:{colour};color:#fff;border-radius:3px;padding:0 6px;'
-            f'font-weight:600">{html.escape(text)}</span>')
+    return (
+        f'<span style="background:{colour};color:#fff;border-radius:3px;padding:0 6px;'
+        f'font-weight:600">{html.escape(text)}</span>'
+    )
 
 
 def _signal_text(number: int | None) -> str:
@@ -503,8 +514,9 @@ def sparkline_svg(points: list[list[float]], width: int = 96, height: int = 18) 
         f"{1 + (width - 2) * p[0] / t_end:.1f},{height - 1 - (height - 2) * p[1] / top:.1f}"
         for p in points
     )
-    title = f"memory over {format_duration(t_end)}: {len(points)} samples, highest " \
-            f"{format_bytes(top)}"
+    title = (
+        f"memory over {format_duration(t_end)}: {len(points)} samples, highest {format_bytes(top)}"
+    )
     return (
         f'<svg class="symbi-sparkline" width="{width}" height="{height}" '
         f'viewBox="0 0 {width} {height}" role="img" aria-label="{html.escape(title)}">'
@@ -620,7 +632,7 @@ class LiveLine:
         return (
             f'<div class="symbi-live" data-tier="{html.escape(self.tier.value)}" '
             "style=\"display:inline-block;font-family:system-ui,-apple-system,'Segoe UI',"
-            f"sans-serif;font-size:12px;border-left:4px solid {colour};padding:2px 8px\">"
+            f'sans-serif;font-size:12px;border-left:4px solid {colour};padding:2px 8px">'
             f"{_tier_pill_html(self.tier, self.tier.value)} "
             f"{html.escape(' · '.join(self._parts()))}</div>"
         )
@@ -732,8 +744,9 @@ class Comparison:
         for name in self.ROWS:
             values = []
             for r in self.results:
-                values.append("" if stable and name not in ("tier", "status")
-                              else self._value(name, r))
+                values.append(
+                    "" if stable and name not in ("tier", "status") else self._value(name, r)
+                )
             rows.append((name, values))
         return rows
 
@@ -786,9 +799,7 @@ class Comparison:
         )
 
 
-def compare(
-    results: list[ExecutionResult], labels: list[str] | None = None
-) -> Comparison:
+def compare(results: list[ExecutionResult], labels: list[str] | None = None) -> Comparison:
     """A side-by-side table of several results (tier, status, wall, CPU, peak memory,
     start-up), for notebooks and agents comparing tiers."""
     return Comparison(results, labels)

@@ -85,8 +85,9 @@ class UsageSampler:
                 try:
                     self.on_sample(sample)
                 except Exception:  # a display that failed must not stop the figures
-                    logger.warning("the live usage display failed; it is not updated again",
-                                   exc_info=True)
+                    logger.warning(
+                        "the live usage display failed; it is not updated again", exc_info=True
+                    )
                     self.on_sample = None
 
     def stop(self) -> list[list[float]] | None:
@@ -95,8 +96,11 @@ class UsageSampler:
         _TICKER.remove(self)
         with self._lock:  # a tick under way finishes first; none follows
             self._stopped = True
-        points = [[round(s.elapsed_seconds, 3), s.memory_bytes] for s in self.samples
-                  if s.memory_bytes is not None]
+        points = [
+            [round(s.elapsed_seconds, 3), s.memory_bytes]
+            for s in self.samples
+            if s.memory_bytes is not None
+        ]
         return points if len(points) >= 2 else None
 
 
@@ -112,8 +116,9 @@ class _Ticker:
         with self._cond:
             self._samplers.add(sampler)
             if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="symbi-usage-sampler",
-                                                daemon=True)
+                self._thread = threading.Thread(
+                    target=self._run, name="symbi-usage-sampler", daemon=True
+                )
                 self._thread.start()
             self._cond.notify()
 

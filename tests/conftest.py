@@ -85,7 +85,13 @@ def ip(workdir: Path, audit_path: Path):
     shell.configurables[:] = [
         c for c in shell.configurables if type(c).__module__.split(".")[0] != "symbi_jupyter"
     ]
-    for section in ("SandboxOrchestrator", "NativeSandbox", "ResultDisplay", "SymbiMagics",
-                    "AgentMagics", "SandboxModeLimits"):
+    for section in (
+        "SandboxOrchestrator",
+        "NativeSandbox",
+        "ResultDisplay",
+        "SymbiMagics",
+        "AgentMagics",
+        "SandboxModeLimits",
+    ):
         shell.config.pop(section, None)
     ResultDisplay.clear_instance()

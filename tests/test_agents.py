@@ -57,11 +57,19 @@ HOSTILE = {
 }
 
 
-def agent_text(name="A", tier="None", mode="Permissive", caps=("local_filesystem",),
-               body='execute("true")', trigger="t") -> str:
+def agent_text(
+    name="A",
+    tier="None",
+    mode="Permissive",
+    caps=("local_filesystem",),
+    body='execute("true")',
+    trigger="t",
+) -> str:
     listed = ", ".join(f'"{c}"' for c in caps)
-    return (f"agent {name} {{\n  security {{ tier: {tier} sandbox: {mode} "
-            f"capabilities: [{listed}] }}\n  on trigger \"{trigger}\" {{ {body} }}\n}}\n")
+    return (
+        f"agent {name} {{\n  security {{ tier: {tier} sandbox: {mode} "
+        f'capabilities: [{listed}] }}\n  on trigger "{trigger}" {{ {body} }}\n}}\n'
+    )
 
 
 def one(text: str, orch=None, directory=None) -> Agent:
@@ -95,8 +103,13 @@ def test_seed_agent_parses():
     assert agent.tier is SecurityTier.NONE and agent.sandbox is SandboxMode.PERMISSIVE
     assert agent.capabilities == ("local_filesystem", "network")
     [action] = agent.triggers["local_processing"].actions
-    assert action == Run("execute_native", "sh", "python3 process.py",
-                         source='execute_native("python3 process.py")', line=4)
+    assert action == Run(
+        "execute_native",
+        "sh",
+        "python3 process.py",
+        source='execute_native("python3 process.py")',
+        line=4,
+    )
     assert agent.orchestrator is None and agent.directory is None
 
 
@@ -135,16 +148,28 @@ def test_several_agents_comments_and_separators():
     agent Second { security { tier: gvisor } }   # another comment
     """
     first, second = load(text)
-    assert first.metadata == {"owner": "ops", "retries": 3, "ratio": -0.5, "live": True,
-                              "tags": ["a", "b"], "none": None}
+    assert first.metadata == {
+        "owner": "ops",
+        "retries": 3,
+        "ratio": -0.5,
+        "live": True,
+        "tags": ["a", "b"],
+        "none": None,
+    }
     assert (first.tier, first.sandbox, first.capabilities) == (
-        SecurityTier.TIER1, SandboxMode.MODERATE, ("network",))
+        SecurityTier.TIER1,
+        SandboxMode.MODERATE,
+        ("network",),
+    )
     run, done, listed = first.triggers["go"].actions
     assert run.code == "echo 1" and done.value is True
     assert listed.value == [1, Ref(("payload", "x"))]
     # Defaults can only tighten: no mode is Strict, no capabilities are none.
     assert (second.tier, second.sandbox, second.capabilities) == (
-        SecurityTier.TIER2, SandboxMode.STRICT, ())
+        SecurityTier.TIER2,
+        SandboxMode.STRICT,
+        (),
+    )
 
 
 @pytest.mark.parametrize("name", [*SecurityTier.accepted_names(), "None", "Tier1", "DOCKER"])
@@ -158,10 +183,12 @@ def test_modes_any_case(mode):
 
 
 def test_run_code_long_string_is_dedented_and_literal():
-    text = agent_text(body='run_code("python3", """\n'
-                           '      import os\n'
-                           '      print("a \\\\n # not a comment")\n'
-                           '    """)')
+    text = agent_text(
+        body='run_code("python3", """\n'
+        "      import os\n"
+        '      print("a \\\\n # not a comment")\n'
+        '    """)'
+    )
     [action] = one(text).triggers["t"].actions
     assert action.language == "python3"
     assert action.code == 'import os\nprint("a \\\\n # not a comment")\n'
@@ -169,8 +196,11 @@ def test_run_code_long_string_is_dedented_and_literal():
 
 
 def test_needs_and_emit_references():
-    text = agent_text(caps=("network",), body='execute("x", needs: ["network"]) '
-                      'emit("out", result.stdout) emit("who", payload.user.name)')
+    text = agent_text(
+        caps=("network",),
+        body='execute("x", needs: ["network"]) '
+        'emit("out", result.stdout) emit("who", payload.user.name)',
+    )
     run, out, who = one(text).triggers["t"].actions
     assert run.needs == ("network",)
     assert out.value == Ref(("result", "stdout")) and who.value == Ref(("payload", "user", "name"))
@@ -184,7 +214,7 @@ def error_of(text: str) -> str:
 
 
 def test_syntax_error_names_line_column_and_shows_a_caret():
-    message = error_of('agent X {\n  security { tier None }\n}')
+    message = error_of("agent X {\n  security { tier None }\n}")
     assert message == (
         "line 2, column 19: unexpected 'None'; expected ':'\n"
         "      security { tier None }\n"
@@ -194,8 +224,10 @@ def test_syntax_error_names_line_column_and_shows_a_caret():
 
 def test_syntax_error_at_the_end_of_the_text():
     message = error_of("agent X {")
-    assert message.startswith("line 1, column 10: the text ends too soon; expected one of "
-                              "'metadata', 'on', 'security', '}'")
+    assert message.startswith(
+        "line 1, column 10: the text ends too soon; expected one of "
+        "'metadata', 'on', 'security', '}'"
+    )
     assert message.endswith("\n    agent X {\n             ^")
 
 
@@ -204,43 +236,79 @@ def test_caret_follows_tabs():
     assert message.splitlines()[1:] == ["    \tagent X { ] }", "    \t          ^"]
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ('agent X { metadata { a: "b } }', "line 1, column 25: unterminated string"),
-    ('agent X { security { tier: None } on trigger t { execute("x" } }',
-     "line 1, column 62: unexpected '}'; expected one of ')', ','"),
-    ("agent X { security { tier: None } on trigger t { execute(\"a\") @ } }",
-     "line 1, column 63: unexpected character '@'"),
-    ('agent X { security { tier: None } on trigger t { execute("a\\qb") } }',
-     "line 1, column 60: bad escape in string"),
-    ("agent X { metadata { a: 1 } }", "line 1, column 7: agent X names no tier"),
-    ("agent X { security { tier: None tire: 1 } }",
-     "line 1, column 33: unknown security setting 'tire'; accepted: tier, sandbox, capabilities"),
-    ('agent X { security { tier: None capabilities: "network" } }',
-     "capabilities must be a list"),
-    ("agent X { security { tier: None } }\nagent X { security { tier: None } }",
-     "line 2, column 7: agent X is defined twice"),
-    ('agent X { security { tier: None } on trigger t {} on trigger "t" {} }',
-     "trigger 't' is defined twice"),
-    ("agent X { security { tier: None } security { tier: None } }", "a second security block"),
-    ("agent X { metadata { a: 1 a: 2 } security { tier: None } }",
-     "line 1, column 27: a is given twice in metadata"),
-    ('agent X { security { tier: None } }\n"""a\nb"""',
-     "line 2, column 1: unexpected '\"\"\"a b\"\"\"'; expected 'agent'"),
-    ("agent X { security { tier: None } on trigger t { launch(\"x\") } }",
-     "unknown action 'launch'; accepted: execute_native, execute, run_code, emit"),
-    ('agent X { security { tier: None } on trigger t { execute("x", "y") } }',
-     "execute takes 1 argument: execute(command, needs: [...])"),
-    ('agent X { security { tier: None } on trigger t { execute("x", retries: 3) } }',
-     "execute takes no argument 'retries'"),
-    ("agent X { security { tier: None } on trigger t { execute(payload.cmd) } }",
-     "execute's command must be a string literal"),
-    ('agent X { security { tier: None } on trigger t { emit("a", result.stdout) } }',
-     "emit reads result.FIELD, but no action runs before it"),
-    ('agent X { security { tier: None } on trigger t { execute("x") emit("a", stdout) } }',
-     "unknown value 'stdout'"),
-    ('agent X { security { tier: None } on trigger t { run_code("cobol", "x") } }',
-     "unknown language 'cobol'; accepted: python3"),
-])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('agent X { metadata { a: "b } }', "line 1, column 25: unterminated string"),
+        (
+            'agent X { security { tier: None } on trigger t { execute("x" } }',
+            "line 1, column 62: unexpected '}'; expected one of ')', ','",
+        ),
+        (
+            'agent X { security { tier: None } on trigger t { execute("a") @ } }',
+            "line 1, column 63: unexpected character '@'",
+        ),
+        (
+            'agent X { security { tier: None } on trigger t { execute("a\\qb") } }',
+            "line 1, column 60: bad escape in string",
+        ),
+        ("agent X { metadata { a: 1 } }", "line 1, column 7: agent X names no tier"),
+        (
+            "agent X { security { tier: None tire: 1 } }",
+            "line 1, column 33: unknown security setting 'tire'; "
+            "accepted: tier, sandbox, capabilities",
+        ),
+        (
+            'agent X { security { tier: None capabilities: "network" } }',
+            "capabilities must be a list",
+        ),
+        (
+            "agent X { security { tier: None } }\nagent X { security { tier: None } }",
+            "line 2, column 7: agent X is defined twice",
+        ),
+        (
+            'agent X { security { tier: None } on trigger t {} on trigger "t" {} }',
+            "trigger 't' is defined twice",
+        ),
+        ("agent X { security { tier: None } security { tier: None } }", "a second security block"),
+        (
+            "agent X { metadata { a: 1 a: 2 } security { tier: None } }",
+            "line 1, column 27: a is given twice in metadata",
+        ),
+        (
+            'agent X { security { tier: None } }\n"""a\nb"""',
+            'line 2, column 1: unexpected \'"""a b"""\'; expected \'agent\'',
+        ),
+        (
+            'agent X { security { tier: None } on trigger t { launch("x") } }',
+            "unknown action 'launch'; accepted: execute_native, execute, run_code, emit",
+        ),
+        (
+            'agent X { security { tier: None } on trigger t { execute("x", "y") } }',
+            "execute takes 1 argument: execute(command, needs: [...])",
+        ),
+        (
+            'agent X { security { tier: None } on trigger t { execute("x", retries: 3) } }',
+            "execute takes no argument 'retries'",
+        ),
+        (
+            "agent X { security { tier: None } on trigger t { execute(payload.cmd) } }",
+            "execute's command must be a string literal",
+        ),
+        (
+            'agent X { security { tier: None } on trigger t { emit("a", result.stdout) } }',
+            "emit reads result.FIELD, but no action runs before it",
+        ),
+        (
+            'agent X { security { tier: None } on trigger t { execute("x") emit("a", stdout) } }',
+            "unknown value 'stdout'",
+        ),
+        (
+            'agent X { security { tier: None } on trigger t { run_code("cobol", "x") } }',
+            "unknown language 'cobol'; accepted: python3",
+        ),
+    ],
+)
 def test_invalid_agents(text, expected):
     message = error_of(text)
     assert expected in message.splitlines()[0]
@@ -256,8 +324,9 @@ def test_unknown_tier_lists_the_accepted_names():
 
 def test_unknown_mode_lists_the_modes():
     first = error_of(agent_text(mode="Lax")).splitlines()[0]
-    assert first.endswith("unknown sandbox mode 'Lax'; accepted (any case): "
-                          "Strict, Moderate, Permissive")
+    assert first.endswith(
+        "unknown sandbox mode 'Lax'; accepted (any case): Strict, Moderate, Permissive"
+    )
 
 
 @pytest.mark.parametrize("where", ["capabilities", "needs"])
@@ -312,8 +381,10 @@ def test_moderate_at_tier_none_says_read_only_is_not_enforced(orch, project):
 
 
 def test_run_code_finds_the_notebook_directory_in_the_environment(orch, project):
-    body = ('run_code("python3", """\n import os\n d = os.environ["SYMBI_NOTEBOOK_DIR"]\n'
-            ' print(d == os.getcwd(), sorted(os.listdir(d)))\n """)')
+    body = (
+        'run_code("python3", """\n import os\n d = os.environ["SYMBI_NOTEBOOK_DIR"]\n'
+        ' print(d == os.getcwd(), sorted(os.listdir(d)))\n """)'
+    )
     [result] = one(agent_text(body=body), orch, project).trigger("t")
     assert result.stdout == "False ['process.py']\n"
 
@@ -321,16 +392,18 @@ def test_run_code_finds_the_notebook_directory_in_the_environment(orch, project)
 def test_mode_limits_stay_within_the_ceilings(orch, project):
     agent = one(agent_text(mode="Strict", body='execute("true")'), orch, project)
     [result] = agent.trigger("t")
-    assert (result.limits.max_memory_mb, result.limits.timeout_seconds,
-            result.limits.max_processes) == (256, 30, 32)
+    assert (
+        result.limits.max_memory_mb,
+        result.limits.timeout_seconds,
+        result.limits.max_processes,
+    ) == (256, 30, 32)
     orch.max_memory_mb = 128
     orch.max_execution_time_seconds = 10
     [result] = agent.trigger("t")
     assert (result.limits.max_memory_mb, result.limits.timeout_seconds) == (128, 10)
 
 
-def test_mode_limits_are_configurable_and_still_within_the_ceilings(workdir, audit_path,
-                                                                     project):
+def test_mode_limits_are_configurable_and_still_within_the_ceilings(workdir, audit_path, project):
     from traitlets.config import Config
 
     config = Config()
@@ -344,18 +417,24 @@ def test_mode_limits_are_configurable_and_still_within_the_ceilings(workdir, aud
         agent = one(agent_text(mode="Strict", body='execute("true")'), orch, project)
         [result] = agent.trigger("t")
         # as configured, the wall clock lowered to the ceiling; left out: the ceiling
-        assert (result.limits.max_memory_mb, result.limits.timeout_seconds,
-                result.limits.max_processes) == (96, 20, 256)
+        assert (
+            result.limits.max_memory_mb,
+            result.limits.timeout_seconds,
+            result.limits.max_processes,
+        ) == (96, 20, 256)
         assert "96 MB" in render_card_text(agent)
     finally:
         orch.close()
 
 
-@pytest.mark.parametrize(("value", "message"), [
-    ({"max_memory": 1}, "unknown limit max_memory; accepted: max_memory_mb"),
-    ({"network": True}, "unknown limit network"),
-    ({"max_processes": -1}, "max_processes must be a positive number"),
-])
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ({"max_memory": 1}, "unknown limit max_memory; accepted: max_memory_mb"),
+        ({"network": True}, "unknown limit network"),
+        ({"max_processes": -1}, "max_processes must be a positive number"),
+    ],
+)
 def test_bad_mode_limits_are_refused_with_the_accepted_names(value, message):
     from traitlets import TraitError
 
@@ -367,10 +446,16 @@ def test_bad_mode_limits_are_refused_with_the_accepted_names(value, message):
 
 @pytest.mark.parametrize("language", ["sh", "python3"])
 def test_hostile_payload_arrives_intact_and_is_not_executed(orch, project, language):
-    code = ('printf "%s" "$SYMBI_PAYLOAD"' if language == "sh" else
-            'import os, sys; sys.stdout.write(os.environ["SYMBI_PAYLOAD"])')
-    body = (f'execute({json.dumps(code)})' if language == "sh"
-            else f'run_code("python3", {json.dumps(code)})')
+    code = (
+        'printf "%s" "$SYMBI_PAYLOAD"'
+        if language == "sh"
+        else 'import os, sys; sys.stdout.write(os.environ["SYMBI_PAYLOAD"])'
+    )
+    body = (
+        f"execute({json.dumps(code)})"
+        if language == "sh"
+        else f'run_code("python3", {json.dumps(code)})'
+    )
     agent = one(agent_text(body=body), orch, project)
     [result] = agent.trigger("t", payload=HOSTILE)
     assert result.success, result.stderr
@@ -379,15 +464,20 @@ def test_hostile_payload_arrives_intact_and_is_not_executed(orch, project, langu
 
 
 def test_emit_records_literals_payload_and_results(orch, project):
-    body = ('execute("echo hello") emit("greeting", result.stdout) '
-            'emit("code", result.exit_code) emit("user", payload.user) '
-            'emit("both", [payload.user.name, result.tier, 1.5])')
+    body = (
+        'execute("echo hello") emit("greeting", result.stdout) '
+        'emit("code", result.exit_code) emit("user", payload.user) '
+        'emit("both", [payload.user.name, result.tier, 1.5])'
+    )
     agent = one(agent_text(body=body), orch, project)
     results = agent.trigger("t", payload={"user": {"name": "ada"}})
     assert [type(r) for r in results] == [ExecutionResult, Emitted, Emitted, Emitted, Emitted]
     assert [(e.name, e.value) for e in results[1:]] == [
-        ("greeting", "hello\n"), ("code", 0), ("user", {"name": "ada"}),
-        ("both", ["ada", "None", 1.5])]
+        ("greeting", "hello\n"),
+        ("code", 0),
+        ("user", {"name": "ada"}),
+        ("both", ["ada", "None", 1.5]),
+    ]
     assert str(results[4]) == '[emit] A.t both = ["ada", "None", 1.5]'
     assert "<b>both</b>" in results[4]._repr_html_()
     with pytest.raises(ConfigError, match=r"the payload has no payload\.user"):
@@ -395,8 +485,11 @@ def test_emit_records_literals_payload_and_results(orch, project):
 
 
 def test_a_failing_action_ends_the_trigger(orch, project):
-    agent = one(agent_text(body='execute("echo one; exit 3") execute("echo two") '
-                           'emit("after", 1)'), orch, project)
+    agent = one(
+        agent_text(body='execute("echo one; exit 3") execute("echo two") emit("after", 1)'),
+        orch,
+        project,
+    )
     [result] = agent.trigger("t")
     assert result.exit_code == 3 and result.stdout == "one\n"
 
@@ -419,7 +512,8 @@ def test_execute_native_is_refused_at_tier1_before_anything_runs(orch, project, 
         agent.trigger("t")
     assert str(info.value) == (
         'agent A: execute_native("echo hi") is refused: execute_native runs code natively '
-        "(tier None), but agent A runs at Tier1 (Docker); use execute(...) to run at its tier")
+        "(tier None), but agent A runs at Tier1 (Docker); use execute(...) to run at its tier"
+    )
     # Not even the first action ran; the refusal itself is audited.
     [record] = audit(audit_path)
     assert record["outcome"] == "refused" and record["tier"] == "Tier1"
@@ -429,13 +523,18 @@ def test_execute_native_is_refused_at_tier1_before_anything_runs(orch, project, 
 
 def test_a_capability_the_agent_lacks_is_refused_by_name(orch, project, audit_path):
     for need_name in ("network", "local_filesystem"):
-        agent = one(agent_text(caps=(), body=f'execute("true", needs: ["{need_name}"])'),
-                    orch, project)
-        with pytest.raises(PolicyViolation,
-                           match=f"needs the {need_name} capability, which agent A lacks"):
+        agent = one(
+            agent_text(caps=(), body=f'execute("true", needs: ["{need_name}"])'), orch, project
+        )
+        with pytest.raises(
+            PolicyViolation, match=f"needs the {need_name} capability, which agent A lacks"
+        ):
             agent.trigger("t")
-    agent = one(agent_text(mode="Strict", caps=("network",),
-                           body='execute("true", needs: ["network"])'), orch, project)
+    agent = one(
+        agent_text(mode="Strict", caps=("network",), body='execute("true", needs: ["network"])'),
+        orch,
+        project,
+    )
     with pytest.raises(PolicyViolation, match="Strict mode never permits"):
         agent.trigger("t")
     records = audit(audit_path)  # three refusals, nothing run
@@ -450,11 +549,14 @@ def test_unbound_agents_and_unknown_triggers(orch):
         agent.bind(orch).trigger("nope")
 
 
-@pytest.mark.parametrize(("payload", "message"), [
-    ({1, 2}, "must be JSON data"),
-    ({"x": float("nan")}, "must be JSON data"),
-    ({"big": "x" * 200_000}, "at most 100000 travel in $SYMBI_PAYLOAD"),
-])
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        ({1, 2}, "must be JSON data"),
+        ({"x": float("nan")}, "must be JSON data"),
+        ({"big": "x" * 200_000}, "at most 100000 travel in $SYMBI_PAYLOAD"),
+    ],
+)
 def test_payload_must_be_json_and_small(orch, payload, message):
     with pytest.raises(ConfigError) as info:
         one(SEED, orch).trigger("local_processing", payload=payload)
@@ -485,23 +587,28 @@ def listener():
     server.close()
 
 
-PROBE = ('run_code("python3", """\n  import json, os, socket\n'
-         '  port = json.loads(os.environ["SYMBI_PAYLOAD"])["port"]\n'
-         '  try:\n      socket.create_connection(("127.0.0.1", port), timeout=5).close()\n'
-         '      print("connected")\n  except OSError:\n      print("blocked")\n  """)')
+PROBE = (
+    'run_code("python3", """\n  import json, os, socket\n'
+    '  port = json.loads(os.environ["SYMBI_PAYLOAD"])["port"]\n'
+    '  try:\n      socket.create_connection(("127.0.0.1", port), timeout=5).close()\n'
+    '      print("connected")\n  except OSError:\n      print("blocked")\n  """)'
+)
 
 
 def probe(orch, project, port, caps=("network",), mode="Permissive", needs=False):
     body = PROBE.replace('""")', '""", needs: ["network"])') if needs else PROBE
     [result] = one(agent_text(caps=caps, mode=mode, body=body), orch, project).trigger(
-        "t", payload={"port": port})
+        "t", payload={"port": port}
+    )
     return result
 
 
 def test_network_only_with_the_capability_and_the_policy(orch, project, listener):
     without = probe(orch, project, listener, caps=())
-    need(without.enforcement.get("network") == "empty network namespace",
-         f"the network is not isolated at tier None here: {without.enforcement.get('network')}")
+    need(
+        without.enforcement.get("network") == "empty network namespace",
+        f"the network is not isolated at tier None here: {without.enforcement.get('network')}",
+    )
     assert without.stdout == "blocked\n" and without.limits.network is False
     # The capability grants nothing the policy forbids: no network, and no error.
     assert probe(orch, project, listener).stdout == "blocked\n"
@@ -517,10 +624,13 @@ def test_network_only_with_the_capability_and_the_policy(orch, project, listener
 
 # -- the card ------------------------------------------------------------------------
 def test_card_says_what_the_policy_permits(orch, project):
-    text = SEED.replace('execute_native("python3 process.py")',
-                        'execute_native("python3 process.py") emit("done", result.success)')
-    text += agent_text(name="Boxed", tier="docker", mode="Strict",
-                       caps=(), body='execute_native("id")')
+    text = SEED.replace(
+        'execute_native("python3 process.py")',
+        'execute_native("python3 process.py") emit("done", result.success)',
+    )
+    text += agent_text(
+        name="Boxed", tier="docker", mode="Strict", caps=(), body='execute_native("id")'
+    )
     orch.max_cpu_cores = 4
     worker, boxed = load(text, orchestrator=orch, directory=str(project))
     card = render_card_text(worker)
@@ -534,14 +644,16 @@ def test_card_says_what_the_policy_permits(orch, project):
         f"  directory     {project}",
     ]
     assert '    on "local_processing"' in card
-    assert ('      ✓ execute_native("python3 process.py"): runs at None (Native - No Isolation)'
-            in card)
+    assert (
+        '      ✓ execute_native("python3 process.py"): runs at None (Native - No Isolation)' in card
+    )
     assert '      · emit("done", result.success)' in card
     assert "    ✓ tier None: native execution is allowed (no isolation)" in card
-    assert "    ✗ network: the policy forbids it (SandboxOrchestrator.allow_network = False)" \
-        in card
+    assert (
+        "    ✗ network: the policy forbids it (SandboxOrchestrator.allow_network = False)" in card
+    )
     boxed_card = render_card_text(boxed)
-    assert "✗ execute_native(\"id\"): execute_native runs code natively" in boxed_card
+    assert '✗ execute_native("id"): execute_native runs code natively' in boxed_card
     assert "✗ local_filesystem: no local_filesystem capability" in boxed_card
     assert "256 MB memory" in boxed_card
     html = render_card_html(worker)
@@ -550,8 +662,11 @@ def test_card_says_what_the_policy_permits(orch, project):
 
 
 def test_card_escapes_html_and_hides_the_directory_when_stable(orch, project):
-    agent = one('agent X { metadata { note: "<script>alert(1)</script>" } '
-                "security { tier: None } }", orch, project)
+    agent = one(
+        'agent X { metadata { note: "<script>alert(1)</script>" } security { tier: None } }',
+        orch,
+        project,
+    )
     html = render_card_html(agent)
     assert "<script>" not in html and "&lt;script&gt;" in html
     assert str(project) in render_card_text(agent)
@@ -568,8 +683,10 @@ def test_a_directory_that_cannot_be_mounted_is_on_the_card(orch, tmp_path):
     text = agent_text(tier="docker", mode="Moderate")
     refused = one(text, orch, "/root").permissions().filesystem
     assert not refused.allowed
-    assert refused.reason == ("the notebook directory cannot be mounted: volume "
-                              "'/root:/notebook:ro' reaches /root, which is refused")
+    assert refused.reason == (
+        "the notebook directory cannot be mounted: volume "
+        "'/root:/notebook:ro' reaches /root, which is refused"
+    )
     missing = one(text, orch, tmp_path / "gone").permissions().filesystem
     assert not missing.allowed and missing.reason.endswith("does not exist")
 
@@ -597,20 +714,25 @@ def ctier(request, corch) -> str:
     return request.param
 
 
-LOOK = ('execute("pwd; if [ -r process.py ]; then echo visible; fi; '
-        'if echo x > written.txt; then echo wrote; fi")')
+LOOK = (
+    'execute("pwd; if [ -r process.py ]; then echo visible; fi; '
+    'if echo x > written.txt; then echo wrote; fi")'
+)
 
 
-@pytest.mark.parametrize(("mode", "caps", "expected", "on_host"), [
-    pytest.param("Moderate", ("local_filesystem",), "/notebook\nvisible\n", False, id="ro"),
-    pytest.param("Permissive", ("local_filesystem",), "/notebook\nvisible\nwrote\n", True,
-                 id="rw"),
-    # Without the mount, the command starts in the run's own tmpfs.
-    pytest.param("Permissive", (), "/workspace\nwrote\n", False, id="no-capability"),
-    pytest.param("Strict", ("local_filesystem",), "/workspace\nwrote\n", False, id="strict"),
-])
-def test_container_mounts_follow_the_mode(corch, ctier, project, mode, caps, expected,
-                                          on_host):
+@pytest.mark.parametrize(
+    ("mode", "caps", "expected", "on_host"),
+    [
+        pytest.param("Moderate", ("local_filesystem",), "/notebook\nvisible\n", False, id="ro"),
+        pytest.param(
+            "Permissive", ("local_filesystem",), "/notebook\nvisible\nwrote\n", True, id="rw"
+        ),
+        # Without the mount, the command starts in the run's own tmpfs.
+        pytest.param("Permissive", (), "/workspace\nwrote\n", False, id="no-capability"),
+        pytest.param("Strict", ("local_filesystem",), "/workspace\nwrote\n", False, id="strict"),
+    ],
+)
+def test_container_mounts_follow_the_mode(corch, ctier, project, mode, caps, expected, on_host):
     agent = one(agent_text(tier=ctier, mode=mode, caps=caps, body=LOOK), corch, project)
     [result] = agent.trigger("t")
     assert result.success and result.stdout == expected, result.stderr
@@ -626,7 +748,8 @@ def test_container_mounts_follow_the_mode(corch, ctier, project, mode, caps, exp
 def test_container_hostile_payload(corch, ctier, project):
     body = 'run_code("python3", "import os, sys; sys.stdout.write(os.environ[\'SYMBI_PAYLOAD\'])")'
     [result] = one(agent_text(tier=ctier, caps=(), body=body), corch, project).trigger(
-        "t", payload=HOSTILE)
+        "t", payload=HOSTILE
+    )
     assert result.success and json.loads(result.stdout) == HOSTILE
 
 
@@ -658,7 +781,8 @@ def test_magics_define_and_trigger(ip, project):
     ip.run_line_magic("config", "SandboxOrchestrator.allow_native_execution = True")
     cell = "%%symbi_agent -o defined\n" + SEED.replace(
         'execute_native("python3 process.py")',
-        'execute_native("python3 process.py") emit("items", payload.items)')
+        'execute_native("python3 process.py") emit("items", payload.items)',
+    )
     cell += agent_text(name="Other", tier="docker", caps=())
     result, cap = run(ip, cell)
     assert result.success
@@ -667,15 +791,19 @@ def test_magics_define_and_trigger(ip, project):
     assert len(cards) == 2 and cards[0]["text/plain"].startswith("agent NativeWorker")
     assert 'data-agent="Other"' in cards[1]["text/html"]
 
-    result, cap = run(ip, "%symbi_trigger NativeWorker local_processing -o out "
-                          "--payload '{\"items\": [\"a b\", \"$(id)\"]}'")
+    result, cap = run(
+        ip,
+        "%symbi_trigger NativeWorker local_processing -o out "
+        '--payload \'{"items": ["a b", "$(id)"]}\'',
+    )
     assert result.success
     assert cap.stdout.startswith("processed 2 items\n")
     stats, emitted = (o.data["text/plain"] for o in cap.outputs)
     assert stats.startswith("[symbi] None (native) · exit 0")
     assert emitted == '[emit] NativeWorker.local_processing items = ["a b", "$(id)"]'
     assert json.loads((project / "processed.json").read_text())["payload"] == {
-        "items": ["a b", "$(id)"]}
+        "items": ["a b", "$(id)"]
+    }
     assert isinstance(ip.user_ns["out"][0], ExecutionResult)
 
 
@@ -698,14 +826,26 @@ def test_agent_magics_share_the_symbi_orchestrator(ip):
     assert result.success and not cap.outputs
 
 
-@pytest.mark.parametrize(("cell", "error", "first_line"), [
-    ("%%symbi_agent\nagent X {\n  security { tier None }\n}", ConfigError,
-     "ConfigError: line 2, column 19: unexpected 'None'; expected ':'"),
-    ("%%symbi_agent\n" + agent_text(tier="tier9"), ConfigError,
-     "ConfigError: line 2, column 20: unknown security tier 'tier9'"),
-    ("%symbi_trigger Nobody go", ConfigError,
-     "ConfigError: no agent named 'Nobody'; defined with %%symbi_agent: none yet"),
-])
+@pytest.mark.parametrize(
+    ("cell", "error", "first_line"),
+    [
+        (
+            "%%symbi_agent\nagent X {\n  security { tier None }\n}",
+            ConfigError,
+            "ConfigError: line 2, column 19: unexpected 'None'; expected ':'",
+        ),
+        (
+            "%%symbi_agent\n" + agent_text(tier="tier9"),
+            ConfigError,
+            "ConfigError: line 2, column 20: unknown security tier 'tier9'",
+        ),
+        (
+            "%symbi_trigger Nobody go",
+            ConfigError,
+            "ConfigError: no agent named 'Nobody'; defined with %%symbi_agent: none yet",
+        ),
+    ],
+)
 def test_bad_input_shows_no_traceback(ip, cell, error, first_line):
     result, cap = run(ip, cell)
     assert isinstance(result.error_in_exec, error)
@@ -723,8 +863,11 @@ def test_trigger_errors(ip):
     assert type(result.error_in_exec).__name__ == "UsageError"
     result, _ = run(ip, "%symbi_trigger NativeWorker local_processing --payload '{")
     assert type(result.error_in_exec).__name__ == "UsageError"
-    run(ip, "%%symbi_agent --quiet\n" + agent_text(name="Docked", tier="docker",
-                                                   body='execute_native("id")'))
+    run(
+        ip,
+        "%%symbi_agent --quiet\n"
+        + agent_text(name="Docked", tier="docker", body='execute_native("id")'),
+    )
     result, cap = run(ip, "%symbi_trigger Docked t")
     assert isinstance(result.error_in_exec, PolicyViolation) and "Traceback" not in cap.stdout
 

@@ -85,9 +85,16 @@ def chromium(url: str, profile: Path, *args: str) -> subprocess.CompletedProcess
     """One headless Chromium run; offline (no host resolves), so the template's CDN
     scripts fail at once instead of depending on the network."""
     command = [
-        "chromium", "--headless=new", "--no-sandbox", "--disable-gpu",
-        "--disable-dev-shm-usage", "--hide-scrollbars", f"--user-data-dir={profile}",
-        "--host-resolver-rules=MAP * ~NOTFOUND", *args, url,
+        "chromium",
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--hide-scrollbars",
+        f"--user-data-dir={profile}",
+        "--host-resolver-rules=MAP * ~NOTFOUND",
+        *args,
+        url,
     ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=BROWSER_SECONDS)
     assert done.returncode == 0, f"chromium exited {done.returncode}: {done.stderr[-2000:]}"
@@ -126,8 +133,11 @@ def notebook_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize("name", ["00-tour", "01-tier-ladder"])
 def test_notebook_renders_in_chromium(name: str, notebook_env: Path) -> None:
-    need(shutil.which("chromium") is not None,
-         "no chromium on PATH (Debian: apt-get install chromium)", tier="browser")
+    need(
+        shutil.which("chromium") is not None,
+        "no chromium on PATH (Debian: apt-get install chromium)",
+        tier="browser",
+    )
     if name == "01-tier-ladder":
         require_containers()
 
@@ -135,10 +145,14 @@ def test_notebook_renders_in_chromium(name: str, notebook_env: Path) -> None:
     run_dir = notebook_env / "run"
     run_dir.mkdir()
     ExecutePreprocessor(kernel_name="python3", timeout=120, startup_timeout=60).preprocess(
-        nb, {"metadata": {"path": str(run_dir)}})
+        nb, {"metadata": {"path": str(run_dir)}}
+    )
     badges_expected = sum(
         MIME_TYPE in output.get("data", {})
-        for cell in nb.cells if cell.cell_type == "code" for output in cell.outputs)
+        for cell in nb.cells
+        if cell.cell_type == "code"
+        for output in cell.outputs
+    )
     assert badges_expected >= 3, f"{name}: only {badges_expected} results with statistics"
 
     # The default template and options, as `jupyter nbconvert --to html` gives a user.
@@ -160,8 +174,12 @@ def test_notebook_renders_in_chromium(name: str, notebook_env: Path) -> None:
     height = min(max(int(found["height"]), 800), 16000)
     png_path = ARTEFACTS / f"{name}.png"
     png_path.unlink(missing_ok=True)
-    chromium(html_path.as_uri(), notebook_env / "profile",
-             f"--window-size={WIDTH},{height}", f"--screenshot={png_path}")
+    chromium(
+        html_path.as_uri(),
+        notebook_env / "profile",
+        f"--window-size={WIDTH},{height}",
+        f"--screenshot={png_path}",
+    )
     assert png_size(png_path) == (WIDTH, height)
 
     # Markup shown as text would appear in the page's text, or escaped in the DOM.

@@ -34,8 +34,12 @@ def docker_client():
 def test_doctor_lists_every_tier_with_fixes():
     out = cli("doctor")
     assert out.returncode == 0
-    for name in ("None (Native - No Isolation)", "Tier1 (Docker)", "Tier2 (gVisor)",
-                 "Tier3 (Firecracker)"):
+    for name in (
+        "None (Native - No Isolation)",
+        "Tier1 (Docker)",
+        "Tier2 (gVisor)",
+        "Tier3 (Firecracker)",
+    ):
         assert name in out.stdout
     assert "tier None: refused by policy" in out.stdout
     assert "SYMBIONT_ALLOW_NATIVE_EXECUTION=true" in out.stdout
@@ -53,19 +57,27 @@ def test_doctor_reap_removes_containers_of_dead_kernels(docker_client):
     dead.wait()
     tag = f"{os.stat('/proc/self/ns/pid').st_ino}-{dead.pid}"
     orphan = docker_client.containers.create(
-        "symbi-jupyter/sandbox:bookworm", ["sleep", "300"],
-        labels={LABEL: "1", HOST_LABEL: tag}, network_mode="none",
+        "symbi-jupyter/sandbox:bookworm",
+        ["sleep", "300"],
+        labels={LABEL: "1", HOST_LABEL: tag},
+        network_mode="none",
     )
     orphan.start()
     live = docker_client.containers.create(
-        "symbi-jupyter/sandbox:bookworm", ["sleep", "300"],
-        labels={LABEL: "1", HOST_LABEL: f"{tag.split('-')[0]}-1"}, network_mode="none",
+        "symbi-jupyter/sandbox:bookworm",
+        ["sleep", "300"],
+        labels={LABEL: "1", HOST_LABEL: f"{tag.split('-')[0]}-1"},
+        network_mode="none",
     )
     try:
         out = cli("doctor", "--reap")
         assert out.returncode == 0 and orphan.short_id in out.stdout
-        ids = {c.id for c in docker_client.containers.list(
-            all=True, filters={"label": LABEL}, ignore_removed=True)}
+        ids = {
+            c.id
+            for c in docker_client.containers.list(
+                all=True, filters={"label": LABEL}, ignore_removed=True
+            )
+        }
         assert orphan.id not in ids and live.id in ids  # pid 1 is alive: left alone
     finally:
         live.remove(force=True)
@@ -74,11 +86,16 @@ def test_doctor_reap_removes_containers_of_dead_kernels(docker_client):
 
 
 def test_setup_without_root_explains_what_to_run(tmp_path):
-    need(os.geteuid() == 0 and shutil.which("setpriv") is not None,
-         "needs root (to drop to nobody) and setpriv")
+    need(
+        os.geteuid() == 0 and shutil.which("setpriv") is not None,
+        "needs root (to drop to nobody) and setpriv",
+    )
     out = subprocess.run(
         ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *CLI, "setup"],
-        capture_output=True, text=True, timeout=60, cwd="/",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd="/",
         env={"PATH": os.environ["PATH"], "HOME": str(tmp_path)},
     )
     assert out.returncode == 1

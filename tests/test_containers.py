@@ -40,7 +40,8 @@ def our_containers(orch) -> list:
     client = orch.sandbox(SecurityTier.TIER1).client()
     orch.close()
     return client.containers.list(
-        all=True, filters={"label": f"{HOST_LABEL}={host_tag()}"}, ignore_removed=True)
+        all=True, filters={"label": f"{HOST_LABEL}={host_tag()}"}, ignore_removed=True
+    )
 
 
 def run(orch, tier, code, **limits):
@@ -69,8 +70,12 @@ def test_runtime_is_what_was_asked(corch, tier):
         for container in client.containers.list(all=True, filters=ours, ignore_removed=True):
             runtimes.add(container.attrs["HostConfig"]["Runtime"])
 
-    res = corch.execute_code(tier, "uname -r; cat /proc/version; dmesg 2>&1 | head -n 3",
-                             language="bash", on_output=while_it_runs)
+    res = corch.execute_code(
+        tier,
+        "uname -r; cat /proc/version; dmesg 2>&1 | head -n 3",
+        language="bash",
+        on_output=while_it_runs,
+    )
     assert res.success, res.stderr
     release, version, *kernel_log = res.stdout.splitlines()
     if tier is SecurityTier.TIER2:
@@ -84,17 +89,21 @@ def test_runtime_is_what_was_asked(corch, tier):
             assert not any("gVisor" in line for line in [version, *kernel_log]), res.stdout
 
 
-@pytest.mark.parametrize(("language", "code", "expected"), [
-    ("bash", 'echo "$((6*7))"', "42\n"),
-    ("sh", "echo sh-ok", "sh-ok\n"),
-])
+@pytest.mark.parametrize(
+    ("language", "code", "expected"),
+    [
+        ("bash", 'echo "$((6*7))"', "42\n"),
+        ("sh", "echo sh-ok", "sh-ok\n"),
+    ],
+)
 def test_shells(corch, tier, language, code, expected):
     assert corch.execute_code(tier, code, language=language).stdout == expected
 
 
 def test_code_with_quotes_and_bytes_arrives_intact(corch, tier):
-    code = (b"# -*- coding: latin-1 -*-\nimport sys\n"
-            b"print(ascii('\xe9 \"$(id)\" `x`'), sys.argv[1:])\n")
+    code = (
+        b"# -*- coding: latin-1 -*-\nimport sys\nprint(ascii('\xe9 \"$(id)\" `x`'), sys.argv[1:])\n"
+    )
     assert corch.execute_code(tier, code).stdout == "'\\xe9 \"$(id)\" `x`' []\n"
 
 
@@ -113,8 +122,12 @@ def test_a_sigkill_with_the_memory_at_its_limit_is_a_memory_kill():
 
 
 def test_memory_bomb(corch, tier):
-    res = run(corch, tier, "print('start', flush=True)\nx = b'1' * (1024 * 1024 * 1024)",
-              max_memory_mb=128)
+    res = run(
+        corch,
+        tier,
+        "print('start', flush=True)\nx = b'1' * (1024 * 1024 * 1024)",
+        max_memory_mb=128,
+    )
     assert res.killed_by == "memory" and not res.success
     assert res.stdout == "start\n"
 
@@ -132,8 +145,10 @@ def test_cpu_spin(corch, tier):
 
 
 def test_timeout_kills_a_process_that_ignores_sigterm(corch, tier):
-    code = ("import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
-            "print('partial', flush=True)\ntime.sleep(60)")
+    code = (
+        "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "print('partial', flush=True)\ntime.sleep(60)"
+    )
     res = run(corch, tier, code, timeout_seconds=2)
     assert res.timed_out and res.killed_by == "timeout"
     assert res.stdout == "partial\n"
@@ -152,8 +167,12 @@ def test_an_interrupt_while_output_is_relayed_stops_the_container(corch, tier):
             os.kill(os.getpid(), signal.SIGINT)  # handled before this function returns
 
     with pytest.raises(KeyboardInterrupt) as err:
-        corch.execute_code(tier, "import time\nprint('running', flush=True)\ntime.sleep(60)",
-                           limits=ResourceLimits(timeout_seconds=30), on_output=relay)
+        corch.execute_code(
+            tier,
+            "import time\nprint('running', flush=True)\ntime.sleep(60)",
+            limits=ResourceLimits(timeout_seconds=30),
+            on_output=relay,
+        )
     partial = err.value.args[0]
     assert partial.stdout == "running\n" and partial.term_signal == 9
     assert wait_until(lambda: not our_containers(corch), 30)
@@ -169,9 +188,11 @@ def test_output_flood(corch, tier):
 
 
 def test_no_network(corch, tier):
-    code = ("import socket\ns = socket.socket(); s.settimeout(3)\n"
-            "try:\n    s.connect(('1.1.1.1', 53)); print('connected')\n"
-            "except OSError as e:\n    print('blocked')\n")
+    code = (
+        "import socket\ns = socket.socket(); s.settimeout(3)\n"
+        "try:\n    s.connect(('1.1.1.1', 53)); print('connected')\n"
+        "except OSError as e:\n    print('blocked')\n"
+    )
     assert run(corch, tier, code).stdout == "blocked\n"
 
 
@@ -181,15 +202,21 @@ def test_network_needs_policy(corch, tier):
 
 
 def test_read_only_root_and_non_root_user(corch, tier):
-    code = ("import os\nprint(os.getuid(), os.getgid())\n"
-            "for path in ('/etc/pwned', '/usr/pwned', '/workspace/ok', '/tmp/ok'):\n"
-            "    try:\n        open(path, 'w').write('x'); print(path, 'written')\n"
-            "    except OSError as e:\n        print(path, 'refused')\n")
+    code = (
+        "import os\nprint(os.getuid(), os.getgid())\n"
+        "for path in ('/etc/pwned', '/usr/pwned', '/workspace/ok', '/tmp/ok'):\n"
+        "    try:\n        open(path, 'w').write('x'); print(path, 'written')\n"
+        "    except OSError as e:\n        print(path, 'refused')\n"
+    )
     lines = run(corch, tier, code).stdout.splitlines()
     uid, gid = lines[0].split()
     assert uid == gid and leased(uid)
-    assert lines[1:] == ["/etc/pwned refused", "/usr/pwned refused", "/workspace/ok written",
-                         "/tmp/ok written"]
+    assert lines[1:] == [
+        "/etc/pwned refused",
+        "/usr/pwned refused",
+        "/workspace/ok written",
+        "/tmp/ok written",
+    ]
 
 
 def test_tmp_is_noexec(corch, tier):
@@ -227,11 +254,22 @@ def test_gvisor_on_a_daemon_without_runsc_fails_closed(audit_path, monkeypatch):
     assert not our_containers(orch)
 
 
-@pytest.mark.parametrize("spec", [
-    "/var/run/docker.sock:/s", "/run/containerd:/c", "/proc:/p", "/sys/fs:/s", "/boot:/b",
-    "/etc:/e", "/root/x:/r", "/var/lib/docker:/d", "/var/lib/kubelet/x:/k", "/tmp/../etc:/x",
-    "/:/host",
-])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "/var/run/docker.sock:/s",
+        "/run/containerd:/c",
+        "/proc:/p",
+        "/sys/fs:/s",
+        "/boot:/b",
+        "/etc:/e",
+        "/root/x:/r",
+        "/var/lib/docker:/d",
+        "/var/lib/kubelet/x:/k",
+        "/tmp/../etc:/x",
+        "/:/host",
+    ],
+)
 def test_dangerous_volumes_are_refused(spec):
     with pytest.raises(PolicyViolation):
         validate_volume(spec)
@@ -273,8 +311,9 @@ def test_uses_the_docker_host_variable(corch, tier, monkeypatch):
 def test_print_flood_loses_nothing_and_streams(corch, tier):
     """print() of 30 MiB: under PYTHONUNBUFFERED, gVisor's short pipe writes made
     print drop most of it; line buffering keeps every byte."""
-    assert corch.execute_code(tier, "import sys; print(sys.stdout.line_buffering)").stdout \
-        == "True\n"
+    assert (
+        corch.execute_code(tier, "import sys; print(sys.stdout.line_buffering)").stdout == "True\n"
+    )
     code = "b = 'y' * (1 << 20)\nfor _ in range(30): print(b, end='')\nprint()"
     res = run(corch, tier, code, max_output_bytes=1024 * 1024, timeout_seconds=120)
     assert res.success and res.stdout_bytes == 30 * (1 << 20) + 1
@@ -329,8 +368,9 @@ def test_pooled_container_ends_when_its_kernel_is_killed(corch, tier):
     import subprocess
     import sys
 
-    proc = subprocess.Popen([sys.executable, "-c", KERNEL, tier.value],
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KERNEL, tier.value], stdout=subprocess.PIPE, text=True
+    )
     assert proc.stdout.readline().strip() == "ready"
     client = corch.sandbox(tier).client()
     theirs = {"label": f"{HOST_LABEL}={host_tag().split('-')[0]}-{proc.pid}"}
@@ -380,8 +420,12 @@ def test_pool_goes_with_the_interpreter(corch, tier):
     import subprocess
     import sys
 
-    proc = subprocess.Popen([sys.executable, "-c", EXITING_KERNEL, tier.value],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", EXITING_KERNEL, tier.value],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     out, err = proc.communicate(timeout=120)
     assert out == "1\n" and proc.returncode == 0, err
     client = corch.sandbox(tier).client()

@@ -103,8 +103,11 @@ def test_root_never_hands_a_planted_link_to_the_run_user(orch, workdir, root_onl
 
     def attacker() -> None:
         attack["result"] = orch.execute_code(
-            NONE, CHOWN_RACE, env={"ATTACK": f"{feed}|{target}|{seconds}"},
-            limits=ResourceLimits(timeout_seconds=seconds + 30))
+            NONE,
+            CHOWN_RACE,
+            env={"ATTACK": f"{feed}|{target}|{seconds}"},
+            limits=ResourceLimits(timeout_seconds=seconds + 30),
+        )
 
     thread = threading.Thread(target=attacker)
     thread.start()
@@ -123,7 +126,8 @@ def test_root_never_hands_a_planted_link_to_the_run_user(orch, workdir, root_onl
     assert victims >= 10  # the attack had runs to aim at
     st = target.stat()
     assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (0, 0, 0o600), (
-        f"the attacker was handed {target} after {victims} victim runs ({res.stdout.strip()})")
+        f"the attacker was handed {target} after {victims} victim runs ({res.stdout.strip()})"
+    )
     assert target.read_text() == "root's own\n"
 
 
@@ -181,9 +185,12 @@ def test_a_native_run_cannot_reach_another(orch, workdir, root_only):
 
     def run_victim() -> None:
         victim["result"] = orch.execute_code(
-            NONE, VICTIM, env={"RELEASE": str(release), "SECRET": "s3cr3t"},
+            NONE,
+            VICTIM,
+            env={"RELEASE": str(release), "SECRET": "s3cr3t"},
             on_output=lambda stream, data: said.append(data),
-            limits=ResourceLimits(timeout_seconds=60))
+            limits=ResourceLimits(timeout_seconds=60),
+        )
 
     thread = threading.Thread(target=run_victim)
     thread.start()
@@ -257,14 +264,18 @@ def test_the_vmm_runs_deprivileged(orch, root_only):
     capabilities, no new privileges and QEMU's seccomp sandbox."""
     availability = orch.sandbox(SecurityTier.TIER3).availability()
     need(availability.ok, availability.reason, tier="microvm")
-    res = orch.execute_code(SecurityTier.TIER3, "print(1)",
-                            limits=ResourceLimits(max_memory_mb=256))
+    res = orch.execute_code(
+        SecurityTier.TIER3, "print(1)", limits=ResourceLimits(max_memory_mb=256)
+    )
     assert res.success, res.stderr
     assert "of its own" in res.enforcement["vmm_privileges"]
     assert wait_until(lambda: bool(_vmm_children()))  # the pooled VM, booted for the next
     for pid in _vmm_children():
-        status = dict(line.split(":\t", 1) for line in
-                      Path(f"/proc/{pid}/status").read_text().splitlines() if ":\t" in line)
+        status = dict(
+            line.split(":\t", 1)
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+            if ":\t" in line
+        )
         uids = set(status["Uid"].split())
         assert len(uids) == 1 and leased(uids.pop()), status["Uid"]
         assert int(status["CapEff"], 16) == 0 and int(status["CapPrm"], 16) == 0
@@ -298,8 +309,9 @@ def test_containers_go_with_a_host_killed_outright(tier, tmp_path, root_only):
     chosen = SecurityTier.parse(tier)
     availability = SandboxOrchestrator().sandbox(chosen).availability()
     need(availability.ok, availability.reason, tier=tier)
-    child = subprocess.Popen([sys.executable, "-c", HOST_THAT_DIES, tier],
-                             stdout=subprocess.PIPE, text=True)
+    child = subprocess.Popen(
+        [sys.executable, "-c", HOST_THAT_DIES, tier], stdout=subprocess.PIPE, text=True
+    )
     client = docker_sdk.from_env()
     label = f"{HOST_LABEL}={host_tag(child.pid)}"
 
@@ -350,8 +362,13 @@ def test_a_native_run_gets_no_new_kernel_surface(orch, usual):
     assert res.success, res.stderr
     assert (res.startup_seconds == 0.0) == usual  # both starts were tried
     assert json.loads(res.stdout) == {
-        "user namespace": errno.EPERM, "ptrace": errno.EPERM, "bpf": errno.EPERM,
-        "keyring": errno.EPERM, "io_uring": errno.EPERM, "child": "ok\n"}
+        "user namespace": errno.EPERM,
+        "ptrace": errno.EPERM,
+        "bpf": errno.EPERM,
+        "keyring": errno.EPERM,
+        "io_uring": errno.EPERM,
+        "child": "ok\n",
+    }
     assert res.enforcement["syscalls"].startswith("seccomp")
 
 

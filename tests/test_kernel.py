@@ -76,12 +76,16 @@ class TestSymbiKernelConformance(jupyter_kernel_test.KernelTests):
     incomplete_code_samples = ["print('''hello", "def f(x):\n  x*2"]
     invalid_code_samples = ["import = 7q"]
     code_generate_error = "raise ValueError('boom')"
-    code_execute_result = [{"code": "1+2+3", "result": "6"}, {"code": "[n*n for n in range(3)]",
-                                                                 "result": "[0, 1, 4]"}]
+    code_execute_result = [
+        {"code": "1+2+3", "result": "6"},
+        {"code": "[n*n for n in range(3)]", "result": "[0, 1, 4]"},
+    ]
     code_display_data = [
         {"code": "display({'a': 1})", "mime": "text/plain"},
-        {"code": "class H:\n    def _repr_html_(self): return '<b>x</b>'\ndisplay(H())",
-         "mime": "text/html"},
+        {
+            "code": "class H:\n    def _repr_html_(self): return '<b>x</b>'\ndisplay(H())",
+            "mime": "text/html",
+        },
     ]
     code_history_pattern = "1?2*"
     supported_history_operations = ("tail", "range", "search")
@@ -112,8 +116,20 @@ class TestSymbiKernelConformance(jupyter_kernel_test.KernelTests):
 
 # ---------------------------------------------------------------------- installing
 def test_install_kernel_writes_a_kernelspec_jupyter_lists(tmp_path: Path) -> None:
-    assert main(["install-kernel", "--prefix", str(tmp_path), "--tier", "gvisor",
-                 "--name", "symbi-gvisor"]) == 0
+    assert (
+        main(
+            [
+                "install-kernel",
+                "--prefix",
+                str(tmp_path),
+                "--tier",
+                "gvisor",
+                "--name",
+                "symbi-gvisor",
+            ]
+        )
+        == 0
+    )
     spec = json.loads((tmp_path / "share/jupyter/kernels/symbi-gvisor/kernel.json").read_text())
     assert spec["argv"][1:3] == ["-m", "symbi_jupyter.kernel"]
     assert spec["env"] == {"SYMBI_KERNEL_TIER": "Tier2"}  # native stays off
@@ -122,17 +138,19 @@ def test_install_kernel_writes_a_kernelspec_jupyter_lists(tmp_path: Path) -> Non
     listed = subprocess.run(
         [sys.executable, "-m", "jupyter_client.kernelspecapp", "list", "--json"],
         env={**os.environ, "JUPYTER_PATH": str(tmp_path / "share/jupyter")},
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert "symbi-gvisor" in json.loads(listed.stdout)["kernelspecs"]
 
 
 def test_install_kernel_allow_native_is_written_into_the_kernelspec(tmp_path: Path) -> None:
-    assert main(["install-kernel", "--prefix", str(tmp_path), "--tier", "none",
-                 "--allow-native"]) == 0
+    assert (
+        main(["install-kernel", "--prefix", str(tmp_path), "--tier", "none", "--allow-native"]) == 0
+    )
     spec = json.loads((tmp_path / "share/jupyter/kernels/symbi/kernel.json").read_text())
-    assert spec["env"] == {"SYMBI_KERNEL_TIER": "None",
-                           "SYMBIONT_ALLOW_NATIVE_EXECUTION": "true"}
+    assert spec["env"] == {"SYMBI_KERNEL_TIER": "None", "SYMBIONT_ALLOW_NATIVE_EXECUTION": "true"}
 
 
 def test_native_refused_in_the_kernel_explains_the_operator_switch(
@@ -142,7 +160,8 @@ def test_native_refused_in_the_kernel_explains_the_operator_switch(
     audit = tmp_path / "audit.jsonl"
     config_dir = Path(os.environ["JUPYTER_CONFIG_DIR"])  # isolated per test (conftest)
     (config_dir / "jupyter_symbi_config.py").write_text(
-        f"c.SandboxOrchestrator.audit_log_path = {str(audit)!r}\n")
+        f"c.SandboxOrchestrator.audit_log_path = {str(audit)!r}\n"
+    )
     monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "share/jupyter"))
     monkeypatch.setenv("SYMBI_KERNEL_TIER", "none")
     km, kc = start_new_kernel(kernel_name="symbi")
@@ -211,19 +230,28 @@ def run(kc, code: str, timeout: float = TIMEOUT) -> tuple[dict, list[dict]]:
 
 
 def stdout(outputs: list[dict]) -> str:
-    return "".join(m["content"]["text"] for m in outputs
-                   if m["msg_type"] == "stream" and m["content"]["name"] == "stdout")
+    return "".join(
+        m["content"]["text"]
+        for m in outputs
+        if m["msg_type"] == "stream" and m["content"]["name"] == "stdout"
+    )
 
 
 def stderr(outputs: list[dict]) -> str:
-    return "".join(m["content"]["text"] for m in outputs
-                   if m["msg_type"] == "stream" and m["content"]["name"] == "stderr")
+    return "".join(
+        m["content"]["text"]
+        for m in outputs
+        if m["msg_type"] == "stream" and m["content"]["name"] == "stderr"
+    )
 
 
 def stats(outputs: list[dict]) -> list[dict]:
-    return [m["content"]["data"]["application/vnd.symbi.result+json"] for m in outputs
-            if m["msg_type"] == "display_data"
-            and "application/vnd.symbi.result+json" in m["content"]["data"]]
+    return [
+        m["content"]["data"]["application/vnd.symbi.result+json"]
+        for m in outputs
+        if m["msg_type"] == "display_data"
+        and "application/vnd.symbi.result+json" in m["content"]["data"]
+    ]
 
 
 def test_state_persists_between_cells(kernel) -> None:
@@ -256,7 +284,8 @@ def test_a_long_cell_shows_a_live_line_that_gives_way_to_its_stats(kernel) -> No
     assert first.startswith("[symbi] None") and "running" in first and "memory" in first
     assert "symbi-live" in live[0]["content"]["data"]["text/html"]
     assert {m["content"]["transient"]["display_id"] for m in live} == {
-        live[0]["content"]["transient"]["display_id"]}
+        live[0]["content"]["transient"]["display_id"]
+    }
     # emptied when the cell ends; the statistics follow as for any cell, last
     assert live[-1]["msg_type"] == "update_display_data"
     assert live[-1]["content"]["data"] == {"text/plain": ""}
@@ -380,16 +409,18 @@ def test_cell_magic_runs_one_cell_through_the_orchestrator(kernel) -> None:
     assert stats(outputs)[0]["tier"] == "None"
 
 
-
 def test_a_character_split_between_two_reads_arrives_whole(kernel) -> None:
     """The relay of %%symbi decodes UTF-8 across chunks, as the IPython magic does."""
     _, kc = kernel
-    code = ("%%symbi --tier none\nimport sys, time\n"
-            "sys.stdout.buffer.write(b'\\xc3'); sys.stdout.flush(); time.sleep(0.3)\n"
-            "sys.stdout.buffer.write(b'\\xa9\\n'); sys.stdout.flush()")
+    code = (
+        "%%symbi --tier none\nimport sys, time\n"
+        "sys.stdout.buffer.write(b'\\xc3'); sys.stdout.flush(); time.sleep(0.3)\n"
+        "sys.stdout.buffer.write(b'\\xa9\\n'); sys.stdout.flush()"
+    )
     reply, outputs = run(kc, code)
     assert reply["status"] == "ok"
     assert stdout(outputs) == "\u00e9\n"
+
 
 AGENT = """%%symbi_agent
 agent Echo {
@@ -413,8 +444,11 @@ def test_agents_are_defined_and_triggered_in_the_kernel(kernel) -> None:
     assert reply["status"] == "ok"
     assert stdout(outputs) == "a b; $(touch /tmp/x) `id`\nnext\n"
     assert stats(outputs)[0]["tier"] == "None"
-    assert any("said" in m["content"]["data"]["text/plain"] for m in outputs
-               if m["msg_type"] == "display_data")
+    assert any(
+        "said" in m["content"]["data"]["text/plain"]
+        for m in outputs
+        if m["msg_type"] == "display_data"
+    )
     reply = refused(kc, "%symbi_trigger Nobody say")
     assert reply["ename"] == "ConfigError" and "Echo" in reply["evalue"]
     assert "sandbox" in refused(kc, "%symbi_trigger Echo say -o results")["evalue"]
@@ -424,9 +458,14 @@ def test_agents_are_defined_and_triggered_in_the_kernel(kernel) -> None:
 
 def test_an_interrupted_trigger_is_stopped_and_said(kernel) -> None:
     km, kc = kernel
-    run(kc, AGENT.replace("""run_code("python3", "import json""",
-                          """run_code("python3", "import time; print('sleeping', flush=True); """
-                          """time.sleep(60); import json"""))
+    run(
+        kc,
+        AGENT.replace(
+            """run_code("python3", "import json""",
+            """run_code("python3", "import time; print('sleeping', flush=True); """
+            """time.sleep(60); import json""",
+        ),
+    )
     reply = interrupted(km, kc, "%symbi_trigger Echo say --payload '{\"x\": 1}'")
     assert reply["content"]["ename"] == "Interrupted"
     assert "interrupted" in reply["content"]["evalue"]
@@ -512,8 +551,10 @@ def container_kernel(request, tmp_path: Path, workdir: Path, monkeypatch: pytest
 
 def _kernel_containers(client, km) -> list:
     return client.containers.list(
-        all=True, filters={"label": f"{HOST_LABEL}={host_tag(km.provisioner.pid)}"},
-        ignore_removed=True)
+        all=True,
+        filters={"label": f"{HOST_LABEL}={host_tag(km.provisioner.pid)}"},
+        ignore_removed=True,
+    )
 
 
 def test_container_tiers_keep_state_and_report_their_tier(container_kernel) -> None:
@@ -571,8 +612,9 @@ def _status(container) -> str:
     return container.status
 
 
-def test_the_kernel_at_tier3_keeps_state_in_one_vm(tmp_path: Path, workdir: Path,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_kernel_at_tier3_keeps_state_in_one_vm(
+    tmp_path: Path, workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     probe = SandboxOrchestrator()
     availability = probe.availability()[SecurityTier.TIER3]
     probe.close()
@@ -599,11 +641,17 @@ def test_jupyter_run_drives_the_kernel_like_any_other(tmp_path: Path, workdir: P
     _install(tmp_path)
     script = tmp_path / "cells.py"
     script.write_text("x = 41\nprint(x + 1)\n")
-    env = {**os.environ, **_kernel_environment(tmp_path, workdir),
-           "SYMBI_JUPYTER_STABLE_OUTPUT": "1"}
+    env = {
+        **os.environ,
+        **_kernel_environment(tmp_path, workdir),
+        "SYMBI_JUPYTER_STABLE_OUTPUT": "1",
+    }
     done = subprocess.run(
         [sys.executable, "-m", "jupyter_client.runapp", "--kernel=symbi", str(script)],
-        env=env, capture_output=True, text=True, timeout=TIMEOUT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[:2] == ["42", "[symbi] None (native) · exit 0"]

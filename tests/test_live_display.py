@@ -44,8 +44,9 @@ def test_a_short_run_has_no_samples_and_sampling_can_be_off(orch) -> None:
     assert orch.execute_code(SecurityTier.NONE, "pass").memory_samples is None
     orch.sample_interval_seconds = 0
     seen: list[UsageSample] = []
-    result = orch.execute_code(SecurityTier.NONE, "import time; time.sleep(0.6)",
-                               on_sample=seen.append)
+    result = orch.execute_code(
+        SecurityTier.NONE, "import time; time.sleep(0.6)", on_sample=seen.append
+    )
     assert result.memory_samples is None and seen == []
 
 
@@ -78,8 +79,9 @@ def test_the_badge_draws_the_samples_as_an_inline_svg(orch) -> None:
 def test_the_live_line_says_elapsed_memory_and_cpu() -> None:
     sample = UsageSample(2.5, 120 * 2**20, 1.0, 97.4)
     line = LiveLine(SecurityTier.TIER1, ResourceLimits(max_memory_mb=512), sample)
-    assert str(line) == ("[symbi] Tier1 (docker) · running 2.50 s · memory 120.0 MiB of "
-                         "512.0 MiB · CPU 97 %")
+    assert str(line) == (
+        "[symbi] Tier1 (docker) · running 2.50 s · memory 120.0 MiB of 512.0 MiB · CPU 97 %"
+    )
     assert 'class="symbi-live"' in line._repr_html_()
 
 
@@ -88,9 +90,11 @@ def _run_notebook(cells: list[str], monkeypatch, stable: bool, workdir: Path):
     message the kernel sent for them."""
     if stable:
         monkeypatch.setenv("SYMBI_JUPYTER_STABLE_OUTPUT", "1")
-    setup = ("%load_ext symbi_jupyter\n"
-             "%config SandboxOrchestrator.allow_native_execution = True\n"
-             f"%config SandboxOrchestrator.working_directory = {str(workdir)!r}")
+    setup = (
+        "%load_ext symbi_jupyter\n"
+        "%config SandboxOrchestrator.allow_native_execution = True\n"
+        f"%config SandboxOrchestrator.working_directory = {str(workdir)!r}"
+    )
     nb = new_notebook(cells=[new_code_cell(setup), *(new_code_cell(c) for c in cells)])
     messages: list[dict] = []
     client = NotebookClient(nb, kernel_name="python3", timeout=120)
@@ -109,8 +113,7 @@ def _run_notebook(cells: list[str], monkeypatch, stable: bool, workdir: Path):
 def test_the_live_line_is_replaced_in_place_and_off_when_stable(
     monkeypatch, workdir: Path, stable: bool
 ) -> None:
-    nb, messages = _run_notebook(["%%symbi --tier none\n" + GROWING], monkeypatch, stable,
-                                 workdir)
+    nb, messages = _run_notebook(["%%symbi --tier none\n" + GROWING], monkeypatch, stable, workdir)
     updates = [m for m in messages if m["msg_type"] == "update_display_data"]
     outputs = nb.cells[1].outputs
     assert len(outputs) == 1  # the final statistics, and nothing else
@@ -118,8 +121,10 @@ def test_the_live_line_is_replaced_in_place_and_off_when_stable(
     assert final["text/plain"].startswith("[symbi] None (native) · exit 0")
     if stable:
         assert updates == []  # nbval sees what the notebook holds
-        assert all(m["msg_type"] != "display_data" or "symbi-live" not in str(m["content"])
-                   for m in messages)
+        assert all(
+            m["msg_type"] != "display_data" or "symbi-live" not in str(m["content"])
+            for m in messages
+        )
     else:
         live = [m for m in messages if "symbi-live" in str(m["content"])]
         assert live, "a live line was shown while the cell ran"
@@ -127,10 +132,12 @@ def test_the_live_line_is_replaced_in_place_and_off_when_stable(
 
 
 def test_output_after_the_live_line_keeps_the_statistics_last(monkeypatch, workdir) -> None:
-    code = ("%%symbi --tier none\nimport time\ntime.sleep(0.8)\nprint('late output')")
+    code = "%%symbi --tier none\nimport time\ntime.sleep(0.8)\nprint('late output')"
     nb, _ = _run_notebook([code], monkeypatch, False, workdir)
-    kinds = [(o["output_type"], o.get("text") or o["data"]["text/plain"][:8])
-             for o in nb.cells[1].outputs]
+    kinds = [
+        (o["output_type"], o.get("text") or o["data"]["text/plain"][:8])
+        for o in nb.cells[1].outputs
+    ]
     assert kinds[-2] == ("stream", "late output\n")
     assert kinds[-1] == ("display_data", "[symbi] ")
     # the emptied live line stays where it was, showing nothing
@@ -140,8 +147,7 @@ def test_output_after_the_live_line_keeps_the_statistics_last(monkeypatch, workd
 def test_nbformat_round_trip_of_a_result_with_samples(orch, tmp_path: Path) -> None:
     result = orch.execute_code(SecurityTier.NONE, GROWING)
     nb = new_notebook(cells=[new_code_cell("x")])
-    nb.cells[0].outputs = [nbformat.v4.new_output("display_data",
-                                                  data=render_mimebundle(result))]
+    nb.cells[0].outputs = [nbformat.v4.new_output("display_data", data=render_mimebundle(result))]
     path = tmp_path / "n.ipynb"
     nbformat.write(nb, path)
     nbformat.validate(nbformat.read(path, 4))

@@ -61,16 +61,23 @@ def test_seed_cli_spellings(ip, flags):
     r = ip.user_ns["r"]
     if "--max-memory=1024" in flags:
         assert (r.limits.max_memory_mb, r.limits.max_cpu_cores, r.limits.timeout_seconds) == (
-            1024, 2.0, 300)
+            1024,
+            2.0,
+            300,
+        )
     if "--max-processes 64" in flags:
         assert (r.limits.max_processes, r.limits.max_cpu_seconds, r.limits.network) == (
-            64, 10, False)
+            64,
+            10,
+            False,
+        )
 
 
 def test_exec_env_quiet_keep(ip):
     allow(ip)
-    result, cap = run(ip, '%%symbi --native --exec bash --env A=1 --env "B=x y" --quiet -o r\n'
-                          'echo "$A|$B"')
+    result, cap = run(
+        ip, '%%symbi --native --exec bash --env A=1 --env "B=x y" --quiet -o r\necho "$A|$B"'
+    )
     assert result.success
     assert cap.stdout == "1|x y\n" and not cap.outputs  # --quiet: no stats
     result, cap = run(ip, "%%symbi --native --keep-workdir --quiet -o r\nprint(1)")
@@ -80,8 +87,11 @@ def test_exec_env_quiet_keep(ip):
 
 def test_stopped_runs_render_why(ip):
     allow(ip)
-    result, cap = run(ip, "%%symbi --native --timeout 1 -o r\nimport time\n"
-                          "print('partial', flush=True)\ntime.sleep(30)")
+    result, cap = run(
+        ip,
+        "%%symbi --native --timeout 1 -o r\nimport time\n"
+        "print('partial', flush=True)\ntime.sleep(30)",
+    )
     assert result.success  # a limit is a result, not an exception
     assert cap.stdout.startswith("partial\n")
     assert ip.user_ns["r"].timed_out
@@ -118,9 +128,23 @@ def test_bad_flags_are_usage_errors(ip, line):
 
 def test_help_lists_every_flag(ip):
     doc = ip.find_cell_magic("symbi").__doc__
-    for flag in ("--tier", "--sandbox-tier", "--native", "--max-memory", "--max-cpu",
-                 "--max-cpu-seconds", "--timeout", "--max-processes", "--network",
-                 "--no-network", "--exec", "--env", "--out", "--quiet", "--keep-workdir"):
+    for flag in (
+        "--tier",
+        "--sandbox-tier",
+        "--native",
+        "--max-memory",
+        "--max-cpu",
+        "--max-cpu-seconds",
+        "--timeout",
+        "--max-processes",
+        "--network",
+        "--no-network",
+        "--exec",
+        "--env",
+        "--out",
+        "--quiet",
+        "--keep-workdir",
+    ):
         assert flag in doc
 
 

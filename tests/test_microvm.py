@@ -52,8 +52,9 @@ def vm(audit_path, tmp_path: Path):
 
 
 def run(orch, code, language=None, **limits):
-    return orch.execute_code(TIER3, code, language=language,
-                             limits=ResourceLimits(**limits) if limits else None)
+    return orch.execute_code(
+        TIER3, code, language=language, limits=ResourceLimits(**limits) if limits else None
+    )
 
 
 def test_hello_in_a_microvm_with_the_guests_figures(vm) -> None:
@@ -86,8 +87,11 @@ def test_exit_status_of_the_workload_not_of_the_vmm(vm) -> None:
 
 
 def test_guest_memory_is_the_limit(vm) -> None:
-    result = run(vm, "b = bytearray(400 * 1024 * 1024)\nb[::4096] = b'x' * len(b[::4096])\n"
-                     "print('survived')", max_memory_mb=256)
+    result = run(
+        vm,
+        "b = bytearray(400 * 1024 * 1024)\nb[::4096] = b'x' * len(b[::4096])\nprint('survived')",
+        max_memory_mb=256,
+    )
     assert not result.success
     assert result.killed_by == "memory"
     assert "survived" not in result.stdout
@@ -102,18 +106,23 @@ def test_a_timeout_destroys_the_vm_and_keeps_the_partial_output(vm) -> None:
 
 
 def test_processes_are_limited_inside_the_guest(vm) -> None:
-    code = ("import os\nn = 0\ntry:\n    while n < 200:\n        if os.fork() == 0:\n"
-            "            import time; time.sleep(30); os._exit(0)\n        n += 1\n"
-            "except OSError as e:\n    print('stopped at', n, type(e).__name__)\n")
+    code = (
+        "import os\nn = 0\ntry:\n    while n < 200:\n        if os.fork() == 0:\n"
+        "            import time; time.sleep(30); os._exit(0)\n        n += 1\n"
+        "except OSError as e:\n    print('stopped at', n, type(e).__name__)\n"
+    )
     result = run(vm, code, max_processes=16, timeout_seconds=60)
     assert "stopped at" in result.stdout
     assert int(result.stdout.split()[2]) < 20
 
 
 def test_no_network_device(vm) -> None:
-    result = run(vm, "import os, socket\nprint(sorted(os.listdir('/sys/class/net')))\n"
-                     "try:\n    socket.create_connection(('10.0.2.2', 80), timeout=2)\n"
-                     "    print('connected')\nexcept OSError as e:\n    print(type(e).__name__)")
+    result = run(
+        vm,
+        "import os, socket\nprint(sorted(os.listdir('/sys/class/net')))\n"
+        "try:\n    socket.create_connection(('10.0.2.2', 80), timeout=2)\n"
+        "    print('connected')\nexcept OSError as e:\n    print(type(e).__name__)",
+    )
     interfaces, connect = result.stdout.splitlines()
     assert interfaces in ("[]", "['lo']")
     assert connect != "connected"
@@ -158,13 +167,24 @@ print(json.dumps({
     'zombies': orphan_zombies(),
 }))
 """
-    result = run(vm, code, max_cpu_cores=2, max_processes=64, max_file_size_mb=1,
-                 max_open_files=100, max_cpu_seconds=7)
+    result = run(
+        vm,
+        code,
+        max_cpu_cores=2,
+        max_processes=64,
+        max_file_size_mb=1,
+        max_open_files=100,
+        max_cpu_seconds=7,
+    )
     assert result.success, result.stderr
     seen = json.loads(result.stdout)
     assert seen["limits"] == [[64, 64], [1048576, 1048576], [100, 100], [7, 8], [0, 0]]
-    assert seen["env"] == {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/workspace",
-                           "LANG": "C.UTF-8", "TMPDIR": "/tmp"}
+    assert seen["env"] == {
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "HOME": "/workspace",
+        "LANG": "C.UTF-8",
+        "TMPDIR": "/tmp",
+    }
     assert seen["cwd"] == "/workspace" and seen["cpus"] == min(2, os.cpu_count())
     assert seen["root"] == "EROFS" and seen["workspace"] == "ok" and seen["tmp"] == "ok"
     assert seen["gid"] == 65534 and seen["groups"] in ([], [65534])
@@ -243,15 +263,20 @@ def test_firecracker_is_skipped_with_a_precise_reason(tmp_path: Path) -> None:
         MicroVMSandbox().manifest()
     except TierUnavailable as exc:
         need(False, str(exc), tier="microvm")
-    need(shutil.which(MicroVMSandbox().qemu_binary) is not None,
-         "no QEMU (its probe boot is the KVM verdict Firecracker needs)", tier="microvm")
+    need(
+        shutil.which(MicroVMSandbox().qemu_binary) is not None,
+        "no QEMU (its probe boot is the KVM verdict Firecracker needs)",
+        tier="microvm",
+    )
 
     absent = tmp_path / "no-such-firecracker"
     missing = MicroVMSandbox(vmm="firecracker", firecracker_binary=str(absent)).availability()
     assert not missing.ok and not missing.details
     assert _vmms_tried(missing.reason) == f"firecracker ({absent} not found)"
-    assert missing.reason.endswith("; install Firecracker on a host with real KVM (VMX/SVM), "
-                                   "or set MicroVMSandbox.vmm = 'qemu'")
+    assert missing.reason.endswith(
+        "; install Firecracker on a host with real KVM (VMX/SVM), "
+        "or set MicroVMSandbox.vmm = 'qemu'"
+    )
 
     installed = tmp_path / "firecracker"
     installed.write_text("#!/bin/sh\nexit 99\n")
@@ -317,8 +342,12 @@ def test_a_vmm_that_dies_after_opening_its_socket_is_unavailable(tmp_path: Path)
     except TierUnavailable as exc:
         need(False, str(exc), tier="microvm")
     # More than the socket holds, so sending waits for the reader, which dies.
-    request = ExecutionRequest(tier=TIER3, code=b"#" * (8 << 20), language="python",
-                               limits=ResourceLimits(max_memory_mb=256))
+    request = ExecutionRequest(
+        tier=TIER3,
+        code=b"#" * (8 << 20),
+        language="python",
+        limits=ResourceLimits(max_memory_mb=256),
+    )
     with pytest.raises(TierUnavailable, match=r"VMM exited while starting \(3"):
         sandbox._boot(_DyingVMM("qemu"), "kvm", manifest, request, timeout=10)
     assert not list(tmp_path.glob("symbi-vm-*")), "a run directory was left behind"
@@ -327,8 +356,9 @@ def test_a_vmm_that_dies_after_opening_its_socket_is_unavailable(tmp_path: Path)
 
 def test_sh_hello_and_environment_in_host_environment_out(vm, monkeypatch) -> None:
     monkeypatch.setenv("SYMBI_HOST_SECRET", "hunter2")
-    result = vm.execute_code(TIER3, 'echo "hello $GREETING"; env', language="sh",
-                             env={"GREETING": "from sh"})
+    result = vm.execute_code(
+        TIER3, 'echo "hello $GREETING"; env', language="sh", env={"GREETING": "from sh"}
+    )
     assert result.success, result.stderr
     assert result.stdout.startswith("hello from sh\n")
     assert "hunter2" not in result.stdout and "SYMBI_HOST_SECRET" not in result.stdout
@@ -336,8 +366,11 @@ def test_sh_hello_and_environment_in_host_environment_out(vm, monkeypatch) -> No
 
 def test_a_file_written_in_the_guest_stays_there(vm, tmp_path: Path) -> None:
     target = tmp_path / "written-by-the-guest"
-    result = run(vm, f"open({str(target)!r}, 'w').write('x')\n"
-                     "open('/workspace/ok', 'w').write('y'); print('wrote')")
+    result = run(
+        vm,
+        f"open({str(target)!r}, 'w').write('x')\n"
+        "open('/workspace/ok', 'w').write('y'); print('wrote')",
+    )
     # The guest has no such directory: the host path does not exist in there.
     assert "FileNotFoundError" in result.stderr
     assert not target.exists()
@@ -370,8 +403,9 @@ def test_a_killed_kernel_takes_its_vms_with_it(vm, tmp_path: Path) -> None:
         "print('up', flush=True)\n"
         "time.sleep(300)\n"
     )
-    child = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)],
-                             stdout=subprocess.PIPE, text=True)
+    child = subprocess.Popen(
+        [sys.executable, "-c", script, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
     try:
         assert child.stdout.readline() == "up\n"
         assert _qemu_processes()

@@ -56,9 +56,11 @@ def artifacts(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str,
     """A complete set of artefacts, built once: into a temporary directory when the kernel
     is cached (about 30 s); else the default directory's set if current; else a full
     build (about 4 min on 2 cores)."""
-    need(shutil.which(QEMU) is not None,
-         f"{QEMU} not found (apt-get install qemu-system-x86, or symbi-jupyter setup)",
-         tier="microvm")
+    need(
+        shutil.which(QEMU) is not None,
+        f"{QEMU} not found (apt-get install qemu-system-x86, or symbi-jupyter setup)",
+        tier="microvm",
+    )
     existing = mi.read_manifest(mi.default_artifacts_dir())
     reason = _build_reason()
     if existing and mi.is_current(existing) and (reason or not _kernel_cached()):
@@ -89,8 +91,9 @@ def test_the_built_guest_boots_through_the_sandbox(artifacts) -> None:
     runs as nobody on the kernel the manifest names."""
     directory, manifest = artifacts
     summary = mi.boot_check(directory)
-    assert summary.startswith(f"python {manifest['python']} as uid {mi.NOBODY} on "
-                              f"{manifest['kernel_version']}: "), summary
+    assert summary.startswith(
+        f"python {manifest['python']} as uid {mi.NOBODY} on {manifest['kernel_version']}: "
+    ), summary
 
 
 def test_debian_kernel_variant_boots(tmp_path: Path) -> None:
@@ -114,8 +117,14 @@ def fake_set(directory: Path, **overrides: Any) -> dict[str, Any]:
     directory.mkdir(parents=True, exist_ok=True)
     for name in (mi.KERNEL, mi.ROOTFS):
         (directory / name).write_bytes(b"x")
-    info = {"initrd": False, "args": mi.SOURCE_KERNEL_ARGS, "acpi": False,
-            "firecracker": True, "source": "test", "version": "6.1.0-test"}
+    info = {
+        "initrd": False,
+        "args": mi.SOURCE_KERNEL_ARGS,
+        "acpi": False,
+        "firecracker": True,
+        "source": "test",
+        "version": "6.1.0-test",
+    }
     manifest = mi.write_manifest(directory, info, "3.11.2")
     manifest.update(overrides)
     (directory / mi.MANIFEST).write_text(json.dumps(manifest))
@@ -124,9 +133,20 @@ def fake_set(directory: Path, **overrides: Any) -> dict[str, Any]:
 
 def test_manifest_fields(tmp_path: Path) -> None:
     manifest = fake_set(tmp_path)
-    assert set(manifest) >= {"kernel", "initrd", "rootfs", "rootfs_type", "kernel_args",
-                             "microvm_acpi", "firecracker_capable", "kernel_source",
-                             "kernel_version", "python", "built", "format"}
+    assert set(manifest) >= {
+        "kernel",
+        "initrd",
+        "rootfs",
+        "rootfs_type",
+        "kernel_args",
+        "microvm_acpi",
+        "firecracker_capable",
+        "kernel_source",
+        "kernel_version",
+        "python",
+        "built",
+        "format",
+    }
     assert manifest["initrd"] is None and manifest["format"] == 1
     assert mi.read_manifest(tmp_path) == manifest and mi.is_current(manifest)
 
@@ -158,8 +178,14 @@ def fake_build(monkeypatch: pytest.MonkeyPatch):
         stages.next("stub")
         (dest / mi.KERNEL).write_bytes(b"\x7fELF" + str(len(calls)).encode())
         calls.append("kernel")
-        return {"initrd": False, "args": mi.SOURCE_KERNEL_ARGS, "acpi": False,
-                "firecracker": True, "source": "stub", "version": f"6.1.0-stub{len(calls)}"}
+        return {
+            "initrd": False,
+            "args": mi.SOURCE_KERNEL_ARGS,
+            "acpi": False,
+            "firecracker": True,
+            "source": "stub",
+            "version": f"6.1.0-stub{len(calls)}",
+        }
 
     def rootfs(tarball: Path, work: Path, image: Path) -> str:
         image.write_bytes(b"ext4")
@@ -213,17 +239,37 @@ def test_refuses_to_replace_a_foreign_directory(fake_build, tmp_path: Path) -> N
 
 def test_fragment_has_what_the_guest_needs() -> None:
     wanted = mi.parse_config(mi.KERNEL_FRAGMENT.read_text())
-    for option in ("VIRTIO_MMIO", "VIRTIO_MMIO_CMDLINE_DEVICES", "VIRTIO_BLK",
-                   "VIRTIO_CONSOLE", "EXT4_FS", "DEVTMPFS", "TMPFS", "PROC_FS", "SYSFS",
-                   "PROC_PAGE_MONITOR", "MULTIUSER", "FUTEX", "EPOLL", "UNIX", "PVH",
-                   "SERIAL_8250_CONSOLE", "PRINTK", "MAGIC_SYSRQ", "BINFMT_ELF",
-                   "BINFMT_SCRIPT", "SMP", "POSIX_TIMERS", "SHMEM"):
+    for option in (
+        "VIRTIO_MMIO",
+        "VIRTIO_MMIO_CMDLINE_DEVICES",
+        "VIRTIO_BLK",
+        "VIRTIO_CONSOLE",
+        "EXT4_FS",
+        "DEVTMPFS",
+        "TMPFS",
+        "PROC_FS",
+        "SYSFS",
+        "PROC_PAGE_MONITOR",
+        "MULTIUSER",
+        "FUTEX",
+        "EPOLL",
+        "UNIX",
+        "PVH",
+        "SERIAL_8250_CONSOLE",
+        "PRINTK",
+        "MAGIC_SYSRQ",
+        "BINFMT_ELF",
+        "BINFMT_SCRIPT",
+        "SMP",
+        "POSIX_TIMERS",
+        "SHMEM",
+    ):
         assert wanted.get(f"CONFIG_{option}") == "y", option
     assert wanted["CONFIG_MODULES"] == "n" and wanted["CONFIG_PCI"] == "n"
 
 
 def test_config_mismatches() -> None:
-    actual = mi.parse_config("CONFIG_A=y\n# CONFIG_B is not set\nCONFIG_C=\"x\"\n")
+    actual = mi.parse_config('CONFIG_A=y\n# CONFIG_B is not set\nCONFIG_C="x"\n')
     assert actual == {"CONFIG_A": "y", "CONFIG_B": "n", "CONFIG_C": '"x"'}
     wanted = {"CONFIG_A": "y", "CONFIG_B": "n", "CONFIG_D": "n", "CONFIG_E": "y"}
     assert mi.config_mismatches(wanted, actual) == ["CONFIG_E=y"]
@@ -240,8 +286,10 @@ def test_extract_vmlinux(compress) -> None:
 def test_python_version_from_the_dpkg_database(tmp_path: Path) -> None:
     status = tmp_path / "var" / "lib" / "dpkg" / "status"
     status.parent.mkdir(parents=True)
-    status.write_text("Package: python3\nVersion: 3.11.2-1+b1\n\n"
-                      "Package: python3.11-minimal\nVersion: 3.11.2-6+deb12u6\n")
+    status.write_text(
+        "Package: python3\nVersion: 3.11.2-1+b1\n\n"
+        "Package: python3.11-minimal\nVersion: 3.11.2-6+deb12u6\n"
+    )
     assert mi.python_version(tmp_path) == "3.11.2"
 
 

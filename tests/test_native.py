@@ -79,7 +79,6 @@ def ran_in(pid: str, orch) -> bool:
     return not is_prestarted(cmdline.split("\0")[1])
 
 
-
 def run_cgroup_dirs() -> list[str]:
     """Per-run cgroups of this test process that exist now (run ids start with the
     host's pid; the parent groups stay)."""
@@ -306,8 +305,9 @@ def test_host_secrets_do_not_reach_the_code(orch, monkeypatch):
     assert "hunter2" not in res.stdout and "AWS_SECRET_ACCESS_KEY" not in res.stdout
     assert "'MINE'" in res.stdout and "SHARED_NAME" not in res.stdout
     orch.env_passthrough = ["SHARED_NAME"]
-    res = orch.execute_code(NONE, "import os; print(os.environ['SHARED_NAME'], os.environ['M'])",
-                            env={"M": "x"})
+    res = orch.execute_code(
+        NONE, "import os; print(os.environ['SHARED_NAME'], os.environ['M'])", env={"M": "x"}
+    )
     assert res.stdout == "visible x\n"
 
 
@@ -318,8 +318,9 @@ def test_bad_environment_entries(orch, env):
 
 
 def test_home_and_tmp_are_private(orch):
-    res = orch.execute_code(NONE, "import os, tempfile; print(os.environ['HOME']); "
-                                  "print(tempfile.gettempdir())")
+    res = orch.execute_code(
+        NONE, "import os, tempfile; print(os.environ['HOME']); print(tempfile.gettempdir())"
+    )
     home, tmp = res.stdout.split()
     assert home.startswith(orch.working_directory + "/run-")
     assert tmp == home + "/tmp"
@@ -331,8 +332,11 @@ def test_keep_workdir(orch, workdir):
     target.write_text("")
     if os.geteuid() == 0:
         os.chown(target, 4242, 4242)
-    res = orch.execute_code(NONE, "import os\nopen('out.txt','w').write('kept')\n"
-                                  f"os.symlink({str(target)!r}, 'link')", keep_workdir=True)
+    res = orch.execute_code(
+        NONE,
+        f"import os\nopen('out.txt','w').write('kept')\nos.symlink({str(target)!r}, 'link')",
+        keep_workdir=True,
+    )
     assert res.workdir and Path(res.workdir, "out.txt").read_text() == "kept"
     if os.geteuid() == 0:
         # The run's uid is another run's next: what it kept is handed to root, and a
@@ -381,30 +385,28 @@ def test_memory_bomb_is_stopped(orch):
 
 def test_memory_bomb_without_cgroups_uses_rlimit(orch):
     orch.sandbox("none").use_cgroups = "never"
-    res = orch.execute_code(NONE, "x = bytearray(1024 * 1024 * 1024)",
-                            limits=ResourceLimits(max_memory_mb=128))
+    res = orch.execute_code(
+        NONE, "x = bytearray(1024 * 1024 * 1024)", limits=ResourceLimits(max_memory_mb=128)
+    )
     assert res.killed_by == "memory"
     assert "MemoryError" in res.stderr
     assert res.enforcement["memory"].startswith("rlimit")
 
 
 def test_cpu_spin_is_stopped(orch):
-    res = orch.execute_code(NONE, "while True: pass",
-                            limits=ResourceLimits(max_cpu_seconds=1, timeout_seconds=60))
+    res = orch.execute_code(
+        NONE, "while True: pass", limits=ResourceLimits(max_cpu_seconds=1, timeout_seconds=60)
+    )
     assert res.killed_by == "cpu" and not res.timed_out
     assert res.cpu_seconds >= 0.9
 
 
 def test_cpu_limit_counts_the_whole_tree(orch, cgroups):
     # Four processes each under the per-process RLIMIT_CPU: only a tree-wide count stops them.
-    code = (
-        "import os\n"
-        "for _ in range(3):\n"
-        "    if os.fork() == 0: break\n"
-        "while True: pass\n"
+    code = "import os\nfor _ in range(3):\n    if os.fork() == 0: break\nwhile True: pass\n"
+    res = orch.execute_code(
+        NONE, code, limits=ResourceLimits(max_cpu_seconds=2, timeout_seconds=60)
     )
-    res = orch.execute_code(NONE, code, limits=ResourceLimits(max_cpu_seconds=2,
-                                                              timeout_seconds=60))
     assert res.killed_by == "cpu"
 
 
@@ -457,9 +459,7 @@ def test_setsid_double_fork_escape_is_killed(orch, ending, tmp_path):
 def test_fork_bomb_is_contained(orch):
     code = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass"
     before = set(os.listdir("/proc"))
-    res = orch.execute_code(
-        NONE, code, limits=ResourceLimits(max_processes=32, timeout_seconds=3)
-    )
+    res = orch.execute_code(NONE, code, limits=ResourceLimits(max_processes=32, timeout_seconds=3))
     assert res.killed_by in ("timeout", "processes")
     if os.geteuid() == 0 and res.enforcement["processes"].startswith("not enforced"):
         pytest.fail("a root run without a pids cgroup cannot contain a fork bomb")
@@ -470,18 +470,23 @@ def test_fork_bomb_is_contained(orch):
 
 
 def test_process_limit_stops_a_forking_script(orch, cgroups):
-    code = "import os, time\nfor i in range(64):\n    if os.fork() == 0:\n        time.sleep(5)\n" \
-           "        os._exit(0)\n"
+    code = (
+        "import os, time\nfor i in range(64):\n    if os.fork() == 0:\n        time.sleep(5)\n"
+        "        os._exit(0)\n"
+    )
     res = orch.execute_code(NONE, code, limits=ResourceLimits(max_processes=8))
     assert res.killed_by == "processes"
     assert "BlockingIOError" in res.stderr
 
 
 def test_output_flood_is_drained_and_capped(orch):
-    code = "import sys\nchunk = 'x' * 65536\nfor _ in range(800): sys.stdout.write(chunk)\n" \
-           "print('\\nend', file=sys.stderr)"
-    res = orch.execute_code(NONE, code, limits=ResourceLimits(max_output_bytes=1 * MiB,
-                                                              timeout_seconds=60))
+    code = (
+        "import sys\nchunk = 'x' * 65536\nfor _ in range(800): sys.stdout.write(chunk)\n"
+        "print('\\nend', file=sys.stderr)"
+    )
+    res = orch.execute_code(
+        NONE, code, limits=ResourceLimits(max_output_bytes=1 * MiB, timeout_seconds=60)
+    )
     assert res.success and not res.timed_out  # the writer was never blocked
     assert res.stdout_truncated and not res.stderr_truncated
     assert res.stdout_bytes == 800 * 65536
@@ -494,7 +499,8 @@ def test_output_flood_is_drained_and_capped(orch):
 
 def test_fifty_megabyte_flood(orch):
     res = orch.execute_code(
-        NONE, "import os\nb = b'y' * (1 << 20)\nfor _ in range(50): os.write(1, b)\n",
+        NONE,
+        "import os\nb = b'y' * (1 << 20)\nfor _ in range(50): os.write(1, b)\n",
         limits=ResourceLimits(timeout_seconds=120),
     )
     assert res.success and res.stdout_truncated
@@ -504,17 +510,23 @@ def test_fifty_megabyte_flood(orch):
 
 def test_output_limit_can_stop_the_run(orch):
     orch.sandbox("none").stop_on_output_limit = True
-    res = orch.execute_code(NONE, "while True: print('z' * 1000)",
-                            limits=ResourceLimits(max_output_bytes=100_000, timeout_seconds=30))
+    res = orch.execute_code(
+        NONE,
+        "while True: print('z' * 1000)",
+        limits=ResourceLimits(max_output_bytes=100_000, timeout_seconds=30),
+    )
     assert res.killed_by == "output" and not res.timed_out
 
 
 def test_streaming_callback_sees_output_live(orch):
     seen: list[tuple[str, bytes, float]] = []
-    code = "import time, sys\nprint('first', flush=True)\ntime.sleep(1)\nprint('second')\n" \
-           "print('err', file=sys.stderr)"
-    res = orch.execute_code(NONE, code,
-                            on_output=lambda s, b: seen.append((s, b, time.monotonic())))
+    code = (
+        "import time, sys\nprint('first', flush=True)\ntime.sleep(1)\nprint('second')\n"
+        "print('err', file=sys.stderr)"
+    )
+    res = orch.execute_code(
+        NONE, code, on_output=lambda s, b: seen.append((s, b, time.monotonic()))
+    )
     assert b"".join(b for s, b, _ in seen if s == "stdout") == b"first\nsecond\n"
     assert b"".join(b for s, b, _ in seen if s == "stderr") == b"err\n"
     # Streamed: "first" arrived in a callback of its own, before "second" was written.
@@ -527,8 +539,12 @@ def test_file_size_bomb(orch):
     res = orch.execute_code(NONE, code, limits=ResourceLimits(max_file_size_mb=1))
     assert res.killed_by == "file_size"
     assert "File too large" in res.stderr
-    res = orch.execute_code(NONE, "echo start; head -c 4000000 /dev/zero > big", language="bash",
-                            limits=ResourceLimits(max_file_size_mb=1))
+    res = orch.execute_code(
+        NONE,
+        "echo start; head -c 4000000 /dev/zero > big",
+        language="bash",
+        limits=ResourceLimits(max_file_size_mb=1),
+    )
     assert res.killed_by == "file_size" and res.stdout == "start\n"
     assert res.exit_code == 128 + signal.SIGXFSZ
 
@@ -577,7 +593,7 @@ def test_peak_memory_honest_under_a_large_parent(orch):
     """ru_maxrss of a child forked from a large process starts at the parent's size;
     runs are forked from the small supervisor, so a 1 GiB caller does not leak in."""
     ballast = bytearray(1024 * MiB)
-    ballast[:: 4096] = b"1" * len(ballast[::4096])
+    ballast[::4096] = b"1" * len(ballast[::4096])
     orch.sandbox("none").use_cgroups = "never"
     res = orch.execute_code(NONE, ALLOC_300)
     del ballast
@@ -602,15 +618,21 @@ def test_cpu_times_cover_the_whole_tree(orch):
 def test_sixteen_concurrent_runs_leave_nothing(orch, workdir):
     code = "import os, time\nif os.fork() == 0:\n    time.sleep(30)\nprint(os.getpid())\n"
     with ThreadPoolExecutor(16) as pool:
-        results = list(pool.map(lambda i: orch.execute_code(
-            NONE, code, env={"I": str(i)}, limits=ResourceLimits(timeout_seconds=30)), range(16)))
+        results = list(
+            pool.map(
+                lambda i: orch.execute_code(
+                    NONE, code, env={"I": str(i)}, limits=ResourceLimits(timeout_seconds=30)
+                ),
+                range(16),
+            )
+        )
     assert all(r.success for r in results)
     pids = {int(r.stdout) for r in results}
     assert len(pids) == 16
     assert not [p for p in pids if alive(p)]
     # Only the spares' directories, made for the next runs, may remain.
-    assert wait_until(lambda: all(
-        is_prestarted(str(d / "cell.py")) for d in workdir.glob("run-*")))
+    assert wait_until(lambda: all(is_prestarted(str(d / "cell.py")) for d in workdir.glob("run-*")))
+
     # What remains are the groups prepared by the idle spare monitors: owned by a
     # live monitor, holding at most its waiting workload process.
     def only_the_spare() -> bool:
@@ -635,8 +657,10 @@ def test_interrupt_kills_the_tree_and_raises(orch):
     spool = Path("/tmp") / f"symbi-int-{os.getpid()}"
     spool.mkdir(mode=0o777)
     spool.chmod(0o777)
-    code = (f"import os, time\nopen('{spool}/pid', 'w').write(str(os.getpid()))\n"
-            "print('running', flush=True)\ntime.sleep(60)\n")
+    code = (
+        f"import os, time\nopen('{spool}/pid', 'w').write(str(os.getpid()))\n"
+        "print('running', flush=True)\ntime.sleep(60)\n"
+    )
     timer = threading.Timer(1.5, os.kill, (os.getpid(), signal.SIGINT))
     timer.start()
     try:
@@ -657,7 +681,7 @@ def test_an_interrupt_while_output_is_relayed_still_stops_the_run(orch):
     """SIGINT lands wherever the host is, here in the output callback (the symbi
     kernel's relay): the run is still stopped and its partial result kept."""
     need(threading.current_thread() is threading.main_thread(), "SIGINT goes to the main thread")
-    code = ("import os, time\nprint(os.getpid(), flush=True)\ntime.sleep(60)\n")
+    code = "import os, time\nprint(os.getpid(), flush=True)\ntime.sleep(60)\n"
     pids = []
     handler = signal.getsignal(signal.SIGINT)
 
@@ -667,8 +691,7 @@ def test_an_interrupt_while_output_is_relayed_still_stops_the_run(orch):
             os.kill(os.getpid(), signal.SIGINT)  # handled before this function returns
 
     with pytest.raises(KeyboardInterrupt) as err:
-        orch.execute_code(NONE, code, limits=ResourceLimits(timeout_seconds=30),
-                          on_output=relay)
+        orch.execute_code(NONE, code, limits=ResourceLimits(timeout_seconds=30), on_output=relay)
     partial = err.value.args[0]
     assert partial.stdout.strip() == str(pids[0])
     assert partial.killed_by == "signal"
@@ -686,8 +709,11 @@ def test_a_host_with_its_own_sigint_handling_keeps_it(orch, handler):
     chosen = signal.SIG_IGN if handler == "ignore" else (lambda signum, frame: calls.append(1))
     previous = signal.signal(signal.SIGINT, chosen)
     try:
-        result = orch.execute_code(NONE, "print('a', flush=True)\nimport time; time.sleep(0.3)",
-                                   on_output=lambda s, c: os.kill(os.getpid(), signal.SIGINT))
+        result = orch.execute_code(
+            NONE,
+            "print('a', flush=True)\nimport time; time.sleep(0.3)",
+            on_output=lambda s, c: os.kill(os.getpid(), signal.SIGINT),
+        )
         assert result.success and result.stdout == "a\n"
         assert signal.getsignal(signal.SIGINT) is chosen
         assert calls == ([] if handler == "ignore" else [1])
@@ -704,8 +730,7 @@ def test_a_limit_the_host_cannot_set_is_said_in_the_result(orch, capfd):
     too_many = int(Path("/proc/sys/fs/nr_open").read_text()) * 2
     orch.max_open_files = too_many
     for _ in range(2):
-        result = orch.execute_code(NONE, "print(1)",
-                                   limits=ResourceLimits(max_open_files=too_many))
+        result = orch.execute_code(NONE, "print(1)", limits=ResourceLimits(max_open_files=too_many))
         assert result.exit_code == 127 and not result.success and result.stdout == ""
         assert "cannot start" in result.stderr
         assert f"RLIMIT_NOFILE = {too_many}" in result.stderr
@@ -717,8 +742,10 @@ def test_an_unprivileged_host_lowers_a_limit_above_its_hard_limit():
     """Without root the hard limits are the host's: a limit above one is lowered to it
     (stricter than asked, never weaker) and the result says so, instead of every run
     failing to start (the default ceiling of 1024 open files, say)."""
-    need(os.geteuid() == 0 and shutil.which("setpriv") is not None,
-         "needs root (to drop to nobody) and setpriv")
+    need(
+        os.geteuid() == 0 and shutil.which("setpriv") is not None,
+        "needs root (to drop to nobody) and setpriv",
+    )
     home = Path("/tmp") / f"symbi-nobody-{os.getpid()}"
     home.mkdir(mode=0o777)
     home.chmod(0o777)
@@ -741,9 +768,23 @@ def test_an_unprivileged_host_lowers_a_limit_above_its_hard_limit():
     )
     try:
         proc = subprocess.run(
-            ["prlimit", "--nofile=256:256", "--cpu=60:60", "setpriv", "--reuid=65534",
-             "--regid=65534", "--clear-groups", sys.executable, "-c", script, str(home / "w")],
-            capture_output=True, text=True, timeout=120, cwd="/",
+            [
+                "prlimit",
+                "--nofile=256:256",
+                "--cpu=60:60",
+                "setpriv",
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                sys.executable,
+                "-c",
+                script,
+                str(home / "w"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd="/",
             env={"PATH": os.environ["PATH"], "HOME": str(home)},
         )
         assert proc.returncode == 0, proc.stderr
@@ -760,8 +801,9 @@ def test_an_unprivileged_host_lowers_a_limit_above_its_hard_limit():
 
 
 def test_supervisor_exits_with_its_orchestrator(workdir, audit_path):
-    orch = SandboxOrchestrator(allow_native_execution=True, working_directory=str(workdir),
-                               audit_log_path=str(audit_path))
+    orch = SandboxOrchestrator(
+        allow_native_execution=True, working_directory=str(workdir), audit_log_path=str(audit_path)
+    )
     orch.execute_code(NONE, "print(1)")
     proc = orch.sandbox("none")._proc
     assert proc.poll() is None
@@ -800,8 +842,9 @@ def test_kill_9_of_the_host_leaves_nothing(workdir, audit_path, tmp_path):
     pidfile.touch(mode=0o666)
     pidfile.chmod(0o666)
     try:
-        host = subprocess.Popen([sys.executable, "-c", HOST, str(workdir), str(audit_path),
-                                 str(pidfile)])
+        host = subprocess.Popen(
+            [sys.executable, "-c", HOST, str(workdir), str(audit_path), str(pidfile)]
+        )
         deadline = time.monotonic() + 60
         while len(pidfile.read_text().split()) < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -812,7 +855,8 @@ def test_kill_9_of_the_host_leaves_nothing(workdir, audit_path, tmp_path):
         host.wait()
         assert wait_until(lambda: not any(alive(p) for p in pids))
         assert wait_until(
-            lambda: not list(Path("/sys/fs/cgroup").glob(f"*/**/symbi-jupyter/{tag}-*")))
+            lambda: not list(Path("/sys/fs/cgroup").glob(f"*/**/symbi-jupyter/{tag}-*"))
+        )
         assert wait_until(lambda: not list(workdir.glob(f"run-{tag}-*")))
     finally:
         pidfile.unlink()
@@ -830,8 +874,11 @@ def test_next_host_removes_run_directories_of_dead_hosts(workdir, audit_path):
     for d in (orphan, live, other_ns):
         (d / "tmp").mkdir(parents=True)
     try:
-        orch = SandboxOrchestrator(allow_native_execution=True, working_directory=str(workdir),
-                                   audit_log_path=str(audit_path))
+        orch = SandboxOrchestrator(
+            allow_native_execution=True,
+            working_directory=str(workdir),
+            audit_log_path=str(audit_path),
+        )
         orch.execute_code(NONE, "print(1)")
         orch.close()
         assert not orphan.exists() and live.exists() and other_ns.exists()
@@ -848,12 +895,19 @@ def test_a_run_directory_that_cannot_be_written_is_a_clear_error(orch):
     small = Path("/tmp") / f"symbi-full-{os.getpid()}"
     small.mkdir()
     try:
-        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,mode=0711", "tmpfs",
-                                  str(small)]).returncode == 0
+        mounted = (
+            subprocess.run(
+                ["mount", "-t", "tmpfs", "-o", "size=64k,mode=0711", "tmpfs", str(small)]
+            ).returncode
+            == 0
+        )
         need(mounted, "this host does not let us mount a tmpfs")
         orch.working_directory = str(small)
-        with pytest.raises(TierUnavailable, match=r"cannot prepare the run directory: "
-                                                  r".*No space left"):
+        with pytest.raises(
+            TierUnavailable,
+            match=r"cannot prepare the run directory: "
+            r".*No space left",
+        ):
             orch.execute_code(NONE, "x = 1  # " + "y" * 300_000)
         assert orch.execute_code(NONE, "print('fits')").stdout == "fits\n"
         orch.close()
@@ -904,8 +958,11 @@ def test_print_flood_loses_nothing_and_streams(orch):
     res = orch.execute_code(NONE, code, limits=ResourceLimits(max_output_bytes=1 << 20))
     assert res.success and res.stdout_bytes == 30 * (1 << 20) + 1
     chunks: list[bytes] = []
-    res = orch.execute_code(NONE, "import time\nprint('first')\ntime.sleep(1)\nprint('second')",
-                            on_output=lambda s, b: chunks.append(b))
+    res = orch.execute_code(
+        NONE,
+        "import time\nprint('first')\ntime.sleep(1)\nprint('second')",
+        on_output=lambda s, b: chunks.append(b),
+    )
     assert chunks[0] == b"first\n" and res.stdout == "first\nsecond\n"
 
 
@@ -917,8 +974,11 @@ def test_line_buffering_keeps_the_shadowed_sitecustomize(orch, tmp_path):
     (own / "sitecustomize.py").chmod(0o644)
     try:
         res = orch.execute_code(
-            NONE, "import sys, builtins\nprint(sys.stdout.line_buffering, "
-                  "getattr(builtins, 'SHADOWED_RAN', False))", env={"PYTHONPATH": str(own)})
+            NONE,
+            "import sys, builtins\nprint(sys.stdout.line_buffering, "
+            "getattr(builtins, 'SHADOWED_RAN', False))",
+            env={"PYTHONPATH": str(own)},
+        )
         assert res.stdout == "True True\n", res.stderr
     finally:
         shutil.rmtree(own)
@@ -937,8 +997,7 @@ def test_sigterm_to_a_waiting_spare_removes_what_it_prepared(orch, cgroups):
         with contextlib.suppress(ProcessLookupError):
             os.kill(int(pid), signal.SIGTERM)
     assert wait_until(lambda: not any(alive(int(p)) for p in spares))
-    assert wait_until(
-        lambda: not [d for d in run_cgroup_dirs() if d.rsplit("-", 1)[1] in spares])
+    assert wait_until(lambda: not [d for d in run_cgroup_dirs() if d.rsplit("-", 1)[1] in spares])
 
 
 def test_network_is_opt_in_even_where_allowed(orch):

@@ -77,7 +77,8 @@ def write_layers(tmp_path: Path, monkeypatch, layers: set[str]) -> Config:
         jdir = tmp_path / "jupyter"
         jdir.mkdir(exist_ok=True)
         (jdir / "jupyter_symbi_config.py").write_text(
-            "c.SandboxOrchestrator.max_memory_mb = 1002\n")
+            "c.SandboxOrchestrator.max_memory_mb = 1002\n"
+        )
         monkeypatch.setenv("JUPYTER_CONFIG_DIR", str(jdir))
     base = Config()
     if "base" in layers:
@@ -126,9 +127,11 @@ def test_ipython_config_py_and_percent_config(tmp_path, monkeypatch):
     )
     ipython = Path(sys.executable).with_name("ipython")
     out = subprocess.run(
-        [str(ipython), f"--profile-dir={profile}", "--no-banner", "--colors=NoColor",
-         str(script)],
-        capture_output=True, text=True, timeout=120, check=True,
+        [str(ipython), f"--profile-dir={profile}", "--no-banner", "--colors=NoColor", str(script)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
     ).stdout
     assert "before 1111.0 ['python3']" in out
     assert "after 512.0" in out

@@ -17,8 +17,9 @@ class Box:
 
 
 def pool() -> ReadyPool[Box]:
-    return ReadyPool("test", discard=lambda b: setattr(b, "discarded", True),
-                     usable=lambda b: b.alive)
+    return ReadyPool(
+        "test", discard=lambda b: setattr(b, "discarded", True), usable=lambda b: b.alive
+    )
 
 
 def test_refill_makes_up_to_size_and_take_hands_out_the_oldest_once() -> None:

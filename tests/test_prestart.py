@@ -44,17 +44,17 @@ print(json.dumps({
 ENDINGS = {
     "exception": "raise ValueError('x')",
     "chained": "def f():\n    raise KeyError(1)\ntry:\n    f()\n"
-               "except KeyError as e:\n    raise RuntimeError('y') from e",
+    "except KeyError as e:\n    raise RuntimeError('y') from e",
     "exit-message": "import sys\nsys.exit('bye')",
     "exit-code": "import sys\nprint('before')\nsys.exit(3)",
     "keyboard-interrupt": "raise KeyboardInterrupt",
     "own-excepthook": "import sys, traceback\n"
-                      "sys.excepthook = lambda t, v, tb: print('hooked', t.__name__,\n"
-                      "    [f.name for f in traceback.extract_tb(tb)])\n"
-                      "def g():\n    1/0\ng()",
+    "sys.excepthook = lambda t, v, tb: print('hooked', t.__name__,\n"
+    "    [f.name for f in traceback.extract_tb(tb)])\n"
+    "def g():\n    1/0\ng()",
     "threads-then-atexit": "import atexit, threading, time\natexit.register(print, 'atexit')\n"
-                           "threading.Thread(target=lambda: (time.sleep(0.2), "
-                           "print('thread'))).start()\nprint('main')",
+    "threading.Thread(target=lambda: (time.sleep(0.2), "
+    "print('thread'))).start()\nprint('main')",
     "syntax-error": "x = (",
     "compile-warnings": "x = 1\nprint(x is 1, '\\d')",
     "nul-byte": b"print(1)\x00",
@@ -109,8 +109,13 @@ def test_every_ending_is_reported_as_a_fresh_interpreter_reports_it(orch, ending
     fast, fresh = warm(orch, code), cold(orch, code)
 
     def outcome(result):
-        return (result.stdout, same_run(result.stderr), result.exit_code, result.term_signal,
-                result.killed_by)
+        return (
+            result.stdout,
+            same_run(result.stderr),
+            result.exit_code,
+            result.term_signal,
+            result.killed_by,
+        )
 
     assert outcome(fast) == outcome(fresh)
     if ending == "keyboard-interrupt":
@@ -136,8 +141,10 @@ def test_a_small_memory_limit_meets_a_fresh_interpreter(orch, cgroups):
     assert result.enforcement["memory"].startswith("cgroup")
     # and usual runs are served by started interpreters again (the supervisor, started
     # by the cgroups fixture before any run, may hold one spare made for no profile)
-    assert any(orch.execute_code(NONE, "print(2)").startup_seconds == 0.0
-               for _ in range(orch.sandbox(NONE).spare_runs + 1))
+    assert any(
+        orch.execute_code(NONE, "print(2)").startup_seconds == 0.0
+        for _ in range(orch.sandbox(NONE).spare_runs + 1)
+    )
 
 
 def test_runs_unlike_the_usual_one_start_fresh(orch):
@@ -157,7 +164,8 @@ def spares_settled(workdir: Path, orch) -> bool:
     bootstrap written (no run's directory left, no spare still being made)."""
     dirs = list(workdir.glob("run-*"))
     return len(dirs) == orch.sandbox(NONE).spare_runs and all(
-        is_prestarted(d / "cell.py") for d in dirs)
+        is_prestarted(d / "cell.py") for d in dirs
+    )
 
 
 def spare_interpreters(workdir: str) -> list[tuple[int, str]]:
@@ -180,7 +188,8 @@ def runs_until_served(orch, code: str) -> list:
     interpreter instead; which run gets which spare is up to timing."""
     results = []
     while len(results) < orch.sandbox(NONE).spare_runs + 2 and (
-            not results or results[-1].startup_seconds != 0.0):
+        not results or results[-1].startup_seconds != 0.0
+    ):
         results.append(orch.execute_code(NONE, code))
     return results
 
@@ -215,8 +224,11 @@ for what, act in [
 """
     result: dict[str, object] = {}
     said: list[bytes] = []
-    attacker = threading.Thread(target=lambda: result.update(res=orch.execute_code(
-        NONE, attempt, on_output=lambda stream, data: said.append(data))))
+    attacker = threading.Thread(
+        target=lambda: result.update(
+            res=orch.execute_code(NONE, attempt, on_output=lambda stream, data: said.append(data))
+        )
+    )
     attacker.start()
     # Only once the cell runs is its own interpreter no longer a waiting one.
     assert wait_until(lambda: b"started" in b"".join(said))
@@ -229,7 +241,10 @@ for what, act in [
     attacker.join()
     res = result["res"]
     assert res.stdout.split("\n")[1:-1] == [
-        "signal denied", "plant denied", "read denied", "trace denied"
+        "signal denied",
+        "plant denied",
+        "read denied",
+        "trace denied",
     ], res.stderr
     assert res.startup_seconds == 0.0
     feed.unlink()
@@ -243,7 +258,8 @@ def test_the_spare_and_its_directory_go_with_the_orchestrator(orch, workdir):
     assert wait_until(lambda: not spare_interpreters(str(workdir)), 10)
     # Each monitor removes its directory just after its interpreter is gone.
     assert wait_until(
-        lambda: not [p.name for p in workdir.iterdir() if p.name.startswith("run-")], 10)
+        lambda: not [p.name for p in workdir.iterdir() if p.name.startswith("run-")], 10
+    )
 
 
 def test_switched_off_no_interpreter_waits(orch, native, workdir):

@@ -151,12 +151,7 @@ def test_top_level_await(worker):
 
 
 def test_display_html(worker):
-    code = (
-        "class H:\n"
-        "    def _repr_html_(self):\n"
-        "        return '<b>hi</b>'\n"
-        "display(H())\n"
-    )
+    code = "class H:\n    def _repr_html_(self):\n        return '<b>hi</b>'\ndisplay(H())\n"
     msgs, reply = worker.execute(code)
     assert reply["status"] == "ok"
     (shown,) = [m for m in msgs if m["type"] == "display_data"]
@@ -324,8 +319,9 @@ def test_usage_answers_while_a_cell_runs(worker):
 
 def test_per_cell_peak_memory(worker):
     need(worker.ready["clear_refs"], "/proc/self/clear_refs is not writable here: no per-cell peak")
-    _, big = worker.execute("b = bytearray(200 * 1024 * 1024)\nb[::4096] = b'x' * len(b[::4096])"
-                            "\ndel b")
+    _, big = worker.execute(
+        "b = bytearray(200 * 1024 * 1024)\nb[::4096] = b'x' * len(b[::4096])\ndel b"
+    )
     _, small = worker.execute("s = 1")
     assert big["memory_method"] == small["memory_method"] == "worker-hwm"
     assert big["peak_memory_bytes"] > 200 * 1024 * 1024

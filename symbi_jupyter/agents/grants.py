@@ -54,8 +54,9 @@ class Permissions:
         also audits its refusals, when the action runs."""
         refusal = _agent_refusal(self.agent, action)
         if refusal:
-            raise PolicyViolation(f"agent {self.agent.name}: {action.summary} "
-                                  f"is refused: {refusal}")
+            raise PolicyViolation(
+                f"agent {self.agent.name}: {action.summary} is refused: {refusal}"
+            )
 
 
 def permissions(agent: Agent) -> Permissions:
@@ -73,8 +74,7 @@ def permissions(agent: Agent) -> Permissions:
     mode_limits = SandboxModeLimits(parent=orch).limits(agent.sandbox)
     limits = dataclasses.replace(clamp(mode_limits, orch.ceilings()), network=network.allowed)
     actions = {
-        name: [(a, _action_verdict(agent, a, orch)) for a in trigger.actions
-               if isinstance(a, Run)]
+        name: [(a, _action_verdict(agent, a, orch)) for a in trigger.actions if isinstance(a, Run)]
         for name, trigger in agent.triggers.items()
     }
     return Permissions(agent, tier, network, filesystem, mount, limits, actions)
@@ -88,8 +88,9 @@ def clamp(limits: ResourceLimits, ceilings: ResourceLimits) -> ResourceLimits:
         if name == "network":
             continue
         asked, ceiling = getattr(limits, name), getattr(ceilings, name)
-        values[name] = asked if ceiling is None or (asked is not None and asked <= ceiling) \
-            else ceiling
+        values[name] = (
+            asked if ceiling is None or (asked is not None and asked <= ceiling) else ceiling
+        )
     return ResourceLimits(**values)
 
 
@@ -109,35 +110,51 @@ def _network_verdict(agent: Agent, allow_network: bool) -> Verdict:
     if not agent.sandbox.allows_network:
         return Verdict("network", False, "Strict mode permits no network")
     if not allow_network:
-        return Verdict("network", False, "the policy forbids it "
-                       "(SandboxOrchestrator.allow_network = False); runs get no network")
+        return Verdict(
+            "network",
+            False,
+            "the policy forbids it "
+            "(SandboxOrchestrator.allow_network = False); runs get no network",
+        )
     return Verdict("network", True, "capability network, allowed by the policy")
 
 
 def _filesystem_verdict(agent: Agent, mount: str | None, orch: Any) -> Verdict:
     if not agent.has("local_filesystem"):
-        return Verdict("local_filesystem", False,
-                       "no local_filesystem capability: runs see only their private directory")
+        return Verdict(
+            "local_filesystem",
+            False,
+            "no local_filesystem capability: runs see only their private directory",
+        )
     if mount is None:
         return Verdict("local_filesystem", False, "Strict mode mounts nothing")
     access = "read-only" if mount == "ro" else "read-write"
     if agent.tier is SecurityTier.NONE:
-        note = "; not enforced at tier None, which does not isolate" if mount == "ro" else \
-            " (tier None does not isolate)"
-        return Verdict("local_filesystem", True,
-                       f"execute and execute_native start in the notebook directory, "
-                       f"{access}{note}")
+        note = (
+            "; not enforced at tier None, which does not isolate"
+            if mount == "ro"
+            else " (tier None does not isolate)"
+        )
+        return Verdict(
+            "local_filesystem",
+            True,
+            f"execute and execute_native start in the notebook directory, {access}{note}",
+        )
     try:
         why_not = mount_refusal(orch, agent.tier)
         if why_not:
             raise TierUnavailable(why_not)
         policy.validate_volume(volume_spec(agent, mount))
     except SymbiError as exc:
-        return Verdict("local_filesystem", False, f"the notebook directory cannot be mounted: "
-                       f"{exc}")
-    return Verdict("local_filesystem", True,
-                   f"the notebook directory is mounted {access} at {CONTAINER_NOTEBOOK_DIR}, "
-                   "where execute starts")
+        return Verdict(
+            "local_filesystem", False, f"the notebook directory cannot be mounted: {exc}"
+        )
+    return Verdict(
+        "local_filesystem",
+        True,
+        f"the notebook directory is mounted {access} at {CONTAINER_NOTEBOOK_DIR}, "
+        "where execute starts",
+    )
 
 
 def mount_refusal(orch: Any, tier: SecurityTier) -> str | None:
@@ -163,20 +180,26 @@ def notebook_directory(agent: Agent) -> str:
     if not os.path.isdir(path):
         raise ConfigError(f"agent {agent.name}: the notebook directory {path} does not exist")
     if ":" in path:
-        raise ConfigError(f"agent {agent.name}: the notebook directory {path} contains ':', "
-                          "which a container mount cannot carry")
+        raise ConfigError(
+            f"agent {agent.name}: the notebook directory {path} contains ':', "
+            "which a container mount cannot carry"
+        )
     return path
 
 
 def _agent_refusal(agent: Agent, action: Run) -> str | None:
     """Why the agent's own definition forbids ``action``; None if it does not."""
     if action.native and agent.tier is not SecurityTier.NONE:
-        return (f"execute_native runs code natively (tier None), but agent {agent.name} "
-                f"runs at {agent.tier.display_name}; use execute(...) to run at its tier")
+        return (
+            f"execute_native runs code natively (tier None), but agent {agent.name} "
+            f"runs at {agent.tier.display_name}; use execute(...) to run at its tier"
+        )
     for need in action.needs:
         if not agent.has(need):
-            return (f"it needs the {need} capability, which agent {agent.name} lacks "
-                    "(security { capabilities: [...] })")
+            return (
+                f"it needs the {need} capability, which agent {agent.name} lacks "
+                "(security { capabilities: [...] })"
+            )
         if need == "network" and not agent.sandbox.allows_network:
             return "it needs the network, which Strict mode never permits"
         if need == "local_filesystem" and agent.sandbox is SandboxMode.STRICT:
@@ -192,7 +215,10 @@ def _action_verdict(agent: Agent, action: Run, orch: Any) -> Verdict:
     if not tier.allowed:
         return Verdict(action.summary, False, f"refused by the policy: {tier.subject} may not run")
     if "network" in action.needs and not orch.allow_network:
-        return Verdict(action.summary, False,
-                       "refused by the policy: it needs the network, which "
-                       "SandboxOrchestrator.allow_network forbids")
+        return Verdict(
+            action.summary,
+            False,
+            "refused by the policy: it needs the network, which "
+            "SandboxOrchestrator.allow_network forbids",
+        )
     return Verdict(action.summary, True, f"runs at {agent.tier.display_name}")

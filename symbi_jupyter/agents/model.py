@@ -74,16 +74,28 @@ class SandboxMode(enum.Enum):
 
 _MODE_LIMITS = {
     SandboxMode.STRICT: ResourceLimits(
-        max_memory_mb=256, max_cpu_seconds=10, max_cpu_cores=1, timeout_seconds=30,
-        max_processes=32, max_file_size_mb=10, max_output_bytes=1024 * 1024,
+        max_memory_mb=256,
+        max_cpu_seconds=10,
+        max_cpu_cores=1,
+        timeout_seconds=30,
+        max_processes=32,
+        max_file_size_mb=10,
+        max_output_bytes=1024 * 1024,
     ),
     SandboxMode.MODERATE: ResourceLimits(
-        max_memory_mb=1024, max_cpu_seconds=60, max_cpu_cores=2, timeout_seconds=120,
-        max_processes=128, max_file_size_mb=100,
+        max_memory_mb=1024,
+        max_cpu_seconds=60,
+        max_cpu_cores=2,
+        timeout_seconds=120,
+        max_processes=128,
+        max_file_size_mb=100,
     ),
     # Symbiont's native defaults; cores and output up to the ceilings.
     SandboxMode.PERMISSIVE: ResourceLimits(
-        max_memory_mb=2048, max_cpu_seconds=300, timeout_seconds=300, max_processes=256,
+        max_memory_mb=2048,
+        max_cpu_seconds=300,
+        timeout_seconds=300,
+        max_processes=256,
         max_file_size_mb=100,
     ),
 }

@@ -13,13 +13,13 @@ from ..limits import ResourceLimits
 from .model import SandboxMode
 
 #: Limits a mode may set: every limit but the network, which is the capability's.
-MODE_LIMIT_NAMES = tuple(f.name for f in dataclasses.fields(ResourceLimits)
-                         if f.name != "network")
+MODE_LIMIT_NAMES = tuple(f.name for f in dataclasses.fields(ResourceLimits) if f.name != "network")
 
 
 def _defaults(mode: SandboxMode) -> dict[str, Any]:
-    return {k: v for k, v in dataclasses.asdict(mode.limits).items()
-            if v is not None and k != "network"}
+    return {
+        k: v for k, v in dataclasses.asdict(mode.limits).items() if v is not None and k != "network"
+    }
 
 
 _HELP = """{mode} mode's limits, before the orchestrator's ceilings lower them:
@@ -31,8 +31,9 @@ def _trait(mode: SandboxMode) -> Dict:
     return Dict(
         default_value=_defaults(mode),
         config=True,
-        help=_HELP.format(mode=mode.value, names=", ".join(MODE_LIMIT_NAMES),
-                          default=_defaults(mode)),
+        help=_HELP.format(
+            mode=mode.value, names=", ".join(MODE_LIMIT_NAMES), default=_defaults(mode)
+        ),
     )
 
 

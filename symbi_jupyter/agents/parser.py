@@ -85,14 +85,16 @@ def _syntax_error(text: str, exc: UnexpectedInput) -> ConfigError:
         expected = _expected(exc.expected)
         if exc.token.type == "$END":
             lines = text.splitlines() or [""]
-            return located(text, len(lines), len(lines[-1]) + 1,
-                           f"the text ends too soon; expected {expected}")
+            return located(
+                text, len(lines), len(lines[-1]) + 1, f"the text ends too soon; expected {expected}"
+            )
         found = summarize(str(exc.token.value), 40)
         return located(text, exc.line, exc.column, f"unexpected {found!r}; expected {expected}")
     if isinstance(exc, UnexpectedCharacters):
         if exc.char == '"':
-            message = "unterminated string (a string ends on its line; use \"\"\"...\"\"\" " \
-                "for several lines)"
+            message = (
+                'unterminated string (a string ends on its line; use """...""" for several lines)'
+            )
         else:
             message = f"unexpected character {exc.char!r}"
         return located(text, exc.line, exc.column, message)
@@ -167,13 +169,13 @@ class _Reader:
             if kind == "trigger":
                 trigger = self.trigger(section)
                 if trigger.name in triggers:
-                    raise self.error(section, f"trigger {trigger.name!r} is defined twice "
-                                     f"in agent {name_token}")
+                    raise self.error(
+                        section, f"trigger {trigger.name!r} is defined twice in agent {name_token}"
+                    )
                 triggers[trigger.name] = trigger
                 continue
             if kind in seen:
-                raise self.error(section, f"a second {kind} block in agent {name_token}; "
-                                 "write one")
+                raise self.error(section, f"a second {kind} block in agent {name_token}; write one")
             seen[kind] = section
             target = metadata if kind == "metadata" else security
             for pair in section.children:
@@ -181,8 +183,11 @@ class _Reader:
                 if key in target:
                     raise self.error(key, f"{key} is given twice in {kind}")
                 if kind == "security" and key not in SECURITY_KEYS:
-                    raise self.error(key, f"unknown security setting {str(key)!r}; accepted: "
-                                     + ", ".join(SECURITY_KEYS))
+                    raise self.error(
+                        key,
+                        f"unknown security setting {str(key)!r}; accepted: "
+                        + ", ".join(SECURITY_KEYS),
+                    )
                 target[str(key)] = value
         if "tier" not in security:
             raise self.error(
@@ -193,10 +198,10 @@ class _Reader:
         return Agent(
             name=str(name_token),
             tier=self.tier(security["tier"]),
-            sandbox=self.mode(security["sandbox"]) if "sandbox" in security
-            else SandboxMode.STRICT,
+            sandbox=self.mode(security["sandbox"]) if "sandbox" in security else SandboxMode.STRICT,
             capabilities=self.capabilities(security["capabilities"])
-            if "capabilities" in security else (),
+            if "capabilities" in security
+            else (),
             metadata={key: self.plain(value) for key, value in metadata.items()},
             triggers=triggers,
             source=self.span(node),
@@ -236,8 +241,9 @@ class _Reader:
         for item in node.children:
             name = self.name_of(item, "a capability")
             if name not in CAPABILITIES:
-                raise self.error(item, f"unknown capability {name!r}; known: "
-                                 + ", ".join(CAPABILITIES))
+                raise self.error(
+                    item, f"unknown capability {name!r}; known: " + ", ".join(CAPABILITIES)
+                )
             if name not in names:
                 names.append(name)
         return tuple(names)
@@ -249,10 +255,14 @@ class _Reader:
         parsed: list[Run | Emit] = []
         for child in actions:
             action = self.action(child)
-            if isinstance(action, Emit) and not any(isinstance(a, Run) for a in parsed) \
-                    and _reads_result(action.value):
-                raise self.error(child, "emit reads result.FIELD, but no action runs "
-                                 "before it in this trigger")
+            if (
+                isinstance(action, Emit)
+                and not any(isinstance(a, Run) for a in parsed)
+                and _reads_result(action.value)
+            ):
+                raise self.error(
+                    child, "emit reads result.FIELD, but no action runs before it in this trigger"
+                )
             parsed.append(action)
         return Trigger(name=name, actions=tuple(parsed), line=node.meta.line)
 
@@ -265,8 +275,10 @@ class _Reader:
         named = [a for a in args if isinstance(a, Tree) and a.data == "named_arg"]
         signature = f"{name}({', '.join(params)}{', needs: [...]' if takes_needs else ''})"
         if len(positional) != len(params):
-            raise self.error(node, f"{name} takes {len(params)} argument"
-                             f"{'s' if len(params) > 1 else ''}: {signature}")
+            raise self.error(
+                node,
+                f"{name} takes {len(params)} argument{'s' if len(params) > 1 else ''}: {signature}",
+            )
         needs: tuple[str, ...] = ()
         for arg in named:
             key, value = arg.children
@@ -286,8 +298,11 @@ class _Reader:
             value = self.value(arg)
             if not isinstance(value, str):
                 # Commands and code are literals: nothing is ever spliced into them.
-                raise self.error(arg, f"{name}'s {param} must be a string literal; the "
-                                 "trigger's payload reaches the code as $SYMBI_PAYLOAD")
+                raise self.error(
+                    arg,
+                    f"{name}'s {param} must be a string literal; the "
+                    "trigger's payload reaches the code as $SYMBI_PAYLOAD",
+                )
             texts.append(value)
         if name == "run_code":
             language, code = texts
@@ -297,8 +312,14 @@ class _Reader:
                 raise self.error(positional[0], str(exc)) from None
         else:
             language, code = "sh", texts[0]
-        return Run(kind=str(name), language=language.strip().lower(), code=code, needs=needs,
-                   source=source, line=line)
+        return Run(
+            kind=str(name),
+            language=language.strip().lower(),
+            code=code,
+            needs=needs,
+            source=source,
+            line=line,
+        )
 
     def emitted(self, node: Tree) -> Any:
         """An emit's value: a literal, or a :class:`Ref` read when it runs."""
@@ -309,9 +330,11 @@ class _Reader:
                 return Ref(value.parts)
             if head == "result" and len(rest) == 1 and rest[0] in RESULT_FIELDS:
                 return Ref(value.parts)
-            raise self.error(node, f"unknown value {value.text!r}; use a literal, payload, "
-                             "payload.KEY, or result.FIELD with FIELD one of "
-                             + ", ".join(RESULT_FIELDS))
+            raise self.error(
+                node,
+                f"unknown value {value.text!r}; use a literal, payload, "
+                "payload.KEY, or result.FIELD with FIELD one of " + ", ".join(RESULT_FIELDS),
+            )
         if isinstance(value, list):
             return [self.emitted(child) for child in node.children]
         return value
@@ -359,8 +382,9 @@ class _Reader:
         try:
             return json.loads(token)
         except json.JSONDecodeError as exc:
-            raise located(self.text, token.line, token.column + exc.pos,
-                          f"bad escape in string ({exc.msg})") from None
+            raise located(
+                self.text, token.line, token.column + exc.pos, f"bad escape in string ({exc.msg})"
+            ) from None
 
 
 def _long_string(token: Token) -> str:

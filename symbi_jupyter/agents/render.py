@@ -37,9 +37,18 @@ def _stable() -> bool:
 
 def limits_words(limits: ResourceLimits) -> list[str]:
     """The limits an agent's runs get, in words."""
-    return limit_phrases(limits, ("max_memory_mb", "max_cpu_seconds", "timeout_seconds",
-                                  "max_cpu_cores", "max_processes", "max_file_size_mb",
-                                  "max_output_bytes"))
+    return limit_phrases(
+        limits,
+        (
+            "max_memory_mb",
+            "max_cpu_seconds",
+            "timeout_seconds",
+            "max_cpu_cores",
+            "max_processes",
+            "max_file_size_mb",
+            "max_output_bytes",
+        ),
+    )
 
 
 def _value(value: Any) -> str:
@@ -55,8 +64,12 @@ class _Card:
         limits = self.perms.limits if self.perms else agent.sandbox.limits
         self.fields: list[tuple[str, str]] = []
         if agent.metadata:
-            self.fields.append(("metadata", " · ".join(
-                f"{key}: {_value(value)}" for key, value in agent.metadata.items())))
+            self.fields.append(
+                (
+                    "metadata",
+                    " · ".join(f"{key}: {_value(value)}" for key, value in agent.metadata.items()),
+                )
+            )
         self.fields += [
             ("tier", agent.tier.display_name),
             ("sandbox", " · ".join([agent.sandbox.value, *limits_words(limits)])),
@@ -119,7 +132,7 @@ def render_card_html(agent: Agent) -> str:
     cell = 'style="padding:1px 8px;vertical-align:top;text-align:left"'
     head = 'style="padding:1px 8px;vertical-align:top;text-align:left;white-space:nowrap"'
     rows = [
-        f'<tr><th {head}>{esc(name)}</th><td {cell}>{esc(text)}</td></tr>'
+        f"<tr><th {head}>{esc(name)}</th><td {cell}>{esc(text)}</td></tr>"
         for name, text in card.fields
     ]
     for name, actions in card.triggers():
@@ -129,7 +142,7 @@ def render_card_html(agent: Agent) -> str:
             + "</div>"
             for source, verdict in actions
         )
-        rows.append(f'<tr><th {head}>on {esc(_value(name))}</th><td {cell}>{items}</td></tr>')
+        rows.append(f"<tr><th {head}>on {esc(_value(name))}</th><td {cell}>{items}</td></tr>")
     policy = card.policy()
     if policy:
         items = "".join(
@@ -137,7 +150,7 @@ def render_card_html(agent: Agent) -> str:
         )
     else:
         items = "<div>not bound to an orchestrator: what the policy permits is not known</div>"
-    rows.append(f'<tr><th {head}>policy</th><td {cell}>{items}</td></tr>')
+    rows.append(f"<tr><th {head}>policy</th><td {cell}>{items}</td></tr>")
     return (
         f'<div class="symbi-agent" data-agent="{esc(agent.name)}" style="display:inline-block;'
         "font-family:system-ui,-apple-system,'Segoe UI',sans-serif;font-size:12px;"

@@ -76,8 +76,9 @@ def run_trigger(
             try:
                 perms.check(action)
             except PolicyViolation as exc:
-                agent.orchestrator.audit_refusal(agent.tier, exc, agent=agent.name,
-                                                 trigger=trigger.name)
+                agent.orchestrator.audit_refusal(
+                    agent.tier, exc, agent=agent.name, trigger=trigger.name
+                )
                 raise
     env = {PAYLOAD_ENV: encoded, "SYMBI_AGENT": agent.name, "SYMBI_TRIGGER": trigger.name}
     results: list[ActionResult] = []
@@ -85,8 +86,9 @@ def run_trigger(
     for action in trigger.actions:
         item: ActionResult
         if isinstance(action, Emit):
-            item = Emitted(agent.name, trigger.name, action.name,
-                           _resolve(action.value, payload, last))
+            item = Emitted(
+                agent.name, trigger.name, action.name, _resolve(action.value, payload, last)
+            )
         else:
             item = last = _run(agent, perms, action, env, on_output)
         results.append(item)
@@ -142,8 +144,15 @@ def _run(
         why_not = mount_refusal(orch, tier)
         if why_not:
             raise TierUnavailable(f"the notebook directory cannot be mounted: {why_not}")
-    return orch.execute_code(tier, code, env=env, language=action.language, limits=limits,
-                             on_output=on_output, volumes=(volume,) if volume else ())
+    return orch.execute_code(
+        tier,
+        code,
+        env=env,
+        language=action.language,
+        limits=limits,
+        on_output=on_output,
+        volumes=(volume,) if volume else (),
+    )
 
 
 def _resolve(value: Any, payload: Any, last: ExecutionResult | None) -> Any:
@@ -155,8 +164,9 @@ def _resolve(value: Any, payload: Any, last: ExecutionResult | None) -> Any:
     head, *rest = value.path
     if head == "result":
         if last is None:
-            raise ConfigError(f"emit: {value} names the previous action's result, "
-                              "but no action ran before it")
+            raise ConfigError(
+                f"emit: {value} names the previous action's result, but no action ran before it"
+            )
         field = getattr(last, rest[0])
         return field.value if isinstance(field, SecurityTier) else field
     current = payload

@@ -79,9 +79,7 @@ class SymbiKernel(KernelMagics, Kernel):
         single-use sandbox (no state, strongest separation). Switch with
         %symbi_session.""",
     )
-    show_stats = Bool(
-        True, config=True, help="Display each cell's statistics after its output."
-    )
+    show_stats = Bool(True, config=True, help="Display each cell's statistics after its output.")
     live_stats = Bool(
         True,
         config=True,
@@ -127,19 +125,26 @@ class SymbiKernel(KernelMagics, Kernel):
             data = {"text/plain": str(obj)}
             if hasattr(obj, "_repr_html_"):
                 data["text/html"] = obj._repr_html_()
-        self.send_response(self.iopub_socket, "display_data",
-                           {"data": data, "metadata": {}, "transient": {}})
+        self.send_response(
+            self.iopub_socket, "display_data", {"data": data, "metadata": {}, "transient": {}}
+        )
 
-    def _error(self, ename: str, evalue: str, traceback: list[str] | None = None
-               ) -> dict[str, Any]:
-        content = {"ename": ename, "evalue": evalue,
-                   "traceback": traceback if traceback is not None else [f"{ename}: {evalue}"]}
+    def _error(self, ename: str, evalue: str, traceback: list[str] | None = None) -> dict[str, Any]:
+        content = {
+            "ename": ename,
+            "evalue": evalue,
+            "traceback": traceback if traceback is not None else [f"{ename}: {evalue}"],
+        }
         self.send_response(self.iopub_socket, "error", content)
         return {"status": "error", "execution_count": self.execution_count, **content}
 
     def _ok(self) -> dict[str, Any]:
-        return {"status": "ok", "execution_count": self.execution_count, "payload": [],
-                "user_expressions": {}}
+        return {
+            "status": "ok",
+            "execution_count": self.execution_count,
+            "payload": [],
+            "user_expressions": {},
+        }
 
     def _check_allowed(self, tier: SecurityTier | str | None) -> SecurityTier:
         """The tier named (None: the default) as the orchestrator admits it; its
@@ -151,7 +156,8 @@ class SymbiKernel(KernelMagics, Kernel):
             return self.worker
         tier = self._check_allowed(self.tier or None)
         self.worker = self.orchestrator.open_session(
-            tier, self.limits,
+            tier,
+            self.limits,
             interrupt_grace_seconds=self.interrupt_grace_seconds,
         )
         return self.worker
@@ -201,19 +207,29 @@ class SymbiKernel(KernelMagics, Kernel):
             content = {k: v for k, v in message.items() if k not in ("id", "type")}
             if kind == "execute_result":
                 content["execution_count"] = count
-            if kind in ("stream", "display_data", "update_display_data", "clear_output",
-                        "execute_result", "error"):
+            if kind in (
+                "stream",
+                "display_data",
+                "update_display_data",
+                "clear_output",
+                "execute_result",
+                "error",
+            ):
                 self.send_response(self.iopub_socket, kind, content)
 
         live = None
         interval = self.orchestrator.sample_interval_seconds
-        if (self.live_stats and self.show_stats and not silent and interval > 0
-                and not self.display_options.stable):
+        if (
+            self.live_stats
+            and self.show_stats
+            and not silent
+            and interval > 0
+            and not self.display_options.stable
+        ):
             live = KernelLiveLine(self, session.tier, session.limits, interval)
             live.start(session.handle.usage)
         try:
-            outcome = session.execute(code, relay, cell_name=f"<cell-{count}>",
-                                      silent=silent)
+            outcome = session.execute(code, relay, cell_name=f"<cell-{count}>", silent=silent)
         finally:
             if live is not None:
                 live.stop()
@@ -223,22 +239,32 @@ class SymbiKernel(KernelMagics, Kernel):
 
     def _reply(self, outcome: CellOutcome, silent: bool) -> dict[str, Any]:
         if outcome.session_lost:
-            self._stream("stderr", f"symbi: {outcome.session_lost}. The next cell starts "
-                                   "a new worker.\n")
+            self._stream(
+                "stderr", f"symbi: {outcome.session_lost}. The next cell starts a new worker.\n"
+            )
             self.worker = None
         if self.show_stats and not silent:
             self._display(outcome.result)
         if outcome.status == "ok":
             return self._ok()
         reply = outcome.reply
-        return {"status": "error", "execution_count": self.execution_count,
-                "ename": reply.get("ename", "Error"), "evalue": reply.get("evalue", ""),
-                "traceback": reply.get("traceback", [])}
+        return {
+            "status": "error",
+            "execution_count": self.execution_count,
+            "ename": reply.get("ename", "Error"),
+            "evalue": reply.get("evalue", ""),
+            "traceback": reply.get("traceback", []),
+        }
 
     # ------------------------------------------------------------------ introspection
     def do_complete(self, code: str, cursor_pos: int) -> dict[str, Any]:  # type: ignore[override]
-        empty = {"status": "ok", "matches": [], "cursor_start": cursor_pos,
-                 "cursor_end": cursor_pos, "metadata": {}}
+        empty = {
+            "status": "ok",
+            "matches": [],
+            "cursor_start": cursor_pos,
+            "cursor_end": cursor_pos,
+            "metadata": {},
+        }
         session = self._introspection_session()
         if session is None:
             return empty
@@ -251,8 +277,9 @@ class SymbiKernel(KernelMagics, Kernel):
         session = self._introspection_session()
         if session is None:
             return {"status": "ok", "found": False, "data": {}, "metadata": {}}
-        reply = session.request("inspect", code=code, cursor_pos=cursor_pos,
-                                detail_level=detail_level)
+        reply = session.request(
+            "inspect", code=code, cursor_pos=cursor_pos, detail_level=detail_level
+        )
         if reply.get("status") != "ok":
             return {"status": "ok", "found": False, "data": {}, "metadata": {}}
         return reply
@@ -280,16 +307,27 @@ class SymbiKernel(KernelMagics, Kernel):
         return reply
 
     def do_history(  # type: ignore[override]
-        self, hist_access_type: str, output: bool, raw: bool, session: Any = None,
-        start: Any = None, stop: Any = None, n: Any = None, pattern: Any = None,
-        unique: bool = False, **kwargs: Any,
+        self,
+        hist_access_type: str,
+        output: bool,
+        raw: bool,
+        session: Any = None,
+        start: Any = None,
+        stop: Any = None,
+        n: Any = None,
+        pattern: Any = None,
+        unique: bool = False,
+        **kwargs: Any,
     ) -> dict[str, Any]:
         entries = list(self.history)
         if hist_access_type == "tail":
-            entries = entries[-(n or 10):]
+            entries = entries[-(n or 10) :]
         elif hist_access_type == "range":
-            entries = [e for e in entries
-                       if (start is None or e[1] >= start) and (stop is None or e[1] < stop)]
+            entries = [
+                e
+                for e in entries
+                if (start is None or e[1] >= start) and (stop is None or e[1] < stop)
+            ]
         elif hist_access_type == "search":
             import fnmatch
 
@@ -315,8 +353,10 @@ class SymbiKernel(KernelMagics, Kernel):
             return await super().usage_request(stream, ident, parent)
         usage = self.worker.usage() if self.worker.alive else {}
         content: dict[str, Any] = {
-            "hostname": socket.gethostname(), "pid": os.getpid(),
-            "cpu_count": os.cpu_count(), "kernel_memory": usage.get("memory_bytes") or 0,
+            "hostname": socket.gethostname(),
+            "pid": os.getpid(),
+            "cpu_count": os.cpu_count(),
+            "kernel_memory": usage.get("memory_bytes") or 0,
             "kernel_cpu": self._cpu_percent(usage.get("cpu_seconds")),
             "sandbox": {"tier": self.current_tier.value, **usage},
         }

@@ -18,8 +18,9 @@ class KernelLiveLine(LiveUpdates):
     iopub takes messages from any thread), and emptied when the cell ends, before its
     statistics are displayed as usual."""
 
-    def __init__(self, kernel: Any, tier: SecurityTier, limits: ResourceLimits,
-                 interval: float) -> None:
+    def __init__(
+        self, kernel: Any, tier: SecurityTier, limits: ResourceLimits, interval: float
+    ) -> None:
         super().__init__(tier, limits)
         self.kernel = kernel
         self.display_id = uuid.uuid4().hex
@@ -35,10 +36,18 @@ class KernelLiveLine(LiveUpdates):
             self._send("update_display_data", {"text/plain": ""})
 
     def _show(self, line: LiveLine, first: bool) -> None:
-        self._send("display_data" if first else "update_display_data",
-                   {"text/plain": str(line), "text/html": line._repr_html_()})
+        self._send(
+            "display_data" if first else "update_display_data",
+            {"text/plain": str(line), "text/html": line._repr_html_()},
+        )
 
     def _send(self, kind: str, data: dict[str, str]) -> None:
-        self.kernel.send_response(self.kernel.iopub_socket, kind, {
-            "data": data, "metadata": {}, "transient": {"display_id": self.display_id},
-        })
+        self.kernel.send_response(
+            self.kernel.iopub_socket,
+            kind,
+            {
+                "data": data,
+                "metadata": {},
+                "transient": {"display_id": self.display_id},
+            },
+        )

@@ -19,11 +19,16 @@ from ..render import TierLadder, format_bytes, format_duration
 from ..result import ExecutionResult
 
 #: Limits that hold for a whole worker: changing one needs a new worker.
-SESSION_LIMITS = ("max_memory_mb", "max_cpu_cores", "max_processes", "max_file_size_mb",
-                  "network")
+SESSION_LIMITS = ("max_memory_mb", "max_cpu_cores", "max_processes", "max_file_size_mb", "network")
 
-KERNEL_MAGICS = ("%symbi_tier", "%symbi_limits", "%symbi_session", "%symbi_stats",
-                 "%symbi_tiers", "%symbi_trigger")
+KERNEL_MAGICS = (
+    "%symbi_tier",
+    "%symbi_limits",
+    "%symbi_session",
+    "%symbi_stats",
+    "%symbi_tiers",
+    "%symbi_trigger",
+)
 CELL_MAGICS = ("%%symbi", "%%symbi_agent")
 
 
@@ -44,8 +49,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _limits_parser() -> _Parser:
-    parser = _Parser(prog="%symbi_limits", add_help=False,
-                     description="Set the limits of the following cells.")
+    parser = _Parser(
+        prog="%symbi_limits", add_help=False, description="Set the limits of the following cells."
+    )
     parser.add_argument("--max-memory", type=float, metavar="MB")
     parser.add_argument("--max-cpu", type=float, metavar="CORES")
     parser.add_argument("--max-cpu-seconds", type=float, metavar="S")
@@ -81,7 +87,8 @@ class KernelMagics:
             "%symbi_session": self._magic_session,
             "%symbi_stats": self._magic_stats,
             "%symbi_tiers": lambda argv: self._display(
-                TierLadder(self.orchestrator.availability())),
+                TierLadder(self.orchestrator.availability())
+            ),
             "%symbi_trigger": self._magic_trigger,
         }.get(name)
         if handler is None:
@@ -99,10 +106,15 @@ class KernelMagics:
         had_state = self.worker is not None and self.worker.alive
         self._close_session()
         self.tier = tier.value
-        note = (" The previous worker's state (variables, imports) did not move with it."
-                if had_state else "")
-        self._stream("stdout", f"Cells now run at {tier.display_name}; the next cell "
-                               f"starts a new worker.{note}\n")
+        note = (
+            " The previous worker's state (variables, imports) did not move with it."
+            if had_state
+            else ""
+        )
+        self._stream(
+            "stdout",
+            f"Cells now run at {tier.display_name}; the next cell starts a new worker.{note}\n",
+        )
 
     def _magic_limits(self, argv: list[str]) -> None:
         args = _limits_parser().parse_args(argv)
@@ -110,22 +122,30 @@ class KernelMagics:
             new = ResourceLimits()
         else:
             changes = {
-                "max_memory_mb": args.max_memory, "max_cpu_cores": args.max_cpu,
-                "max_cpu_seconds": args.max_cpu_seconds, "timeout_seconds": args.timeout,
-                "max_processes": args.max_processes, "network": args.network,
+                "max_memory_mb": args.max_memory,
+                "max_cpu_cores": args.max_cpu,
+                "max_cpu_seconds": args.max_cpu_seconds,
+                "timeout_seconds": args.timeout,
+                "max_processes": args.max_processes,
+                "network": args.network,
             }
-            new = ResourceLimits(**{
-                **self.limits.to_dict(),
-                **{k: v for k, v in changes.items() if v is not None},
-            })
+            new = ResourceLimits(
+                **{
+                    **self.limits.to_dict(),
+                    **{k: v for k, v in changes.items() if v is not None},
+                }
+            )
         effective = new.within(self.orchestrator.ceilings())  # PolicyViolation if above
         restart = any(getattr(new, k) != getattr(self.limits, k) for k in SESSION_LIMITS)
         self.limits = new
         if self.worker is not None:
             if restart and self.worker.alive:
                 self._close_session()
-                self._stream("stdout", "These limits hold for a whole worker: the next "
-                                       "cell starts a new one, without the old state.\n")
+                self._stream(
+                    "stdout",
+                    "These limits hold for a whole worker: the next "
+                    "cell starts a new one, without the old state.\n",
+                )
             elif self.worker is not None:
                 self.worker.limits = effective
         self._stream("stdout", f"Limits of the following cells: {_limits_text(effective)}\n")
@@ -135,8 +155,11 @@ class KernelMagics:
         if choice in ("persistent", "fresh"):
             self.session_mode = choice
             self._close_session()
-            words = ("one worker keeps its state between cells" if choice == "persistent"
-                     else "every cell runs in a new single-use sandbox, with no state")
+            words = (
+                "one worker keeps its state between cells"
+                if choice == "persistent"
+                else "every cell runs in a new single-use sandbox, with no state"
+            )
             self._stream("stdout", f"Session mode {choice}: {words}.\n")
         elif choice == "restart":
             self._close_session()
@@ -145,8 +168,7 @@ class KernelMagics:
             self._stream("stdout", self._session_info())
         else:
             raise KernelUsageError(
-                "%symbi_session takes persistent, fresh, restart or info, "
-                f"not {choice!r}"
+                f"%symbi_session takes persistent, fresh, restart or info, not {choice!r}"
             )
 
     def _session_info(self) -> str:
@@ -156,12 +178,16 @@ class KernelMagics:
             lines.append("worker: none running (the next cell starts one)")
         else:
             totals = session.totals
-            lines.append(f"worker: running, {session.cells} cells, started in "
-                         f"{format_duration(session.startup_seconds)}")
+            lines.append(
+                f"worker: running, {session.cells} cells, started in "
+                f"{format_duration(session.startup_seconds)}"
+            )
             if not self.display_options.stable:
-                lines.append(f"session totals: CPU {format_duration(totals['cpu_seconds'])}, "
-                             f"wall {format_duration(totals['wall_seconds'])}, "
-                             f"highest cell peak {format_bytes(totals['peak_memory_bytes'])}")
+                lines.append(
+                    f"session totals: CPU {format_duration(totals['cpu_seconds'])}, "
+                    f"wall {format_duration(totals['wall_seconds'])}, "
+                    f"highest cell peak {format_bytes(totals['peak_memory_bytes'])}"
+                )
         lines.append(f"limits: {_limits_text(self.limits.within(self.orchestrator.ceilings()))}")
         return "\n".join(lines) + "\n"
 
@@ -191,7 +217,11 @@ class KernelMagics:
         out = LiveOutput(self._stream)
         try:
             result = self.orchestrator.execute_code(
-                tier, body, env=env, language=args.language, limits=limits,
+                tier,
+                body,
+                env=env,
+                language=args.language,
+                limits=limits,
                 on_output=out.write,
             )
         except KeyboardInterrupt:
@@ -202,8 +232,13 @@ class KernelMagics:
             self._display(result)
         if result.success:
             return self._ok()
-        return {"status": "error", "execution_count": self.execution_count,
-                "ename": "SandboxedCodeFailed", "evalue": str(result), "traceback": []}
+        return {
+            "status": "error",
+            "execution_count": self.execution_count,
+            "ename": "SandboxedCodeFailed",
+            "evalue": str(result),
+            "traceback": [],
+        }
 
     # ------------------------------------------------------------------ agents
     def _agent_cell(self, flags: str, body: str) -> dict[str, Any]:
@@ -241,8 +276,9 @@ class KernelMagics:
 
         out = LiveOutput(self._stream)
         try:
-            agent.trigger(args.trigger, parse_payload(args.payload), on_output=out.write,
-                          on_result=shown)
+            agent.trigger(
+                args.trigger, parse_payload(args.payload), on_output=out.write, on_result=shown
+            )
         except KeyboardInterrupt:
             raise Interrupted("the sandboxed code was interrupted and killed") from None
         finally:
@@ -271,4 +307,3 @@ def _limits_text(limits: ResourceLimits) -> str:
         parts.append(f"{limits.max_processes} processes")
     parts.append("network" if limits.network else "no network")
     return ", ".join(parts)
-

@@ -67,9 +67,7 @@ def killed_by(ev: Evidence, limits: ResourceLimits) -> str | None:
             return "memory"
         if _LAST_WORDS["file_size"].search(tail):
             return "file_size"
-        if _LAST_WORDS["processes"].search(tail) and (
-            ev.pids_limit_hits or limits.max_processes
-        ):
+        if _LAST_WORDS["processes"].search(tail) and (ev.pids_limit_hits or limits.max_processes):
             return "processes"
     return None
 

@@ -64,8 +64,9 @@ class ReadyPool(Generic[T]):
                     try:
                         item = make()
                     except Exception:  # the next run makes its own and says why
-                        logger.debug("%s pool: making a sandbox in advance failed",
-                                     self._name, exc_info=True)
+                        logger.debug(
+                            "%s pool: making a sandbox in advance failed", self._name, exc_info=True
+                        )
                         return
                     with self._lock:
                         if not self._closed:

@@ -51,8 +51,12 @@ class SigintLatch:
     def is_set(self) -> bool:
         return self.event.is_set()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         if self.fd is None:
             return
         signal.signal(signal.SIGINT, self._previous)

@@ -48,8 +48,7 @@ LINE_BUFFERING_DIR = f"{WORKSPACE}/.symbi"
 # Reads the code from stdin into a file, then runs it: the code never touches argv.
 # First it writes the line-buffering sitecustomize module (see policy.py) to $3.
 LAUNCHER = (
-    'mkdir -p "$3" && printf "%s" "$4" > "$3/sitecustomize.py" '
-    '&& cat > "$1" && exec "$2" "$1"'
+    'mkdir -p "$3" && printf "%s" "$4" > "$3/sitecustomize.py" && cat > "$1" && exec "$2" "$1"'
 )
 _STDOUT, _STDERR = 1, 2
 
@@ -195,9 +194,21 @@ class DockerSandbox(Sandbox):
         if self._reaper is not None or not host.startswith("unix://"):
             return
         self._reaper = subprocess.Popen(
-            [sys.executable, "-I", "-S", "-B", "-c", BOOTSTRAP, PACKAGE_DIR, "reaper",
-             host.removeprefix("unix://"), f"{HOST_LABEL}={host_tag()}"],
-            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, close_fds=True,
+            [
+                sys.executable,
+                "-I",
+                "-S",
+                "-B",
+                "-c",
+                BOOTSTRAP,
+                PACKAGE_DIR,
+                "reaper",
+                host.removeprefix("unix://"),
+                f"{HOST_LABEL}={host_tag()}",
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            close_fds=True,
             # Out of the kernel's process group, so that it outlives the kernel.
             start_new_session=True,
         )
@@ -234,7 +245,8 @@ class DockerSandbox(Sandbox):
         client = self._ready_client()
         # The same names as at tier None, here looked up inside the image.
         options, enforcement = self._container_options(
-            request, request.policy.interpreter, request.policy.filename)
+            request, request.policy.interpreter, request.policy.filename
+        )
         import docker
         import requests
 
@@ -255,8 +267,10 @@ class DockerSandbox(Sandbox):
 
         client = self._ready_client()
         # The session keeps each cell's wall clock and CPU seconds from outside.
-        request = dataclasses.replace(request, limits=dataclasses.replace(
-            request.limits, timeout_seconds=None, max_cpu_seconds=None))
+        request = dataclasses.replace(
+            request,
+            limits=dataclasses.replace(request.limits, timeout_seconds=None, max_cpu_seconds=None),
+        )
         options, enforcement = self._container_options(request, "python3", "worker.py")
         for name in ("timeout", "output", "cpu"):
             enforcement.pop(name, None)
@@ -267,8 +281,7 @@ class DockerSandbox(Sandbox):
             prepared.raw.sendall(f"{len(request.code)}\n".encode() + request.code)
         except (docker.errors.DockerException, requests.RequestException, OSError) as exc:
             raise TierUnavailable(
-                f"{self.tier.display_name}: could not start the worker container "
-                f"({_short(exc)})"
+                f"{self.tier.display_name}: could not start the worker container ({_short(exc)})"
             ) from None
         return _ContainerWorker(self, prepared, request, enforcement)
 
@@ -316,12 +329,19 @@ class DockerSandbox(Sandbox):
             ulimits.append(Ulimit(name="fsize", soft=size, hard=size))
             enforcement["file_size"] = "ulimit (RLIMIT_FSIZE)"
         if lim.max_open_files:
-            ulimits.append(Ulimit(name="nofile", soft=lim.max_open_files,
-                                  hard=lim.max_open_files))
+            ulimits.append(Ulimit(name="nofile", soft=lim.max_open_files, hard=lim.max_open_files))
             enforcement["open_files"] = "ulimit (RLIMIT_NOFILE)"
         options: dict[str, Any] = dict(
-            command=["/bin/sh", "-c", LAUNCHER, "symbi", f"{WORKSPACE}/{filename}",
-                     interpreter, LINE_BUFFERING_DIR, policy.line_buffering_module()],
+            command=[
+                "/bin/sh",
+                "-c",
+                LAUNCHER,
+                "symbi",
+                f"{WORKSPACE}/{filename}",
+                interpreter,
+                LINE_BUFFERING_DIR,
+                policy.line_buffering_module(),
+            ],
             user=f"{uid}:{gid or uid}",
             working_dir=WORKSPACE,
             environment=env,
@@ -363,9 +383,7 @@ class DockerSandbox(Sandbox):
             enforcement["network"] = "bridge network (allowed by policy)"
             runtime = self._info.get("Runtimes", {}).get(self.runtime or "", {})
             if "--network=none" in (runtime.get("runtimeArgs") or []):
-                enforcement["network"] = (
-                    f"none: the engine runs {self.runtime} with --network=none"
-                )
+                enforcement["network"] = f"none: the engine runs {self.runtime} with --network=none"
         if self._measurable() and lim.max_cpu_seconds:
             enforcement["cpu"] = "cgroup (whole container) and RLIMIT_CPU"
         return options, enforcement
@@ -386,8 +404,10 @@ class DockerSandbox(Sandbox):
         if options["user"].startswith(LEASED_UID):
             lease = self.run_identities.lease()
             options["user"] = options["user"].replace(LEASED_UID, str(lease.uid))
-            options["tmpfs"] = {path: spec.replace(LEASED_UID, str(lease.uid))
-                                for path, spec in options["tmpfs"].items()}
+            options["tmpfs"] = {
+                path: spec.replace(LEASED_UID, str(lease.uid))
+                for path, spec in options["tmpfs"].items()
+            }
         parent = None
         if self._measurable():
             parent = f"/{DOCKER_PARENT}/{host_tag()}-{next(self._counter)}"
@@ -418,14 +438,14 @@ class DockerSandbox(Sandbox):
             raise
         return _Prepared(container, sock._sock, parent, time.monotonic() - created, lease)
 
-    def _run_container(self, client, request, options, enforcement, latch: SigintLatch
-                       ) -> ExecutionResult:
+    def _run_container(
+        self, client, request, options, enforcement, latch: SigintLatch
+    ) -> ExecutionResult:
         import docker
 
         lim = request.limits
         # No spare container may sit holding a directory mounted for one request.
-        key = (_pool_key(self.image, options)
-               if self.pool_size > 0 and not request.volumes else None)
+        key = _pool_key(self.image, options) if self.pool_size > 0 and not request.volumes else None
         prepared = self._pool.take(key) if key else None
         pooled = prepared is not None
         if prepared is None:
@@ -494,8 +514,18 @@ class DockerSandbox(Sandbox):
             status = container.wait(timeout=30)
             container.reload()
             state = container.attrs.get("State", {})
-            result = self._result(request, streams, status, state, enforcement, parent, wall,
-                                  timed_out, cpu_exceeded, pids_hits)
+            result = self._result(
+                request,
+                streams,
+                status,
+                state,
+                enforcement,
+                parent,
+                wall,
+                timed_out,
+                cpu_exceeded,
+                pids_hits,
+            )
         finally:
             raw.close()
             # The container has exited (or been killed) and its figures are read:
@@ -507,8 +537,19 @@ class DockerSandbox(Sandbox):
             raise KeyboardInterrupt(result)
         return result
 
-    def _result(self, request, streams, status, state, enforcement, parent, wall,
-                timed_out, cpu_exceeded, pids_hits) -> ExecutionResult:
+    def _result(
+        self,
+        request,
+        streams,
+        status,
+        state,
+        enforcement,
+        parent,
+        wall,
+        timed_out,
+        cpu_exceeded,
+        pids_hits,
+    ) -> ExecutionResult:
         out, err = streams[_STDOUT], streams[_STDERR]
         code = int(status.get("StatusCode", -1))
         # docker-init exits 128+N when its child died of signal N.
@@ -541,7 +582,8 @@ class DockerSandbox(Sandbox):
             # sandbox's cgroup ran out: the cgroup's own count does not.
             oom_kills=1 if state.get("OOMKilled") else group.oom_kills() if group else 0,
             memory_limit_reached=bool(
-                peak and request.limits.max_memory_mb
+                peak
+                and request.limits.max_memory_mb
                 and peak >= int(request.limits.max_memory_mb * MiB)
             ),
             pids_limit_hits=pids_hits,
@@ -607,8 +649,13 @@ class _Prepared:
 class _ContainerWorker(WorkerHandle):
     """A kernel's worker in a long-lived container: its attach stream is the channel."""
 
-    def __init__(self, sandbox: DockerSandbox, prepared: _Prepared,
-                 request: ExecutionRequest, enforcement: dict[str, str]) -> None:
+    def __init__(
+        self,
+        sandbox: DockerSandbox,
+        prepared: _Prepared,
+        request: ExecutionRequest,
+        enforcement: dict[str, str],
+    ) -> None:
         self._sandbox = sandbox
         self._prepared = prepared
         self._request = request
@@ -617,8 +664,9 @@ class _ContainerWorker(WorkerHandle):
         self._started = time.monotonic()
         self._killed = False
         self.result: ExecutionResult | None = None
-        self._reader = threading.Thread(target=self._read, name="symbi-container-worker",
-                                         daemon=True)
+        self._reader = threading.Thread(
+            target=self._read, name="symbi-container-worker", daemon=True
+        )
         self._reader.start()
 
     @property
@@ -650,11 +698,21 @@ class _ContainerWorker(WorkerHandle):
             status = container.wait(timeout=30)
             container.reload()
             state = container.attrs.get("State", {})
-        streams = {k: CappedStream(n, math.inf, keep=False)
-                   for k, n in ((_STDOUT, "stdout"), (_STDERR, "stderr"))}
+        streams = {
+            k: CappedStream(n, math.inf, keep=False)
+            for k, n in ((_STDOUT, "stdout"), (_STDERR, "stderr"))
+        }
         self.result = self._sandbox._result(
-            self._request, streams, status, state, dict(self._enforcement), parent,
-            time.monotonic() - self._started, False, False, 0,
+            self._request,
+            streams,
+            status,
+            state,
+            dict(self._enforcement),
+            parent,
+            time.monotonic() - self._started,
+            False,
+            False,
+            0,
         )
         self._sandbox._pool.later(self._prepared.discard)
 
@@ -725,7 +783,6 @@ def reap(client, *, log=print) -> list[str]:
     if removed:
         log(f"reaped containers left by dead kernels: {', '.join(removed)}")
     return removed
-
 
 
 def _short(exc: BaseException) -> str:

@@ -26,7 +26,9 @@ class RunIdentities(Configurable):
         and no subordinate range of /etc/subuid or /etc/subgid.""",
     )
     count = Int(
-        identity.DEFAULT_COUNT, min=1, config=True,
+        identity.DEFAULT_COUNT,
+        min=1,
+        config=True,
         help="How many ids the block holds: at most this many sandboxes at once.",
     )
     lease_dir = Unicode(
@@ -38,8 +40,11 @@ class RunIdentities(Configurable):
 
     def block(self) -> dict[str, Any]:
         """What a lease needs, as plain data (the supervisor leases too)."""
-        return {"first": self.first_uid, "count": self.count,
-                "dir": self.lease_dir or identity.default_lease_dir()}
+        return {
+            "first": self.first_uid,
+            "count": self.count,
+            "dir": self.lease_dir or identity.default_lease_dir(),
+        }
 
     def check(self) -> dict[str, Any]:
         """The block's config, or TierUnavailable saying why it cannot be used."""
@@ -47,7 +52,8 @@ class RunIdentities(Configurable):
         if reason:
             raise TierUnavailable(
                 f"RunIdentities: {reason}; choose another block with "
-                "c.RunIdentities.first_uid and c.RunIdentities.count")
+                "c.RunIdentities.first_uid and c.RunIdentities.count"
+            )
         return self.block()
 
     def lease(self) -> identity.Lease:

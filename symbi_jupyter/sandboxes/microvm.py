@@ -125,32 +125,56 @@ class QEMUDriver(VMMDriver):
     def command(self, spec: VMSpec) -> list[str]:
         argv = [
             self.path() or self.binary,
-            "-M", f"microvm,acpi={'on' if spec.microvm_acpi else 'off'}",
-            "-cpu", "max" if spec.accel == "tcg" else "host",
-            "-accel", spec.accel,
-            "-m", str(spec.mem_mib),
-            "-smp", str(spec.vcpus),
-            "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
-            "-kernel", spec.path_of("kernel"),
-            "-append", spec.kernel_args,
-            *(["-add-fd", f"fd={spec.file_fds['rootfs']},set=2"] if "rootfs" in spec.file_fds
-              else []),
-            "-drive", "id=root,format=raw,if=none,file="
+            "-M",
+            f"microvm,acpi={'on' if spec.microvm_acpi else 'off'}",
+            "-cpu",
+            "max" if spec.accel == "tcg" else "host",
+            "-accel",
+            spec.accel,
+            "-m",
+            str(spec.mem_mib),
+            "-smp",
+            str(spec.vcpus),
+            "-nodefaults",
+            "-no-user-config",
+            "-nographic",
+            "-no-reboot",
+            "-kernel",
+            spec.path_of("kernel"),
+            "-append",
+            spec.kernel_args,
+            *(
+                ["-add-fd", f"fd={spec.file_fds['rootfs']},set=2"]
+                if "rootfs" in spec.file_fds
+                else []
+            ),
+            "-drive",
+            "id=root,format=raw,if=none,file="
             + ("/dev/fdset/2" if "rootfs" in spec.file_fds else str(spec.rootfs))
             + (",readonly=on" if spec.rootfs_read_only else ""),
-            "-device", "virtio-blk-device,drive=root",
-            "-device", "virtio-serial-device",
+            "-device",
+            "virtio-blk-device,drive=root",
+            "-device",
+            "virtio-serial-device",
             # The host's own listening socket and console file, opened before QEMU
             # starts: the VMM needs no access to the run directory.
-            "-chardev", f"socket,id=agent,fd={spec.agent_fd},server=on,wait=off",
-            "-device", f"virtserialport,chardev=agent,name={PORT_NAME}",
-            "-add-fd", f"fd={spec.console_fd},set=1", "-serial", "file:/dev/fdset/1",
+            "-chardev",
+            f"socket,id=agent,fd={spec.agent_fd},server=on,wait=off",
+            "-device",
+            f"virtserialport,chardev=agent,name={PORT_NAME}",
+            "-add-fd",
+            f"fd={spec.console_fd},set=1",
+            "-serial",
+            "file:/dev/fdset/1",
             # No new processes, no privileges, no obsolete or resource-control calls.
-            "-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
+            "-sandbox",
+            "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
         ]
         if spec.initrd:
-            argv[argv.index("-append"):argv.index("-append")] = ["-initrd",
-                                                                 spec.path_of("initrd")]
+            argv[argv.index("-append") : argv.index("-append")] = [
+                "-initrd",
+                spec.path_of("initrd"),
+            ]
         return argv
 
     def label(self, accel: str) -> str:
@@ -170,10 +194,14 @@ class FirecrackerDriver(VMMDriver):
                 "boot_args": spec.kernel_args,
                 **({"initrd_path": str(spec.initrd)} if spec.initrd else {}),
             },
-            "drives": [{
-                "drive_id": "rootfs", "path_on_host": str(spec.rootfs),
-                "is_root_device": True, "is_read_only": spec.rootfs_read_only,
-            }],
+            "drives": [
+                {
+                    "drive_id": "rootfs",
+                    "path_on_host": str(spec.rootfs),
+                    "is_root_device": True,
+                    "is_read_only": spec.rootfs_read_only,
+                }
+            ],
             "machine-config": {"vcpu_count": spec.vcpus, "mem_size_mib": spec.mem_mib},
         }
         config["boot-source"]["boot_args"] += " symbi.channel=serial"
@@ -198,62 +226,76 @@ class MicroVMSandbox(Sandbox):
         (/var/lib/symbi-jupyter/microvm as root, else ~/.local/share/symbi-jupyter/microvm).""",
     )
     kernel_image_path = Unicode(
-        "", config=True,
+        "",
+        config=True,
         help="Guest kernel (uncompressed ELF vmlinux); '' = the artefacts' manifest. "
         "Symbiont: [sandbox.firecracker] kernel_image_path.",
     )
     rootfs_path = Unicode(
-        "", config=True,
+        "",
+        config=True,
         help="Guest root filesystem image; '' = the artefacts' manifest. "
         "Symbiont: [sandbox.firecracker] rootfs_path.",
     )
     rootfs_read_only = Bool(
-        True, config=True,
+        True,
+        config=True,
         help="Attach the root filesystem read-only (Symbiont: rootfs_read_only).",
     )
     vcpus = Int(
-        0, config=True,
+        0,
+        config=True,
         help="""vCPUs of each VM; 0 = the run's max_cpu_cores, rounded up and capped at
         this host's cores (Symbiont: [sandbox.firecracker] vcpus).""",
     )
     mem_mib = Int(
-        0, config=True,
+        0,
+        config=True,
         help="""Guest memory in MiB; 0 = the run's max_memory_mb, which it enforces
         exactly (Symbiont: [sandbox.firecracker] mem_mib; at least 128).""",
     )
     vmm = Enum(
-        ["auto", "qemu", "firecracker"], "auto", config=True,
+        ["auto", "qemu", "firecracker"],
+        "auto",
+        config=True,
         help="""Virtual machine monitor. 'auto': Firecracker where it is installed and KVM
         works, else QEMU's microvm machine.""",
     )
     acceleration = Enum(
-        ["auto", "kvm", "tcg"], "auto", config=True,
+        ["auto", "kvm", "tcg"],
+        "auto",
+        config=True,
         help="""'auto' boots a probe VM under KVM once (the result is cached) and uses KVM
         only if the guest really came up, else TCG software emulation; 'kvm' or 'tcg'
         force one (a forced KVM that cannot boot fails, it does not fall back).""",
     )
     qemu_binary = Unicode("qemu-system-x86_64", config=True, help="The QEMU system emulator.")
     firecracker_binary = Unicode(
-        "firecracker", config=True,
+        "firecracker",
+        config=True,
         help="Firecracker binary (Symbiont: [sandbox.firecracker] firecracker_binary).",
     )
     boot_timeout_seconds = Float(
-        60.0, config=True,
+        60.0,
+        config=True,
         help="Seconds a VM has to boot and start its agent (not part of the run's timeout).",
     )
     vmm_memory_overhead_mb = Int(
-        512, config=True,
+        512,
+        config=True,
         help="""The VMM process's host memory is bounded by a cgroup at guest memory plus
         this much (QEMU under TCG uses about 200-430 MB for a 256 MB guest).""",
     )
     pool_size = Int(
-        1, config=True,
+        1,
+        config=True,
         help="""VMs booted in advance, per guest size and limits, each waiting with its
         agent ready for exactly one run (never reused), so a cell waits only for the
         agent's round trip. 0 disables the pool. Pooled VMs die with the kernel.""",
     )
     run_root = Unicode(
-        "", config=True,
+        "",
+        config=True,
         help="Where each VM's socket, console log and config live ('' = the temp dir).",
     )
 
@@ -286,7 +328,8 @@ class MicroVMSandbox(Sandbox):
                 ) from None
             manifest = {"kernel_args": "root=/dev/vda ro console=ttyS0", "microvm_acpi": False}
         files = {
-            "kernel": Path(self.kernel_image_path) if self.kernel_image_path
+            "kernel": Path(self.kernel_image_path)
+            if self.kernel_image_path
             else base / manifest["kernel"],
             "rootfs": Path(self.rootfs_path) if self.rootfs_path else base / manifest["rootfs"],
             "initrd": base / manifest["initrd"] if manifest.get("initrd") else None,
@@ -327,10 +370,12 @@ class MicroVMSandbox(Sandbox):
                 missing.append(f"qemu with KVM (forced, but {why})")
                 continue
             return driver, "tcg", why
-        fix = ("install QEMU (apt-get install qemu-system-x86, or symbi-jupyter setup as "
-               "root)" if self.vmm != "firecracker" else
-               "install Firecracker on a host with real KVM (VMX/SVM), or set "
-               "MicroVMSandbox.vmm = 'qemu'")
+        fix = (
+            "install QEMU (apt-get install qemu-system-x86, or symbi-jupyter setup as root)"
+            if self.vmm != "firecracker"
+            else "install Firecracker on a host with real KVM (VMX/SVM), or set "
+            "MicroVMSandbox.vmm = 'qemu'"
+        )
         raise TierUnavailable(
             f"{self.tier.display_name}: no usable VMM: {'; '.join(missing)}; {fix}"
         )
@@ -347,8 +392,13 @@ class MicroVMSandbox(Sandbox):
             request = _probe_request()
 
             def boot(on_output):
-                return self._boot(qemu, "kvm", manifest,
-                                  dataclasses.replace(request, on_output=on_output), timeout=15)
+                return self._boot(
+                    qemu,
+                    "kvm",
+                    manifest,
+                    dataclasses.replace(request, on_output=on_output),
+                    timeout=15,
+                )
 
             try:
                 WorkerSession(boot, self.tier, request.limits, start_timeout_seconds=15).close()
@@ -356,8 +406,10 @@ class MicroVMSandbox(Sandbox):
             except (TierUnavailable, OSError) as exc:
                 why = f"/dev/kvm exists but a probe VM did not boot under it ({exc})"
                 if os.geteuid() == 0 and not _kvm_groups():
-                    why += ("; the VMM runs as a uid of its own, which needs /dev/kvm open "
-                            "to a group (e.g. chgrp kvm /dev/kvm && chmod 660 /dev/kvm)")
+                    why += (
+                        "; the VMM runs as a uid of its own, which needs /dev/kvm open "
+                        "to a group (e.g. chgrp kvm /dev/kvm && chmod 660 /dev/kvm)"
+                    )
                 self._probe_cache[key] = ("tcg", why)
         accel, why = self._probe_cache[key]
         return accel == "kvm", why
@@ -369,10 +421,16 @@ class MicroVMSandbox(Sandbox):
             driver, accel, why = self._choose(manifest)
         except TierUnavailable as exc:
             return Availability(False, str(exc))
-        return Availability(True, "", {
-            "vmm": driver.label(accel), "acceleration": why,
-            "kernel": str(manifest["kernel"]), "rootfs": str(manifest["rootfs"]),
-        })
+        return Availability(
+            True,
+            "",
+            {
+                "vmm": driver.label(accel),
+                "acceleration": why,
+                "kernel": str(manifest["kernel"]),
+                "rootfs": str(manifest["rootfs"]),
+            },
+        )
 
     # ------------------------------------------------------------------ running
     def start_worker(self, request: ExecutionRequest) -> WorkerHandle:
@@ -390,11 +448,19 @@ class MicroVMSandbox(Sandbox):
         self._refuse_network(request)
         manifest = self.manifest()
         driver, accel, _ = self._choose(manifest)
-        return self._boot(driver, accel, manifest, request, timeout=self.boot_timeout_seconds,
-                          one_shot=one_shot)
+        return self._boot(
+            driver, accel, manifest, request, timeout=self.boot_timeout_seconds, one_shot=one_shot
+        )
 
-    def _boot(self, driver: VMMDriver, accel: str, manifest: dict[str, Any],
-              request: ExecutionRequest, timeout: float, one_shot: bool = True) -> _VMWorker:
+    def _boot(
+        self,
+        driver: VMMDriver,
+        accel: str,
+        manifest: dict[str, Any],
+        request: ExecutionRequest,
+        timeout: float,
+        one_shot: bool = True,
+    ) -> _VMWorker:
         self._reap()
         with self._lock:
             self._counter += 1
@@ -417,31 +483,42 @@ class MicroVMSandbox(Sandbox):
             "processes": "RLIMIT_NPROC inside the guest",
             "file_size": "RLIMIT_FSIZE inside the guest",
             "open_files": "RLIMIT_NOFILE inside the guest",
-            "vmm_memory": f"cgroup ({mem + self.vmm_memory_overhead_mb} MiB)" if cgroup
+            "vmm_memory": f"cgroup ({mem + self.vmm_memory_overhead_mb} MiB)"
+            if cgroup
             else "not enforced: no writable memory cgroup",
-            "vmm_privileges": "a uid of its own, no capabilities, seccomp "
-            "(-sandbox on)" if lease else "seccomp (-sandbox on), as this user" if qemu
+            "vmm_privileges": "a uid of its own, no capabilities, seccomp (-sandbox on)"
+            if lease
+            else "seccomp (-sandbox on), as this user"
+            if qemu
             else "not deprivileged: Firecracker's jailer is not used yet",
         }
         passed: list[int] = []
         try:
             if qemu:
                 passed = _open_for_vmm(spec)
-            proc = _launch(driver.command(spec), cgroup, spec.run_dir, stdio=not qemu,
-                           lease=lease, pass_fds=passed)
+            proc = _launch(
+                driver.command(spec),
+                cgroup,
+                spec.run_dir,
+                stdio=not qemu,
+                lease=lease,
+                pass_fds=passed,
+            )
         except OSError as exc:
             shutil.rmtree(run_dir, ignore_errors=True)
             if cgroup is not None:
                 cgroup.remove()
             if lease is not None:
                 lease.release()
-            raise TierUnavailable(f"{self.tier.display_name}: cannot start {driver.name}: {exc}"
-                                  ) from None
+            raise TierUnavailable(
+                f"{self.tier.display_name}: cannot start {driver.name}: {exc}"
+            ) from None
         finally:
             for fd in passed:
                 os.close(fd)  # the VMM has its own copies
-        worker = _VMWorker(self, proc, spec, cgroup, request, enforcement,
-                           driver.label(accel), not qemu, lease)
+        worker = _VMWorker(
+            self, proc, spec, cgroup, request, enforcement, driver.label(accel), not qemu, lease
+        )
         try:
             worker.connect(deadline=time.monotonic() + timeout)
             try:
@@ -453,14 +530,21 @@ class MicroVMSandbox(Sandbox):
                     worker.proc.wait(timeout=5)
                 raise TierUnavailable(
                     f"the VMM exited while starting ({worker.proc.returncode}, {exc}): "
-                    f"{worker.vmm_log() or worker.console_tail() or 'no output'}") from None
+                    f"{worker.vmm_log() or worker.console_tail() or 'no output'}"
+                ) from None
         except BaseException:
             worker.stop()
             raise
         return worker
 
-    def vm_spec(self, manifest: dict[str, Any], limits: ResourceLimits, accel: str,
-                run_dir: Path, one_shot: bool = True) -> VMSpec:
+    def vm_spec(
+        self,
+        manifest: dict[str, Any],
+        limits: ResourceLimits,
+        accel: str,
+        run_dir: Path,
+        one_shot: bool = True,
+    ) -> VMSpec:
         """The VM that runs under ``limits`` the guest of ``manifest`` (:meth:`manifest`):
         its size, and its kernel command line, the manifest's plus numbers only (the
         rlimits, and under TCG this host's TSC frequency). ``one_shot``: one run, so
@@ -473,31 +557,39 @@ class MicroVMSandbox(Sandbox):
             )
         vcpus = self.vcpus or max(1, math.ceil(limits.max_cpu_cores or 1))
         vcpus = min(vcpus, os.cpu_count() or 1)
-        rlimits = {"nproc": limits.max_processes,
-                   "fsize": int(limits.max_file_size_mb * MiB) if limits.max_file_size_mb
-                   else None,
-                   "nofile": limits.max_open_files,
-                   # RLIMIT_CPU is per process lifetime: right for one run, wrong for a
-                   # session of many cells.
-                   "cpu": math.ceil(limits.max_cpu_seconds)
-                   if limits.max_cpu_seconds and one_shot else None}
+        rlimits = {
+            "nproc": limits.max_processes,
+            "fsize": int(limits.max_file_size_mb * MiB) if limits.max_file_size_mb else None,
+            "nofile": limits.max_open_files,
+            # RLIMIT_CPU is per process lifetime: right for one run, wrong for a
+            # session of many cells.
+            "cpu": math.ceil(limits.max_cpu_seconds)
+            if limits.max_cpu_seconds and one_shot
+            else None,
+        }
         host_args = [f"symbi.{k}={v}" for k, v in rlimits.items() if v]
         host_args += ["panic=-1", "random.trust_cpu=on"]
         if accel == "tcg":
             # TCG's TSC calibration hangs about half the boots without these.
             host_args += [f"tsc_early_khz={_host_tsc_khz()}", "tsc=reliable"]
         return VMSpec(
-            kernel=manifest["kernel"], initrd=manifest.get("initrd"), rootfs=manifest["rootfs"],
+            kernel=manifest["kernel"],
+            initrd=manifest.get("initrd"),
+            rootfs=manifest["rootfs"],
             rootfs_read_only=self.rootfs_read_only,
             kernel_args=" ".join([manifest.get("kernel_args", ""), *host_args]).strip(),
-            microvm_acpi=bool(manifest.get("microvm_acpi")), mem_mib=mem, vcpus=vcpus,
-            accel=accel, run_dir=run_dir,
+            microvm_acpi=bool(manifest.get("microvm_acpi")),
+            mem_mib=mem,
+            vcpus=vcpus,
+            accel=accel,
+            run_dir=run_dir,
         )
 
     def _vmm_cgroup(self, n: int, mem: int) -> RunCgroup | None:
         """A v1 memory cgroup bounding the VMM process (guest memory + overhead)."""
-        return v1_memory_group(VM_PARENT, f"{host_tag()}-{n}",
-                               (mem + self.vmm_memory_overhead_mb) * MiB)
+        return v1_memory_group(
+            VM_PARENT, f"{host_tag()}-{n}", (mem + self.vmm_memory_overhead_mb) * MiB
+        )
 
     def _reap(self) -> None:
         """Remove the run directories and cgroups of kernels (of this pid namespace)
@@ -542,8 +634,9 @@ class MicroVMSandbox(Sandbox):
         if self.pool_size > 0:
             self._pool.refill(key, self.pool_size, lambda: self._boot_session(request))
         try:
-            outcome = session.execute(_cell(request, interpreter, filename), on_message,
-                                      limits=request.limits)
+            outcome = session.execute(
+                _cell(request, interpreter, filename), on_message, limits=request.limits
+            )
         finally:
             session.close()
         handle = session.handle
@@ -557,8 +650,9 @@ class MicroVMSandbox(Sandbox):
         def start(on_output):
             return self._start(dataclasses.replace(boot, on_output=on_output), one_shot=True)
 
-        return WorkerSession(start, self.tier, request.limits,
-                             start_timeout_seconds=self.boot_timeout_seconds)
+        return WorkerSession(
+            start, self.tier, request.limits, start_timeout_seconds=self.boot_timeout_seconds
+        )
 
     def close(self) -> None:
         self._pool.close()
@@ -575,14 +669,22 @@ class MicroVMSandbox(Sandbox):
         console = handle.console_tail() if handle else ""
         peak = max(reply.get("peak_memory_bytes") or 0, reply.get("children_maxrss_bytes") or 0)
         evidence = Evidence(
-            exit_code=code, term_signal=term, timed_out=cell.timed_out,
-            cpu_exceeded=cell.killed_by == "cpu", stopped_for_output=False,
+            exit_code=code,
+            term_signal=term,
+            timed_out=cell.timed_out,
+            cpu_exceeded=cell.killed_by == "cpu",
+            stopped_for_output=False,
             oom_kills=1 if _guest_oom(console) else 0,
-            pids_limit_hits=0, cpu_seconds=cell.cpu_seconds or 0.0,
-            stderr=err.text(), output_truncated=out.truncated or err.truncated,
+            pids_limit_hits=0,
+            cpu_seconds=cell.cpu_seconds or 0.0,
+            stderr=err.text(),
+            output_truncated=out.truncated or err.truncated,
         )
-        stopped = cell.killed_by if cell.killed_by in ("timeout", "cpu") else killed_by(
-            evidence, request.limits)
+        stopped = (
+            cell.killed_by
+            if cell.killed_by in ("timeout", "cpu")
+            else killed_by(evidence, request.limits)
+        )
         return ExecutionResult(
             tier=self.tier,
             stdout=out.text(),
@@ -600,10 +702,12 @@ class MicroVMSandbox(Sandbox):
             cpu_system_seconds=reply.get("cpu_system_seconds"),
             wall_seconds=cell.wall_seconds,
             limits=request.limits,
-            enforcement={**(handle.enforcement if handle else {}),
-                         "timeout": "host (the VM is destroyed)",
-                         "cpu": "RLIMIT_CPU inside the guest",
-                         "output": "host (drained past the cap)"},
+            enforcement={
+                **(handle.enforcement if handle else {}),
+                "timeout": "host (the VM is destroyed)",
+                "cpu": "RLIMIT_CPU inside the guest",
+                "output": "host (drained past the cap)",
+            },
             limits_reached=limits_reached(evidence, stopped),
             language=request.language,
             executable=f"guest:{request.policy.interpreter}",
@@ -624,8 +728,14 @@ def _pool_key(request: ExecutionRequest) -> tuple:
     """What a pooled VM was booted with: its size and the rlimits on its command line
     (the environment and the code travel with the cell)."""
     lim = request.limits
-    return (lim.max_memory_mb, lim.max_cpu_cores, lim.max_processes, lim.max_file_size_mb,
-            lim.max_open_files, lim.max_cpu_seconds)
+    return (
+        lim.max_memory_mb,
+        lim.max_cpu_cores,
+        lim.max_processes,
+        lim.max_file_size_mb,
+        lim.max_open_files,
+        lim.max_cpu_seconds,
+    )
 
 
 def _cell(request: ExecutionRequest, interpreter: str, filename: str) -> str:
@@ -647,14 +757,26 @@ def _cell(request: ExecutionRequest, interpreter: str, filename: str) -> str:
 class _VMWorker(WorkerHandle):
     """A running VM and the byte channel to its agent."""
 
-    def __init__(self, sandbox: MicroVMSandbox, proc: subprocess.Popen, spec: VMSpec,
-                 cgroup: RunCgroup | None, request: ExecutionRequest,
-                 enforcement: dict[str, str], label: str, stdio: bool,
-                 lease: Lease | None = None) -> None:
+    def __init__(
+        self,
+        sandbox: MicroVMSandbox,
+        proc: subprocess.Popen,
+        spec: VMSpec,
+        cgroup: RunCgroup | None,
+        request: ExecutionRequest,
+        enforcement: dict[str, str],
+        label: str,
+        stdio: bool,
+        lease: Lease | None = None,
+    ) -> None:
         self.sandbox, self.proc, self.spec, self.cgroup = sandbox, proc, spec, cgroup
         self.lease = lease  # the VMM's own uid, freed once it is gone
         self.request, self._enforcement, self.label, self.stdio = (
-            request, enforcement, label, stdio)
+            request,
+            enforcement,
+            label,
+            stdio,
+        )
         self.sock: socket.socket | None = None
         self.result: ExecutionResult | None = None
         self._started = time.monotonic()
@@ -690,7 +812,8 @@ class _VMWorker(WorkerHandle):
             if self.proc.poll() is not None:
                 raise TierUnavailable(
                     f"the VMM exited while starting ({self.proc.returncode}): "
-                    f"{self.vmm_log() or self.console_tail() or 'no output'}")
+                    f"{self.vmm_log() or self.console_tail() or 'no output'}"
+                )
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
                 sock.connect(f"/proc/self/fd/{dir_fd}/{self.spec.socket.name}")
@@ -714,8 +837,11 @@ class _VMWorker(WorkerHandle):
         on_output = self.request.on_output
         try:
             while True:
-                chunk = (self.sock.recv(1 << 16) if self.sock is not None
-                         else os.read(self.proc.stdout.fileno(), 1 << 16))
+                chunk = (
+                    self.sock.recv(1 << 16)
+                    if self.sock is not None
+                    else os.read(self.proc.stdout.fileno(), 1 << 16)
+                )
                 if not chunk:
                     break
                 if on_output:
@@ -740,10 +866,13 @@ class _VMWorker(WorkerHandle):
             self.request.on_output("stderr", console.encode())
         oom = _guest_oom(console)
         self.result = ExecutionResult(
-            tier=SecurityTier.TIER3, exit_code=self.proc.returncode or 0,
+            tier=SecurityTier.TIER3,
+            exit_code=self.proc.returncode or 0,
             killed_by="memory" if oom else ("signal" if self._stopped else None),
-            wall_seconds=time.monotonic() - self._started, limits=self.request.limits,
-            enforcement=self.enforcement, sandbox_detail=self.label,
+            wall_seconds=time.monotonic() - self._started,
+            limits=self.request.limits,
+            enforcement=self.enforcement,
+            sandbox_detail=self.label,
         )
         self._cleanup()
 
@@ -804,8 +933,9 @@ class _Launcher:
         with cls._lock:
             if cls._jobs is None:
                 cls._jobs = queue.Queue()
-                threading.Thread(target=cls._serve, args=(cls._jobs,), daemon=True,
-                                 name="symbi-vmm-launcher").start()
+                threading.Thread(
+                    target=cls._serve, args=(cls._jobs,), daemon=True, name="symbi-vmm-launcher"
+                ).start()
         done: queue.Queue = queue.Queue()
         cls._jobs.put((fn, done))
         ok, value = done.get()
@@ -832,8 +962,12 @@ def _open_for_vmm(spec: VMSpec) -> list[int]:
         # Through the directory's descriptor: a short path to a deep socket.
         listener.bind(f"/proc/self/fd/{dir_fd}/{spec.socket.name}")
         listener.listen(1)
-        console = os.open(spec.console.name, os.O_WRONLY | os.O_CREAT | os.O_EXCL
-                          | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
+        console = os.open(
+            spec.console.name,
+            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+            0o600,
+            dir_fd=dir_fd,
+        )
     except BaseException:
         listener.close()
         raise
@@ -849,7 +983,8 @@ def _open_for_vmm(spec: VMSpec) -> list[int]:
             if path:
                 writable = name == "rootfs" and not spec.rootfs_read_only
                 spec.file_fds[name] = os.open(
-                    path, (os.O_RDWR if writable else os.O_RDONLY) | os.O_CLOEXEC)
+                    path, (os.O_RDWR if writable else os.O_RDONLY) | os.O_CLOEXEC
+                )
                 opened.append(spec.file_fds[name])
     except BaseException:
         for fd in opened:
@@ -858,16 +993,27 @@ def _open_for_vmm(spec: VMSpec) -> list[int]:
     return opened
 
 
-def _launch(argv: list[str], cgroup: RunCgroup | None, run_dir: Path, stdio: bool,
-            lease: Lease | None = None, pass_fds: list[int] | None = None
-            ) -> subprocess.Popen:
+def _launch(
+    argv: list[str],
+    cgroup: RunCgroup | None,
+    run_dir: Path,
+    stdio: bool,
+    lease: Lease | None = None,
+    pass_fds: list[int] | None = None,
+) -> subprocess.Popen:
     """Start the VMM in its own session, in its cgroup, as its own uid (``lease``),
     dying with us (PDEATHSIG)."""
     return _Launcher.call(lambda: _popen(argv, cgroup, run_dir, stdio, lease, pass_fds or []))
 
 
-def _popen(argv: list[str], cgroup: RunCgroup | None, run_dir: Path, stdio: bool,
-           lease: Lease | None, pass_fds: list[int]) -> subprocess.Popen:
+def _popen(
+    argv: list[str],
+    cgroup: RunCgroup | None,
+    run_dir: Path,
+    stdio: bool,
+    lease: Lease | None,
+    pass_fds: list[int],
+) -> subprocess.Popen:
     libc = ctypes.CDLL(None, use_errno=True)
     procs = os.path.join(cgroup.paths["memory"], "cgroup.procs") if cgroup else None
 
@@ -916,5 +1062,9 @@ def _host_tsc_khz() -> int:
 
 
 def _probe_request() -> ExecutionRequest:
-    return ExecutionRequest(tier=SecurityTier.TIER3, code=worker_source(), language="python3",
-                            limits=ResourceLimits(max_memory_mb=256))
+    return ExecutionRequest(
+        tier=SecurityTier.TIER3,
+        code=worker_source(),
+        language="python3",
+        limits=ResourceLimits(max_memory_mb=256),
+    )

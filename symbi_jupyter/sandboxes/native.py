@@ -141,12 +141,24 @@ class NativeSandbox(Sandbox):
                 self._sock.close()
                 self._sock = None
             if self._proc is not None:
-                self.log.warning("the native supervisor exited (%s); starting a new one",
-                                 self._proc.returncode)
+                self.log.warning(
+                    "the native supervisor exited (%s); starting a new one", self._proc.returncode
+                )
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             self._proc = subprocess.Popen(
-                [sys.executable, "-I", "-S", "-B", "-c", BOOTSTRAP, PACKAGE_DIR, "__main__",
-                 str(theirs.fileno()), str(os.getpid()), str(self.spare_runs)],
+                [
+                    sys.executable,
+                    "-I",
+                    "-S",
+                    "-B",
+                    "-c",
+                    BOOTSTRAP,
+                    PACKAGE_DIR,
+                    "__main__",
+                    str(theirs.fileno()),
+                    str(os.getpid()),
+                    str(self.spare_runs),
+                ],
                 pass_fds=[theirs.fileno()],
                 stdin=subprocess.DEVNULL,
                 close_fds=True,
@@ -160,10 +172,15 @@ class NativeSandbox(Sandbox):
             if hello.get("event") != "ready":
                 raise TierUnavailable("the native supervisor process failed to start")
             # What the first spares start an interpreter for (later runs teach it).
-            ours.send(json.dumps({
-                "profile": profile, "identity": self._identities(),
-                "private_tmp_bytes": self.private_tmp_size_mb * MiB,
-            }).encode())
+            ours.send(
+                json.dumps(
+                    {
+                        "profile": profile,
+                        "identity": self._identities(),
+                        "private_tmp_bytes": self.private_tmp_size_mb * MiB,
+                    }
+                ).encode()
+            )
             self._cgroup_probe = hello["cgroup"]
             if hello.get("reaped"):
                 self.log.warning("reaped run cgroups left by dead kernels: %s", hello["reaped"])
@@ -249,8 +266,7 @@ class NativeSandbox(Sandbox):
         if who:
             # Any leased uid is "other" to the interpreter's files, as the block's first.
             uid = who.get("uid", who.get("identity", {}).get("first"))
-            _check_reachable(real_exe, uid, who.get("gid", uid),
-                             self.run_as_user or "a leased uid")
+            _check_reachable(real_exe, uid, who.get("gid", uid), self.run_as_user or "a leased uid")
         spec, enforcement = self._spec(request, worker=stdin_fd is not None)
         # The monitor makes the run directory: it stands in the environment as RUN_DIR.
         env = native_environment(request.env, pol.env_passthrough, RUN_DIR)
@@ -369,7 +385,8 @@ class NativeSandbox(Sandbox):
                 if lowered is not None:
                     enforcement[key] = (
                         f"rlimit (RLIMIT_{name.upper()}), lowered to {lowered}: this host's "
-                        "hard limit, which an unprivileged user cannot raise")
+                        "hard limit, which an unprivileged user cannot raise"
+                    )
         if lim.max_processes:
             spec["pids"] = int(lim.max_processes)
         if lim.max_cpu_cores:
@@ -402,15 +419,20 @@ class NativeSandbox(Sandbox):
             for fd in (out_w, err_w, st_w, code):
                 os.close(fd)
         follower = RunFollower(
-            request, (out_r, err_r, st_r), cap, keep=stdin_fd is None, latch=latch,
+            request,
+            (out_r, err_r, st_r),
+            cap,
+            keep=stdin_fd is None,
+            latch=latch,
             stop_on_output_limit=self.stop_on_output_limit,
             supervisor_died=lambda: self._proc is not None and self._proc.poll() is not None,
         )
         follower.follow()
         events, streams = follower.events, follower.streams
         if "error" in events:
-            raise TierUnavailable(f"the native tier could not start this run: "
-                                  f"{events['error']['message']}")
+            raise TierUnavailable(
+                f"the native tier could not start this run: {events['error']['message']}"
+            )
         exit_event = events.get("exit")
         started = events.get("started", {})
         if exit_event is None:
@@ -424,8 +446,9 @@ class NativeSandbox(Sandbox):
             # The monitor says how a limit was kept; a note of ours on the same limit
             # (a CPU rlimit lowered to the host's hard limit) is kept beside it.
             enforcement[key] = f"{how}; {enforcement[key]}" if key in enforcement else how
-        result = self._result(request, exit_event, streams, enforcement,
-                              follower.stopped_for_output)
+        result = self._result(
+            request, exit_event, streams, enforcement, follower.stopped_for_output
+        )
         if started.get("prestarted"):
             result.startup_seconds = 0.0  # started before the request, as a pooled container
         if request.keep_workdir and started.get("cwd"):
@@ -493,8 +516,6 @@ class NativeSandbox(Sandbox):
             stdout_bytes=out.total,
             stderr_bytes=err.total,
         )
-
-
 
 
 def _give_to_root(path: Path) -> None:

@@ -22,8 +22,12 @@ def policy_notes(orch: SandboxOrchestrator) -> list[str]:
     except SymbiError as exc:
         notes.append(f"tier None: refused by policy: {exc}")
     notes.append(
-        "network: " + ("may be requested" if orch.allow_network else
-                       "off (SandboxOrchestrator.allow_network = False)")
+        "network: "
+        + (
+            "may be requested"
+            if orch.allow_network
+            else "off (SandboxOrchestrator.allow_network = False)"
+        )
     )
     return notes
 

@@ -41,8 +41,8 @@ def setup(*, build_image: bool = True, tier3: bool = True, say: Say = print) -> 
     if os.geteuid() != 0:
         raise SetupError(
             "symbi-jupyter setup installs Debian packages and starts the Docker daemon, so "
-            "it needs root. Run: sudo " + " ".join([sys.executable, "-m", "symbi_jupyter.cli",
-                                                   "setup"])
+            "it needs root. Run: sudo "
+            + " ".join([sys.executable, "-m", "symbi_jupyter.cli", "setup"])
             + f"\nor do it by hand: apt-get install -y {' '.join(APT_PACKAGES)}, register "
             "runsc in /etc/docker/daemon.json as "
             + json.dumps({"runtimes": {"runsc": RUNSC_RUNTIME}})
@@ -156,9 +156,7 @@ def _wait_for_daemon(say: Say, seconds: float = 60) -> None:
         runtimes = daemon_runtimes()
         if runtimes is not None:
             if "runsc" not in runtimes:
-                raise SetupError(
-                    f"dockerd started but does not list runsc; check {DAEMON_CONFIG}"
-                )
+                raise SetupError(f"dockerd started but does not list runsc; check {DAEMON_CONFIG}")
             say(f"daemon: ready, runtimes {', '.join(runtimes)}")
             return
         time.sleep(0.5)
@@ -172,9 +170,18 @@ def _start_ours() -> None:
     OUR_LOG.parent.mkdir(parents=True, exist_ok=True)
     with open(OUR_LOG, "ab") as log:
         subprocess.Popen(
-            [dockerd, "--host", f"unix://{DOCKER_SOCKET}", "--pidfile", str(OUR_PIDFILE),
-             "--config-file", str(DAEMON_CONFIG)],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+            [
+                dockerd,
+                "--host",
+                f"unix://{DOCKER_SOCKET}",
+                "--pidfile",
+                str(OUR_PIDFILE),
+                "--config-file",
+                str(DAEMON_CONFIG),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
             start_new_session=True,  # outlives this command, as a service would
         )
 

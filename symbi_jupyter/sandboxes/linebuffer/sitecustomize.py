@@ -4,6 +4,7 @@ only at exit; PYTHONUNBUFFERED is no cure: its raw stdout does not retry short w
 and print() silently loses data where a pipe takes part of a write (as gVisor's do).
 So stdout is switched to line buffering here, then the sitecustomize this file shadows,
 if any, is run (usercustomize would be simpler, but virtual environments skip it)."""
+
 import sys
 
 sys.stdout.reconfigure(line_buffering=True)

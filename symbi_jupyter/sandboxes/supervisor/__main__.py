@@ -38,9 +38,11 @@ def serve(sock: socket.socket, host_pid: int, spares: int = 1) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in the notebook is not for us
     probe = probe_cgroups()
     reaped = reap_stale(probe)
-    sock.send(json.dumps(
-        {"event": "ready", "pid": os.getpid(), "cgroup": probe, "reaped": reaped}
-    ).encode())
+    sock.send(
+        json.dumps(
+            {"event": "ready", "pid": os.getpid(), "cgroup": probe, "reaped": reaped}
+        ).encode()
+    )
     # The host answers with what the first spares should start an interpreter for,
     # and where they lease their uid.
     hello = json.loads(sock.recv(1 << 20) or b"{}")
@@ -64,8 +66,7 @@ def serve(sock: socket.socket, host_pid: int, spares: int = 1) -> None:
         elif message[:1] == b"i":
             identities = json.loads(message[1:])
         else:
-            _fork_spare(sock, news, spares_news, probe, host_pid, profile, identities,
-                        tmpfs_bytes)
+            _fork_spare(sock, news, spares_news, probe, host_pid, profile, identities, tmpfs_bytes)
 
 
 def _fork_spare(
@@ -88,8 +89,9 @@ def _fork_spare(
         # never caught with half of it made.
         signal.signal(signal.SIGTERM, _exit_on_signal)
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
-        spare = Monitor(probe, host_pid, (sock.fileno(), spares_news.fileno()), profile,
-                        identities, tmpfs_bytes)
+        spare = Monitor(
+            probe, host_pid, (sock.fileno(), spares_news.fileno()), profile, identities, tmpfs_bytes
+        )
         try:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
             request = channel.receive(sock)
@@ -111,10 +113,17 @@ def _fork_spare(
                 spares_news.send(b"+")
 
         try:
-            spare.run(req, out_fd, err_fd, status_fd, code_fd, on_started=refill,
-                      in_fd=in_fd[0] if in_fd else None,
-                      on_profile=lambda p: spares_news.send(b"p" + json.dumps(p).encode()),
-                      on_identities=lambda i: spares_news.send(b"i" + json.dumps(i).encode()))
+            spare.run(
+                req,
+                out_fd,
+                err_fd,
+                status_fd,
+                code_fd,
+                on_started=refill,
+                in_fd=in_fd[0] if in_fd else None,
+                on_profile=lambda p: spares_news.send(b"p" + json.dumps(p).encode()),
+                on_identities=lambda i: spares_news.send(b"i" + json.dumps(i).encode()),
+            )
         finally:
             refill()  # even if this run failed early, the next request needs a spare
     finally:

@@ -100,9 +100,7 @@ def probe_cgroups() -> dict[str, Any]:
 class RunCgroup:
     """The cgroups of one sandbox: one directory per v1 controller, or one v2 group."""
 
-    def __init__(
-        self, version: int | None, paths: dict[str, str], controllers: Any = None
-    ) -> None:
+    def __init__(self, version: int | None, paths: dict[str, str], controllers: Any = None) -> None:
         self.version = version
         self.paths = dict(paths)
         self.controllers = set(controllers or ()) if version == 2 else set(self.paths)
@@ -127,20 +125,26 @@ class RunCgroup:
         """The v1 group ``parent`` (a path such as ``/symbi-jupyter-docker/x``) in every
         hierarchy, as Docker makes it for a container's ``cgroup_parent``."""
         try:
-            controllers = [c for c in os.listdir(CGROUP_ROOT)
-                           if os.path.isdir(os.path.join(CGROUP_ROOT, c))]
+            controllers = [
+                c for c in os.listdir(CGROUP_ROOT) if os.path.isdir(os.path.join(CGROUP_ROOT, c))
+            ]
         except OSError:
             controllers = []
-        return cls(1, {c: os.path.join(CGROUP_ROOT, c, parent.lstrip("/"))
-                       for c in controllers})
+        return cls(1, {c: os.path.join(CGROUP_ROOT, c, parent.lstrip("/")) for c in controllers})
 
     def report(self) -> dict[str, Any]:
-        return {"version": self.version, "paths": self.paths,
-                "controllers": sorted(self.controllers)}
+        return {
+            "version": self.version,
+            "paths": self.paths,
+            "controllers": sorted(self.controllers),
+        }
 
     def child(self, name: str) -> RunCgroup:
-        return RunCgroup(self.version, {c: os.path.join(p, name) for c, p in self.paths.items()},
-                         self.controllers)
+        return RunCgroup(
+            self.version,
+            {c: os.path.join(p, name) for c, p in self.paths.items()},
+            self.controllers,
+        )
 
     def _file(self, ctrl: str, v1_name: str, v2_name: str) -> str | None:
         if self.version == 1 and ctrl in self.paths and v1_name:
@@ -219,8 +223,10 @@ class RunCgroup:
 
     def freeze(self, frozen: bool) -> bool:
         if self.version == 1 and "freezer" in self.paths:
-            path, value = os.path.join(self.paths["freezer"], "freezer.state"), (
-                "FROZEN" if frozen else "THAWED")
+            path, value = (
+                os.path.join(self.paths["freezer"], "freezer.state"),
+                ("FROZEN" if frozen else "THAWED"),
+            )
         elif self.version == 2:
             path, value = os.path.join(self.paths[""], "cgroup.freeze"), "1" if frozen else "0"
         else:
@@ -288,11 +294,15 @@ class RunCgroup:
         if self.version == 1:
             user = _number(self._read("cpuacct", "cpuacct.usage_user", ""))
             system = _number(self._read("cpuacct", "cpuacct.usage_sys", ""))
-            return (user / 1e9 if user is not None else None,
-                    system / 1e9 if system is not None else None)
+            return (
+                user / 1e9 if user is not None else None,
+                system / 1e9 if system is not None else None,
+            )
         stat = _keyed(self._read("cpu", "", "cpu.stat"))
-        return (stat["user_usec"] / 1e6 if "user_usec" in stat else None,
-                stat["system_usec"] / 1e6 if "system_usec" in stat else None)
+        return (
+            stat["user_usec"] / 1e6 if "user_usec" in stat else None,
+            stat["system_usec"] / 1e6 if "system_usec" in stat else None,
+        )
 
     def usage(self) -> dict[str, Any]:
         """memory_bytes, peak_memory_bytes and cpu_seconds now; {} if unreadable or if
@@ -302,8 +312,12 @@ class RunCgroup:
         current = self.memory_usage()
         if current is None:
             return {}
-        return {"memory_bytes": current, "peak_memory_bytes": self.peak_memory(),
-                "cpu_seconds": self.cpu_usage_seconds(), "method": "cgroup"}
+        return {
+            "memory_bytes": current,
+            "peak_memory_bytes": self.peak_memory(),
+            "cpu_seconds": self.cpu_usage_seconds(),
+            "method": "cgroup",
+        }
 
     def remove(self) -> None:
         for path in self.paths.values():

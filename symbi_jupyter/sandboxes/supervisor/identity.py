@@ -87,8 +87,9 @@ def lease(config: dict[str, Any]) -> Lease:
         start = int.from_bytes(os.urandom(4), "little") % count
         for i in range(count):
             uid = first + (start + i) % count
-            fd = os.open(str(uid), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
-                         0o600, dir_fd=dirfd)
+            fd = os.open(
+                str(uid), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dirfd
+            )
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

@@ -44,8 +44,10 @@ from .workload import (
     start_prestarted,
 )
 
-SYSCALLS = ("seccomp (refused: new user namespaces, ptrace, bpf, the keyring, io_uring, "
-            "perf events, modules, kexec)")
+SYSCALLS = (
+    "seccomp (refused: new user namespaces, ptrace, bpf, the keyring, io_uring, "
+    "perf events, modules, kexec)"
+)
 
 
 @dataclasses.dataclass
@@ -204,10 +206,14 @@ class Monitor:
         uid, gid = self._run_ids(profile)
         run_dir = self._make_run_dir(profile["workdir"])
         path = os.path.join(run_dir, profile["filename"])
-        os.close(rundir.write_file(run_dir, profile["filename"],
-                                   bootstrap_source(profile, path, uid, gid)))
+        os.close(
+            rundir.write_file(
+                run_dir, profile["filename"], bootstrap_source(profile, path, uid, gid)
+            )
+        )
         self.workload_pid, self.channel, self.startup_fds = start_prestarted(
-            profile, run_dir, path, self.cgroup, self.home_netns)
+            profile, run_dir, path, self.cgroup, self.home_netns
+        )
         self.profile = profile
 
     def _drop_prestarted(self) -> None:
@@ -264,8 +270,7 @@ class Monitor:
             os.close(code)
             raise
         path = os.path.join(run_dir, req["filename"])
-        req.update(cwd=run_dir, argv=[req["argv0"], path],
-                   env=run_environment(req["env"], run_dir))
+        req.update(cwd=run_dir, argv=[req["argv0"], path], env=run_environment(req["env"], run_dir))
         return prestarted, code
 
     def _apply_limits(
@@ -274,9 +279,12 @@ class Monitor:
         """Set the run's cgroup limits, and fall back to rlimits in ``req`` where they
         cannot be; returns the cgroup in use, what it applied, the enforcement notes
         and whether the started interpreter still takes the run."""
-        enforcement: dict[str, str] = {"syscalls": SYSCALLS if seccomp.supported() else
-                                       "not enforced: the seccomp filter is for x86-64 only",
-                                       **self.mount_enforcement}
+        enforcement: dict[str, str] = {
+            "syscalls": SYSCALLS
+            if seccomp.supported()
+            else "not enforced: the seccomp filter is for x86-64 only",
+            **self.mount_enforcement,
+        }
         if self.home_netns is not None:
             if req.get("new_netns"):
                 enforcement["network"] = "empty network namespace"
@@ -295,8 +303,9 @@ class Monitor:
                 prestarted = self._fresh_instead()
         if cgroup is not None:
             try:
-                applied = cgroup.apply(req.get("memory_bytes"), req.get("pids"),
-                                       req.get("cpu_cores"))
+                applied = cgroup.apply(
+                    req.get("memory_bytes"), req.get("pids"), req.get("cpu_cores")
+                )
             except OSError as exc:
                 cgroup = None
                 self.cgroup_error = str(exc)
@@ -314,8 +323,12 @@ class Monitor:
         return cgroup, applied, enforcement, prestarted
 
     def _start(
-        self, req: dict[str, Any], cgroup: RunCgroup | None, prestarted: bool,
-        passed: list[int], code: int,
+        self,
+        req: dict[str, Any],
+        cgroup: RunCgroup | None,
+        prestarted: bool,
+        passed: list[int],
+        code: int,
     ) -> tuple[float, bool]:
         """Let the workload go; returns when it was let go and whether the started
         interpreter took the run."""
@@ -339,8 +352,14 @@ class Monitor:
         return started, prestarted
 
     def _watch(
-        self, pid: int, req: dict[str, Any], cgroup: RunCgroup | None,
-        applied: dict[str, str], started: float, status_fd: int, wake_r: int,
+        self,
+        pid: int,
+        req: dict[str, Any],
+        cgroup: RunCgroup | None,
+        applied: dict[str, str],
+        started: float,
+        status_fd: int,
+        wake_r: int,
     ) -> Watch:
         """Wait for the workload to end, the wall clock or CPU limit to pass, a cancel,
         or the host to go away."""
@@ -383,8 +402,7 @@ class Monitor:
         watch.wall = time.monotonic() - started
         return watch
 
-    def _stop(self, pid: int, req: dict[str, Any], cgroup: RunCgroup | None,
-              watch: Watch) -> int:
+    def _stop(self, pid: int, req: dict[str, Any], cgroup: RunCgroup | None, watch: Watch) -> int:
         """End the whole tree (after SIGINT and a grace period when cancelled);
         returns how many stragglers were killed."""
         if watch.cancelled:
@@ -470,8 +488,7 @@ class Monitor:
         try:
             prestarted, code = self._prepare(req, code_fd)
         except OSError as exc:
-            status.emit({"event": "error",
-                         "message": f"cannot prepare the run directory: {exc}"})
+            status.emit({"event": "error", "message": f"cannot prepare the run directory: {exc}"})
             self.discard()
             return
         finally:
@@ -480,9 +497,14 @@ class Monitor:
         passed = [out_fd, err_fd] + ([in_fd] if in_fd is not None else [])
         started, prestarted = self._start(req, cgroup, prestarted, passed, code)
         pid = self.workload_pid  # after _start: a fresh interpreter may have taken over
-        started_event = {"event": "started", "pid": pid, "monitor_pid": os.getpid(),
-                         "enforcement": enforcement, "cwd": req["cwd"],
-                         "prestarted": prestarted}
+        started_event = {
+            "event": "started",
+            "pid": pid,
+            "monitor_pid": os.getpid(),
+            "enforcement": enforcement,
+            "cwd": req["cwd"],
+            "prestarted": prestarted,
+        }
         if cgroup is not None:
             # A kernel reads its worker's usage from these between cells.
             started_event["cgroup"] = cgroup.report()
@@ -500,8 +522,9 @@ class Monitor:
         # groups and the run directory can follow the report instead of delaying it.
         self._clean_up(req)
 
-    def _fallbacks(self, req: dict[str, Any], cgroup: RunCgroup | None,
-                   applied: dict[str, str]) -> dict[str, str]:
+    def _fallbacks(
+        self, req: dict[str, Any], cgroup: RunCgroup | None, applied: dict[str, str]
+    ) -> dict[str, str]:
         """Say how each cgroup-preferring limit is enforced; where the run's cgroup
         could not take it, fall back to an rlimit in ``req`` or report it."""
         enforcement: dict[str, str] = {}

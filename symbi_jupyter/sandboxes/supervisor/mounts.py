@@ -19,8 +19,9 @@ MS_REC, MS_PRIVATE = 16384, 1 << 18
 PRIVATE_DIRS = ("/dev/shm", "/var/tmp")
 
 
-def _mount(source: str | None, target: str, fstype: str | None, flags: int,
-           data: str | None = None) -> None:
+def _mount(
+    source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None
+) -> None:
     def c(text: str | None) -> bytes | None:
         return text.encode() if text is not None else None
 
@@ -52,5 +53,5 @@ def make_private(tmpfs_bytes: int) -> dict[str, str]:
     return {
         "process_view": "its own processes only (/proc hidepid=invisible)",
         "private_tmp": f"/dev/shm and /var/tmp private (tmpfs, {mib:g} MiB each, gone with "
-                       "the run); /tmp is the host's",
+        "the run); /tmp is the host's",
     }

@@ -24,8 +24,11 @@ def _symbi_prestarted(uid, gid, executable, argv):
     msg, ancdata, _, _ = channel.recvmsg(16, _socket.CMSG_SPACE(12))
     if not msg:
         os._exit(0)  # discarded unused
-    fds = [int.from_bytes(data[i : i + 4], sys.byteorder)
-           for _, _, data in ancdata for i in range(0, len(data) - 3, 4)]
+    fds = [
+        int.from_bytes(data[i : i + 4], sys.byteorder)
+        for _, _, data in ancdata
+        for i in range(0, len(data) - 3, 4)
+    ]
     channel.close()
     del sys.modules["_socket"], channel, msg, ancdata
     os.dup2(fds[0], 1)

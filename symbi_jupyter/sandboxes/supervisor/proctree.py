@@ -160,8 +160,15 @@ def reap_all(reaped: dict[int, tuple]) -> None:
 
 def default_signals() -> None:
     """Undo what the supervisor set, before an exec."""
-    for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM,
-                signal.SIGCHLD, signal.SIGUSR1, signal.SIGXCPU):
+    for sig in (
+        signal.SIGPIPE,
+        signal.SIGXFSZ,
+        signal.SIGINT,
+        signal.SIGTERM,
+        signal.SIGCHLD,
+        signal.SIGUSR1,
+        signal.SIGXCPU,
+    ):
         signal.signal(sig, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
 
@@ -170,4 +177,4 @@ def write_all(fd: int, data: bytes) -> None:
     """Write all of ``data`` (a pipe or file may take part of a write)."""
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view):]
+        view = view[os.write(fd, view) :]

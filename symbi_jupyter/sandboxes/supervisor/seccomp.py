@@ -29,13 +29,31 @@ EPERM, ENOSYS = 1, 38
 
 #: x86-64 numbers of the calls refused outright.
 DENIED = {
-    "ptrace": 101, "process_vm_readv": 310, "process_vm_writev": 311,
-    "kcmp": 312, "bpf": 321, "perf_event_open": 298, "userfaultfd": 323,
-    "keyctl": 250, "add_key": 248, "request_key": 249,
-    "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427,
-    "init_module": 175, "finit_module": 313, "delete_module": 176,
-    "kexec_load": 246, "kexec_file_load": 320, "setns": 308, "pivot_root": 155,
-    "open_by_handle_at": 304, "acct": 163, "swapon": 167, "swapoff": 168, "reboot": 169,
+    "ptrace": 101,
+    "process_vm_readv": 310,
+    "process_vm_writev": 311,
+    "kcmp": 312,
+    "bpf": 321,
+    "perf_event_open": 298,
+    "userfaultfd": 323,
+    "keyctl": 250,
+    "add_key": 248,
+    "request_key": 249,
+    "io_uring_setup": 425,
+    "io_uring_enter": 426,
+    "io_uring_register": 427,
+    "init_module": 175,
+    "finit_module": 313,
+    "delete_module": 176,
+    "kexec_load": 246,
+    "kexec_file_load": 320,
+    "setns": 308,
+    "pivot_root": 155,
+    "open_by_handle_at": 304,
+    "acct": 163,
+    "swapon": 167,
+    "swapoff": 168,
+    "reboot": 169,
 }
 CLONE, UNSHARE, CLONE3 = 56, 272, 435
 

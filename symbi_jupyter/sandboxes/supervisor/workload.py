@@ -30,8 +30,18 @@ if TYPE_CHECKING:
 RUN_DIR = "\0run_dir\0"
 PRESTARTED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "prestarted.py")
 # A started interpreter takes a request only if these are what it was started with.
-PROFILE_KEYS = ("executable", "argv0", "filename", "workdir", "env", "uid", "gid",
-                "identity", "new_netns", "use_cgroup")
+PROFILE_KEYS = (
+    "executable",
+    "argv0",
+    "filename",
+    "workdir",
+    "env",
+    "uid",
+    "gid",
+    "identity",
+    "new_netns",
+    "use_cgroup",
+)
 
 
 def profile_of(req: dict[str, Any]) -> dict[str, Any]:
@@ -43,9 +53,7 @@ def run_environment(template: dict[str, str], run_dir: str) -> dict[str, str]:
     return {key: value.replace(RUN_DIR, run_dir) for key, value in template.items()}
 
 
-def await_request(
-    sock: socket.socket, cgroup: RunCgroup | None, home_netns: int | None
-) -> None:
+def await_request(sock: socket.socket, cgroup: RunCgroup | None, home_netns: int | None) -> None:
     """In the pre-forked workload process: wait for the run's request, then confine
     this process and exec the code. Exits quietly if the monitor is discarded."""
     try:
@@ -72,7 +80,10 @@ def await_request(
 
 
 def exec_workload(
-    req: dict[str, Any], cgroup: RunCgroup | None, out_fd: int, err_fd: int,
+    req: dict[str, Any],
+    cgroup: RunCgroup | None,
+    out_fd: int,
+    err_fd: int,
     in_fd: int | None = None,
 ) -> None:
     """In the workload process: confine, then exec. Never returns."""
@@ -113,14 +124,16 @@ def exec_workload(
         os.execve(req["executable"], req["argv"], req["env"])
     except BaseException as exc:  # report anything, then die
         try:
-            os.write(report_fd,
-                     f"symbi-jupyter: cannot start {req['argv'][0]}: {exc}\n".encode())
+            os.write(report_fd, f"symbi-jupyter: cannot start {req['argv'][0]}: {exc}\n".encode())
         finally:
             os._exit(127)
 
 
 def start_prestarted(
-    profile: dict[str, Any], run_dir: str, path: str, cgroup: RunCgroup | None,
+    profile: dict[str, Any],
+    run_dir: str,
+    path: str,
+    cgroup: RunCgroup | None,
     home_netns: int | None,
 ) -> tuple[int, socket.socket, tuple[int, int]]:
     """Start Python on the bootstrap at ``path``, in ``run_dir``, confined as the run
@@ -163,20 +176,19 @@ def start_prestarted(
     return pid, ours, (out_r, err_r)
 
 
-def bootstrap_source(profile: dict[str, Any], path: str, uid: int | None,
-                     gid: int | None) -> bytes:
+def bootstrap_source(profile: dict[str, Any], path: str, uid: int | None, gid: int | None) -> bytes:
     """The started interpreter's code file until the request: the bootstrap, and the
     call that makes it wait (then drop to ``uid:gid``)."""
     with open(PRESTARTED) as f:
         source = f.read()
     argv = [profile["argv0"], path]
-    source += (f"\n_symbi_prestarted({uid!r}, {gid!r}, "
-               f"{profile['executable']!r}, {argv!r})\n")
+    source += f"\n_symbi_prestarted({uid!r}, {gid!r}, {profile['executable']!r}, {argv!r})\n"
     return source.encode()
 
 
-def prestarted_ready(sock: socket.socket, startup_fds: tuple[int, ...],
-                     timeout: float = 10.0) -> bool:
+def prestarted_ready(
+    sock: socket.socket, startup_fds: tuple[int, ...], timeout: float = 10.0
+) -> bool:
     """Whether the started interpreter is waiting in its bootstrap, silent."""
     poller = select.poll()
     poller.register(sock, select.POLLIN)

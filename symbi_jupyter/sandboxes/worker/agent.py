@@ -68,9 +68,12 @@ _SIGINT = {signal.SIGINT}
 _CO_COROUTINE = 0x0080  # inspect.CO_COROUTINE, without importing inspect at start
 _COMPILE_FLAGS = ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
 _REPR_METHODS = (
-    ("text/html", "_repr_html_"), ("text/markdown", "_repr_markdown_"),
-    ("image/svg+xml", "_repr_svg_"), ("image/png", "_repr_png_"),
-    ("image/jpeg", "_repr_jpeg_"), ("text/latex", "_repr_latex_"),
+    ("text/html", "_repr_html_"),
+    ("text/markdown", "_repr_markdown_"),
+    ("image/svg+xml", "_repr_svg_"),
+    ("image/png", "_repr_png_"),
+    ("image/jpeg", "_repr_jpeg_"),
+    ("text/latex", "_repr_latex_"),
     ("application/json", "_repr_json_"),
 )
 
@@ -144,8 +147,12 @@ def mimebundle(obj):
 
 def _base64_bytes(data):
     """JSON carries no bytes: binary MIME data goes base64-encoded, as in Jupyter."""
-    return {mime: base64.b64encode(value).decode("ascii")
-            if isinstance(value, bytes | bytearray) else value for mime, value in data.items()}
+    return {
+        mime: base64.b64encode(value).decode("ascii")
+        if isinstance(value, bytes | bytearray)
+        else value
+        for mime, value in data.items()
+    }
 
 
 def is_complete(code):
@@ -267,7 +274,7 @@ class _PipeReader:
             pending += decoder.decode(chunk)
             while match := marker.search(pending):
                 self.worker.stream(self.name, pending[: match.start()])
-                pending = pending[match.end():]
+                pending = pending[match.end() :]
                 with self.worker.sync:
                     self.seen = int(match.group(1))
                     self.worker.sync.notify_all()
@@ -312,8 +319,12 @@ class Worker:
         self._redirect_fds()
         self.module = types.ModuleType("__main__")
         self.ns = self.module.__dict__
-        self.ns.update(__builtins__=builtins, display=self.display,
-                       update_display=self.update_display, clear_output=self.clear_output)
+        self.ns.update(
+            __builtins__=builtins,
+            display=self.display,
+            update_display=self.update_display,
+            clear_output=self.clear_output,
+        )
         self._previous_main = sys.modules.get("__main__")  # keeps our own globals alive
         sys.modules["__main__"] = self.module
 
@@ -379,8 +390,15 @@ class Worker:
         data, md = (_base64_bytes(obj), {}) if raw else mimebundle(obj)
         transient = {} if display_id is None else {"display_id": display_id}
         if self.current_id is not None:
-            self.send({"id": self.current_id, "type": kind, "data": data,
-                       "metadata": {**md, **(metadata or {})}, "transient": transient})
+            self.send(
+                {
+                    "id": self.current_id,
+                    "type": kind,
+                    "data": data,
+                    "metadata": {**md, **(metadata or {})},
+                    "transient": transient,
+                }
+            )
 
     def display(self, *objs, raw=False, metadata=None, display_id=None, clear=False):
         """Show each object as rich output; with ``display_id`` return a handle."""
@@ -446,19 +464,34 @@ class Worker:
 
     def serve(self):
         for reader in self.readers.values():
-            threading.Thread(target=_guard(self, reader.run), name=f"symbi-{reader.name}",
-                             daemon=True).start()
-        self.send({"type": "ready", "protocol": PROTOCOL, "pid": os.getpid(),
-                   "python": platform.python_version(), "clear_refs": self.clear_refs})
+            threading.Thread(
+                target=_guard(self, reader.run), name=f"symbi-{reader.name}", daemon=True
+            ).start()
+        self.send(
+            {
+                "type": "ready",
+                "protocol": PROTOCOL,
+                "pid": os.getpid(),
+                "python": platform.python_version(),
+                "clear_refs": self.clear_refs,
+            }
+        )
         threading.Thread(target=_guard(self, self.read_requests), daemon=True).start()
-        handlers = {"execute": self.execute, "complete": self.complete,
-                    "inspect": self.inspect, "is_complete": lambda r: is_complete(r["code"])}
+        handlers = {
+            "execute": self.execute,
+            "complete": self.complete,
+            "inspect": self.inspect,
+            "is_complete": lambda r: is_complete(r["code"]),
+        }
         while True:
             req = self.requests.get()
             handler = handlers.get(req.get("type"))
             try:
-                content = handler(req) if handler else _protocol_error(
-                    f"unknown request type {req.get('type')!r}")
+                content = (
+                    handler(req)
+                    if handler
+                    else _protocol_error(f"unknown request type {req.get('type')!r}")
+                )
             except Exception as exc:
                 content = _protocol_error(f"{type(exc).__name__}: {exc}")
             self.reply(req.get("id"), content)
@@ -487,13 +520,17 @@ class Worker:
         self._finish_output()
         with self.state:
             self.busy = False
-        content = {"status": "error" if error else "ok", "cpu_user_seconds": user1 - user0,
-                   "cpu_system_seconds": sys1 - sys0, "wall_seconds": wall,
-                   "peak_memory_bytes": peak, "memory_method": method,
-                   # the largest child process so far: a one-shot run's commands
-                   "children_maxrss_bytes":
-                       resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024,
-                   "interrupted": bool(error) and isinstance(error[0], KeyboardInterrupt)}
+        content = {
+            "status": "error" if error else "ok",
+            "cpu_user_seconds": user1 - user0,
+            "cpu_system_seconds": sys1 - sys0,
+            "wall_seconds": wall,
+            "peak_memory_bytes": peak,
+            "memory_method": method,
+            # the largest child process so far: a one-shot run's commands
+            "children_maxrss_bytes": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024,
+            "interrupted": bool(error) and isinstance(error[0], KeyboardInterrupt),
+        }
         if error and isinstance(error[0], SystemExit):
             # the status the code asked for, as `python3 file.py` would exit with it
             code = error[0].code
@@ -503,8 +540,11 @@ class Worker:
             content[f"{name}_truncated"] = self.cap is not None and self.counts[name] > self.cap
         if error:
             exc, lines = error
-            details = {"ename": type(exc).__name__, "evalue": _safe_str(exc),
-                       "traceback": "".join(lines).splitlines()}
+            details = {
+                "ename": type(exc).__name__,
+                "evalue": _safe_str(exc),
+                "traceback": "".join(lines).splitlines(),
+            }
             self.send({"id": req.get("id"), "type": "error", **details})
             content.update(details)
         return content
@@ -519,7 +559,7 @@ class Worker:
             last = compile(ast.Expression(node.value), cell, "eval", _COMPILE_FLAGS, True)
             # A trailing ';' hides the result; end_col_offset counts UTF-8 bytes.
             line = re.split(r"\r\n|\r|\n", code)[node.end_lineno - 1].encode()
-            hide = line[node.end_col_offset:].lstrip().startswith(b";")
+            hide = line[node.end_col_offset :].lstrip().startswith(b";")
         body = compile(tree, cell, "exec", _COMPILE_FLAGS, True) if tree.body else None
         return body, last, hide
 
@@ -544,8 +584,14 @@ class Worker:
         if value is not None and not (silent or hide):
             self.ns["___"], self.ns["__"], self.ns["_"] = self.ns.get("__"), self.ns.get("_"), value
             data, metadata = mimebundle(value)
-            self.send({"id": self.current_id, "type": "execute_result", "data": data,
-                       "metadata": metadata})
+            self.send(
+                {
+                    "id": self.current_id,
+                    "type": "execute_result",
+                    "data": data,
+                    "metadata": metadata,
+                }
+            )
 
     def _eval(self, code):
         result = eval(code, self.ns)
@@ -589,8 +635,15 @@ class Worker:
             self.sync.wait_for(lambda: all(r.seen >= seq for r in waiting), timeout=1.0)
         for name in ("stdout", "stderr"):
             if self.cap is not None and self.counts[name] > self.cap:
-                self.send({"id": self.current_id, "type": "stream", "name": name,
-                           "text": TRUNCATION_MARKER.format(self.cap)}, flush=False)
+                self.send(
+                    {
+                        "id": self.current_id,
+                        "type": "stream",
+                        "name": name,
+                        "text": TRUNCATION_MARKER.format(self.cap),
+                    },
+                    flush=False,
+                )
 
     # -- complete and inspect ------------------------------------------------------------
 
@@ -608,8 +661,13 @@ class Worker:
             match = match.rstrip("(: ")  # readline decorations for callables and keywords
             if match not in matches:
                 matches.append(match)
-        return {"status": "ok", "matches": matches, "cursor_start": pos - len(text),
-                "cursor_end": pos, "metadata": {}}
+        return {
+            "status": "ok",
+            "matches": matches,
+            "cursor_start": pos - len(text),
+            "cursor_end": pos,
+            "metadata": {},
+        }
 
     def inspect(self, req):
         code = req.get("code", "")
@@ -643,7 +701,7 @@ def _format_error(exc, cell):
 def _write_all(fd, data):
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view):]
+        view = view[os.write(fd, view) :]
 
 
 def _safe_str(obj, to_str=str):

@@ -198,11 +198,16 @@ class WorkerSession:
         self._cpu_visible = bool(before)
         started = time.monotonic()
         deadline = started + limits.timeout_seconds if limits.timeout_seconds else None
-        self._send({
-            "id": ident, "type": "execute", "code": code, "silent": silent,
-            "max_output_bytes": limits.max_output_bytes,
-            "cell_name": cell_name or f"<cell-{self.cells}>",
-        })
+        self._send(
+            {
+                "id": ident,
+                "type": "execute",
+                "code": code,
+                "silent": silent,
+                "max_output_bytes": limits.max_output_bytes,
+                "cell_name": cell_name or f"<cell-{self.cells}>",
+            }
+        )
         reply: dict[str, Any] | None = None
         stopped: str | None = None
         interrupted_at: float | None = None
@@ -219,8 +224,15 @@ class WorkerSession:
                     interrupted_at = time.monotonic()
                     self.interrupt()
                 reply, stopped, next_cpu_check = self._step(
-                    message, ident, on_message, limits, before, deadline, interrupted_at,
-                    next_cpu_check)
+                    message,
+                    ident,
+                    on_message,
+                    limits,
+                    before,
+                    deadline,
+                    interrupted_at,
+                    next_cpu_check,
+                )
         wall = time.monotonic() - started
         if stopped is not None:
             return self._stopped(stopped, limits, wall, before)
@@ -273,7 +285,8 @@ class WorkerSession:
             # every process the cell started.
             peak, method = outside["peak_memory_bytes"], outside.get("method")
         result = self._result(
-            limits, wall,
+            limits,
+            wall,
             exit_code=0 if status == "ok" else 1,
             cpu_user_seconds=reply.get("cpu_user_seconds"),
             cpu_system_seconds=reply.get("cpu_system_seconds"),
@@ -284,8 +297,9 @@ class WorkerSession:
             stdout_bytes=reply.get("stdout_bytes"),
             stderr_bytes=reply.get("stderr_bytes"),
             killed_by="signal" if reply.get("interrupted") else None,
-            limits_reached=["output"] if reply.get("stdout_truncated")
-            or reply.get("stderr_truncated") else [],
+            limits_reached=["output"]
+            if reply.get("stdout_truncated") or reply.get("stderr_truncated")
+            else [],
         )
         self._account(result, "success" if status == "ok" else "failed")
         return CellOutcome(status, result, reply)
@@ -302,8 +316,7 @@ class WorkerSession:
             killed_by = ended.killed_by or ("signal" if ended.term_signal else None)
         # Only the entry that applies is formatted: the other limits may be unset.
         words = {
-            "timeout": lambda: f"the cell passed its {limits.timeout_seconds:g} s "
-                               "wall-clock limit",
+            "timeout": lambda: f"the cell passed its {limits.timeout_seconds:g} s wall-clock limit",
             "cpu": lambda: f"the cell passed its {limits.max_cpu_seconds:g} s CPU limit",
             "signal": lambda: "the cell did not stop when interrupted",
             "memory": lambda: "the sandbox ran out of its memory limit",
@@ -314,7 +327,8 @@ class WorkerSession:
         if ended is not None and ended.cpu_user_seconds is not None:
             cpu = (ended.cpu_user_seconds or 0) + (ended.cpu_system_seconds or 0)
         result = self._result(
-            limits, wall,
+            limits,
+            wall,
             exit_code=-1,
             timed_out=killed_by == "timeout",
             killed_by=killed_by,
@@ -330,9 +344,12 @@ class WorkerSession:
             result.cpu_user_seconds = max(0.0, cpu - _cpu(before))
             result.cpu_system_seconds = 0.0
         self._account(result, "stopped")
-        return CellOutcome("error", result, {"status": "error", "ename": "SandboxStopped",
-                                             "evalue": self.lost, "traceback": []},
-                           session_lost=self.lost)
+        return CellOutcome(
+            "error",
+            result,
+            {"status": "error", "ename": "SandboxStopped", "evalue": self.lost, "traceback": []},
+            session_lost=self.lost,
+        )
 
     def _result(self, limits: ResourceLimits, wall: float, **fields: Any) -> ExecutionResult:
         result = ExecutionResult(
@@ -342,10 +359,18 @@ class WorkerSession:
             execution_time_ms=round(wall * 1000),
             wall_seconds=wall,
             limits=limits,
-            enforcement={**self.handle.enforcement, **_SESSION_ENFORCEMENT, **(
-                {} if self._cpu_visible else
-                {"cpu": "not enforced per cell: this sandbox's CPU time is not visible "
-                        "from outside it"})},
+            enforcement={
+                **self.handle.enforcement,
+                **_SESSION_ENFORCEMENT,
+                **(
+                    {}
+                    if self._cpu_visible
+                    else {
+                        "cpu": "not enforced per cell: this sandbox's CPU time is not visible "
+                        "from outside it"
+                    }
+                ),
+            },
             language="python3",
             sandbox_detail=self.handle.detail,
             **{k: v for k, v in fields.items() if v is not None},
@@ -360,12 +385,17 @@ class WorkerSession:
         self.totals["peak_memory_bytes"] = max(
             self.totals["peak_memory_bytes"], result.peak_memory_bytes or 0
         )
-        self._audit({
-            "tier": self.tier.value, "event": "session-cell", "cell": self.cells,
-            "outcome": outcome, "killed_by": result.killed_by,
-            "wall_seconds": result.wall_seconds,
-            "peak_memory_bytes": result.peak_memory_bytes,
-        })
+        self._audit(
+            {
+                "tier": self.tier.value,
+                "event": "session-cell",
+                "cell": self.cells,
+                "outcome": outcome,
+                "killed_by": result.killed_by,
+                "wall_seconds": result.wall_seconds,
+                "peak_memory_bytes": result.peak_memory_bytes,
+            }
+        )
 
     def usage(self) -> dict[str, Any]:
         """The sandbox's memory and CPU seen from outside, else as the worker says."""

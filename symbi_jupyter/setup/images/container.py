@@ -124,9 +124,16 @@ def _offline(client, tag: str, say: Say) -> str:
         rootfs = Path(tmp) / "rootfs.tar"
         stages.next(f"mmdebstrap --variant=essential {SUITE} + {', '.join(PACKAGES)}")
         proc = subprocess.run(
-            ["mmdebstrap", "--variant=essential", f"--include={','.join(PACKAGES)}",
-             "--quiet", SUITE, str(rootfs)],
-            capture_output=True, text=True,
+            [
+                "mmdebstrap",
+                "--variant=essential",
+                f"--include={','.join(PACKAGES)}",
+                "--quiet",
+                SUITE,
+                str(rootfs),
+            ],
+            capture_output=True,
+            text=True,
         )
         if proc.returncode != 0:
             raise ImageError(f"mmdebstrap failed ({proc.returncode}): {proc.stderr.strip()}")
@@ -160,8 +167,11 @@ def _from_dockerfile(client, tag: str, dockerfile: Path, say: Say) -> str:
 
 def _check(client, tag: str) -> str:
     out = client.containers.run(
-        tag, ["python3", "-c", "import sys; print(sys.version.split()[0])"],
-        remove=True, network_mode="none", labels={"symbi-jupyter.build-check": "1"},
+        tag,
+        ["python3", "-c", "import sys; print(sys.version.split()[0])"],
+        remove=True,
+        network_mode="none",
+        labels={"symbi-jupyter.build-check": "1"},
     )
     return "python " + out.decode().strip()
 

@@ -90,8 +90,18 @@ DEBIAN_KERNEL_ARGS = COMMON_ARGS  # the initramfs's /init mounts /dev/vda itself
 
 #: Build packages of `symbi-jupyter setup` for the tier3 artefacts.
 BUILD_APT_PACKAGES = (
-    "mmdebstrap", "e2fsprogs", "cpio", "lz4", KERNEL_SOURCE_PACKAGE, "build-essential", "bc",
-    "bison", "flex", "libelf-dev", "libssl-dev", "xz-utils",
+    "mmdebstrap",
+    "e2fsprogs",
+    "cpio",
+    "lz4",
+    KERNEL_SOURCE_PACKAGE,
+    "build-essential",
+    "bc",
+    "bison",
+    "flex",
+    "libelf-dev",
+    "libssl-dev",
+    "xz-utils",
 )
 
 
@@ -277,8 +287,9 @@ def _replace_dir(new: Path, output: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _run(argv: list[str], what: str, *, text: bool = True, **kwargs: Any
-         ) -> subprocess.CompletedProcess:
+def _run(
+    argv: list[str], what: str, *, text: bool = True, **kwargs: Any
+) -> subprocess.CompletedProcess:
     proc = subprocess.run(argv, capture_output=True, text=text, **kwargs)
     if proc.returncode != 0:
         err = proc.stderr if text else proc.stderr.decode(errors="replace")
@@ -303,8 +314,10 @@ def _source_kernel(dest: Path, cache: Path, jobs: int, stages: Stages) -> dict[s
     if (cached / KERNEL).is_file():
         stages.next(f"cached in {cached}")
     else:
-        stages.next(f"make tinyconfig + fragment, make -j{jobs} vmlinux "
-                    "(about 4 min on 2 cores; cached afterwards)")
+        stages.next(
+            f"make tinyconfig + fragment, make -j{jobs} vmlinux "
+            "(about 4 min on 2 cores; cached afterwards)"
+        )
         _build_kernel(cached, jobs)
     shutil.copyfile(cached / KERNEL, dest / KERNEL)
     return {
@@ -325,13 +338,19 @@ def _build_kernel(cached: Path, jobs: int) -> None:
     try:
         src = build / "linux"
         src.mkdir()
-        _run(["tar", "-xJf", str(KERNEL_SOURCE_TARBALL), "-C", str(src),
-              "--strip-components=1"], f"unpacking {KERNEL_SOURCE_TARBALL}")
+        _run(
+            ["tar", "-xJf", str(KERNEL_SOURCE_TARBALL), "-C", str(src), "--strip-components=1"],
+            f"unpacking {KERNEL_SOURCE_TARBALL}",
+        )
         _configure_kernel(src)
         log = build / "make.log"
         with open(log, "w") as out:
-            proc = subprocess.run(["make", "-s", f"-j{jobs}", "vmlinux"], cwd=src,
-                                  stdout=out, stderr=subprocess.STDOUT)
+            proc = subprocess.run(
+                ["make", "-s", f"-j{jobs}", "vmlinux"],
+                cwd=src,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
         if proc.returncode != 0:
             tail = "\n".join(log.read_text(errors="replace").splitlines()[-20:])
             raise MicroVMImageError(f"the kernel build failed ({proc.returncode}):\n{tail}")
@@ -348,11 +367,15 @@ def _build_kernel(cached: Path, jobs: int) -> None:
 
 def _configure_kernel(src: Path) -> None:
     _run(["make", "-s", "tinyconfig"], "make tinyconfig", cwd=src)
-    _run(["scripts/kconfig/merge_config.sh", "-m", ".config", str(KERNEL_FRAGMENT)],
-         "merging the kernel config fragment", cwd=src)
+    _run(
+        ["scripts/kconfig/merge_config.sh", "-m", ".config", str(KERNEL_FRAGMENT)],
+        "merging the kernel config fragment",
+        cwd=src,
+    )
     _run(["make", "-s", "olddefconfig"], "make olddefconfig", cwd=src)
-    unmet = config_mismatches(parse_config(KERNEL_FRAGMENT.read_text()),
-                              parse_config((src / ".config").read_text()))
+    unmet = config_mismatches(
+        parse_config(KERNEL_FRAGMENT.read_text()), parse_config((src / ".config").read_text())
+    )
     if unmet:
         raise MicroVMImageError(
             f"options of {KERNEL_FRAGMENT.name} that the kernel configuration did not take "
@@ -383,8 +406,9 @@ def _prune_cache(cache: Path) -> None:
 
 
 def _dpkg_version(package: str) -> str:
-    proc = subprocess.run(["dpkg-query", "-W", "-f=${Version}", package],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        ["dpkg-query", "-W", "-f=${Version}", package], capture_output=True, text=True
+    )
     return proc.stdout.strip() if proc.returncode == 0 else "(version unknown)"
 
 
@@ -417,8 +441,10 @@ def _debian_kernel(dest: Path, work: Path, stages: Stages) -> dict[str, Any]:
 
 def _debian_image_package() -> str:
     """The versioned image package ``linux-image-cloud-amd64`` depends on."""
-    out = _run(["apt-cache", "depends", "--important", DEBIAN_KERNEL_PACKAGE],
-               f"apt-cache depends {DEBIAN_KERNEL_PACKAGE}").stdout
+    out = _run(
+        ["apt-cache", "depends", "--important", DEBIAN_KERNEL_PACKAGE],
+        f"apt-cache depends {DEBIAN_KERNEL_PACKAGE}",
+    ).stdout
     found = re.findall(r"Depends: (linux-image-\S+)", out)
     if not found:
         raise MicroVMImageError(f"cannot tell which kernel {DEBIAN_KERNEL_PACKAGE} is: {out}")
@@ -483,8 +509,13 @@ def _debian_initramfs(tree: Path, version: str, root: Path, out: Path) -> None:
     init.write_text(_initramfs_init())
     init.chmod(0o755)
     listing = "\n".join(str(p.relative_to(root)) for p in sorted(root.rglob("*"))) + "\n"
-    cpio = _run(["cpio", "-o", "-H", "newc", "--quiet", "-R", "0:0"], "cpio",
-                cwd=root, input=listing.encode(), text=False).stdout
+    cpio = _run(
+        ["cpio", "-o", "-H", "newc", "--quiet", "-R", "0:0"],
+        "cpio",
+        cwd=root,
+        input=listing.encode(),
+        text=False,
+    ).stdout
     out.write_bytes(gzip.compress(cpio, compresslevel=6))
 
 
@@ -509,8 +540,15 @@ exec $bb switch_root /newroot {GUEST_INIT}
 
 def _debootstrap(work: Path) -> Path:
     tarball = work / "rootfs.tar"
-    argv = ["mmdebstrap", "--variant=essential", f"--include={','.join(ROOTFS_PACKAGES)}",
-            "--quiet", *(f"--dpkgopt={o}" for o in DPKG_EXCLUDES), SUITE, str(tarball)]
+    argv = [
+        "mmdebstrap",
+        "--variant=essential",
+        f"--include={','.join(ROOTFS_PACKAGES)}",
+        "--quiet",
+        *(f"--dpkgopt={o}" for o in DPKG_EXCLUDES),
+        SUITE,
+        str(tarball),
+    ]
     _run(argv, "mmdebstrap")
     return tarball
 
@@ -571,15 +609,26 @@ def boot_check(directory: Path, timeout: float = 120) -> str:
     if manifest is None:
         raise MicroVMImageError(f"{directory} holds no complete set of artefacts")
     with tempfile.TemporaryDirectory(prefix="symbi-vmcheck-") as tmp:
-        sandbox = MicroVMSandbox(artifacts_dir=str(directory), vmm="qemu", acceleration="tcg",
-                                 pool_size=0, run_root=tmp, boot_timeout_seconds=timeout)
+        sandbox = MicroVMSandbox(
+            artifacts_dir=str(directory),
+            vmm="qemu",
+            acceleration="tcg",
+            pool_size=0,
+            run_root=tmp,
+            boot_timeout_seconds=timeout,
+        )
         if shutil.which(sandbox.qemu_binary) is None:
-            return (f"boot check skipped: {sandbox.qemu_binary} not found "
-                    "(apt-get install qemu-system-x86)")
+            return (
+                f"boot check skipped: {sandbox.qemu_binary} not found "
+                "(apt-get install qemu-system-x86)"
+            )
         request = ExecutionRequest(
-            tier=SecurityTier.TIER3, code=_CHECK_SOURCE.encode(), language="python3",
-            limits=ResourceLimits(max_memory_mb=256, max_processes=64, max_open_files=256,
-                                  timeout_seconds=timeout),
+            tier=SecurityTier.TIER3,
+            code=_CHECK_SOURCE.encode(),
+            language="python3",
+            limits=ResourceLimits(
+                max_memory_mb=256, max_processes=64, max_open_files=256, timeout_seconds=timeout
+            ),
         )
         try:
             result = sandbox.run(request)
@@ -591,11 +640,16 @@ def boot_check(directory: Path, timeout: float = 120) -> str:
         seen = json.loads(result.stdout)
     except ValueError:
         seen = {}
-    if not result.success or seen.get("uid") != NOBODY or (
-            seen.get("kernel") != manifest["kernel_version"]):
+    if (
+        not result.success
+        or seen.get("uid") != NOBODY
+        or (seen.get("kernel") != manifest["kernel_version"])
+    ):
         raise MicroVMImageError(
             f"unexpected answer from the guest (exit {result.exit_code}, "
             f"stopped by {result.killed_by}): {result.stdout}{result.stderr}"
         )
-    return (f"python {seen['python']} as uid {seen['uid']} on {seen['kernel']}: "
-            f"answered {result.startup_seconds:.2f} s after launch ({result.sandbox_detail})")
+    return (
+        f"python {seen['python']} as uid {seen['uid']} on {seen['kernel']}: "
+        f"answered {result.startup_seconds:.2f} s after launch ({result.sandbox_detail})"
+    )

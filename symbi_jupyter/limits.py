@@ -72,8 +72,8 @@ class ResourceLimits:
                         "operator can allow it with SandboxOrchestrator.allow_network = True"
                     )
                 raise PolicyViolation(
-                    f"{name}={_fmt(asked)} {unit} exceeds the policy ceiling of "
-                    f"{_fmt(ceiling)} {unit}; ask for at most {_fmt(ceiling)} or have the "
+                    f"{name}={number(asked)} {unit} exceeds the policy ceiling of "
+                    f"{number(ceiling)} {unit}; ask for at most {number(ceiling)} or have the "
                     f"operator raise SandboxOrchestrator.{trait}"
                 )
             effective[name] = asked
@@ -83,7 +83,8 @@ class ResourceLimits:
         return dataclasses.asdict(self)
 
 
-def _fmt(value: float | bool) -> str:
+def number(value: float | bool) -> str:
+    """A configured number as written: ``2`` rather than ``2.0``."""
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return str(value)

@@ -16,6 +16,7 @@ from IPython.display import display
 from traitlets import Bool, Instance
 
 from .errors import ConfigError
+from .limit_flags import limit_arguments, limits_from_args
 from .limits import ResourceLimits
 from .orchestrator import SandboxOrchestrator
 from .render import Comparison, LiveLine, LiveUpdates, ResultDisplay, TierLadder
@@ -70,19 +71,7 @@ class SymbiMagics(Magics):
         "tier3/firecracker/microvm (default: SandboxOrchestrator.default_sandbox_tier).",
     )
     @argument("--native", action="store_true", help="Same as --tier none.")
-    @argument("--max-memory", type=float, metavar="MB", help="Memory limit in MB.")
-    @argument("--max-cpu", type=float, metavar="CORES", help="CPU cores (e.g. 2.0).")
-    @argument("--max-cpu-seconds", type=float, metavar="S", help="CPU time limit in seconds.")
-    @argument("--timeout", type=float, metavar="S", help="Wall-clock limit in seconds.")
-    @argument("--max-processes", type=int, metavar="N", help="Process limit.")
-    @argument(
-        "--network",
-        dest="network",
-        action="store_true",
-        default=None,
-        help="Ask for network access (only if the policy allows it).",
-    )
-    @argument("--no-network", dest="network", action="store_false", help="No network.")
+    @limit_arguments
     @argument(
         "--exec",
         dest="language",
@@ -189,15 +178,7 @@ def parse_symbi_flags(
     if args.native and args.tier and SecurityTier.parse(args.tier) is not SecurityTier.NONE:
         raise ConfigError(f"--native contradicts --tier {args.tier}")
     tier = SecurityTier.NONE if args.native else args.tier
-    limits = ResourceLimits(
-        max_memory_mb=args.max_memory,
-        max_cpu_cores=args.max_cpu,
-        max_cpu_seconds=args.max_cpu_seconds,
-        timeout_seconds=args.timeout,
-        max_processes=args.max_processes,
-        network=args.network,
-    )
-    return args, tier, limits, _parse_env(args.env)
+    return args, tier, limits_from_args(args), _parse_env(args.env)
 
 
 def _parse_posix(magic: Any, line: str) -> Any:

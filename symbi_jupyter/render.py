@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 from traitlets import Bool, default
 from traitlets.config import SingletonConfigurable
 
-from .limits import ResourceLimits
+from .limits import ResourceLimits, number
 from .result import ExecutionResult
 from .tiers import SecurityTier
 
@@ -41,6 +41,7 @@ __all__ = [
     "render_markdown",
     "render_mimebundle",
     "render_text",
+    "say_limit",
 ]
 
 MIME_TYPE = "application/vnd.symbi.result+json"
@@ -159,45 +160,46 @@ def _sig3(value: float) -> str:
     return f"{rounded:.{decimals}f}"
 
 
-def _num(value: float) -> str:
-    """A configured number as written: ``2`` rather than ``2.0``."""
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
+#: How each limit is said, by form (see :func:`say_limit`); ``{}`` is its number.
+_LIMIT_WORDS: dict[str, tuple[str, str, str]] = {
+    "max_memory_mb": ("{} MB", "{} MB memory", "memory {} MB"),
+    "max_cpu_seconds": ("{} s", "{} s CPU", "CPU {} s per cell"),
+    "timeout_seconds": ("{} s", "{} s wall", "wall {} s per cell"),
+    "max_cpu_cores": ("{}", "{} CPU core{s}", "{} cores"),
+    "max_processes": ("{}", "{} processes", "{} processes"),
+    "max_open_files": ("{}", "{} open files", "{} open files"),
+    "max_file_size_mb": ("{} MB", "file size {} MB", "file size {} MB"),
+    "max_output_bytes": ("{}", "output {} per stream", "output {} per stream"),
+    "network": ("{}", "network {on}", "{no}network"),
+}
+_LIMIT_FORMS = ("value", "phrase", "kernel")
+
+
+def say_limit(field: str, value: Any, form: str = "phrase") -> str:
+    """A limit (a :class:`ResourceLimits` field and its value) in words. ``form`` is
+    ``"value"``, the value with its unit (``1024 MB``); ``"phrase"``, as in a list of
+    limits (``1024 MB memory``); or ``"kernel"``, as the symbi kernel's magics say it
+    (``memory 1024 MB``)."""
+    text = format_bytes(value) if field == "max_output_bytes" else number(value)
+    return _LIMIT_WORDS[field][_LIMIT_FORMS.index(form)].format(
+        text,
+        s="" if value == 1 else "s",
+        on="on" if value else "off",
+        no="" if value else "no ",
+    )
 
 
 def _limit_text(field: str, limits: ResourceLimits) -> str | None:
     """A limit's value with its unit, or None when it is unset."""
     value = getattr(limits, field, None)
-    if value is None:
-        return None
-    if field in ("max_memory_mb", "max_file_size_mb"):
-        return f"{_num(value)} MB"
-    if field in ("timeout_seconds", "max_cpu_seconds"):
-        return f"{_num(value)} s"
-    if field == "max_output_bytes":
-        return format_bytes(value)
-    return _num(value)
-
-
-_LIMIT_PHRASES: dict[str, Any] = {
-    "max_memory_mb": lambda v: f"{_num(v)} MB memory",
-    "max_cpu_seconds": lambda v: f"{_num(v)} s CPU",
-    "timeout_seconds": lambda v: f"{_num(v)} s wall",
-    "max_cpu_cores": lambda v: f"{_num(v)} CPU core" + ("" if v == 1 else "s"),
-    "max_processes": lambda v: f"{_num(v)} processes",
-    "max_open_files": lambda v: f"{_num(v)} open files",
-    "max_file_size_mb": lambda v: f"file size {_num(v)} MB",
-    "max_output_bytes": lambda v: f"output {format_bytes(v)} per stream",
-    "network": lambda v: "network on" if v else "network off",
-}
+    return None if value is None else say_limit(field, value, "value")
 
 
 def limit_phrases(
-    limits: ResourceLimits, fields: tuple[str, ...] = tuple(_LIMIT_PHRASES)
+    limits: ResourceLimits, fields: tuple[str, ...] = tuple(_LIMIT_WORDS)
 ) -> list[str]:
     """The set limits among ``fields`` (ResourceLimits field names), in words."""
-    return [_LIMIT_PHRASES[f](getattr(limits, f)) for f in fields if getattr(limits, f) is not None]
+    return [say_limit(f, getattr(limits, f)) for f in fields if getattr(limits, f) is not None]
 
 
 def _other_limits(limits: ResourceLimits) -> list[str]:
@@ -379,7 +381,7 @@ def _usage(result: ExecutionResult, shown: ResultDisplay) -> list[_Usage]:
             continue
         cap_text = None
         if cap is not None:
-            cap_text = format_bytes(cap) if reason == "memory" else f"{_num(cap)} s"
+            cap_text = format_bytes(cap) if reason == "memory" else f"{number(cap)} s"
         usage.append(
             _Usage(
                 name,

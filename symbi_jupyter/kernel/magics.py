@@ -14,8 +14,9 @@ import shlex
 from typing import Any
 
 from ..errors import SymbiError
+from ..limit_flags import add_limit_arguments, limits_from_args
 from ..limits import ResourceLimits
-from ..render import TierLadder, format_bytes, format_duration
+from ..render import TierLadder, format_bytes, format_duration, say_limit
 from ..result import ExecutionResult
 
 #: Limits that hold for a whole worker: changing one needs a new worker.
@@ -30,6 +31,14 @@ KERNEL_MAGICS = (
     "%symbi_trigger",
 )
 CELL_MAGICS = ("%%symbi", "%%symbi_agent")
+#: Limits %symbi_limits and %symbi_session say, when set (and the network always).
+_SHOWN_LIMITS = (
+    "max_memory_mb",
+    "max_cpu_cores",
+    "max_cpu_seconds",
+    "timeout_seconds",
+    "max_processes",
+)
 
 
 class KernelUsageError(SymbiError):
@@ -52,13 +61,7 @@ def _limits_parser() -> _Parser:
     parser = _Parser(
         prog="%symbi_limits", add_help=False, description="Set the limits of the following cells."
     )
-    parser.add_argument("--max-memory", type=float, metavar="MB")
-    parser.add_argument("--max-cpu", type=float, metavar="CORES")
-    parser.add_argument("--max-cpu-seconds", type=float, metavar="S")
-    parser.add_argument("--timeout", type=float, metavar="S")
-    parser.add_argument("--max-processes", type=int, metavar="N")
-    parser.add_argument("--network", dest="network", action="store_true", default=None)
-    parser.add_argument("--no-network", dest="network", action="store_false")
+    add_limit_arguments(parser)
     parser.add_argument("--reset", action="store_true", help="Back to the policy's ceilings.")
     return parser
 
@@ -118,23 +121,7 @@ class KernelMagics:
 
     def _magic_limits(self, argv: list[str]) -> None:
         args = _limits_parser().parse_args(argv)
-        if args.reset:
-            new = ResourceLimits()
-        else:
-            changes = {
-                "max_memory_mb": args.max_memory,
-                "max_cpu_cores": args.max_cpu,
-                "max_cpu_seconds": args.max_cpu_seconds,
-                "timeout_seconds": args.timeout,
-                "max_processes": args.max_processes,
-                "network": args.network,
-            }
-            new = ResourceLimits(
-                **{
-                    **self.limits.to_dict(),
-                    **{k: v for k, v in changes.items() if v is not None},
-                }
-            )
+        new = ResourceLimits() if args.reset else limits_from_args(args, self.limits)
         effective = new.within(self.orchestrator.ceilings())  # PolicyViolation if above
         restart = any(getattr(new, k) != getattr(self.limits, k) for k in SESSION_LIMITS)
         self.limits = new
@@ -294,16 +281,10 @@ def _no_out(args: Any, magic: str) -> None:
 
 
 def _limits_text(limits: ResourceLimits) -> str:
-    parts = []
-    if limits.max_memory_mb:
-        parts.append(f"memory {limits.max_memory_mb:g} MB")
-    if limits.max_cpu_cores:
-        parts.append(f"{limits.max_cpu_cores:g} cores")
-    if limits.max_cpu_seconds:
-        parts.append(f"CPU {limits.max_cpu_seconds:g} s per cell")
-    if limits.timeout_seconds:
-        parts.append(f"wall {limits.timeout_seconds:g} s per cell")
-    if limits.max_processes:
-        parts.append(f"{limits.max_processes} processes")
-    parts.append("network" if limits.network else "no network")
-    return ", ".join(parts)
+    """The limits in the kernel's words: the network always, the others when set."""
+    fields = (*_SHOWN_LIMITS, "network")
+    return ", ".join(
+        say_limit(f, getattr(limits, f), "kernel")
+        for f in fields
+        if getattr(limits, f) or f == "network"
+    )

@@ -14,7 +14,6 @@ import selectors
 import socket
 import struct
 import subprocess
-import sys
 import threading
 import time
 from typing import Any, ClassVar
@@ -26,12 +25,12 @@ from ..errors import ConfigError, TierUnavailable
 from ..result import ExecutionResult
 from ..setup.images.container import DEFAULT_IMAGE, build_command
 from ..tiers import SecurityTier
+from . import supervisor
 from ._evidence import Evidence, killed_by, limits_reached
 from ._pool import ReadyPool
 from ._sigint import SigintLatch
 from ._streams import CappedStream
 from .base import Availability, ExecutionRequest, Sandbox, WorkerHandle
-from .supervisor import BOOTSTRAP, PACKAGE_DIR
 from .supervisor.cgroups import CGROUP_ROOT, DOCKER_PARENT, RunCgroup, stale_groups
 from .supervisor.identity import Lease
 from .supervisor.proctree import host_tag, pid_alive
@@ -194,18 +193,9 @@ class DockerSandbox(Sandbox):
         if self._reaper is not None or not host.startswith("unix://"):
             return
         self._reaper = subprocess.Popen(
-            [
-                sys.executable,
-                "-I",
-                "-S",
-                "-B",
-                "-c",
-                BOOTSTRAP,
-                PACKAGE_DIR,
-                "reaper",
-                host.removeprefix("unix://"),
-                f"{HOST_LABEL}={host_tag()}",
-            ],
+            supervisor.command(
+                "reaper", host.removeprefix("unix://"), f"{HOST_LABEL}={host_tag()}"
+            ),
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             close_fds=True,

@@ -31,13 +31,14 @@ from .. import policy
 from ..errors import TierUnavailable
 from ..result import ExecutionResult
 from ..tiers import SecurityTier
+from . import supervisor
 from ._evidence import Evidence, killed_by, limits_reached
 from ._follow import RunFollower
 from ._sigint import SigintLatch
 from ._streams import CappedStream
 from ._usage import run_usage
 from .base import Availability, ExecutionRequest, Sandbox, WorkerHandle
-from .supervisor import BOOTSTRAP, PACKAGE_DIR, channel
+from .supervisor import channel
 from .supervisor.cgroups import RunCgroup
 from .supervisor.proctree import RLIMITS, host_tag, pid_alive, soft_hard, write_all
 from .supervisor.workload import RUN_DIR, profile_of
@@ -146,19 +147,9 @@ class NativeSandbox(Sandbox):
                 )
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             self._proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-I",
-                    "-S",
-                    "-B",
-                    "-c",
-                    BOOTSTRAP,
-                    PACKAGE_DIR,
-                    "__main__",
-                    str(theirs.fileno()),
-                    str(os.getpid()),
-                    str(self.spare_runs),
-                ],
+                supervisor.command(
+                    "__main__", str(theirs.fileno()), str(os.getpid()), str(self.spare_runs)
+                ),
                 pass_fds=[theirs.fileno()],
                 stdin=subprocess.DEVNULL,
                 close_fds=True,

@@ -22,6 +22,7 @@ module: it is the bootstrap of a pre-started interpreter.
 from __future__ import annotations
 
 import os
+import sys
 
 # os.path, not pathlib: the supervisor imports as little as it can.
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -40,3 +41,9 @@ sys.modules["symbi_supervisor"] = package
 spec.loader.exec_module(package)
 importlib.import_module("symbi_supervisor." + module).main(sys.argv[1:])
 """
+
+
+def command(module: str, *args: str) -> list[str]:
+    """The argv that runs ``module``'s ``main(args)`` in a small, isolated Python
+    (``-I -S -B``: no user site, no site packages, no bytecode written)."""
+    return [sys.executable, "-I", "-S", "-B", "-c", BOOTSTRAP, PACKAGE_DIR, module, *args]

@@ -327,7 +327,16 @@ def interrupted(km, kc, code: str) -> dict:
     km.interrupt_kernel()
     reply = kc.get_shell_msg(timeout=TIMEOUT)
     assert reply["parent_header"]["msg_id"] == msg_id
-    return reply
+    # After an error ipykernel aborts what is queued until it is idle again: a cell
+    # sent before that (as a slow machine may) would be aborted, not run.
+    while True:
+        msg = kc.get_iopub_msg(timeout=TIMEOUT)
+        if (
+            msg["msg_type"] == "status"
+            and msg["content"]["execution_state"] == "idle"
+            and msg["parent_header"].get("msg_id") == msg_id
+        ):
+            return reply
 
 
 def test_interrupt_stops_the_cell_and_keeps_the_session(kernel) -> None:

@@ -385,9 +385,8 @@ class DockerSandbox(Sandbox):
 
     def _prepare(self, client, options: dict[str, Any]) -> _Prepared:
         """Create, attach to and start a container whose launcher then waits for the
-        code on stdin. Its cgroup parent (ours) outlives it, for the figures."""
-        import docker
-
+        code on stdin, as a uid of its own where the options ask for one. Its cgroup
+        parent (ours) outlives it, for the figures."""
         created = time.monotonic()
         options = dict(options)
         lease = None
@@ -398,6 +397,17 @@ class DockerSandbox(Sandbox):
                 path: spec.replace(LEASED_UID, str(lease.uid))
                 for path, spec in options["tmpfs"].items()
             }
+        try:
+            container, sock, parent = self._create_and_start(client, options)
+        except BaseException:
+            if lease:
+                lease.release()  # no container of this uid was left running
+            raise
+        return _Prepared(container, sock._sock, parent, time.monotonic() - created, lease)
+
+    def _create_and_start(self, client, options: dict[str, Any]) -> tuple[Any, Any, str | None]:
+        import docker
+
         parent = None
         if self._measurable():
             parent = f"/{DOCKER_PARENT}/{host_tag()}-{next(self._counter)}"
@@ -406,14 +416,10 @@ class DockerSandbox(Sandbox):
             container = client.containers.create(self.image, **options)
         except docker.errors.ImageNotFound:
             self._ready = False
-            if lease:
-                lease.release()
             raise TierUnavailable(
                 f"the image {self.image} is missing; build it with: {build_command()}"
             ) from None
         except docker.errors.APIError as exc:
-            if lease:
-                lease.release()
             raise TierUnavailable(f"the engine refused the container: {_short(exc)}") from None
         try:
             sock = container.attach_socket(
@@ -423,10 +429,8 @@ class DockerSandbox(Sandbox):
         except BaseException:
             with contextlib.suppress(docker.errors.APIError):
                 container.remove(force=True)
-            if lease:
-                lease.release()
             raise
-        return _Prepared(container, sock._sock, parent, time.monotonic() - created, lease)
+        return container, sock, parent
 
     def _run_container(
         self, client, request, options, enforcement, latch: SigintLatch

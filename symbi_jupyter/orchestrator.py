@@ -34,6 +34,10 @@ def _default_audit_path() -> str:
     return os.path.join(state, "symbi-jupyter", "audit.jsonl")
 
 
+#: Symbiont's native working directory (its config.toml default).
+SHARED_WORKING_DIRECTORY = "/tmp/symbiont-native"
+
+
 class SandboxOrchestrator(LoggingConfigurable):
     """Apply policy to an execution request, dispatch it to the sandbox of its tier,
     and audit it. Never runs code at a tier other than the one asked for."""
@@ -83,9 +87,10 @@ class SandboxOrchestrator(LoggingConfigurable):
         help="Apply OS limits at tier None (Symbiont's enforce_resource_limits).",
     )
     working_directory = Unicode(
-        "/tmp/symbiont-native",
         config=True,
-        help="Parent of the private per-run directories of tier None.",
+        help="""Parent of the private per-run directories of tier None. Default: Symbiont's
+        /tmp/symbiont-native; for a user other than root where another user made that
+        first, ~/.cache/symbi-jupyter/native ($XDG_CACHE_HOME).""",
     )
     allowed_executables = List(
         Unicode(),
@@ -145,6 +150,19 @@ class SandboxOrchestrator(LoggingConfigurable):
     @default("audit_log_path")
     def _default_audit(self) -> str:
         return _default_audit_path()
+
+    @default("working_directory")
+    def _default_working_directory(self) -> str:
+        # The shared default belongs to whoever made it first; a second user could
+        # only be refused there.
+        try:
+            owner = os.lstat(SHARED_WORKING_DIRECTORY).st_uid
+        except OSError:
+            return SHARED_WORKING_DIRECTORY
+        if os.geteuid() == 0 or owner == os.geteuid():
+            return SHARED_WORKING_DIRECTORY
+        cache = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+        return os.path.join(cache, "symbi-jupyter", "native")
 
     @validate("default_sandbox_tier")
     def _valid_tier(self, proposal: Any) -> str:

@@ -1005,3 +1005,44 @@ def test_network_is_opt_in_even_where_allowed(orch):
     assert orch.execute_code(NONE, "print(1)").limits.network is False
     res = orch.execute_code(NONE, "print(1)", limits=ResourceLimits(network=True))
     assert res.limits.network is True and "network" not in res.enforcement
+
+
+def test_a_second_user_gets_a_working_directory_of_their_own():
+    """The shared default working directory belongs to whoever made it first (root,
+    say, in .ci/run or the README's setup); another user's runs must not be refused
+    there, as the README's tour would then be."""
+    need(
+        os.geteuid() == 0 and shutil.which("setpriv") is not None,
+        "needs root (to make the shared directory and drop to nobody) and setpriv",
+    )
+    os.makedirs("/tmp/symbiont-native", mode=0o711, exist_ok=True)  # root's, as after a run
+    home = Path("/tmp") / f"symbi-second-user-{os.getpid()}"
+    home.mkdir(mode=0o777)
+    home.chmod(0o777)
+    script = (
+        "from symbi_jupyter.orchestrator import SandboxOrchestrator\n"
+        "o = SandboxOrchestrator(allow_native_execution=True, audit_log_path='')\n"
+        "r = o.execute_code('none', 'print(42)')\n"
+        "o.close()\n"
+        "print(o.working_directory, r.stdout.strip())\n"
+    )
+    try:
+        proc = subprocess.run(
+            [
+                "setpriv",
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                sys.executable,
+                "-c",
+                script,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "HOME": str(home), "XDG_CACHE_HOME": ""},
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.split() == [str(home / ".cache/symbi-jupyter/native"), "42"]
+    finally:
+        shutil.rmtree(home, ignore_errors=True)

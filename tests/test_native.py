@@ -42,6 +42,23 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
+def as_nobody(script: str, *args: str, prefix: list[str] = (), **run: object):
+    """Run ``script`` with this Python as the user nobody (a host without root's
+    privileges), its output captured."""
+    argv = [
+        *prefix,
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        sys.executable,
+        "-c",
+        script,
+        *args,
+    ]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=120, **run)
+
+
 def ppid(pid: int) -> int:
     return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
 
@@ -767,23 +784,10 @@ def test_an_unprivileged_host_lowers_a_limit_above_its_hard_limit():
         "print(json.dumps(out))\n"
     )
     try:
-        proc = subprocess.run(
-            [
-                "prlimit",
-                "--nofile=256:256",
-                "--cpu=60:60",
-                "setpriv",
-                "--reuid=65534",
-                "--regid=65534",
-                "--clear-groups",
-                sys.executable,
-                "-c",
-                script,
-                str(home / "w"),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=120,
+        proc = as_nobody(
+            script,
+            str(home / "w"),
+            prefix=["prlimit", "--nofile=256:256", "--cpu=60:60"],
             cwd="/",
             env={"PATH": os.environ["PATH"], "HOME": str(home)},
         )
@@ -1027,21 +1031,7 @@ def test_a_second_user_gets_a_working_directory_of_their_own():
         "print(o.working_directory, r.stdout.strip())\n"
     )
     try:
-        proc = subprocess.run(
-            [
-                "setpriv",
-                "--reuid=65534",
-                "--regid=65534",
-                "--clear-groups",
-                sys.executable,
-                "-c",
-                script,
-            ],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            env={**os.environ, "HOME": str(home), "XDG_CACHE_HOME": ""},
-        )
+        proc = as_nobody(script, env={**os.environ, "HOME": str(home), "XDG_CACHE_HOME": ""})
         assert proc.returncode == 0, proc.stderr
         assert proc.stdout.split() == [str(home / ".cache/symbi-jupyter/native"), "42"]
     finally:

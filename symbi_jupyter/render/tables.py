@@ -1,0 +1,144 @@
+"""Tables: the tier ladder (``%symbi_tiers``, ``doctor``) and several results side by
+side (``compare``, ``%symbi_compare``)."""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+from ..result import ExecutionResult
+from ..tiers import SecurityTier
+from .html_badge import TIER_COLOURS
+from .options import ResultDisplay, display_options
+from .summary import status_short, tier_label, tier_of
+from .words import format_bytes, format_duration
+
+
+class TierLadder:
+    """The tier ladder None < Tier1 < Tier2 < Tier3 with this host's availability, as
+    ``%symbi_tiers`` and ``symbi-jupyter doctor`` show it."""
+
+    def __init__(self, availability: dict[SecurityTier, Any]) -> None:
+        self.availability = availability
+
+    def rows(self) -> list[tuple[SecurityTier, bool, str]]:
+        return [
+            (tier, bool(av.ok), av.reason if not av.ok else _details(av.details))
+            for tier, av in sorted(self.availability.items())
+        ]
+
+    def __str__(self) -> str:
+        lines = []
+        for tier, ok, note in self.rows():
+            mark = "ready" if ok else "unavailable"
+            lines.append(f"{tier.display_name:<28} {mark:<11} {note}".rstrip())
+        return "\n".join(lines)
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        printer.text(str(self))
+
+    def _repr_html_(self) -> str:
+        cells = []
+        for tier, ok, note in self.rows():
+            colour = TIER_COLOURS[tier]
+            state = "&#10003; ready" if ok else "&#10007; unavailable"
+            cells.append(
+                f'<tr><td style="border-left:4px solid {colour};padding:2px 8px">'
+                f"<b>{html.escape(tier.display_name)}</b></td>"
+                f'<td style="padding:2px 8px">{state}</td>'
+                f'<td style="padding:2px 8px">{html.escape(note)}</td></tr>'
+            )
+        return (
+            '<table class="symbi-tiers" style="border-collapse:collapse;font-size:90%">'
+            + "".join(cells)
+            + "</table>"
+        )
+
+
+def _details(details: dict[str, Any]) -> str:
+    return ", ".join(f"{k}: {v}" for k, v in details.items())
+
+
+class Comparison:
+    """Several results side by side, one column each: ``symbi_jupyter.compare`` and
+    ``%symbi_compare``. The stable rendering leaves the volatile rows blank."""
+
+    ROWS = ("tier", "status", "wall", "CPU", "peak memory", "start-up")
+
+    def __init__(
+        self,
+        results: list[ExecutionResult],
+        labels: list[str] | None = None,
+        display: ResultDisplay | None = None,
+    ) -> None:
+        if labels is not None and len(labels) != len(results):
+            raise ValueError(f"{len(labels)} labels for {len(results)} results")
+        self.results = list(results)
+        self.labels = list(labels) if labels else [f"#{i + 1}" for i in range(len(results))]
+        self.display = display
+
+    def cells(self) -> list[tuple[str, list[str]]]:
+        stable = display_options(self.display).stable
+        rows: list[tuple[str, list[str]]] = []
+        for name in self.ROWS:
+            values = []
+            for r in self.results:
+                values.append(
+                    "" if stable and name not in ("tier", "status") else self._value(name, r)
+                )
+            rows.append((name, values))
+        return rows
+
+    @staticmethod
+    def _value(name: str, r: ExecutionResult) -> str:
+        if name == "tier":
+            return tier_label(r)
+        if name == "status":
+            return status_short(r)
+        if name == "wall":
+            return format_duration(r.wall_seconds)
+        if name == "CPU":
+            return format_duration(r.cpu_seconds) if r.cpu_seconds is not None else "?"
+        if name == "peak memory":
+            if r.peak_memory_bytes is None:
+                return "?"
+            return f"{format_bytes(r.peak_memory_bytes)} ({r.memory_method})"
+        return format_duration(r.startup_seconds) if r.startup_seconds is not None else "-"
+
+    def __str__(self) -> str:
+        rows = [("", self.labels), *self.cells()]
+        widths = [max(len(row[0]) for row in rows)]
+        for i in range(len(self.results)):
+            widths.append(max(len(row[1][i]) for row in rows))
+        lines = []
+        for name, values in rows:
+            padded = [v.ljust(w) for v, w in zip(values, widths[1:], strict=True)]
+            cells = [name.ljust(widths[0]), *padded]
+            lines.append("  ".join(cells).rstrip())
+        return "\n".join(lines)
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        printer.text(str(self))
+
+    def _repr_html_(self) -> str:
+        head = "".join(
+            f'<th style="padding:2px 10px;border-bottom:2px solid '
+            f'{TIER_COLOURS.get(tier_of(r), "#999")}">{html.escape(label)}</th>'
+            for label, r in zip(self.labels, self.results, strict=True)
+        )
+        body = "".join(
+            f'<tr><th style="text-align:left;padding:2px 10px">{html.escape(name)}</th>'
+            + "".join(f'<td style="padding:2px 10px">{html.escape(v)}</td>' for v in values)
+            + "</tr>"
+            for name, values in self.cells()
+        )
+        return (
+            '<table class="symbi-compare" style="border-collapse:collapse;font-size:90%">'
+            f"<tr><th></th>{head}</tr>{body}</table>"
+        )
+
+
+def compare(results: list[ExecutionResult], labels: list[str] | None = None) -> Comparison:
+    """A side-by-side table of several results (tier, status, wall, CPU, peak memory,
+    start-up), for notebooks and agents comparing tiers."""
+    return Comparison(results, labels)

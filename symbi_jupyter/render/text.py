@@ -1,0 +1,38 @@
+"""The plain-text rendering: one line in the manner of ``%%timeit``."""
+
+from __future__ import annotations
+
+from ..result import ExecutionResult
+from . import summary
+from .options import ResultDisplay, display_options
+from .words import MIB, format_bytes, format_duration
+
+
+def render_text(result: ExecutionResult, display: ResultDisplay | None = None) -> str:
+    """One line in the manner of ``%%timeit``, e.g.
+    ``[symbi] None (native) · exit 0 · wall 31.2 ms · CPU 24.0 ms · peak 9.8 MiB``."""
+    shown = display_options(display)
+    parts = [f"[symbi] {summary.tier_label(result)}", summary.status_short(result)]
+    if not shown.stable:
+        wall = summary.wall_seconds(result)
+        if wall is not None:
+            parts.append(f"wall {format_duration(wall)}")
+        if result.cpu_seconds is not None:
+            parts.append(f"CPU {format_duration(result.cpu_seconds)}")
+        if result.peak_memory_bytes is not None:
+            peak = f"peak {format_bytes(result.peak_memory_bytes)}"
+            if shown.show_limits and result.limits.max_memory_mb is not None:
+                peak += f" of {format_bytes(result.limits.max_memory_mb * MIB)}"
+            if result.memory_method:
+                peak += f" ({result.memory_method})"
+            parts.append(peak)
+    truncation = summary.truncation(result)
+    if truncation:
+        parts.append(truncation)
+    reached = summary.also_reached(result)
+    if reached:
+        parts.append("reached: " + ", ".join(reached))
+    missing = summary.not_enforced(result)
+    if missing:
+        parts.append("not enforced: " + ", ".join(missing))
+    return " · ".join(parts)

@@ -131,6 +131,7 @@ _TABLES: dict[tuple[str, ...], _Spec] = {
         "max_memory_mb": (ORCHESTRATOR, "max_memory_mb", _positive),
         "max_cpu_cores": (ORCHESTRATOR, "max_cpu_cores", _positive),
         "max_execution_time_seconds": (ORCHESTRATOR, "max_execution_time_seconds", _positive),
+        "max_disk_mb": (ORCHESTRATOR, "max_disk_mb", _positive),
         "working_directory": (ORCHESTRATOR, "working_directory", _abs_path),
         "allowed_executables": (ORCHESTRATOR, "allowed_executables", _string_list),
     },
@@ -142,6 +143,7 @@ _TABLES: dict[tuple[str, ...], _Spec] = {
         "max_memory_mb": (ORCHESTRATOR, "max_memory_mb", _positive),
         "max_cpu_seconds": (ORCHESTRATOR, "max_cpu_seconds", _positive),
         "max_execution_time_seconds": (ORCHESTRATOR, "max_execution_time_seconds", _positive),
+        "max_disk_mb": (ORCHESTRATOR, "max_disk_mb", _positive),
         "allowed_executables": (ORCHESTRATOR, "allowed_executables", _string_list),
     },
     ("sandbox", "firecracker"): {

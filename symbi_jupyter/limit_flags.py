@@ -25,6 +25,12 @@ LIMIT_ARGUMENTS = (
     argument("--timeout", type=float, metavar="S", help="Wall-clock limit in seconds."),
     argument("--max-processes", type=int, metavar="N", help="Process limit."),
     argument(
+        "--max-disk",
+        type=float,
+        metavar="MB",
+        help="What the run may write, in MB (its directory and /tmp).",
+    ),
+    argument(
         "--network",
         dest="network",
         action="store_true",
@@ -41,6 +47,7 @@ LIMIT_FIELDS = {
     "max_cpu_seconds": "max_cpu_seconds",
     "timeout": "timeout_seconds",
     "max_processes": "max_processes",
+    "max_disk": "max_disk_mb",
     "network": "network",
 }
 

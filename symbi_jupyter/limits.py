@@ -18,6 +18,7 @@ CEILING_TRAITS: dict[str, tuple[str, str]] = {
     "max_file_size_mb": ("max_file_size_mb", "MB"),
     "max_open_files": ("max_open_files", "files"),
     "max_output_bytes": ("max_output_bytes", "bytes"),
+    "max_disk_mb": ("max_disk_mb", "MB"),
     "network": ("allow_network", ""),
 }
 
@@ -39,6 +40,8 @@ class ResourceLimits:
     max_file_size_mb: float | None = None
     max_open_files: int | None = None
     max_output_bytes: int | None = None
+    #: all the run may write: its directory, /tmp and the like (tmpfs sizes)
+    max_disk_mb: float | None = None
     network: bool | None = None
 
     def __post_init__(self) -> None:

@@ -70,6 +70,13 @@ class SandboxOrchestrator(LoggingConfigurable):
     max_processes = Int(256, config=True, help="Ceiling on processes per execution.")
     max_file_size_mb = Float(100, config=True, help="Ceiling on the size of any file written.")
     max_open_files = Int(1024, config=True, help="Ceiling on open files per process.")
+    max_disk_mb = Float(
+        1024,
+        config=True,
+        help="""Ceiling on what one execution may write, in MB: its directory, /tmp,
+        /var/tmp and /dev/shm (size-limited tmpfs at every tier; their pages count as
+        the run's memory too).""",
+    )
     max_output_bytes = Int(
         10 * 1024 * 1024,
         config=True,
@@ -185,6 +192,7 @@ class SandboxOrchestrator(LoggingConfigurable):
             max_file_size_mb=self.max_file_size_mb,
             max_open_files=self.max_open_files,
             max_output_bytes=self.max_output_bytes,
+            max_disk_mb=self.max_disk_mb,
             network=self.allow_network,
         )
 

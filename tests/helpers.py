@@ -26,13 +26,21 @@ def need(condition: bool, reason: str, tier: str = "none") -> None:
     pytest.skip(reason)
 
 
-def is_prestarted(script: str | Path) -> bool:
+def is_prestarted(script: str | Path, pid: int | str | None = None) -> bool:
     """Whether ``script`` is the bootstrap a spare's pre-started interpreter waits in
-    (tier None), not a run's code."""
+    (tier None), not a run's code. With ``pid``, as that process sees it: as root a
+    run's directory is on its own tmpfs, which the host does not see."""
+    path = Path(f"/proc/{pid}/root{script}") if pid is not None else Path(script)
     try:
-        return Path(script).read_text().startswith("# The bootstrap of a pre-started")
+        return path.read_text().startswith("# The bootstrap of a pre-started")
     except (OSError, UnicodeDecodeError):
         return False
+
+
+def host_dir(path: str | Path) -> str:
+    """The volume that lets a tier None run write ``path`` (a directory the test made
+    in /tmp) where the host sees it, past the run's private /tmp."""
+    return f"{path}:{path}:rw"
 
 
 def leased(uid: int | str) -> bool:

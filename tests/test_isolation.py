@@ -9,6 +9,7 @@ import contextlib
 import errno
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -179,7 +180,10 @@ def test_a_native_run_cannot_reach_another(orch, workdir, root_only):
     """Finding 2: every native run was ``nobody``, so one could read another's
     environment (its secrets), trace it, signal it and plant a module in its
     directory. Each run now has a uid of its own."""
-    release = workdir / "release"
+    # The host makes the release file during the run: where the run sees it live.
+    spool = workdir.parent / f"{workdir.name}-spool"
+    spool.mkdir(mode=0o755)
+    release = spool / "release"
     said: list[bytes] = []
     victim: dict[str, object] = {}
 
@@ -190,6 +194,7 @@ def test_a_native_run_cannot_reach_another(orch, workdir, root_only):
             env={"RELEASE": str(release), "SECRET": "s3cr3t"},
             on_output=lambda stream, data: said.append(data),
             limits=ResourceLimits(timeout_seconds=60),
+            volumes=[f"{spool}:{spool}:ro"],
         )
 
     thread = threading.Thread(target=run_victim)
@@ -201,10 +206,13 @@ def test_a_native_run_cannot_reach_another(orch, workdir, root_only):
     finally:
         release.touch()
         thread.join()
+        shutil.rmtree(spool)
     assert victim["result"].success
     # The other run's /proc entries are hidden (ENOENT) or closed (EACCES).
     assert got.pop("environ") in (errno.EACCES, errno.ENOENT), got
-    assert got == {"signal": errno.EPERM, "ptrace": errno.EPERM, "plant": errno.EACCES}, got
+    # Its directory is closed to other uids, or (on its own tmpfs) not there at all.
+    assert got.pop("plant") in (errno.EACCES, errno.ENOENT), got
+    assert got == {"signal": errno.EPERM, "ptrace": errno.EPERM}, got
 
 
 def _running_container(client, tier_value: str):
@@ -374,7 +382,8 @@ def test_a_native_run_gets_no_new_kernel_surface(orch, usual):
 
 LEAVES_TRACES = r"""
 import os
-for path in ("/dev/shm/" + os.environ["MARK"], "/var/tmp/" + os.environ["MARK"]):
+for path in ("/dev/shm/", "/var/tmp/", "/tmp/"):
+    path += os.environ["MARK"]
     with open(path, "w") as f:
         f.write("x" * (1 << 20))
 print(sorted(p for p in os.listdir("/proc") if p.isdigit()) == [str(os.getpid())])
@@ -382,12 +391,12 @@ print(sorted(p for p in os.listdir("/proc") if p.isdigit()) == [str(os.getpid())
 
 
 def test_a_native_run_sees_only_its_own_and_leaves_no_shared_files(orch, root_only):
-    """Finding 5: files a run left in /dev/shm and /var/tmp outlived it (RAM in
+    """Finding 5: files a run left in /tmp, /dev/shm and /var/tmp outlived it (RAM in
     /dev/shm then counted nowhere), and every run saw every process of the host.
-    Each run now has its own /dev/shm, /var/tmp and view of /proc."""
+    Each run now has its own /tmp, /dev/shm, /var/tmp and view of /proc."""
     mark = f"symbi-trace-{os.getpid()}"
     res = orch.execute_code(NONE, LEAVES_TRACES, env={"MARK": mark})
     assert res.success, res.stderr
     assert res.stdout == "True\n"  # only its own process, not the kernel's or root's
-    assert not Path("/dev/shm", mark).exists() and not Path("/var/tmp", mark).exists()
+    assert not [d for d in ("/dev/shm", "/var/tmp", "/tmp") if Path(d, mark).exists()]
     assert res.enforcement["process_view"].startswith("its own processes only")

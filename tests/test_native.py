@@ -27,7 +27,7 @@ from symbi_jupyter.audit import verify
 from symbi_jupyter.orchestrator import SandboxOrchestrator
 from symbi_jupyter.sandboxes.native import host_tag
 
-from .helpers import is_prestarted, leased, need, wait_until
+from .helpers import host_dir, is_prestarted, leased, need, wait_until
 
 MiB = 1024 * 1024
 ALLOC_300 = "x = b'1' * (300 * 1024 * 1024)"  # writes every page, unlike bytearray(n)
@@ -93,7 +93,7 @@ def ran_in(pid: str, orch) -> bool:
         return False
     if orch.working_directory not in cmdline:
         return False
-    return not is_prestarted(cmdline.split("\0")[1])
+    return not is_prestarted(cmdline.split("\0")[1], pid)
 
 
 def run_cgroup_dirs() -> list[str]:
@@ -462,7 +462,9 @@ def test_setsid_double_fork_escape_is_killed(orch, ending, tmp_path):
     try:
         tail = "time.sleep(60)" if ending == "timeout" else ""
         code = ESCAPE.format(tag=ending, dir=spool, tail=tail)
-        res = orch.execute_code(NONE, code, limits=ResourceLimits(timeout_seconds=3))
+        res = orch.execute_code(
+            NONE, code, limits=ResourceLimits(timeout_seconds=3), volumes=[host_dir(spool)]
+        )
         pid = int((spool / f"escaped.{ending}").read_text())
         assert res.stdout == "parent done\n"
         assert res.timed_out is (ending == "timeout")
@@ -648,7 +650,9 @@ def test_sixteen_concurrent_runs_leave_nothing(orch, workdir):
     assert len(pids) == 16
     assert not [p for p in pids if alive(p)]
     # Only the spares' directories, made for the next runs, may remain.
-    assert wait_until(lambda: all(is_prestarted(str(d / "cell.py")) for d in workdir.glob("run-*")))
+    assert wait_until(
+        lambda: not [p for p in os.listdir("/proc") if p.isdigit() and ran_in(p, orch)]
+    )
 
     # What remains are the groups prepared by the idle spare monitors: owned by a
     # live monitor, holding at most its waiting workload process.
@@ -682,7 +686,9 @@ def test_interrupt_kills_the_tree_and_raises(orch):
     timer.start()
     try:
         with pytest.raises(KeyboardInterrupt) as err:
-            orch.execute_code(NONE, code, limits=ResourceLimits(timeout_seconds=30))
+            orch.execute_code(
+                NONE, code, limits=ResourceLimits(timeout_seconds=30), volumes=[host_dir(spool)]
+            )
         partial = err.value.args[0]
         assert partial.stdout == "running\n"
         assert not alive(int((spool / "pid").read_text()))
@@ -834,20 +840,25 @@ from symbi_jupyter import ResourceLimits
 orch = SandboxOrchestrator(allow_native_execution=True, working_directory=sys.argv[1],
                            audit_log_path=sys.argv[2])
 code = ("import os, time\\nif os.fork() == 0:\\n    os.setsid()\\n"
-        "open(%r, 'a').write(str(os.getpid()) + ' ')\\ntime.sleep(120)\\n" % sys.argv[3])
-orch.execute_code("none", code, limits=ResourceLimits(timeout_seconds=100))
+        "open(%r, 'a').write(str(os.getpid()) + ' ')\\ntime.sleep(120)\\n"
+        % (sys.argv[3] + "/pids"))
+orch.execute_code("none", code, limits=ResourceLimits(timeout_seconds=100),
+                  volumes=[sys.argv[3] + ":" + sys.argv[3] + ":rw"])
 """
 
 
 def test_kill_9_of_the_host_leaves_nothing(workdir, audit_path, tmp_path):
     """The monitor notices its host is gone (the status pipe breaks), kills the run's
     tree and removes its cgroups; the next host removes the orphaned run directory."""
-    pidfile = Path("/tmp") / f"symbi-k9-{os.getpid()}"
+    spool = Path("/tmp") / f"symbi-k9-{os.getpid()}"
+    spool.mkdir()
+    spool.chmod(0o777)
+    pidfile = spool / "pids"
     pidfile.touch(mode=0o666)
     pidfile.chmod(0o666)
     try:
         host = subprocess.Popen(
-            [sys.executable, "-c", HOST, str(workdir), str(audit_path), str(pidfile)]
+            [sys.executable, "-c", HOST, str(workdir), str(audit_path), str(spool)]
         )
         deadline = time.monotonic() + 60
         while len(pidfile.read_text().split()) < 2 and time.monotonic() < deadline:
@@ -863,7 +874,7 @@ def test_kill_9_of_the_host_leaves_nothing(workdir, audit_path, tmp_path):
         )
         assert wait_until(lambda: not list(workdir.glob(f"run-{tag}-*")))
     finally:
-        pidfile.unlink()
+        shutil.rmtree(spool)
 
 
 def test_next_host_removes_run_directories_of_dead_hosts(workdir, audit_path):
@@ -906,6 +917,9 @@ def test_a_run_directory_that_cannot_be_written_is_a_clear_error(orch):
             == 0
         )
         need(mounted, "this host does not let us mount a tmpfs")
+        # Without private mounts the run directory is on the host's filesystem.
+        orch.sandbox(NONE).private_mounts = False
+        orch.sandbox(NONE).close()  # read when its supervisor starts
         orch.working_directory = str(small)
         with pytest.raises(
             TierUnavailable,
@@ -920,6 +934,16 @@ def test_a_run_directory_that_cannot_be_written_is_a_clear_error(orch):
         orch.close()
         subprocess.run(["umount", str(small)])
         small.rmdir()
+
+
+def test_code_larger_than_the_disk_limit_is_a_clear_error(orch):
+    """Where a run's directory is on its own tmpfs, that tmpfs is as large as the
+    disk limit: code that does not fit stops the run before it starts and says why;
+    the next run goes ahead."""
+    need(os.geteuid() == 0, "a run's own tmpfs needs root")
+    with pytest.raises(TierUnavailable, match=r"cannot prepare the run directory: .*No space"):
+        orch.execute_code(NONE, "x = 1  # " + "y" * 300_000, limits=ResourceLimits(max_disk_mb=0.2))
+    assert orch.execute_code(NONE, "print('fits')").stdout == "fits\n"
 
 
 def test_working_directory_of_another_user_or_world_writable(orch, tmp_path):

@@ -160,12 +160,12 @@ def test_runs_unlike_the_usual_one_start_fresh(orch):
 
 
 def spares_settled(workdir: Path, orch) -> bool:
-    """Whether the working directory holds just the spares' directories, each with its
-    bootstrap written (no run's directory left, no spare still being made)."""
-    dirs = list(workdir.glob("run-*"))
-    return len(dirs) == orch.sandbox(NONE).spare_runs and all(
-        is_prestarted(d / "cell.py") for d in dirs
-    )
+    """Whether each spare has its interpreter waiting in its directory, and (where run
+    directories are the host's, not on each run's own tmpfs) the working directory
+    holds just those (no run's directory left, no spare still being made)."""
+    spares = {os.path.dirname(script) for _, script in spare_interpreters(str(workdir))}
+    on_host = {str(d) for d in workdir.glob("run-*")}
+    return len(spares) == orch.sandbox(NONE).spare_runs and on_host <= spares
 
 
 def spare_interpreters(workdir: str) -> list[tuple[int, str]]:
@@ -175,7 +175,7 @@ def spare_interpreters(workdir: str) -> list[tuple[int, str]]:
         try:
             args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
             script = args[1].decode() if len(args) > 1 else ""
-            if script.startswith(workdir) and is_prestarted(script):
+            if script.startswith(workdir) and is_prestarted(script, pid):
                 found.append((int(pid), script))
         except (OSError, UnicodeDecodeError):
             continue
@@ -199,7 +199,11 @@ def test_a_run_cannot_reach_the_interpreter_waiting_for_the_next(orch, workdir):
     orch.execute_code(NONE, "pass")
     # The spare for the next run starts while this one runs. Runs cannot see it in
     # /proc (hidepid), so the test (root) names it to the cell through a file.
-    feed = workdir / "spare"
+    # (in a directory of its own, given to the run: made during the run, a file in
+    # /tmp would not be seen past its private /tmp).
+    spool = workdir.parent / f"{workdir.name}-feed"
+    spool.mkdir(mode=0o755)
+    feed = spool / "spare"
     attempt = f"""
 import errno, os, time
 print('started', flush=True)
@@ -226,7 +230,12 @@ for what, act in [
     said: list[bytes] = []
     attacker = threading.Thread(
         target=lambda: result.update(
-            res=orch.execute_code(NONE, attempt, on_output=lambda stream, data: said.append(data))
+            res=orch.execute_code(
+                NONE,
+                attempt,
+                on_output=lambda stream, data: said.append(data),
+                volumes=[f"{spool}:{spool}:ro"],
+            )
         )
     )
     attacker.start()
@@ -247,13 +256,12 @@ for what, act in [
         "trace denied",
     ], res.stderr
     assert res.startup_seconds == 0.0
-    feed.unlink()
+    shutil.rmtree(spool)
 
 
 def test_the_spare_and_its_directory_go_with_the_orchestrator(orch, workdir):
     orch.execute_code(NONE, "pass")
     assert wait_until(lambda: spare_interpreters(str(workdir)))
-    assert [p.name for p in workdir.iterdir() if p.name.startswith("run-")]
     orch.close()
     assert wait_until(lambda: not spare_interpreters(str(workdir)), 10)
     # Each monitor removes its directory just after its interpreter is gone.

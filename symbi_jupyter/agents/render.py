@@ -46,6 +46,7 @@ def limits_words(limits: ResourceLimits) -> list[str]:
             "max_cpu_cores",
             "max_processes",
             "max_file_size_mb",
+            "max_disk_mb",
             "max_output_bytes",
         ),
     )

@@ -133,7 +133,9 @@ def _run(
     volume = None
     if perms.mount:
         if tier is SecurityTier.NONE:
+            # Where it is: the run reaches it past its private /tmp.
             env[NOTEBOOK_ENV] = notebook_directory(agent)
+            volume = f"{env[NOTEBOOK_ENV]}:{env[NOTEBOOK_ENV]}:{perms.mount}"
         else:
             env[NOTEBOOK_ENV] = CONTAINER_NOTEBOOK_DIR
             volume = volume_spec(agent, perms.mount)

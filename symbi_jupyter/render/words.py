@@ -27,6 +27,7 @@ KILL_REASON_WORDS: dict[str, KillWords] = {
     "cpu": KillWords("CPU-time limit", "the CPU-time limit", "max_cpu_seconds"),
     "processes": KillWords("process limit", "the process limit", "max_processes"),
     "file_size": KillWords("file-size limit", "the file-size limit", "max_file_size_mb"),
+    "disk": KillWords("disk limit", "the disk limit", "max_disk_mb"),
     "output": KillWords("output limit", "the output limit", "max_output_bytes"),
     "signal": KillWords("signal", "a signal", None),
 }
@@ -73,6 +74,7 @@ _LIMIT_WORDS: dict[str, tuple[str, str, str]] = {
     "max_processes": ("{}", "{} processes", "{} processes"),
     "max_open_files": ("{}", "{} open files", "{} open files"),
     "max_file_size_mb": ("{} MB", "file size {} MB", "file size {} MB"),
+    "max_disk_mb": ("{} MB", "disk {} MB", "disk {} MB"),
     "max_output_bytes": ("{}", "output {} per stream", "output {} per stream"),
     "network": ("{}", "network {on}", "{no}network"),
 }
@@ -115,6 +117,7 @@ def other_limits(limits: ResourceLimits) -> list[str]:
             "max_processes",
             "max_open_files",
             "max_file_size_mb",
+            "max_disk_mb",
             "max_output_bytes",
             "network",
         ),

@@ -19,6 +19,7 @@ _LAST_WORDS = {
         re.M,
     ),
     "file_size": re.compile(r"(\[Errno 27\] File too large|File size limit exceeded)"),
+    "disk": re.compile(r"No space left on device"),
     "processes": re.compile(
         r"(\[Errno 11\] Resource temporarily unavailable|fork: retry|Cannot fork|"
         r"fork: Resource temporarily unavailable)"
@@ -38,6 +39,8 @@ class Evidence:
     #: followed left no count behind (gVisor's own kernel kills inside the sandbox)
     memory_limit_reached: bool = False
     pids_limit_hits: int = 0
+    #: the run's writable space (its tmpfs) was full when it ended
+    disk_full: bool = False
     cpu_seconds: float = 0.0
     stderr: str = ""
     output_truncated: bool = False
@@ -67,6 +70,8 @@ def killed_by(ev: Evidence, limits: ResourceLimits) -> str | None:
             return "memory"
         if _LAST_WORDS["file_size"].search(tail):
             return "file_size"
+        if _LAST_WORDS["disk"].search(tail) and (ev.disk_full or limits.max_disk_mb):
+            return "disk"
         if _LAST_WORDS["processes"].search(tail) and (ev.pids_limit_hits or limits.max_processes):
             return "processes"
     return None
@@ -79,6 +84,8 @@ def limits_reached(ev: Evidence, stopped_by: str | None) -> list[str]:
         reached.append("memory")
     if ev.pids_limit_hits:
         reached.append("processes")
+    if ev.disk_full:
+        reached.append("disk")
     if ev.output_truncated:
         reached.append("output")
     if stopped_by and stopped_by not in reached and stopped_by != "signal":

@@ -28,7 +28,7 @@ from typing import Any
 from traitlets import Bool, Enum, Float, Int, Unicode
 
 from .. import policy
-from ..errors import TierUnavailable
+from ..errors import ConfigError, TierUnavailable
 from ..result import ExecutionResult
 from ..tiers import SecurityTier
 from . import supervisor
@@ -61,6 +61,8 @@ class NativeSandbox(Sandbox):
     """Runs code directly on the host (tier None) under rlimits and cgroups."""
 
     tier = SecurityTier.NONE
+    #: a volume is a host directory the run reaches as itself, past its private /tmp
+    supports_volumes = True
 
     run_as_user = Unicode(
         "",
@@ -103,14 +105,14 @@ class NativeSandbox(Sandbox):
         runs requested back to back, where one would still be starting; read when
         the supervisor starts.""",
     )
-    private_tmp_size_mb = Int(
-        64,
-        min=0,
+    private_mounts = Bool(
+        True,
         config=True,
         help="""As root, each run gets a mount namespace of its own: a /proc that shows it
-        only its own processes, and a private /dev/shm and /var/tmp, tmpfs of this size
-        (MB) each, gone with the run (/tmp stays the host's). 0: none of these. Read
-        when the supervisor starts.""",
+        only its own processes, and one tmpfs, gone with the run and as large as its
+        disk limit (max_disk_mb), for its run directory, its private /var/tmp and
+        /dev/shm and what it writes in /tmp (an overlay: it reads the host's /tmp).
+        Off: none of these, and no disk limit. Read when the supervisor starts.""",
     )
     stop_on_output_limit = Bool(
         False,
@@ -168,7 +170,7 @@ class NativeSandbox(Sandbox):
                     {
                         "profile": profile,
                         "identity": self._identities(),
-                        "private_tmp_bytes": self.private_tmp_size_mb * MiB,
+                        "private_mounts": self.private_mounts,
                     }
                 ).encode()
             )
@@ -266,15 +268,12 @@ class NativeSandbox(Sandbox):
             prestart = "skip"  # runs unlike the usual one do not change what spares start
         else:
             prestart = "use" if self.prestart_interpreter else "off"
-        st = workdir.stat()
         spec.update(
             executable=real_exe,
             argv0=pol.argv0,
             filename=filename,
             workdir=str(workdir),
-            # Which directory the host checked: a spare's mount namespace may be older
-            # than a filesystem mounted there since.
-            workdir_id=[st.st_dev, st.st_ino],
+            binds=_binds(request.volumes),
             env=env,
             uid=who.get("uid"),
             gid=who.get("gid"),
@@ -378,6 +377,8 @@ class NativeSandbox(Sandbox):
                         f"rlimit (RLIMIT_{name.upper()}), lowered to {lowered}: this host's "
                         "hard limit, which an unprivileged user cannot raise"
                     )
+        if lim.max_disk_mb:
+            spec["disk_bytes"] = int(lim.max_disk_mb * MiB)
         if lim.max_processes:
             spec["pids"] = int(lim.max_processes)
         if lim.max_cpu_cores:
@@ -473,6 +474,7 @@ class NativeSandbox(Sandbox):
             stopped_for_output=stopped_for_output,
             oom_kills=ev.get("oom_kills") or 0,
             pids_limit_hits=ev.get("pids_limit_hits") or 0,
+            disk_full=bool(ev.get("disk_full")),
             cpu_seconds=(ev.get("cpu_user_seconds") or 0) + (ev.get("cpu_system_seconds") or 0),
             stderr=stderr_text,
             output_truncated=out.truncated or err.truncated,
@@ -507,6 +509,25 @@ class NativeSandbox(Sandbox):
             stdout_bytes=out.total,
             stderr_bytes=err.total,
         )
+
+
+def _binds(volumes: Iterable[str]) -> list[tuple[str, bool]]:
+    """Host directories a run reaches as themselves, past its private /tmp: each
+    volume HOST:HOST[:ro|rw] as (path, read-only). Tier None sees host paths where they
+    are, so a volume cannot move one."""
+    binds = []
+    for spec in volumes:
+        host, bind = policy.validate_volume(spec)
+        real = os.path.realpath(host)
+        if not os.path.isdir(real):
+            raise ConfigError(f"volume {spec!r}: {host} is not a directory")
+        if os.path.realpath(bind["bind"]) != real:
+            raise ConfigError(
+                f"volume {spec!r}: tier None sees host directories at their own path; "
+                f"write it as {real}:{real}:{bind['mode']}"
+            )
+        binds.append((real, bind["mode"] == "ro"))
+    return binds
 
 
 def _give_to_root(path: Path) -> None:

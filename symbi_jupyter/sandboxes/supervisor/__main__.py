@@ -47,13 +47,13 @@ def serve(sock: socket.socket, host_pid: int, spares: int = 1) -> None:
     # and where they lease their uid.
     hello = json.loads(sock.recv(1 << 20) or b"{}")
     profile, identities = hello.get("profile"), hello.get("identity")
-    tmpfs_bytes = int(hello.get("private_tmp_bytes") or 0)
+    private_mounts = bool(hello.get("private_mounts"))
     # Frozen objects are never touched by the collector, so forked monitors share
     # their pages with us instead of copying them.
     gc.freeze()
     news, spares_news = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     for _ in range(spares):
-        _fork_spare(sock, news, spares_news, probe, host_pid, profile, identities, tmpfs_bytes)
+        _fork_spare(sock, news, spares_news, probe, host_pid, profile, identities, private_mounts)
     while True:
         try:
             message = news.recv(1 << 20)
@@ -66,7 +66,9 @@ def serve(sock: socket.socket, host_pid: int, spares: int = 1) -> None:
         elif message[:1] == b"i":
             identities = json.loads(message[1:])
         else:
-            _fork_spare(sock, news, spares_news, probe, host_pid, profile, identities, tmpfs_bytes)
+            _fork_spare(
+                sock, news, spares_news, probe, host_pid, profile, identities, private_mounts
+            )
 
 
 def _fork_spare(
@@ -77,7 +79,7 @@ def _fork_spare(
     host_pid: int,
     profile: dict[str, Any] | None,
     identities: dict[str, Any] | None,
-    tmpfs_bytes: int,
+    private_mounts: bool,
 ) -> None:
     if os.fork() != 0:
         return
@@ -90,7 +92,12 @@ def _fork_spare(
         signal.signal(signal.SIGTERM, _exit_on_signal)
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
         spare = Monitor(
-            probe, host_pid, (sock.fileno(), spares_news.fileno()), profile, identities, tmpfs_bytes
+            probe,
+            host_pid,
+            (sock.fileno(), spares_news.fileno()),
+            profile,
+            identities,
+            private_mounts,
         )
         try:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})

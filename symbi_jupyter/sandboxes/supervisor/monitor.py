@@ -18,6 +18,7 @@ import select
 import shutil
 import signal
 import socket
+import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
@@ -44,6 +45,10 @@ from .workload import (
     start_prestarted,
 )
 
+#: The run's tmpfs until its request sizes it.
+PRESET_TMPFS_BYTES = 64 << 20
+#: Free space on the run's tmpfs below which it counts as full (a few pages).
+DISK_FULL_BYTES = 16 << 10
 SYSCALLS = (
     "seccomp (refused: new user namespaces, ptrace, bpf, the keyring, io_uring, "
     "perf events, modules, kexec)"
@@ -75,7 +80,7 @@ class Monitor:
         inherited: tuple[int, ...] = (),
         profile: dict[str, Any] | None = None,
         identities: dict[str, Any] | None = None,
-        private_tmp_bytes: int = 0,
+        private_mounts: bool = False,
     ) -> None:
         self.probe = probe
         self.host_pid = host_pid
@@ -91,9 +96,10 @@ class Monitor:
             if libc.unshare(CLONE_NEWNET) != 0:
                 os.close(self.home_netns)
                 self.home_netns = None
-        self.tmpfs_bytes = private_tmp_bytes
+        self.private_mounts = private_mounts
         self.home_mntns: int | None = None
-        if os.geteuid() == 0 and private_tmp_bytes:
+        self.staging: str | None = None  # the run's tmpfs, where runs are private
+        if os.geteuid() == 0 and private_mounts:
             # A way back, should the host mount something where runs must see it.
             self.home_mntns = os.open("/proc/self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
         self.mount_enforcement = self._private_mounts()
@@ -107,6 +113,7 @@ class Monitor:
         # behind our back and lose its exit status.
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         self.run_dir: str | None = None
+        self.run_dir_kept = False
         self.workload_pid: int | None = None
         self.channel: socket.socket | None = None
         self.profile: dict[str, Any] | None = None  # what the started interpreter is for
@@ -128,27 +135,25 @@ class Monitor:
             self._fork_waiting()
 
     def _private_mounts(self) -> dict[str, str]:
-        """The run's own /proc view, /dev/shm and /var/tmp (root only): made now, so
-        that the workload and a started interpreter are born in them."""
+        """The run's own /proc view and tmpfs (root only): made now, so that the
+        workload and a started interpreter are born in them."""
+        self.staging = None
         if os.geteuid() != 0:
-            return {"process_view": "not enforced: a mount namespace needs root"}
-        if not self.tmpfs_bytes:
-            return {"process_view": "not enforced: NativeSandbox.private_tmp_size_mb is 0"}
-        try:
-            return mounts.make_private(self.tmpfs_bytes)
-        except OSError as exc:
-            return {"process_view": f"not enforced: {exc}"}
-
-    def _sees_the_hosts_workdir(self, req: dict[str, Any]) -> bool:
-        """Whether the working directory here is the one the host checked. Where the
-        host's root is not a shared mount, what the host mounted after this spare made
-        its namespace (a filesystem for the working directory, say) is not seen here."""
-        wanted = req.get("workdir_id")
-        try:
-            st = os.stat(req["workdir"])
-        except OSError:
-            return wanted is None
-        return wanted is None or [st.st_dev, st.st_ino] == wanted
+            why = "not enforced: a mount namespace needs root"
+        elif not self.private_mounts:
+            why = "not enforced: NativeSandbox.private_mounts is off"
+        else:
+            try:
+                self.staging = mounts.make_private(PRESET_TMPFS_BYTES)
+            except OSError as exc:
+                why = f"not enforced: {exc}"
+        if self.staging is None:
+            return {"process_view": why, "private_tmp": why, "disk": why}
+        return {
+            "process_view": "its own processes only (/proc hidepid=invisible)",
+            "private_tmp": "/tmp (an overlay on the host's), /var/tmp and /dev/shm "
+            "private, gone with the run",
+        }
 
     def _renew_mounts(self) -> None:
         """Give up what was prepared in a namespace that no longer shows the host's
@@ -160,7 +165,7 @@ class Monitor:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(self.workload_pid, 0)
         if self.run_dir is not None:
-            shutil.rmtree(self.run_dir, ignore_errors=True)
+            self._remove_run_dir(self.run_dir)
             self.run_dir = None
         mounts.rejoin(self.home_mntns)
         self.mount_enforcement = self._private_mounts()
@@ -177,11 +182,36 @@ class Monitor:
             await_request(theirs, self.cgroup, self.home_netns)
         theirs.close()
 
-    def _make_run_dir(self, workdir: str) -> str:
-        # Root's until the request: a run of the same user must not plant files (a
-        # module on sys.path[0], say) where the next run will look for them.
-        self.run_dir = rundir.make(workdir, f"run-{host_tag(self.host_pid)}-")
-        return self.run_dir
+    def _make_run_dir(self, workdir: str, keep: bool = False) -> str:
+        """A run directory, root's until the request: a run of the same user must not
+        plant files (a module on sys.path[0], say) where the next run will look for
+        them. Where runs are private it is on the run's tmpfs, unless the host keeps
+        it (``keep``): then it is the host's."""
+        prefix = f"run-{host_tag(self.host_pid)}-"
+        if self.staging is None:
+            self.run_dir = rundir.make(workdir, prefix)
+            return self.run_dir
+        path = tempfile.mkdtemp(prefix=prefix, dir=workdir)
+        if keep:
+            host = mounts.host_view(self.staging, path)
+            if host != path:  # covered by a private directory: make it the host's
+                os.mkdir(host, 0o700)
+                mounts.bind_host(host, path, read_only=False)
+        else:
+            mounts.bind_run_dir(self.staging, path)
+        os.mkdir(os.path.join(path, rundir.TMP), 0o700)
+        self.run_dir, self.run_dir_kept = path, keep
+        return path
+
+    def _remove_run_dir(self, path: str) -> None:
+        # fd-based, never follows the links the code may have planted
+        shutil.rmtree(path, ignore_errors=True)
+        if self.staging is not None:
+            # What is left is the directory it was bound over.
+            with contextlib.suppress(OSError):
+                mounts.unbind(path)
+            with contextlib.suppress(OSError):
+                os.rmdir(path)
 
     def _lease(self, identities: dict[str, Any]) -> identity.Lease:
         """This run's uid from the block ``identities`` names (kept if it is from there)."""
@@ -241,7 +271,9 @@ class Monitor:
         """Pick the run's workload and directory, write its code and hand the directory
         to the run's user. Returns whether the started interpreter takes the run, and
         a read-only descriptor of the code file."""
-        if self.home_mntns is not None and not self._sees_the_hosts_workdir(req):
+        if self.home_mntns is not None and not os.path.isdir(req["workdir"]):
+            # A working directory the host made after this spare made its namespace
+            # (where the host's root is not a shared mount).
             self._renew_mounts()
         # Someone may have removed the working directory since this spare made its
         # run directory there: then it and its interpreter are of no use.
@@ -255,12 +287,22 @@ class Monitor:
         )
         if not prestarted and self.profile is not None:
             self._fresh_instead()
+        keep = not req.get("remove_cwd", True)
         if self.run_dir is not None and (
-            not intact or os.path.dirname(self.run_dir) != req["workdir"]
+            not intact
+            or os.path.dirname(self.run_dir) != req["workdir"]
+            or self.run_dir_kept != keep
         ):
-            shutil.rmtree(self.run_dir, ignore_errors=True)
+            if prestarted:
+                prestarted = self._fresh_instead()  # it was started in that directory
+            self._remove_run_dir(self.run_dir)
             self.run_dir = None
-        run_dir = self.run_dir or self._make_run_dir(req["workdir"])
+        run_dir = self.run_dir or self._make_run_dir(req["workdir"], keep)
+        # Before the code is written: code larger than the disk limit does not fit.
+        self.disk_enforcement = self._limit_disk(req)
+        if self.staging is not None:
+            for path, read_only in req.get("binds", ()):
+                mounts.bind_host(mounts.host_view(self.staging, path), path, read_only)
         req["uid"], req["gid"] = self._run_ids(req)
         code = rundir.write_file(run_dir, req["filename"], _read_all(code_fd))
         try:
@@ -285,6 +327,7 @@ class Monitor:
             else "not enforced: the seccomp filter is for x86-64 only",
             **self.mount_enforcement,
         }
+        enforcement["disk"] = self.disk_enforcement
         if self.home_netns is not None:
             if req.get("new_netns"):
                 enforcement["network"] = "empty network namespace"
@@ -321,6 +364,25 @@ class Monitor:
                 # and says so, as it would without a started one.
                 prestarted = self._fresh_instead()
         return cgroup, applied, enforcement, prestarted
+
+    def _limit_disk(self, req: dict[str, Any]) -> str:
+        """Size the run's tmpfs to its disk limit; say how the limit is kept."""
+        if self.staging is None:
+            return self.mount_enforcement["disk"]
+        size = req.get("disk_bytes")
+        if not size:
+            return "not enforced: no disk limit was asked for"
+        try:
+            mounts.resize(size)
+        except OSError as exc:
+            raise OSError(exc.errno, f"cannot set the disk limit ({size} bytes)") from None
+        how = (
+            f"tmpfs of {size / (1 << 20):g} MiB for the run directory, /tmp's changes, "
+            "/var/tmp and /dev/shm (RAM, counted as the run's memory too)"
+        )
+        if self.run_dir_kept:
+            how += "; the kept run directory is the host's, not counted"
+        return how
 
     def _start(
         self,
@@ -423,7 +485,9 @@ class Monitor:
         return stragglers
 
     @staticmethod
-    def _report(watch: Watch, cgroup: RunCgroup | None, stragglers: int) -> dict[str, Any]:
+    def _report(
+        watch: Watch, cgroup: RunCgroup | None, stragglers: int, staging: bool
+    ) -> dict[str, Any]:
         tree = resource.getrusage(resource.RUSAGE_CHILDREN)
         status = watch.status
         result: dict[str, Any] = {
@@ -441,6 +505,10 @@ class Monitor:
             "stragglers_killed": stragglers,
             "cgroup_version": cgroup.version if cgroup else None,
         }
+        if staging:
+            used, free = mounts.usage()
+            # Full to the last pages: a write failed, or would have.
+            result.update(disk_used_bytes=used, disk_full=free < DISK_FULL_BYTES)
         if cgroup is not None:
             result["peak_memory_bytes"] = cgroup.peak_memory()
             result["oom_kills"] = cgroup.oom_kills()
@@ -452,8 +520,7 @@ class Monitor:
         if self.cgroup is not None:
             self.cgroup.remove()
         if req.get("remove_cwd"):
-            # fd-based, never follows the links the code may have planted
-            shutil.rmtree(req["cwd"], ignore_errors=True)
+            self._remove_run_dir(req["cwd"])
 
     def run(
         self,
@@ -517,7 +584,7 @@ class Monitor:
         if watch.host_gone:
             self._clean_up(req)
             os._exit(0)
-        status.emit(self._report(watch, cgroup, stragglers))
+        status.emit(self._report(watch, cgroup, stragglers, self.staging is not None))
         # Every process of the run is dead (kill_tree checked), so removing the empty
         # groups and the run directory can follow the report instead of delaying it.
         self._clean_up(req)
@@ -570,7 +637,7 @@ class Monitor:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(self.workload_pid, 0)
         if self.run_dir is not None:
-            shutil.rmtree(self.run_dir, ignore_errors=True)
+            self._remove_run_dir(self.run_dir)
         if self.cgroup is not None:
             self.cgroup.remove()
 

@@ -1,22 +1,38 @@
 """A native run's own mount namespace (as root): a /proc that shows the run only its
-own processes, and a private /dev/shm and /var/tmp (size-limited tmpfs, gone with
-the run, their pages counted in the run's memory cgroup).
+own processes, and one size-limited tmpfs, gone with the run, that holds everything
+the run can write outside the host's own directories: its run directory, /tmp's
+changes, /var/tmp and /dev/shm. Its size is the run's disk limit; its pages also
+count in the run's memory cgroup.
 
-Made by each monitor for its one run, so nothing here is shared between runs. /tmp
-is still the host's: the run's directory, a notebook directory granted to an agent
-and data a cell reads may live there.
+/tmp is an overlay: the run reads the host's /tmp (a notebook's data, a project
+directory granted to an agent) and what it writes there stays in its tmpfs. Host
+directories a request names (``binds``) are bound over it and reach the host.
+
+Made by each monitor for its one run, so nothing here is shared between runs.
 """
 
 from __future__ import annotations
 
 import ctypes
+import os
+import tempfile
 
 from .proctree import libc
 
 CLONE_NEWNS = 0x00020000
-MS_NOSUID, MS_NODEV, MS_NOEXEC = 2, 4, 8
-MS_REC, MS_PRIVATE = 16384, 1 << 18
-PRIVATE_DIRS = ("/dev/shm", "/var/tmp")
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
+MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
+MNT_DETACH = 2
+_PATH_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
+#: where the tmpfs is mounted first; a bind of one of its directories covers it later
+SCRATCH = "/var/tmp"
+#: the tmpfs's directories: private dirs mounted over their host paths, /tmp's overlay
+#: layers, and the run directory
+_LAYOUT = {"var": 0o1777, "shm": 0o1777, "upper": 0o1777, "work": 0o700, "run": 0o700}
+#: the host's directories hidden by private ones -> where the staging directory keeps
+#: a view of them (a bind from another namespace's mount is refused, so it is made
+#: before they are covered)
+HIDDEN = {"/tmp": "host-tmp", "/var/tmp": "host-var-tmp", "/dev/shm": "host-dev-shm"}
 
 
 def _mount(
@@ -30,6 +46,11 @@ def _mount(
         raise OSError(errno, f"mount {fstype or source} on {target}")
 
 
+def _detach(target: str) -> None:
+    if libc.umount2(target.encode(), MNT_DETACH) != 0:
+        raise OSError(ctypes.get_errno(), f"umount {target}")
+
+
 def rejoin(namespace_fd: int) -> None:
     """Go back to the mount namespace ``namespace_fd`` (the host's), to make a fresh
     private one from it."""
@@ -37,21 +58,80 @@ def rejoin(namespace_fd: int) -> None:
         raise OSError(ctypes.get_errno(), "setns(CLONE_NEWNS)")
 
 
-def make_private(tmpfs_bytes: int) -> dict[str, str]:
-    """Enter a mount namespace of this process's own and mount the run's /proc,
-    /dev/shm and /var/tmp in it; returns how each was enforced, for the result.
-    Raises OSError where the host does not allow a mount namespace."""
+def make_private(size_bytes: int) -> str:
+    """Enter a mount namespace of this process's own, mount the run's /proc and its
+    tmpfs (``size_bytes``; :func:`resize` sets the run's own) with /tmp, /var/tmp and
+    /dev/shm on it. Returns the tmpfs's staging directory, where :func:`bind_run_dir`
+    finds the run directory. Raises OSError where the host does not allow it."""
     if libc.unshare(CLONE_NEWNS) != 0:
         raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNS)")
     # Nothing mounted here may reach the host's namespace.
     _mount(None, "/", None, MS_REC | MS_PRIVATE)
     _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "hidepid=invisible")
-    size = max(1, tmpfs_bytes // 1024)
-    for path in PRIVATE_DIRS:
-        _mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, f"size={size}k,mode=1777")
-    mib = tmpfs_bytes / (1 << 20)
-    return {
-        "process_view": "its own processes only (/proc hidepid=invisible)",
-        "private_tmp": f"/dev/shm and /var/tmp private (tmpfs, {mib:g} MiB each, gone with "
-        "the run); /tmp is the host's",
-    }
+    hidden = {name: os.open(path, _PATH_FLAGS) for path, name in HIDDEN.items()}
+    _mount("tmpfs", SCRATCH, "tmpfs", MS_NOSUID | MS_NODEV, f"size={_kib(size_bytes)}k,mode=700")
+    for name, mode in _LAYOUT.items():
+        os.mkdir(os.path.join(SCRATCH, name))
+        os.chmod(os.path.join(SCRATCH, name), mode)  # past the umask
+    for name, fd in hidden.items():
+        os.mkdir(os.path.join(SCRATCH, name), 0o700)
+        # Through the descriptor: /var/tmp is the tmpfs by now.
+        _mount(f"/proc/self/fd/{fd}", os.path.join(SCRATCH, name), None, MS_BIND)
+        os.close(fd)
+    # The staging directory stays reachable to root alone: a bind over /var/tmp hides
+    # it from the run, and this process keeps a descriptor of it.
+    staging = os.open(SCRATCH, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    layer = f"/proc/self/fd/{staging}"
+    _mount(
+        "overlay",
+        "/tmp",
+        "overlay",
+        MS_NOSUID | MS_NODEV,
+        f"lowerdir=/tmp,upperdir={layer}/upper,workdir={layer}/work",
+    )
+    _mount(f"{layer}/shm", "/dev/shm", None, MS_BIND)
+    _mount(f"{layer}/var", SCRATCH, None, MS_BIND)
+    return layer
+
+
+def resize(size_bytes: int) -> None:
+    """Set the run's tmpfs to ``size_bytes`` (its disk limit)."""
+    _mount(None, SCRATCH, None, MS_REMOUNT | MS_NOSUID | MS_NODEV, f"size={_kib(size_bytes)}k")
+
+
+def usage() -> tuple[int, int]:
+    """(bytes written, bytes still free) on the run's tmpfs."""
+    st = os.statvfs(SCRATCH)
+    return (st.f_blocks - st.f_bfree) * st.f_frsize, st.f_bavail * st.f_frsize
+
+
+def bind_run_dir(staging: str, run_dir: str) -> None:
+    """Put a new directory of the tmpfs (root's, 0700) over ``run_dir``."""
+    source = tempfile.mkdtemp(dir=os.path.join(staging, "run"))
+    _mount(source, run_dir, None, MS_BIND)
+
+
+def host_view(staging: str, path: str) -> str:
+    """Where the host's ``path`` is seen here: in the staging directory if a private
+    directory covers it, else where it is."""
+    for hidden, name in HIDDEN.items():
+        if path == hidden or path.startswith(hidden + "/"):
+            return os.path.join(staging, name) + path[len(hidden) :]
+    return path
+
+
+def bind_host(host_path: str, path: str, read_only: bool) -> None:
+    """Bind ``host_path`` (a :func:`host_view`) over ``path``, so that what the run
+    writes there reaches the host."""
+    _mount(host_path, path, None, MS_BIND)
+    if read_only:
+        _mount(None, path, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
+
+
+def unbind(path: str) -> None:
+    """Remove a bind made by :func:`bind_run_dir` or :func:`bind_host`."""
+    _detach(path)
+
+
+def _kib(size_bytes: int) -> int:
+    return max(1, size_bytes // 1024)

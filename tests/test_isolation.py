@@ -400,3 +400,39 @@ def test_a_native_run_sees_only_its_own_and_leaves_no_shared_files(orch, root_on
     assert res.stdout == "True\n"  # only its own process, not the kernel's or root's
     assert not [d for d in ("/dev/shm", "/var/tmp", "/tmp") if Path(d, mark).exists()]
     assert res.enforcement["process_view"].startswith("its own processes only")
+
+
+FILLS_THE_DISK = r"""
+import os
+for d in ("/tmp", "/dev/shm", "."):
+    try:
+        with open(os.path.join(d, "fill"), "wb") as f:
+            for _ in range(64):
+                f.write(b"x" * (1 << 20))
+    except OSError as exc:
+        assert exc.errno == 28, exc  # ENOSPC
+print(sum(os.path.getsize(os.path.join(d, "fill")) for d in ("/tmp", "/dev/shm", ".")) >> 20)
+open("last", "w").write("y" * (1 << 20))
+"""
+
+
+@pytest.mark.parametrize(
+    "tier", ["none", "docker", "gvisor", "microvm"], ids=["None", "Tier1", "Tier2", "Tier3"]
+)
+def test_a_run_writes_no_more_than_its_disk_limit(orch, tier):
+    """Finding 5: a run could write without limit (20 files of 1 MiB under a 2 MiB
+    file-size limit). What it writes, in its directory, /tmp and /dev/shm, now fits in
+    its disk limit at every tier, and running out says so."""
+    chosen = SecurityTier.parse(tier)
+    availability = orch.sandbox(chosen).availability()
+    need(availability.ok, availability.reason, tier=tier)
+    if chosen is NONE:
+        need(os.geteuid() == 0, "a run's own tmpfs needs root")
+    res = orch.execute_code(
+        chosen, FILLS_THE_DISK, limits=ResourceLimits(max_disk_mb=16, max_file_size_mb=100)
+    )
+    assert res.killed_by == "disk", res.stderr
+    assert "disk" in res.limits_reached
+    assert "No space left on device" in res.stderr
+    assert int(res.stdout) <= 16  # MiB written in all, against 192 tried
+    assert not res.enforcement["disk"].startswith("not enforced")

@@ -76,9 +76,11 @@ class DockerSandbox(Sandbox):
         containers, and no native run, share one.""",
     )
     read_only_root = Bool(True, config=True, help="Mount the image's filesystem read-only.")
-    tmp_size_mb = Int(64, config=True, help="Size of the /tmp tmpfs (noexec, nosuid).")
-    workspace_size_mb = Int(
-        256, config=True, help="Size of the writable /workspace tmpfs, the code's directory."
+    tmp_size_mb = Int(
+        64,
+        config=True,
+        help="""Most of a run's disk limit its /tmp (noexec) and /dev/shm get, each (at
+        most a quarter of the limit); /workspace, the code's directory, gets the rest.""",
     )
     init = Bool(True, config=True, help="Run an init (docker-init) as PID 1 to reap zombies.")
     no_new_privileges = Bool(True, config=True, help="Set no-new-privileges.")
@@ -318,6 +320,10 @@ class DockerSandbox(Sandbox):
             size = int(lim.max_file_size_mb * MiB)
             ulimits.append(Ulimit(name="fsize", soft=size, hard=size))
             enforcement["file_size"] = "ulimit (RLIMIT_FSIZE)"
+        sizes = self._writable_sizes(lim.max_disk_mb)
+        enforcement["disk"] = "tmpfs, the image read-only: " + ", ".join(
+            f"{path} {kib / 1024:g} MiB" for path, kib in sizes.items()
+        )
         if lim.max_open_files:
             ulimits.append(Ulimit(name="nofile", soft=lim.max_open_files, hard=lim.max_open_files))
             enforcement["open_files"] = "ulimit (RLIMIT_NOFILE)"
@@ -339,10 +345,11 @@ class DockerSandbox(Sandbox):
             network_mode="none",
             read_only=self.read_only_root,
             tmpfs={
-                "/tmp": f"rw,noexec,nosuid,nodev,size={self.tmp_size_mb}m",
-                WORKSPACE: f"rw,nosuid,nodev,size={self.workspace_size_mb}m,"
+                "/tmp": f"rw,noexec,nosuid,nodev,size={sizes['/tmp']}k",
+                WORKSPACE: f"rw,nosuid,nodev,size={sizes[WORKSPACE]}k,"
                 f"uid={uid},gid={gid or uid},mode=0700",
             },
+            shm_size=f"{sizes['/dev/shm']}k",
             cap_drop=list(self.cap_drop),
             security_opt=["no-new-privileges"] if self.no_new_privileges else [],
             init=self.init,
@@ -377,6 +384,15 @@ class DockerSandbox(Sandbox):
         if self._measurable() and lim.max_cpu_seconds:
             enforcement["cpu"] = "cgroup (whole container) and RLIMIT_CPU"
         return options, enforcement
+
+    def _writable_sizes(self, disk_mb: float | None) -> dict[str, int]:
+        """KiB of each writable directory (tmpfs) of a run whose disk limit is
+        ``disk_mb``: together no more than the limit."""
+        if not disk_mb:
+            return {WORKSPACE: 256 * 1024, "/tmp": self.tmp_size_mb * 1024, "/dev/shm": 64 * 1024}
+        total = max(12, int(disk_mb * 1024))
+        small = max(4, min(self.tmp_size_mb * 1024, total // 4))
+        return {WORKSPACE: total - 2 * small, "/tmp": small, "/dev/shm": small}
 
     def _limit_processes(self, count: int, options: dict, ulimits: list) -> str:
         """Under runc the container's pids cgroup counts exactly its processes."""

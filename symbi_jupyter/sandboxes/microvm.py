@@ -482,6 +482,9 @@ class MicroVMSandbox(Sandbox):
             "network": "none (no network device)",
             "processes": "RLIMIT_NPROC inside the guest",
             "file_size": "RLIMIT_FSIZE inside the guest",
+            "disk": "one tmpfs inside the guest for /workspace, /tmp and /dev/shm"
+            + (f" ({request.limits.max_disk_mb:g} MB in all)" if request.limits.max_disk_mb else "")
+            + ", the root read-only",
             "open_files": "RLIMIT_NOFILE inside the guest",
             "vmm_memory": f"cgroup ({mem + self.vmm_memory_overhead_mb} MiB)"
             if cgroup
@@ -561,6 +564,8 @@ class MicroVMSandbox(Sandbox):
             "nproc": limits.max_processes,
             "fsize": int(limits.max_file_size_mb * MiB) if limits.max_file_size_mb else None,
             "nofile": limits.max_open_files,
+            # KiB: the guest's one tmpfs for what the run writes.
+            "disk": int(limits.max_disk_mb * 1024) if limits.max_disk_mb else None,
             # RLIMIT_CPU is per process lifetime: right for one run, wrong for a
             # session of many cells.
             "cpu": math.ceil(limits.max_cpu_seconds)
@@ -735,6 +740,7 @@ def _pool_key(request: ExecutionRequest) -> tuple:
         lim.max_file_size_mb,
         lim.max_open_files,
         lim.max_cpu_seconds,
+        lim.max_disk_mb,
     )
 
 

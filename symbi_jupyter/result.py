@@ -13,7 +13,7 @@ from .limits import ResourceLimits
 from .tiers import SecurityTier
 
 # Why a run was stopped, as ExecutionResult.killed_by.
-KILL_REASONS = ("timeout", "memory", "cpu", "processes", "file_size", "output", "signal")
+KILL_REASONS = ("timeout", "memory", "cpu", "processes", "file_size", "disk", "output", "signal")
 
 
 @dataclasses.dataclass

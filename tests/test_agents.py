@@ -639,7 +639,8 @@ def test_card_says_what_the_policy_permits(orch, project):
         '  metadata      name: "Local Development Agent" · version: "1.0.0"',
         "  tier          None (Native - No Isolation)",
         "  sandbox       Permissive · 2048 MB memory · 300 s CPU · 300 s wall · "
-        "4 CPU cores · 256 processes · file size 100 MB · output 10.0 MiB per stream",
+        "4 CPU cores · 256 processes · file size 100 MB · disk 1024 MB · "
+        "output 10.0 MiB per stream",
         "  capabilities  local_filesystem, network",
         f"  directory     {project}",
     ]

@@ -449,6 +449,7 @@ def test_volumes_for_one_request_only(corch, tier, tmp_path):
     assert our_containers(corch) == []
 
 
-def test_tier_none_refuses_volumes(orch):
-    with pytest.raises(TierUnavailable, match="cannot mount"):
+def test_tier_none_refuses_a_volume_that_moves_a_directory(orch):
+    """Tier None sees host directories where they are: a volume names one as itself."""
+    with pytest.raises(ConfigError, match="at their own path"):
         orch.execute_code(SecurityTier.NONE, "pass", volumes=["/tmp:/mnt"])

@@ -436,3 +436,36 @@ def test_a_run_writes_no_more_than_its_disk_limit(orch, tier):
     assert "No space left on device" in res.stderr
     assert int(res.stdout) <= 16  # MiB written in all, against 192 tried
     assert not res.enforcement["disk"].startswith("not enforced")
+
+
+WRITES_A_VOLUME = r"""
+import os
+open(os.path.join(os.environ["SHARED"], "from-the-run"), "w").write("kept")
+try:
+    open(os.path.join(os.environ["READ_ONLY"], "planted"), "w")
+    print("planted")
+except OSError as exc:
+    print("refused", exc.errno)
+"""
+
+
+def test_a_native_volume_reaches_the_host_and_read_only_holds(orch, workdir, root_only):
+    """Past its private /tmp a run writes where the host sees it only through a volume,
+    and a read-only one is read-only even to a uid that may write the directory."""
+    shared, read_only = (workdir.parent / f"{workdir.name}-{n}" for n in ("rw", "ro"))
+    for d in (shared, read_only):
+        d.mkdir()
+        d.chmod(0o777)
+    try:
+        res = orch.execute_code(
+            NONE,
+            WRITES_A_VOLUME,
+            env={"SHARED": str(shared), "READ_ONLY": str(read_only)},
+            volumes=[f"{shared}:{shared}:rw", f"{read_only}:{read_only}:ro"],
+        )
+        assert res.stdout == f"refused {errno.EROFS}\n", res.stderr
+        assert (shared / "from-the-run").read_text() == "kept"
+        assert not list(read_only.iterdir())
+    finally:
+        shutil.rmtree(shared)
+        shutil.rmtree(read_only)

@@ -20,7 +20,14 @@ from ..render import TierLadder, format_bytes, format_duration, say_limit
 from ..result import ExecutionResult
 
 #: Limits that hold for a whole worker: changing one needs a new worker.
-SESSION_LIMITS = ("max_memory_mb", "max_cpu_cores", "max_processes", "max_file_size_mb", "network")
+SESSION_LIMITS = (
+    "max_memory_mb",
+    "max_cpu_cores",
+    "max_processes",
+    "max_file_size_mb",
+    "max_disk_mb",
+    "network",
+)
 
 KERNEL_MAGICS = (
     "%symbi_tier",

@@ -1,0 +1,114 @@
+"""A one-shot run (:meth:`MicroVMSandbox.run`): the cell its worker runs, the key of
+the pooled VM that fits it, and its :class:`ExecutionResult`."""
+
+from __future__ import annotations
+
+from ...result import ExecutionResult
+from ...tiers import SecurityTier
+from .._evidence import Evidence, killed_by, limits_reached
+from .._streams import CappedStream
+from ..base import ExecutionRequest
+from ..worker import CellOutcome
+from .vm_worker import VMWorker, guest_oom
+
+
+def pool_key(request: ExecutionRequest) -> tuple:
+    """What a pooled VM was booted with: its size and the rlimits on its command line
+    (the environment and the code travel with the cell)."""
+    lim = request.limits
+    return (
+        lim.max_memory_mb,
+        lim.max_cpu_cores,
+        lim.max_processes,
+        lim.max_file_size_mb,
+        lim.max_open_files,
+        lim.max_cpu_seconds,
+        lim.max_disk_mb,
+    )
+
+
+def cell_source(request: ExecutionRequest, interpreter: str, filename: str) -> str:
+    """What the worker runs for a one-shot request: Python code as it is (the guest's
+    own figures cover it), any other language from a file, with its exit status."""
+    text = request.code.decode("utf-8", "surrogateescape")
+    env = dict(request.env)
+    if interpreter.startswith("python") and not env:
+        return text
+    return (
+        "import os, subprocess, sys\n"
+        f"path = '/workspace/{filename}'\n"
+        f"open(path, 'wb').write({request.code!r})\n"
+        f"env = dict(os.environ, **{env!r})\n"
+        f"sys.exit(subprocess.call([{interpreter!r}, path], env=env))\n"
+    )
+
+
+def run_result(
+    tier: SecurityTier,
+    request: ExecutionRequest,
+    streams: dict[str, CappedStream],
+    outcome: CellOutcome,
+    startup: float | None,
+    handle: VMWorker | None,
+) -> ExecutionResult:
+    """The result of ``request``'s one cell, from what its worker replied and what the
+    host saw: the capped streams, and the console of the VM (``handle``), now gone."""
+    reply, cell = outcome.reply, outcome.result
+    out, err = streams["stdout"], streams["stderr"]
+    if outcome.session_lost:
+        code, term = -1, 9
+    elif outcome.status == "ok":
+        code, term = 0, None
+    else:
+        code, term = int(reply.get("exit_code", 1)), None
+    console = handle.console_tail() if handle else ""
+    peak = max(reply.get("peak_memory_bytes") or 0, reply.get("children_maxrss_bytes") or 0)
+    evidence = Evidence(
+        exit_code=code,
+        term_signal=term,
+        timed_out=cell.timed_out,
+        cpu_exceeded=cell.killed_by == "cpu",
+        stopped_for_output=False,
+        oom_kills=1 if guest_oom(console) else 0,
+        pids_limit_hits=0,
+        cpu_seconds=cell.cpu_seconds or 0.0,
+        stderr=err.text(),
+        output_truncated=out.truncated or err.truncated,
+    )
+    stopped = (
+        cell.killed_by
+        if cell.killed_by in ("timeout", "cpu")
+        else killed_by(evidence, request.limits)
+    )
+    return ExecutionResult(
+        tier=tier,
+        stdout=out.text(),
+        stderr=err.text(),
+        exit_code=code,
+        execution_time_ms=round(cell.wall_seconds * 1000),
+        stdout_truncated=out.truncated,
+        stderr_truncated=err.truncated,
+        timed_out=stopped == "timeout",
+        killed_by=stopped,
+        term_signal=term,
+        peak_memory_bytes=peak or None,
+        memory_method="guest" if peak else None,
+        cpu_user_seconds=reply.get("cpu_user_seconds"),
+        cpu_system_seconds=reply.get("cpu_system_seconds"),
+        wall_seconds=cell.wall_seconds,
+        limits=request.limits,
+        enforcement={
+            **(handle.enforcement if handle else {}),
+            "timeout": "host (the VM is destroyed)",
+            "cpu": "RLIMIT_CPU inside the guest",
+            "output": "host (drained past the cap)",
+        },
+        limits_reached=limits_reached(evidence, stopped),
+        language=request.language,
+        executable=f"guest:{request.policy.interpreter}",
+        code_sha256=request.code_sha256,
+        stdout_bytes=out.total,
+        stderr_bytes=err.total,
+        startup_seconds=startup,
+        sandbox_detail=handle.label if handle else None,
+    )

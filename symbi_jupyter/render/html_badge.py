@@ -67,14 +67,7 @@ def render_html(result: ExecutionResult, display: ResultDisplay | None = None) -
         others = other_limits(result.limits)
         if others:
             out.append('<div style="opacity:.75">limits: ' + esc(" · ".join(others)) + "</div>")
-    notes = []
-    truncation = summary.truncation(result)
-    if truncation:
-        notes.append(truncation)
-    reached = summary.also_reached(result)
-    if reached:
-        notes.append("also reached: " + ", ".join(reached))
-    for note in notes:
+    for note in summary.cautions(result):
         out.append(f'<div style="color:{_WARN_COLOUR}">{esc(note)}</div>')
     for name, why in summary.not_enforced(result).items():
         text = f"not enforced: {name}" + (f" ({why})" if why else "")

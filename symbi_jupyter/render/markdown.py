@@ -47,12 +47,7 @@ def render_markdown(result: ExecutionResult, display: ResultDisplay | None = Non
         others = other_limits(result.limits)
         if others:
             notes.append("limits: " + " · ".join(others))
-    truncation = summary.truncation(result)
-    if truncation:
-        notes.append(truncation)
-    reached = summary.also_reached(result)
-    if reached:
-        notes.append("also reached: " + ", ".join(reached))
+    notes += summary.cautions(result)
     for name, why in summary.not_enforced(result).items():
         notes.append(f"⚠ not enforced: {name}" + (f" ({why})" if why else ""))
     if notes:

@@ -112,6 +112,18 @@ def also_reached(result: ExecutionResult) -> list[str]:
     return labels
 
 
+def cautions(result: ExecutionResult, reached: str = "also reached") -> list[str]:
+    """The truncation note and the other limits reached (``reached: a, b``), as set."""
+    notes = []
+    cut = truncation(result)
+    if cut:
+        notes.append(cut)
+    others = also_reached(result)
+    if others:
+        notes.append(f"{reached}: " + ", ".join(others))
+    return notes
+
+
 def not_enforced(result: ExecutionResult) -> dict[str, str]:
     """Limit name -> why it was not enforced."""
     found = {}

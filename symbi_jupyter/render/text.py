@@ -26,12 +26,7 @@ def render_text(result: ExecutionResult, display: ResultDisplay | None = None) -
             if result.memory_method:
                 peak += f" ({result.memory_method})"
             parts.append(peak)
-    truncation = summary.truncation(result)
-    if truncation:
-        parts.append(truncation)
-    reached = summary.also_reached(result)
-    if reached:
-        parts.append("reached: " + ", ".join(reached))
+    parts += summary.cautions(result, reached="reached")
     missing = summary.not_enforced(result)
     if missing:
         parts.append("not enforced: " + ", ".join(missing))

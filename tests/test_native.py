@@ -946,6 +946,34 @@ def test_code_larger_than_the_disk_limit_is_a_clear_error(orch):
     assert orch.execute_code(NONE, "print('fits')").stdout == "fits\n"
 
 
+def test_a_run_without_a_disk_limit_gets_no_hidden_one(orch):
+    """A spare's tmpfs has a size until its request comes; a request with no disk
+    limit (the sandbox used directly: the orchestrator always fills one in) must not
+    run into that size."""
+    need(os.geteuid() == 0, "a run's own tmpfs needs root")
+    from symbi_jupyter.sandboxes.base import ExecutionRequest
+
+    code = b"open('/tmp/big', 'wb').write(b'x' * (80 << 20)); print('written')"
+    request = ExecutionRequest(
+        tier=NONE,
+        code=code,
+        language="python3",
+        limits=ResourceLimits(timeout_seconds=60, max_file_size_mb=100),
+        policy=orch._run_policy(NONE, "python3", None),
+    )
+    res = orch.sandbox(NONE).run(request)
+    assert res.stdout == "written\n", res.stderr
+    assert res.enforcement["disk"] == "not enforced: no disk limit was asked for"
+
+
+def test_a_volume_may_not_cover_the_working_directory(orch, workdir):
+    """The run's own directory is bound in the working directory; a volume over it
+    (or over a directory above it) would hide it."""
+    for cover in (workdir, workdir.parent):
+        with pytest.raises(ConfigError, match="would cover the working directory"):
+            orch.execute_code(NONE, "pass", volumes=[f"{cover}:{cover}:rw"])
+
+
 def test_working_directory_of_another_user_or_world_writable(orch, tmp_path):
     shared = Path("/tmp") / f"symbi-shared-{os.getpid()}"
     shared.mkdir()

@@ -273,7 +273,7 @@ class NativeSandbox(Sandbox):
             argv0=pol.argv0,
             filename=filename,
             workdir=str(workdir),
-            binds=_binds(request.volumes),
+            binds=_binds(request.volumes, workdir),
             env=env,
             uid=who.get("uid"),
             gid=who.get("gid"),
@@ -511,10 +511,11 @@ class NativeSandbox(Sandbox):
         )
 
 
-def _binds(volumes: Iterable[str]) -> list[tuple[str, bool]]:
+def _binds(volumes: Iterable[str], workdir: Path) -> list[tuple[str, bool]]:
     """Host directories a run reaches as themselves, past its private /tmp: each
     volume HOST:HOST[:ro|rw] as (path, read-only). Tier None sees host paths where they
-    are, so a volume cannot move one."""
+    are, so a volume cannot move one, nor cover the working directory (and with it
+    the run's own directory)."""
     binds = []
     for spec in volumes:
         host, bind = policy.validate_volume(spec)
@@ -525,6 +526,11 @@ def _binds(volumes: Iterable[str]) -> list[tuple[str, bool]]:
             raise ConfigError(
                 f"volume {spec!r}: tier None sees host directories at their own path; "
                 f"write it as {real}:{real}:{bind['mode']}"
+            )
+        if real == os.path.realpath(workdir) or Path(real) in Path(workdir).resolve().parents:
+            raise ConfigError(
+                f"volume {spec!r} would cover the working directory {workdir}, where the "
+                "run's own directory is; give a directory beside or below it"
             )
         binds.append((real, bind["mode"] == "ro"))
     return binds

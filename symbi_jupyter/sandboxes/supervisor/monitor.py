@@ -300,14 +300,15 @@ class Monitor:
         run_dir = self.run_dir or self._make_run_dir(req["workdir"], keep)
         # Before the code is written: code larger than the disk limit does not fit.
         self.disk_enforcement = self._limit_disk(req)
-        if self.staging is not None:
-            for path, read_only in req.get("binds", ()):
-                mounts.bind_host(mounts.host_view(self.staging, path), path, read_only)
         req["uid"], req["gid"] = self._run_ids(req)
         code = rundir.write_file(run_dir, req["filename"], _read_all(code_fd))
         try:
             if req.get("uid") is not None:
                 rundir.hand_over(run_dir, (req["filename"], rundir.TMP), req["uid"], req["gid"])
+            # Last: root has written all it writes through paths by now.
+            if self.staging is not None:
+                for path, read_only in req.get("binds", ()):
+                    mounts.bind_host(mounts.host_view(self.staging, path), path, read_only)
         except BaseException:
             os.close(code)
             raise
@@ -370,12 +371,12 @@ class Monitor:
         if self.staging is None:
             return self.mount_enforcement["disk"]
         size = req.get("disk_bytes")
-        if not size:
-            return "not enforced: no disk limit was asked for"
         try:
             mounts.resize(size)
         except OSError as exc:
             raise OSError(exc.errno, f"cannot set the disk limit ({size} bytes)") from None
+        if not size:
+            return "not enforced: no disk limit was asked for"
         how = (
             f"tmpfs of {size / (1 << 20):g} MiB for the run directory, /tmp's changes, "
             "/var/tmp and /dev/shm (RAM, counted as the run's memory too)"
@@ -505,8 +506,9 @@ class Monitor:
             "stragglers_killed": stragglers,
             "cgroup_version": cgroup.version if cgroup else None,
         }
-        if staging:
-            used, free = mounts.usage()
+        disk = mounts.usage() if staging else None
+        if disk is not None:
+            used, free = disk
             # Full to the last pages: a write failed, or would have.
             result.update(disk_used_bytes=used, disk_full=free < DISK_FULL_BYTES)
         if cgroup is not None:

@@ -94,14 +94,19 @@ def make_private(size_bytes: int) -> str:
     return layer
 
 
-def resize(size_bytes: int) -> None:
-    """Set the run's tmpfs to ``size_bytes`` (its disk limit)."""
-    _mount(None, SCRATCH, None, MS_REMOUNT | MS_NOSUID | MS_NODEV, f"size={_kib(size_bytes)}k")
+def resize(size_bytes: int | None) -> None:
+    """Set the run's tmpfs to ``size_bytes`` (its disk limit); None: no size of its
+    own (the run's memory limit still holds its pages)."""
+    size = f"{_kib(size_bytes)}k" if size_bytes else "0"
+    _mount(None, SCRATCH, None, MS_REMOUNT | MS_NOSUID | MS_NODEV, f"size={size}")
 
 
-def usage() -> tuple[int, int]:
-    """(bytes written, bytes still free) on the run's tmpfs."""
+def usage() -> tuple[int, int] | None:
+    """(bytes written, bytes still free) on the run's tmpfs; None where it has no size
+    (statvfs then says nothing of it)."""
     st = os.statvfs(SCRATCH)
+    if not st.f_blocks:
+        return None
     return (st.f_blocks - st.f_bfree) * st.f_frsize, st.f_bavail * st.f_frsize
 
 

@@ -8,8 +8,15 @@ import dataclasses
 import math
 import re
 import signal
+from typing import TYPE_CHECKING, Any
 
 from ..limits import ResourceLimits
+from ..result import ExecutionResult
+from ..tiers import SecurityTier
+
+if TYPE_CHECKING:
+    from ._streams import CappedStream
+    from .base import ExecutionRequest
 
 # Final stderr lines that are evidence of a limit, per killed_by reason.
 _LAST_WORDS = {
@@ -91,3 +98,45 @@ def limits_reached(ev: Evidence, stopped_by: str | None) -> list[str]:
     if stopped_by and stopped_by not in reached and stopped_by != "signal":
         reached.append(stopped_by)
     return reached
+
+
+def assemble(
+    tier: SecurityTier,
+    request: ExecutionRequest,
+    ev: Evidence,
+    out: CappedStream,
+    err: CappedStream,
+    *,
+    exit_code: int,
+    wall_seconds: float,
+    enforcement: dict[str, str],
+    stopped_by: str | None = None,
+    **measured: Any,
+) -> ExecutionResult:
+    """The result every backend reports, from its evidence (``ev.stderr`` is what
+    ``err`` kept) and streams: which limit stopped the run (``stopped_by`` where the
+    backend decided it, else :func:`killed_by`) and which it reached. ``measured``:
+    what only the backend knows (memory and CPU figures, executable, start-up), or
+    overrides."""
+    stopped = stopped_by if stopped_by is not None else killed_by(ev, request.limits)
+    fields: dict[str, Any] = dict(
+        tier=tier,
+        stdout=out.text(),
+        stderr=ev.stderr,
+        exit_code=exit_code,
+        execution_time_ms=round(wall_seconds * 1000),
+        stdout_truncated=out.truncated,
+        stderr_truncated=err.truncated,
+        timed_out=ev.timed_out,
+        killed_by=stopped,
+        term_signal=ev.term_signal,
+        wall_seconds=wall_seconds,
+        limits=request.limits,
+        enforcement=enforcement,
+        limits_reached=limits_reached(ev, stopped),
+        language=request.language,
+        code_sha256=request.code_sha256,
+        stdout_bytes=out.total,
+        stderr_bytes=err.total,
+    )
+    return ExecutionResult(**{**fields, **measured})

@@ -32,7 +32,7 @@ from ..errors import ConfigError, TierUnavailable
 from ..result import ExecutionResult
 from ..tiers import SecurityTier
 from . import supervisor
-from ._evidence import Evidence, killed_by, limits_reached
+from ._evidence import Evidence, assemble
 from ._follow import RunFollower
 from ._sigint import SigintLatch
 from ._streams import CappedStream
@@ -479,35 +479,23 @@ class NativeSandbox(Sandbox):
             stderr=stderr_text,
             output_truncated=out.truncated or err.truncated,
         )
-        stopped_by = killed_by(evidence, request.limits)
-        reached = limits_reached(evidence, stopped_by)
         peak = ev.get("peak_memory_bytes")
         method = "cgroup" if peak else None
         if not peak:
             peak, method = ev.get("maxrss_bytes") or None, "wait4"
-        wall = float(ev.get("wall_seconds") or 0.0)
-        return ExecutionResult(
-            tier=SecurityTier.NONE,
-            stdout=out.text(),
-            stderr=stderr_text,
+        return assemble(
+            SecurityTier.NONE,
+            request,
+            evidence,
+            out,
+            err,
             exit_code=code if code is not None and code >= 0 else -1,
-            execution_time_ms=round(wall * 1000),
-            stdout_truncated=out.truncated,
-            stderr_truncated=err.truncated,
-            timed_out=bool(ev.get("timed_out")),
-            killed_by=stopped_by,
-            term_signal=term_signal,
+            wall_seconds=float(ev.get("wall_seconds") or 0.0),
+            enforcement=enforcement,
             peak_memory_bytes=peak,
             memory_method=method if peak else None,
             cpu_user_seconds=ev.get("cpu_user_seconds"),
             cpu_system_seconds=ev.get("cpu_system_seconds"),
-            wall_seconds=wall,
-            limits=request.limits,
-            enforcement=enforcement,
-            limits_reached=reached,
-            code_sha256=request.code_sha256,
-            stdout_bytes=out.total,
-            stderr_bytes=err.total,
         )
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ...result import ExecutionResult
-from .._evidence import Evidence, killed_by, limits_reached
+from .._evidence import Evidence, assemble
 from .._streams import CappedStream
 from ..base import ExecutionRequest
 from ..supervisor.cgroups import RunCgroup
@@ -74,29 +74,18 @@ def container_result(
         stderr=stderr_text,
         output_truncated=out.truncated or err.truncated,
     )
-    stopped_by = killed_by(evidence, request.limits)
-    return ExecutionResult(
-        tier=sandbox.tier,
-        stdout=out.text(),
-        stderr=stderr_text,
+    return assemble(
+        sandbox.tier,
+        request,
+        evidence,
+        out,
+        err,
         exit_code=-1 if term_signal else code,
-        execution_time_ms=round(wall * 1000),
-        stdout_truncated=out.truncated,
-        stderr_truncated=err.truncated,
-        timed_out=timed_out,
-        killed_by=stopped_by,
-        term_signal=term_signal,
+        wall_seconds=wall,
+        enforcement=enforcement,
         peak_memory_bytes=peak,
         memory_method=method,
         cpu_user_seconds=cpu_user,
         cpu_system_seconds=cpu_sys,
-        wall_seconds=wall,
-        limits=request.limits,
-        enforcement=enforcement,
-        limits_reached=limits_reached(evidence, stopped_by),
-        language=request.language,
         executable=f"{sandbox.image}:{request.policy.interpreter}",
-        code_sha256=request.code_sha256,
-        stdout_bytes=out.total,
-        stderr_bytes=err.total,
     )

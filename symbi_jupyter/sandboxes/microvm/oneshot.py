@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from ...result import ExecutionResult
 from ...tiers import SecurityTier
-from .._evidence import Evidence, killed_by, limits_reached
+from .._evidence import Evidence, assemble, killed_by
 from .._streams import CappedStream
 from ..base import ExecutionRequest
 from ..worker import CellOutcome
@@ -80,35 +80,27 @@ def run_result(
         if cell.killed_by in ("timeout", "cpu")
         else killed_by(evidence, request.limits)
     )
-    return ExecutionResult(
-        tier=tier,
-        stdout=out.text(),
-        stderr=err.text(),
+    return assemble(
+        tier,
+        request,
+        evidence,
+        out,
+        err,
         exit_code=code,
-        execution_time_ms=round(cell.wall_seconds * 1000),
-        stdout_truncated=out.truncated,
-        stderr_truncated=err.truncated,
-        timed_out=stopped == "timeout",
-        killed_by=stopped,
-        term_signal=term,
-        peak_memory_bytes=peak or None,
-        memory_method="guest" if peak else None,
-        cpu_user_seconds=reply.get("cpu_user_seconds"),
-        cpu_system_seconds=reply.get("cpu_system_seconds"),
         wall_seconds=cell.wall_seconds,
-        limits=request.limits,
         enforcement={
             **(handle.enforcement if handle else {}),
             "timeout": "host (the VM is destroyed)",
             "cpu": "RLIMIT_CPU inside the guest",
             "output": "host (drained past the cap)",
         },
-        limits_reached=limits_reached(evidence, stopped),
-        language=request.language,
+        stopped_by=stopped,
+        timed_out=stopped == "timeout",
+        peak_memory_bytes=peak or None,
+        memory_method="guest" if peak else None,
+        cpu_user_seconds=reply.get("cpu_user_seconds"),
+        cpu_system_seconds=reply.get("cpu_system_seconds"),
         executable=f"guest:{request.policy.interpreter}",
-        code_sha256=request.code_sha256,
-        stdout_bytes=out.total,
-        stderr_bytes=err.total,
         startup_seconds=startup,
         sandbox_detail=handle.label if handle else None,
     )

@@ -469,3 +469,16 @@ def test_a_native_volume_reaches_the_host_and_read_only_holds(orch, workdir, roo
     finally:
         shutil.rmtree(shared)
         shutil.rmtree(read_only)
+
+
+def test_a_native_run_cannot_claim_the_disk_limit_stopped_it(orch, root_only):
+    """Where the host sees the run's tmpfs, its word that the disk was full (the
+    error a full disk gives, on its stderr) is not taken for it."""
+    res = orch.execute_code(
+        NONE,
+        "import sys\nsys.exit('OSError: [Errno 28] No space left on device')",
+        limits=ResourceLimits(max_disk_mb=16),
+    )
+    assert res.exit_code == 1 and "No space left on device" in res.stderr
+    assert res.killed_by is None
+    assert "disk" not in res.limits_reached

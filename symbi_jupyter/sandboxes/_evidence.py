@@ -46,8 +46,9 @@ class Evidence:
     #: followed left no count behind (gVisor's own kernel kills inside the sandbox)
     memory_limit_reached: bool = False
     pids_limit_hits: int = 0
-    #: the run's writable space (its tmpfs) was full when it ended
-    disk_full: bool = False
+    #: the run's writable space (its tmpfs) was full when it ended, as the host saw;
+    #: None where the host cannot see it (the run's own words decide then)
+    disk_full: bool | None = None
     cpu_seconds: float = 0.0
     stderr: str = ""
     output_truncated: bool = False
@@ -77,7 +78,9 @@ def killed_by(ev: Evidence, limits: ResourceLimits) -> str | None:
             return "memory"
         if _LAST_WORDS["file_size"].search(tail):
             return "file_size"
-        if _LAST_WORDS["disk"].search(tail) and (ev.disk_full or limits.max_disk_mb):
+        if _LAST_WORDS["disk"].search(tail) and (
+            ev.disk_full if ev.disk_full is not None else bool(limits.max_disk_mb)
+        ):
             return "disk"
         if _LAST_WORDS["processes"].search(tail) and (ev.pids_limit_hits or limits.max_processes):
             return "processes"

@@ -474,7 +474,7 @@ class NativeSandbox(Sandbox):
             stopped_for_output=stopped_for_output,
             oom_kills=ev.get("oom_kills") or 0,
             pids_limit_hits=ev.get("pids_limit_hits") or 0,
-            disk_full=bool(ev.get("disk_full")),
+            disk_full=ev.get("disk_full"),
             cpu_seconds=(ev.get("cpu_user_seconds") or 0) + (ev.get("cpu_system_seconds") or 0),
             stderr=stderr_text,
             output_truncated=out.truncated or err.truncated,

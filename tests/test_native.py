@@ -966,11 +966,16 @@ def test_a_run_without_a_disk_limit_gets_no_hidden_one(orch):
     assert res.enforcement["disk"] == "not enforced: no disk limit was asked for"
 
 
-def test_a_volume_may_not_cover_the_working_directory(orch, workdir):
-    """The run's own directory is bound in the working directory; a volume over it
-    (or over a directory above it) would hide it."""
+def test_a_volume_may_not_cover_what_the_run_has_of_its_own(orch, workdir):
+    """The run's own directory is bound in the working directory, its private /var/tmp
+    and /dev/shm over the host's; a volume over one of them (or a directory above
+    it) would hide it."""
     for cover in (workdir, workdir.parent):
         with pytest.raises(ConfigError, match="would cover the working directory"):
+            orch.execute_code(NONE, "pass", volumes=[f"{cover}:{cover}:rw"])
+    # Nor what the run has of its own: a bind over /var shows the host's /var/tmp.
+    for cover in ("/var", "/var/tmp", "/dev", "/dev/shm"):
+        with pytest.raises(ConfigError, match="would cover the run's private"):
             orch.execute_code(NONE, "pass", volumes=[f"{cover}:{cover}:rw"])
 
 

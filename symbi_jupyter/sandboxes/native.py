@@ -40,6 +40,7 @@ from ._usage import run_usage
 from .base import Availability, ExecutionRequest, Sandbox, WorkerHandle
 from .supervisor import channel
 from .supervisor.cgroups import RunCgroup
+from .supervisor.mounts import HIDDEN as PRIVATE_DIRS
 from .supervisor.proctree import RLIMITS, host_tag, pid_alive, soft_hard, write_all
 from .supervisor.workload import RUN_DIR, profile_of
 
@@ -502,8 +503,14 @@ class NativeSandbox(Sandbox):
 def _binds(volumes: Iterable[str], workdir: Path) -> list[tuple[str, bool]]:
     """Host directories a run reaches as themselves, past its private /tmp: each
     volume HOST:HOST[:ro|rw] as (path, read-only). Tier None sees host paths where they
-    are, so a volume cannot move one, nor cover the working directory (and with it
-    the run's own directory)."""
+    are, so a volume cannot move one, nor cover what the run has of its own: the
+    working directory (and in it the run's directory), /tmp, /var/tmp, /dev/shm."""
+    # A bind is not recursive: over /var it would show the host's /var/tmp again.
+    own = {
+        os.path.realpath(workdir): f"the working directory {workdir}, where the run's own "
+        "directory is",
+        **{path: f"the run's private {path}" for path in PRIVATE_DIRS},
+    }
     binds = []
     for spec in volumes:
         host, bind = policy.validate_volume(spec)
@@ -515,11 +522,11 @@ def _binds(volumes: Iterable[str], workdir: Path) -> list[tuple[str, bool]]:
                 f"volume {spec!r}: tier None sees host directories at their own path; "
                 f"write it as {real}:{real}:{bind['mode']}"
             )
-        if real == os.path.realpath(workdir) or Path(real) in Path(workdir).resolve().parents:
-            raise ConfigError(
-                f"volume {spec!r} would cover the working directory {workdir}, where the "
-                "run's own directory is; give a directory beside or below it"
-            )
+        for path, what in own.items():
+            if path == real or path.startswith(real + "/"):
+                raise ConfigError(
+                    f"volume {spec!r} would cover {what}; give a directory beside or below it"
+                )
         binds.append((real, bind["mode"] == "ro"))
     return binds
 

@@ -500,11 +500,13 @@ class NativeSandbox(Sandbox):
         )
 
 
-def _binds(volumes: Iterable[str], workdir: Path) -> list[tuple[str, bool]]:
+def _binds(volumes: tuple[str, ...], workdir: Path) -> list[tuple[str, bool]]:
     """Host directories a run reaches as themselves, past its private /tmp: each
     volume HOST:HOST[:ro|rw] as (path, read-only). Tier None sees host paths where they
     are, so a volume cannot move one, nor cover what the run has of its own: the
     working directory (and in it the run's directory), /tmp, /var/tmp, /dev/shm."""
+    if not volumes:
+        return []  # the usual run: no path to resolve
     # A bind is not recursive: over /var it would show the host's /var/tmp again.
     own = {
         os.path.realpath(workdir): f"the working directory {workdir}, where the run's own "

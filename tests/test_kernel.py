@@ -664,4 +664,6 @@ def test_jupyter_run_drives_the_kernel_like_any_other(tmp_path: Path, workdir: P
         timeout=TIMEOUT,
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines()[:2] == ["42", "[symbi] None (native) · exit 0"]
+    out, line = done.stdout.splitlines()[:2]
+    # Without root some protections are said to be not enforced, after the status.
+    assert out == "42" and line.split(" · not enforced: ")[0] == "[symbi] None (native) · exit 0"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -453,3 +454,66 @@ def test_tier_none_refuses_a_volume_that_moves_a_directory(orch):
     """Tier None sees host directories where they are: a volume names one as itself."""
     with pytest.raises(ConfigError, match="at their own path"):
         orch.execute_code(SecurityTier.NONE, "pass", volumes=["/tmp:/mnt"])
+
+
+def test_tier1_and_tier2_in_one_orchestrator_keep_their_own_figures(corch):
+    """Each container's figures come from a cgroup that is its own alone: Tier1 and
+    Tier2 alternating in one orchestrator (once named from two counters, so the second
+    Tier1 run read a gVisor sandbox's group and Tier2 read none) report what each
+    reports alone."""
+    for tier in TIERS:
+        availability = corch.sandbox(tier).availability()
+        need(availability.ok, availability.reason, tier=NAMES[tier])
+    # Tier2's figures include gVisor's own kernel: far above what runc's process uses.
+    code = "import time; time.sleep(0.2); print('ok')"
+    alone = {}
+    for tier in TIERS:
+        solo = SandboxOrchestrator(audit_log_path=corch.audit_log_path)
+        try:
+            alone[tier] = run(solo, tier, code)
+        finally:
+            solo.close()
+    for _ in range(3):
+        for tier in TIERS:
+            res = run(corch, tier, code)
+            assert res.success and res.stdout == "ok\n"
+            assert res.memory_method == "cgroup" and res.peak_memory_bytes, tier
+            # Within a factor of three of the tier alone, where the other tier's figure
+            # would be several times larger or smaller.
+            ratio = res.peak_memory_bytes / alone[tier].peak_memory_bytes
+            assert 1 / 3 < ratio < 3, (tier, res.peak_memory_bytes, alone[tier].peak_memory_bytes)
+
+
+def test_figures_from_a_shared_cgroup_parent_are_said_unavailable(corch):
+    """A container's figures are read only from a parent that held it alone: a group
+    that appears beside it there (made by this test) makes them unavailable, said so,
+    rather than someone else's."""
+    sandbox = corch.sandbox(SecurityTier.TIER1)
+    need(sandbox.availability().ok, sandbox.availability().reason, tier="docker")
+    need(sandbox._measurable(), "the engine's cgroups are not readable here", tier="docker")
+    sandbox.pool_size = 0
+    base = Path("/sys/fs/cgroup/memory/symbi-jupyter-docker")
+    made: list[Path] = []
+
+    def intrude(stream: str, chunk: bytes) -> None:
+        for parent in base.glob(f"{host_tag()}-tier1-*"):
+            if not made:
+                made.append(parent / "intruder")
+                made[0].mkdir()
+
+    try:
+        res = corch.execute_code(
+            SecurityTier.TIER1,
+            "import time; print('x', flush=True); time.sleep(0.5)",
+            on_output=intrude,
+        )
+    finally:
+        for path in made:
+            path.rmdir()
+    assert made and res.success
+    assert res.peak_memory_bytes is None and res.cpu_user_seconds is None
+    assert "held another group" in res.enforcement["measurement"]
+    corch.close()
+    for path in made:
+        with contextlib.suppress(OSError):
+            path.parent.rmdir()  # its removal may have failed while the intruder stood

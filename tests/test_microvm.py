@@ -419,3 +419,22 @@ def test_a_killed_kernel_takes_its_vms_with_it(vm, tmp_path: Path) -> None:
         assert not list(tmp_path.glob("symbi-vm-*"))
     finally:
         child.kill()
+
+
+def test_a_vmm_group_is_never_shared(tmp_path: Path) -> None:
+    """The VMM's memory group is made new or not at all: a group of that name that
+    exists already (another orchestrator's run) is not joined, or its figures and its
+    limit would be shared."""
+    from symbi_jupyter.sandboxes.supervisor.cgroups import VM_PARENT, v1_memory_group
+
+    need(os.access("/sys/fs/cgroup/memory", os.W_OK), "no writable v1 memory hierarchy")
+    name = f"test-{os.getpid()}-{tmp_path.name}"
+    first = v1_memory_group(VM_PARENT, name, 64 << 20)
+    try:
+        assert first is not None
+        assert v1_memory_group(VM_PARENT, name, 128 << 20) is None
+        limit = Path(first.paths["memory"], "memory.limit_in_bytes").read_text()
+        assert int(limit) == 64 << 20  # the second call did not rewrite it
+    finally:
+        if first:
+            first.remove()

@@ -26,13 +26,15 @@ def container_result(
     state: dict[str, Any],
     enforcement: dict[str, str],
     parent: str | None,
+    container_id: str,
     wall: float,
     timed_out: bool,
     cpu_exceeded: bool,
     pids_hits: int,
 ) -> ExecutionResult:
     """The result of a run (or a kernel's worker) in ``sandbox``'s container, whose
-    cgroup parent is ``parent``; ``enforcement`` gets the note on how it was measured."""
+    cgroup parent is ``parent``; ``enforcement`` gets the note on how it was measured.
+    Figures are read only from a parent that held this container alone."""
     out, err = streams[STDOUT], streams[STDERR]
     code = int(status.get("StatusCode", -1))
     # docker-init exits 128+N when its child died of signal N.
@@ -42,7 +44,13 @@ def container_result(
     peak = cpu_user = cpu_sys = None
     method = None
     group = RunCgroup.v1_parent(parent) if parent else None
-    if group:
+    if group and group.subgroups() - {container_id}:
+        group = None
+        enforcement["measurement"] = (
+            "peak memory and CPU unavailable: the container's cgroup parent held "
+            "another group too, whose figures would have been counted"
+        )
+    elif group:
         peak = group.peak_memory()
         cpu_user, cpu_sys = group.cpu_user_system()
         method = "cgroup" if peak else None
@@ -50,7 +58,7 @@ def container_result(
             enforcement["measurement"] = (
                 "the sandbox's cgroup: figures include gVisor's own kernel (the Sentry)"
             )
-    else:
+    elif not parent:
         enforcement["measurement"] = (
             "peak memory and CPU not measured: the engine is remote or not on cgroup v1 "
             "with the cgroupfs driver"

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import itertools
 import os
+import secrets
 import socket
 import subprocess
 import threading
@@ -98,7 +98,6 @@ class DockerSandbox(Sandbox):
         self._client = None
         self._info: dict[str, Any] = {}
         self._lock = threading.Lock()
-        self._counter = itertools.count(1)
         self._reaped = False
         self._ready = False
         self._pool: ReadyPool[Prepared] = ReadyPool("container", Prepared.discard)
@@ -294,7 +293,11 @@ class DockerSandbox(Sandbox):
 
         parent = None
         if self._measurable():
-            parent = f"/{DOCKER_PARENT}/{host_tag()}-{next(self._counter)}"
+            # Unique across tiers, orchestrators and processes: a shared name once
+            # gave one tier's run another tier's figures.
+            parent = (
+                f"/{DOCKER_PARENT}/{host_tag()}-{self.tier.value.lower()}-{secrets.token_hex(8)}"
+            )
             options["cgroup_parent"] = parent
         try:
             container = client.containers.create(self.image, **options)
@@ -362,6 +365,7 @@ class DockerSandbox(Sandbox):
                 state,
                 enforcement,
                 parent,
+                container.id,
                 wall,
                 timed_out,
                 cpu_exceeded,

@@ -84,6 +84,7 @@ class ContainerWorker(WorkerHandle):
             state,
             dict(self._enforcement),
             parent,
+            container.id,
             time.monotonic() - self._started,
             False,
             False,

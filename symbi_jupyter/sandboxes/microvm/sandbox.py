@@ -278,7 +278,7 @@ class MicroVMSandbox(Sandbox):
         mem, vcpus = spec.mem_mib, spec.vcpus
         qemu = not isinstance(driver, FirecrackerDriver)
         lease = self.run_identities.lease() if qemu and os.geteuid() == 0 else None
-        cgroup = self._vmm_cgroup(n, mem)
+        cgroup = self._vmm_cgroup(run_dir.name.removeprefix("symbi-vm-"), mem)
         enforcement = self._enforcement(request, mem, vcpus, cgroup, lease, qemu)
         proc = self._spawn(driver, spec, cgroup, lease, qemu)
         worker = VMWorker(
@@ -417,11 +417,10 @@ class MicroVMSandbox(Sandbox):
             run_dir=run_dir,
         )
 
-    def _vmm_cgroup(self, n: int, mem: int) -> RunCgroup | None:
-        """A v1 memory cgroup bounding the VMM process (guest memory + overhead)."""
-        return v1_memory_group(
-            VM_PARENT, f"{host_tag()}-{n}", (mem + self.vmm_memory_overhead_mb) * MiB
-        )
+    def _vmm_cgroup(self, name: str, mem: int) -> RunCgroup | None:
+        """A v1 memory cgroup bounding the VMM process (guest memory + overhead),
+        named like the run directory: unique across orchestrators and processes."""
+        return v1_memory_group(VM_PARENT, name, (mem + self.vmm_memory_overhead_mb) * MiB)
 
     def _reap(self) -> None:
         """Remove the run directories and cgroups of kernels (of this pid namespace)

@@ -319,6 +319,14 @@ class RunCgroup:
             "method": "cgroup",
         }
 
+    def subgroups(self) -> set[str]:
+        """The names of the groups directly below this one, in any hierarchy."""
+        names: set[str] = set()
+        for path in self.paths.values():
+            with contextlib.suppress(OSError):
+                names.update(e.name for e in os.scandir(path) if e.is_dir())
+        return names
+
     def remove(self) -> None:
         for path in self.paths.values():
             remove_cgroup_dir(path)
@@ -367,14 +375,16 @@ def reap_stale(probe: dict[str, Any]) -> list[str]:
 
 
 def v1_memory_group(parent: str, name: str, limit_bytes: int) -> RunCgroup | None:
-    """A v1 memory group ``parent/name`` limited to ``limit_bytes`` (memory and swap);
-    None where the memory hierarchy is not writable."""
+    """A new v1 memory group ``parent/name`` limited to ``limit_bytes`` (memory and
+    swap); None where the memory hierarchy is not writable or the group exists already
+    (its figures would not be this run's alone)."""
     base = os.path.join(CGROUP_ROOT, "memory")
     if not os.access(base, os.W_OK):
         return None
     path = os.path.join(base, parent, name)
     try:
-        os.makedirs(path, exist_ok=True)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        os.mkdir(path)
         _write(os.path.join(path, "memory.limit_in_bytes"), str(limit_bytes))
         with contextlib.suppress(OSError):
             _write(os.path.join(path, "memory.memsw.limit_in_bytes"), str(limit_bytes))

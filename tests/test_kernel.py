@@ -462,6 +462,11 @@ def test_agents_are_defined_and_triggered_in_the_kernel(kernel) -> None:
     assert reply["ename"] == "ConfigError" and "Echo" in reply["evalue"]
     assert "sandbox" in refused(kc, "%symbi_trigger Echo say -o results")["evalue"]
     assert "line" in refused(kc, "%%symbi_agent\nagent Broken {")["evalue"]
+    deep = "[" * 2000 + "]" * 2000
+    reply = refused(kc, f"%%symbi_agent\nagent Deep {{ metadata {{ x: {deep} }} }}")
+    assert reply["ename"] == "ConfigError" and "nest more than 32" in reply["evalue"]
+    reply, outputs = run(kc, "print(6 * 7)")  # the worker and its state live on
+    assert reply["status"] == "ok" and stdout(outputs) == "42\n"
     assert "%%symbi_agent" in refused(kc, "%%symbi_nonsense\nx")["evalue"]
 
 

@@ -35,6 +35,12 @@ ACTIONS: dict[str, tuple[tuple[str, ...], bool]] = {
 SECURITY_KEYS = ("tier", "sandbox", "capabilities")
 #: Fields of the previous action's result that ``emit`` may read as ``result.FIELD``.
 RESULT_FIELDS = ("stdout", "stderr", "exit_code", "success", "killed_by", "timed_out", "tier")
+#: The largest agent text read, in bytes (UTF-8): parsing is linear, but not free.
+MAX_AGENT_BYTES = 2 * 1024 * 1024
+# How much of a long line an error shows.
+_SHOWN = 100
+#: The deepest a list may nest in a value.
+MAX_NESTING = 32
 _LITERAL_WORDS = {"true": True, "false": False, "null": None}
 # Terminals named by what they hold, in "expected ..." messages.
 _TERMINAL_WORDS = {
@@ -71,13 +77,20 @@ def load(
 
 # -- errors --------------------------------------------------------------------------
 def located(text: str, line: int, column: int, message: str) -> ConfigError:
-    """``line L, column C: message``, then the line and a caret under column C."""
+    """``line L, column C: message``, then the line (at most :data:`_SHOWN` characters of
+    it) and a caret under column C."""
+    shown = column
     lines = text.splitlines() or [""]
     line = min(max(line, 1), len(lines))
     source = lines[line - 1]
+    if len(source) > _SHOWN:
+        # A window of a long line around the spot, so the error stays readable.
+        start = max(0, min(column - 1 - _SHOWN // 2, len(source) - _SHOWN))
+        source = source[start : start + _SHOWN]
+        column -= start
     # Keep tabs in the caret's indent so it lines up under tab-indented text.
     indent = "".join(c if c == "\t" else " " for c in source[: max(column - 1, 0)])
-    return ConfigError(f"line {line}, column {column}: {message}\n    {source}\n    {indent}^")
+    return ConfigError(f"line {line}, column {shown}: {message}\n    {source}\n    {indent}^")
 
 
 def _syntax_error(text: str, exc: UnexpectedInput) -> ConfigError:
@@ -146,10 +159,17 @@ class _Reader:
         return located(self.text, line or 1, column or 1, message)
 
     def agents(self) -> list[Agent]:
+        size = len(self.text.encode("utf-8", "surrogatepass"))
+        if size > MAX_AGENT_BYTES:
+            raise ConfigError(
+                f"the agent text is {size} bytes, more than the {MAX_AGENT_BYTES} "
+                "read; split it into several files"
+            )
         try:
             tree = _lark().parse(self.text)
         except UnexpectedInput as exc:
             raise _syntax_error(self.text, exc) from None
+        self.check_nesting(tree)
         agents: dict[str, Agent] = {}
         for node in tree.children:
             agent = self.agent(node)
@@ -157,6 +177,18 @@ class _Reader:
                 raise self.error(node.children[0], f"agent {agent.name} is defined twice")
             agents[agent.name] = agent
         return list(agents.values())
+
+    def check_nesting(self, tree: Tree) -> None:
+        """Refuse lists nested deeper than :data:`MAX_NESTING` before anything recurses
+        into them (iteratively: the check must not be what overflows)."""
+        stack: list[tuple[Tree, int]] = [(tree, 0)]
+        while stack:
+            node, depth = stack.pop()
+            if node.data == "list":
+                depth += 1
+                if depth > MAX_NESTING:
+                    raise self.error(node, f"lists nest more than {MAX_NESTING} deep here")
+            stack.extend((c, depth) for c in node.children if isinstance(c, Tree))
 
     def agent(self, node: Tree) -> Agent:
         name_token, *sections = node.children
@@ -253,16 +285,14 @@ class _Reader:
         name_token, *actions = node.children
         name = self.plain_token(name_token)
         parsed: list[Run | Emit] = []
+        ran = False
         for child in actions:
             action = self.action(child)
-            if (
-                isinstance(action, Emit)
-                and not any(isinstance(a, Run) for a in parsed)
-                and _reads_result(action.value)
-            ):
+            if isinstance(action, Emit) and not ran and _reads_result(action.value):
                 raise self.error(
                     child, "emit reads result.FIELD, but no action runs before it in this trigger"
                 )
+            ran = ran or isinstance(action, Run)
             parsed.append(action)
         return Trigger(name=name, actions=tuple(parsed), line=node.meta.line)
 

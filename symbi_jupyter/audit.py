@@ -9,19 +9,24 @@ Each line is one record, a JSON object with the caller's fields plus:
 ``hash``  SHA-256 (hex) of the canonical JSON of the record without ``hash``
 
 Any edit, deletion, reordering or insertion in the middle of the file breaks the chain
-and :func:`verify` names the first bad line. Like every hash chain without an outside
-anchor, it cannot tell that records were cut off the *end* at a record boundary, or
-that the whole file was rewritten with a fresh chain: keep a copy of the last ``hash``
-elsewhere (or ship the log off the host) where that matters.
+and :func:`verify` names the first bad line. A chain alone cannot tell that records
+were cut off the end, or that the whole file was rewritten with a fresh chain, so the
+writer also anchors it outside the log: ``<log>.head`` names the last record (its
+``seq`` and the SHA-256 of its line) under an HMAC whose key, ``<log>.key`` (mode
+0600), only the writing user can read. A run cannot forge the anchor unless it runs as
+that user (tier None on a host that is not root); whoever can delete the log, its head
+and its key together can still start afresh unseen.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import enum
 import fcntl
 import hashlib
+import hmac
 import json
 import os
 import pwd
@@ -35,6 +40,8 @@ GENESIS = "0" * 64
 CHAIN_FIELDS = ("time", "user", "seq", "prev", "hash")
 
 _BLOCK = 8192
+# The head file is rewritten in place; it stays far under one disk sector.
+_HEAD_BYTES = 512
 
 
 def sha256_text(data: str | bytes) -> str:
@@ -97,11 +104,79 @@ class AuditLog:
                 _write_all(fd, (b"" if complete else b"\n") + line + b"\n")
                 if self.fsync:
                     os.fsync(fd)
+                # After the record is durable: a head ahead of its log would read as
+                # records cut off the end.
+                Anchor(self.path).write(body["seq"], hashlib.sha256(line).hexdigest(), self.fsync)
             finally:
                 fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
             os.close(fd)
         return body
+
+
+class Anchor:
+    """The chain's head kept beside the log: ``<log>.head`` holds the last record's
+    ``seq`` and line hash under an HMAC keyed by ``<log>.key``."""
+
+    def __init__(self, log: str | os.PathLike[str]) -> None:
+        self.head_path = Path(f"{os.fspath(log)}.head")
+        self.key_path = Path(f"{os.fspath(log)}.key")
+
+    def exists(self) -> bool:
+        return self.head_path.exists() or self.key_path.exists()
+
+    def mac(self, key: bytes, seq: int, line_hash: str) -> str:
+        message = f"symbi-jupyter audit head {seq} {line_hash}".encode()
+        return hmac.new(key, message, hashlib.sha256).hexdigest()
+
+    def key(self, create: bool = False) -> bytes:
+        """The key; made (32 random bytes, mode 0600) where ``create`` and missing."""
+        if create:
+            with contextlib.suppress(FileExistsError):
+                fd = os.open(self.key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                try:
+                    _write_all(fd, os.urandom(32).hex().encode())
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+        return bytes.fromhex(self.key_path.read_text().strip())
+
+    def write(self, seq: int, line_hash: str, fsync: bool) -> None:
+        """Name record ``seq`` (whose line hashes to ``line_hash``) as the last one."""
+        head = {"seq": seq, "hash": line_hash, "mac": self.mac(self.key(True), seq, line_hash)}
+        data = canonical_json(head).encode().ljust(_HEAD_BYTES - 1) + b"\n"
+        fd = os.open(self.head_path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            os.pwrite(fd, data, 0)
+            if fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def read(self) -> tuple[int, str]:
+        """The anchored ``(seq, line hash)``; ValueError (with the reason) where the
+        head or its key is missing, unreadable or does not match."""
+        try:
+            key = self.key()
+        except FileNotFoundError:
+            raise ValueError(f"the anchor's key {self.key_path} is missing") from None
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"cannot read the anchor's key {self.key_path}: {exc}") from None
+        try:
+            head = json.loads(self.head_path.read_bytes())
+            seq, line_hash, mac = head["seq"], head["hash"], head["mac"]
+        except FileNotFoundError:
+            raise ValueError(f"the anchor {self.head_path} is missing") from None
+        except (OSError, ValueError, TypeError, KeyError) as exc:
+            raise ValueError(f"cannot read the anchor {self.head_path}: {exc}") from None
+        if not (
+            isinstance(seq, int)
+            and isinstance(line_hash, str)
+            and isinstance(mac, str)
+            and hmac.compare_digest(mac, self.mac(key, seq, line_hash))
+        ):
+            raise ValueError(f"the anchor {self.head_path} was forged or edited (MAC mismatch)")
+        return seq, line_hash
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,48 +198,104 @@ class VerifyReport:
 
 
 def verify(path: str | os.PathLike[str]) -> VerifyReport:
-    """Check every record's ``hash``, ``seq`` and ``prev``; stop at the first bad line."""
+    """Check every record's ``hash``, ``seq`` and ``prev``, stopping at the first bad
+    line, then that the log ends where its anchor says (:class:`Anchor`)."""
+    anchor = Anchor(path)
     try:
         f = open(path, "rb")
     except FileNotFoundError:
         return VerifyReport(ok=False, records=0, reason="no such file")
     except OSError as exc:
         return VerifyReport(ok=False, records=0, reason=f"cannot read: {exc.strerror or exc}")
+    anchored: tuple[int, str] | None = None
+    trouble = ""
+    if anchor.exists():
+        try:
+            anchored = anchor.read()
+        except ValueError as exc:
+            trouble = str(exc)
+    with f:
+        report, hashes = _verify_chain(f, anchored[0] if anchored else None)
+    if not report.ok:
+        return report
+    count = report.records
+    if trouble:
+        return VerifyReport(ok=False, records=count, reason=trouble)
+    if anchored is None:
+        if count == 0:
+            return report
+        return VerifyReport(
+            ok=False,
+            records=count,
+            reason=f"no anchor ({anchor.head_path.name}, {anchor.key_path.name}) beside the "
+            "log: records cut off its end or a rewritten chain would not show",
+        )
+    seq, line_hash = anchored
+    if seq > count:
+        return VerifyReport(
+            ok=False,
+            records=count,
+            reason=f"records were cut off the end: the anchor names record {seq}, "
+            f"the log ends at {count}",
+        )
+    if hashes.get(seq) != line_hash:
+        return VerifyReport(
+            ok=False,
+            records=count,
+            broken_at=seq,
+            reason="the log was rewritten: this is not the record its anchor names",
+        )
+    if seq < count:
+        return VerifyReport(
+            ok=False,
+            records=seq,
+            broken_at=seq + 1,
+            reason=f"{count - seq} record(s) after the anchor: appended without its key, "
+            "or the writer stopped between a record and its anchor",
+        )
+    return report
 
-    def broken(lineno: int, reason: str) -> VerifyReport:
-        return VerifyReport(ok=False, records=lineno - 1, broken_at=lineno, reason=reason)
+
+def _verify_chain(f: Any, want: int | None) -> tuple[VerifyReport, dict[int, str]]:
+    """The chain's report, and the line hashes of record ``want`` (if any) and of the
+    last record."""
+
+    def broken(lineno: int, reason: str) -> tuple[VerifyReport, dict[int, str]]:
+        return VerifyReport(ok=False, records=lineno - 1, broken_at=lineno, reason=reason), {}
 
     prev, count = GENESIS, 0
-    with f:
-        for lineno, raw in enumerate(f, start=1):
-            if not raw.endswith(b"\n"):
-                return broken(lineno, "incomplete last line (truncated)")
-            line = raw[:-1]
-            try:
-                record = json.loads(line.decode("utf-8"))
-            except (UnicodeDecodeError, ValueError):
-                return broken(lineno, "not a JSON record")
-            if not isinstance(record, dict):
-                return broken(lineno, "not a JSON record")
-            missing = [k for k in ("seq", "prev", "hash") if k not in record]
-            if missing:
-                return broken(lineno, f"missing field {missing[0]!r}")
-            try:
-                intact = record["hash"] == record_hash(record)
-            except (UnicodeEncodeError, TypeError, ValueError):
-                intact = False  # e.g. an escaped lone surrogate: never written by append()
-            if not intact:
-                return broken(lineno, "record was edited (hash mismatch)")
-            if record["seq"] != lineno:
-                return broken(
-                    lineno,
-                    f"record deleted, inserted or reordered (seq {record['seq']!r}, "
-                    f"expected {lineno})",
-                )
-            if record["prev"] != prev:
-                return broken(lineno, "previous record was edited or replaced (prev mismatch)")
-            prev, count = hashlib.sha256(line).hexdigest(), lineno
-    return VerifyReport(ok=True, records=count)
+    hashes: dict[int, str] = {}
+    for lineno, raw in enumerate(f, start=1):
+        if not raw.endswith(b"\n"):
+            return broken(lineno, "incomplete last line (truncated)")
+        line = raw[:-1]
+        try:
+            record = json.loads(line.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            return broken(lineno, "not a JSON record")
+        if not isinstance(record, dict):
+            return broken(lineno, "not a JSON record")
+        missing = [k for k in ("seq", "prev", "hash") if k not in record]
+        if missing:
+            return broken(lineno, f"missing field {missing[0]!r}")
+        try:
+            intact = record["hash"] == record_hash(record)
+        except (UnicodeEncodeError, TypeError, ValueError):
+            intact = False  # e.g. an escaped lone surrogate: never written by append()
+        if not intact:
+            return broken(lineno, "record was edited (hash mismatch)")
+        if record["seq"] != lineno:
+            return broken(
+                lineno,
+                f"record deleted, inserted or reordered (seq {record['seq']!r}, "
+                f"expected {lineno})",
+            )
+        if record["prev"] != prev:
+            return broken(lineno, "previous record was edited or replaced (prev mismatch)")
+        prev, count = hashlib.sha256(line).hexdigest(), lineno
+        if lineno == want:
+            hashes[lineno] = prev
+    return VerifyReport(ok=True, records=count), hashes
 
 
 def _tail(fd: int) -> tuple[bytes | None, int, bool]:

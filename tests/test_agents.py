@@ -548,7 +548,7 @@ def _loaded_within(text: str, seconds: float = 60.0):
     def target() -> None:
         try:
             outcome.append(load(text))
-        except BaseException as exc:  # noqa: BLE001 - handed to the test
+        except BaseException as exc:  # handed to the test
             outcome.append(exc)
 
     thread = threading.Thread(target=target, daemon=True)

@@ -231,6 +231,74 @@ def test_inserting_a_forged_record_with_a_valid_hash(tmp_path):
     check_broken(path, 4, "seq 3, expected 4")
 
 
+# --- the anchor: the end of the log and a rewritten chain ------------------------------
+
+
+def check_unanchored(path: Path, reason: str) -> VerifyReport:
+    report = verify(path)
+    assert not report.ok and reason in report.reason, report
+    return report
+
+
+def test_cutting_whole_records_off_the_end(tmp_path):
+    path = tmp_path / "audit.jsonl"
+    lines = make_log(path)
+    rewrite(path, lines[:4])  # the chain that is left is intact
+    report = check_unanchored(path, "cut off the end: the anchor names record 6, the log ends at 4")
+    assert str(report).startswith("BROKEN: records were cut off")
+    rewrite(path, [])
+    check_unanchored(path, "the log ends at 0")
+
+
+@pytest.mark.parametrize("n", [3, 6, 9])
+def test_a_rewritten_chain(tmp_path, n):
+    """A fresh, self-consistent chain in place of the log: shorter, as long, longer."""
+    path = tmp_path / "audit.jsonl"
+    make_log(path)
+    forged = tmp_path / "forged" / "audit.jsonl"
+    rewrite(path, make_log(forged, n))
+    reason = "cut off the end" if n < 6 else "rewritten: this is not the record"
+    check_unanchored(path, reason)
+
+
+def test_a_forged_or_missing_anchor(tmp_path):
+    path = tmp_path / "audit.jsonl"
+    make_log(path, 6)
+    head = Path(f"{path}.head")
+    mine = json.loads(head.read_bytes())
+    forged = tmp_path / "forged" / "audit.jsonl"
+    lines = make_log(forged, 3)
+    rewrite(path, lines)
+    # Name the forged chain's last record, with the old MAC or one from another key.
+    for mac in (mine["mac"], json.loads(Path(f"{forged}.head").read_bytes())["mac"]):
+        head.write_text(
+            json.dumps({"seq": 3, "hash": hashlib.sha256(lines[-1][:-1]).hexdigest(), "mac": mac})
+        )
+        check_unanchored(path, "forged or edited (MAC mismatch)")
+    head.unlink()
+    check_unanchored(path, "audit.jsonl.head is missing")
+    Path(f"{path}.key").unlink()
+    check_unanchored(path, "no anchor (audit.jsonl.head, audit.jsonl.key) beside the log")
+
+
+def test_records_appended_without_the_key(tmp_path):
+    path = tmp_path / "audit.jsonl"
+    lines = make_log(path, 4)
+    forged = {"event": "execute", "seq": 5, "prev": hashlib.sha256(lines[-1][:-1]).hexdigest()}
+    forged["hash"] = record_hash(forged)
+    rewrite(path, [*lines, canonical_json(forged).encode() + b"\n"])
+    report = check_unanchored(path, "1 record(s) after the anchor")
+    assert report.broken_at == 5 and report.records == 4
+
+
+def test_the_anchor_is_the_writers_alone(tmp_path):
+    path = tmp_path / "audit.jsonl"
+    make_log(path, 2)
+    for name in ("audit.jsonl.head", "audit.jsonl.key"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o600
+    assert len(bytes.fromhex(Path(f"{path}.key").read_text())) == 32
+
+
 def test_missing_and_empty_files(tmp_path):
     missing = verify(tmp_path / "absent.jsonl")
     assert (missing.ok, missing.records, missing.broken_at, missing.reason) == (

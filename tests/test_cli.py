@@ -53,6 +53,14 @@ def test_verify_broken(cli, log_path):
     assert f"{log_path}: BROKEN at line 2: " in done.stdout
 
 
+def test_verify_records_cut_off_the_end(cli, log_path):
+    lines = log_path.read_bytes().splitlines(keepends=True)
+    log_path.write_bytes(lines[0] + lines[1])
+    done = cli("audit", "verify", str(log_path))
+    assert done.returncode == 1
+    assert "BROKEN: records were cut off the end" in done.stdout
+
+
 def test_verify_missing_file(cli, tmp_path):
     done = cli("audit", "verify", str(tmp_path / "absent.jsonl"))
     assert done.returncode == 1

@@ -13,6 +13,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -482,3 +483,39 @@ def test_a_native_run_cannot_claim_the_disk_limit_stopped_it(orch, root_only):
     assert res.exit_code == 1 and "No space left on device" in res.stderr
     assert res.killed_by is None
     assert "disk" not in res.limits_reached
+
+
+def test_a_native_run_cannot_reach_the_audit_log_or_its_anchor(workdir, tmp_path, root_only):
+    """Even in a directory anyone may enter, the log, its head and the head's key are
+    the writer's alone: a run cannot cut the log and re-anchor it."""
+    from symbi_jupyter.audit import verify
+    from symbi_jupyter.orchestrator import SandboxOrchestrator
+
+    open_dir = Path(tempfile.mkdtemp(prefix="symbi-audit-"))
+    try:
+        open_dir.chmod(0o755)
+        log = open_dir / "audit.jsonl"
+        orch = SandboxOrchestrator(
+            allow_native_execution=True,
+            working_directory=str(workdir),
+            audit_log_path=str(log),
+        )
+        try:
+            orch.execute_code(NONE, "pass")
+            attack = (
+                "import os\n"
+                f"log = {str(log)!r}\n"
+                "for path, mode in ((log + '.key', 'r'), (log + '.head', 'r+'), (log, 'r+')):\n"
+                "    try:\n"
+                "        open(path, mode).close(); print('reached', path)\n"
+                "    except OSError as e:\n"
+                "        print('refused', e.errno)\n"
+            )
+            res = orch.execute_code(NONE, attack)
+        finally:
+            orch.close()
+        assert res.success, res.stderr
+        assert "reached" not in res.stdout and res.stdout.count("refused") == 3
+        assert verify(log).ok and verify(log).records == 2
+    finally:
+        shutil.rmtree(open_dir)

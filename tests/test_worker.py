@@ -14,12 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from symbi_jupyter.sandboxes.worker import agent
+from symbi_jupyter.sandboxes.worker import worker_source
 from symbi_jupyter.sandboxes.worker.agent import BOOTSTRAP, TRUNCATION_MARKER
+from symbi_jupyter.sandboxes.worker.session import AGENT_MODULES
 
 from .helpers import need
 
-WORKER = Path(agent.__file__)
+#: What names the agent's own code in a traceback: its modules' file names, shipped
+#: (``<symbi-worker/agent.py>``) or not.
+OWN_NAMES = ("symbi-worker", *(f"{name}.py" for name in AGENT_MODULES))
 TIMEOUT = 60  # generous: only a hang should ever reach it
 
 
@@ -91,9 +94,21 @@ def stdout_text(msgs: list[dict], name: str = "stdout") -> str:
     return "".join(m["text"] for m in msgs if m["type"] == "stream" and m["name"] == name)
 
 
+def names_own_code(text: str) -> bool:
+    return any(name in text for name in OWN_NAMES)
+
+
+@pytest.fixture(scope="module")
+def worker_file(tmp_path_factory) -> Path:
+    """The shipped program as a file, which tier None runs as ``python3 FILE``."""
+    path = tmp_path_factory.mktemp("worker") / "worker.py"
+    path.write_bytes(worker_source())
+    return path
+
+
 @pytest.fixture
-def worker():
-    client = Client([sys.executable, "-I", str(WORKER)])
+def worker(worker_file):
+    client = Client([sys.executable, "-I", str(worker_file)])
     try:
         yield client
     finally:
@@ -110,7 +125,7 @@ def test_ready_message(worker):
 
 
 def test_started_through_bootstrap():
-    client = Client([sys.executable, "-I", "-c", BOOTSTRAP], source=WORKER.read_bytes())
+    client = Client([sys.executable, "-I", "-c", BOOTSTRAP], source=worker_source())
     try:
         assert client.ready["type"] == "ready"
         msgs, reply = client.execute("print(__name__, 6 * 7)")
@@ -118,7 +133,25 @@ def test_started_through_bootstrap():
         assert stdout_text(msgs) == "__main__ 42\n"
         msgs, reply = client.execute("1 / 0", cell_name="<cell-2>")
         assert reply["ename"] == "ZeroDivisionError"
-        assert not any("symbi-worker" in line for line in reply["traceback"])
+        assert not any(names_own_code(line) for line in reply["traceback"])
+    finally:
+        client.close()
+
+
+def test_the_agent_runs_as_modules_of_its_own_from_the_standard_library():
+    """No site-packages (``-S``): the shipped program installs the agent's modules as
+    the package ``symbi_worker``, with their source at hand for inspection."""
+    client = Client([sys.executable, "-I", "-S", "-c", BOOTSTRAP], source=worker_source())
+    try:
+        code = "import sys\nprint(sorted(n for n in sys.modules if n.startswith('symbi_worker')))"
+        msgs, reply = client.execute(code)
+        assert reply["status"] == "ok"
+        expected = ["symbi_worker", *(f"symbi_worker.{name}" for name in AGENT_MODULES)]
+        assert stdout_text(msgs) == f"{sorted(expected)}\n"
+        _, reply = client.request("inspect", code="display", cursor_pos=7, detail_level=1)
+        text = reply["data"]["text/plain"]
+        assert "File:      <symbi-worker/agent_output.py>" in text
+        assert "def display(self, *objs" in text
     finally:
         client.close()
 
@@ -195,7 +228,7 @@ def test_error_traceback_has_cell_source_and_no_worker_frames(worker):
     text = "\n".join(error["traceback"])
     assert "raise ValueError('boom')" in text
     assert '"<cell-7>", line 3' in text
-    assert WORKER.name not in text and "symbi-worker" not in text
+    assert not names_own_code(text)
 
 
 def test_syntax_error(worker):
@@ -204,7 +237,7 @@ def test_syntax_error(worker):
     assert reply["ename"] == "SyntaxError"
     text = "\n".join(reply["traceback"])
     assert "x = = 1" in text and "^" in text
-    assert WORKER.name not in text and "ast.py" not in text
+    assert not names_own_code(text) and "ast.py" not in text
 
 
 def test_system_exit_does_not_kill_worker(worker):
@@ -417,7 +450,7 @@ def test_interrupt_during_heavy_output_keeps_the_protocol_intact(worker):
     assert {m["type"] for m in msgs} <= {"stream", "error"}
     assert [m["ename"] for m in msgs if m["type"] == "error"] == ["KeyboardInterrupt"]
     assert set(stdout_text(msgs).replace("\n", "")) <= {"y"}
-    assert not [line for line in reply["traceback"] if WORKER.name in line]
+    assert not [line for line in reply["traceback"] if names_own_code(line)]
 
 
 def test_interrupt_top_level_await(worker):

@@ -1,5 +1,6 @@
-"""The worker protocol, both halves: :mod:`.agent` runs inside a sandbox (stdlib only,
-shipped as source), :mod:`.session` drives it from the host in JSON lines."""
+"""The worker protocol, both halves: :mod:`.agent` (with :mod:`.agent_output` and
+:mod:`.agent_code`) runs inside a sandbox, stdlib only, shipped as source by
+:func:`.session.worker_source`; :mod:`.session` drives it from the host in JSON lines."""
 
 from __future__ import annotations
 

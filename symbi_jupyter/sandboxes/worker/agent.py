@@ -1,8 +1,12 @@
 """The worker agent: one persistent Python namespace that runs cells on request.
 
 Stdlib only, Python 3.11: it is shipped as source into containers and guests that have
-nothing but Debian's python3. Started as ``python3 agent.py`` or through ``BOOTSTRAP``
-(a length line, then the source, on fd 0), which execs it as ``<symbi-worker>``.
+nothing but Debian's python3. Three modules: this one (the protocol loop and the
+running of cells), :mod:`.agent_output` (the cell's streams and the display API) and
+:mod:`.agent_code` (compiling cells, completion, inspection, rich representation).
+:func:`.session.worker_source` ships them as one program that installs them as modules
+and calls :func:`main`; it reaches the sandbox through ``BOOTSTRAP`` (a length line,
+then the program, on fd 0) or, at tier None, as the file ``python3`` runs.
 
 Protocol: JSON lines (``ensure_ascii``, compact separators) on the worker's own stdin
 (requests) and stdout (messages); nothing else is written there. Never pickle.
@@ -21,19 +25,11 @@ Output: fd 0 is /dev/null, fds 1 and 2 are pipes read by threads, so the output 
 child processes is captured too; ``sys.stdout``/``sys.stderr`` send messages directly.
 """
 
-import ast
-import base64
 import builtins
-import codecs
-import codeop
-import io
 import json
-import linecache
 import os
 import platform
-import pprint
 import queue
-import re
 import resource
 import signal
 import sys
@@ -43,8 +39,21 @@ import traceback
 import types
 import uuid
 
+from .agent_code import (
+    compile_cell,
+    complete_reply,
+    format_error,
+    inspect_reply,
+    is_complete,
+    mimebundle,
+    safe_str,
+)
+from .agent_output import Display, NoStdin, Output, PipeReader, write_all
+
 # Run as ``python3 -I -c BOOTSTRAP``, then write the source's length in bytes (decimal), a
-# newline and the source to the process's stdin; os.read consumes nothing beyond it.
+# newline and the source (worker_source()) to the process's stdin; os.read consumes
+# nothing beyond it. The microVM guest has this text baked in (its manifest holds its
+# hash): a change here means rebuilding the guest image.
 BOOTSTRAP = """
 import os
 def read(n):
@@ -63,23 +72,11 @@ exec(compile(read(int(size)), "<symbi-worker>", "exec"), {"__name__": "__main__"
 
 PROTOCOL = 1
 TRUNCATION_MARKER = "\n... [output truncated at {} bytes]\n"
-_SELF_FILES = {(lambda: None).__code__.co_filename, "<symbi-worker>"}
+#: The file names of the agent's own code (each module's, as it was compiled: a path,
+#: or the name worker_source() gave it): their frames are left out of a cell's traceback.
+_SELF_FILES = {f.__code__.co_filename for f in (lambda: None, mimebundle, write_all)}
 _SIGINT = {signal.SIGINT}
 _CO_COROUTINE = 0x0080  # inspect.CO_COROUTINE, without importing inspect at start
-_COMPILE_FLAGS = ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
-_REPR_METHODS = (
-    ("text/html", "_repr_html_"),
-    ("text/markdown", "_repr_markdown_"),
-    ("image/svg+xml", "_repr_svg_"),
-    ("image/png", "_repr_png_"),
-    ("image/jpeg", "_repr_jpeg_"),
-    ("text/latex", "_repr_latex_"),
-    ("application/json", "_repr_json_"),
-)
-
-
-class StdinNotImplementedError(NotImplementedError):
-    """Raised on any read of ``sys.stdin``: cells get no interactive input."""
 
 
 def _proc_status(*keys):
@@ -116,193 +113,6 @@ def _discard_pending_sigint():
         pass
 
 
-def mimebundle(obj):
-    """IPython-like ``(data, metadata)`` of ``obj``; ``text/plain`` is always there."""
-    data, metadata = {}, {}
-
-    def call(name, *args, **kwargs):
-        try:  # a broken repr method only loses its own MIME type
-            method = None if isinstance(obj, type) else getattr(obj, name, None)
-            return method(*args, **kwargs) if callable(method) else None
-        except Exception:
-            return None
-
-    bundle = call("_repr_mimebundle_", include=None, exclude=None)
-    if isinstance(bundle, tuple) and len(bundle) == 2:
-        bundle, metadata = bundle[0], dict(bundle[1] or {})
-    if isinstance(bundle, dict):
-        data.update(bundle)
-    else:
-        for mime, name in _REPR_METHODS:
-            value = call(name)
-            if isinstance(value, tuple) and len(value) == 2:
-                value, metadata[mime] = value
-            if value is not None:
-                data[mime] = value
-    if "text/plain" not in data:
-        plain = isinstance(obj, dict | list | tuple | set | frozenset)
-        data["text/plain"] = pprint.pformat(obj, sort_dicts=False) if plain else repr(obj)
-    return _base64_bytes(data), metadata
-
-
-def _base64_bytes(data):
-    """JSON carries no bytes: binary MIME data goes base64-encoded, as in Jupyter."""
-    return {
-        mime: base64.b64encode(value).decode("ascii")
-        if isinstance(value, bytes | bytearray)
-        else value
-        for mime, value in data.items()
-    }
-
-
-def is_complete(code):
-    """Jupyter's is_complete_reply content, with IPython's rules of thumb."""
-    try:
-        compiled = codeop.compile_command(code, "<input>", "exec")
-    except (SyntaxError, OverflowError, ValueError, TypeError, MemoryError):
-        return {"status": "invalid"}
-    lines = code.rstrip("\n").split("\n")
-    last = lines[-1]
-    indent = last[: len(last) - len(last.lstrip())]
-    if compiled is None:
-        return {"status": "incomplete", "indent": indent + "    " * last.rstrip().endswith(":")}
-    if len(lines) > 1 and indent and not code.endswith("\n\n"):
-        return {"status": "incomplete", "indent": indent}  # inside a block: wait for a blank
-    return {"status": "complete"}
-
-
-def _name_at(code, pos):
-    """The dotted name at the cursor, or the callee when the cursor follows ``name(``."""
-    left, right = re.search(r"[\w.]*$", code[:pos]).group(), re.match(r"\w*", code[pos:]).group()
-    name = (left + right).strip(".")
-    if not name:
-        call = re.search(r"([\w.]+)\(\s*$", code[:pos])
-        name = call.group(1) if call else ""
-    return name
-
-
-def describe(name, obj, detail_level):
-    """IPython-like plain-text help for ``obj``."""
-    import inspect
-
-    lines = [f"Type:      {type(obj).__name__}"]
-    if not callable(obj):
-        text = _safe_str(obj, repr)
-        lines.append(f"String form: {text if len(text) < 200 else text[:200] + '...'}")
-    try:
-        lines.append(f"Signature: {name}{inspect.signature(obj)}")
-    except Exception:  # builtins without a text signature, odd callables
-        pass
-    lines.append(f"Docstring: {inspect.getdoc(obj) or '<no docstring>'}")
-    if detail_level:
-        try:
-            lines.append(f"File:      {inspect.getsourcefile(obj)}")
-            lines.append("Source:\n" + inspect.getsource(obj))
-        except (TypeError, OSError):
-            pass
-    return "\n".join(lines)
-
-
-class _Output(io.TextIOBase):
-    """``sys.stdout``/``sys.stderr``: buffers small writes, sends ``stream`` messages."""
-
-    encoding, errors = "utf-8", "strict"
-
-    def __init__(self, worker, name, fd):
-        self._worker, self._name, self._fd = worker, name, fd
-        self._buf, self._size, self._lock = [], 0, threading.RLock()
-
-    name = property(lambda self: f"<{self._name}>")
-
-    def writable(self):
-        return True
-
-    def isatty(self):
-        return False
-
-    def fileno(self):
-        return self._fd  # the fd-level pipe: what is written there is captured as well
-
-    def write(self, text):
-        if not isinstance(text, str):
-            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
-        with self._lock:
-            self._buf.append(text)
-            self._size += len(text)
-            if "\n" in text or self._size >= 8192:
-                self.flush()
-        return len(text)
-
-    def flush(self):
-        with self._lock:  # held while sending, so concurrent flushes keep their order
-            if self._buf:
-                text = "".join(self._buf)
-                self._buf, self._size = [], 0
-                self._worker.stream(self._name, text)
-
-
-class _NoStdin(io.TextIOBase):
-    """``sys.stdin``: every read fails with a clear message."""
-
-    def readable(self):
-        return True
-
-    def fileno(self):
-        raise io.UnsupportedOperation("stdin is not available in the symbi sandbox")
-
-    def read(self, size=-1):
-        raise StdinNotImplementedError("stdin is not available in the symbi sandbox")
-
-    readline = read
-
-    def readlines(self, hint=-1):
-        return self.read()
-
-
-class _PipeReader:
-    """Reads one fd-level output pipe and forwards it; notes the sync markers it sees."""
-
-    def __init__(self, worker, name, fd):
-        self.worker, self.name, self.fd, self.seen = worker, name, fd, 0
-
-    def run(self):
-        prefix = re.escape(self.worker.sync_prefix)
-        marker, partial = re.compile(prefix + r"(\d+)\x00"), re.compile(prefix + r"\d*")
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        pending = ""
-        while chunk := os.read(self.fd, 65536):
-            pending += decoder.decode(chunk)
-            while match := marker.search(pending):
-                self.worker.stream(self.name, pending[: match.start()])
-                pending = pending[match.end() :]
-                with self.worker.sync:
-                    self.seen = int(match.group(1))
-                    self.worker.sync.notify_all()
-            # Hold back only what may be the start of a marker split across reads.
-            cut = pending.rfind("\x00")
-            tail = pending[cut:]
-            if cut < 0 or not (self.worker.sync_prefix.startswith(tail) or partial.fullmatch(tail)):
-                cut = len(pending)
-            self.worker.stream(self.name, pending[:cut])
-            pending = pending[cut:]
-
-
-class DisplayHandle:
-    """Returned by ``display(..., display_id=...)``; updates that output in place."""
-
-    def __init__(self, worker, display_id):
-        self._worker, self.display_id = worker, display_id
-
-    def display(self, obj, **kwargs):
-        self._worker.display(obj, display_id=self.display_id, **kwargs)
-
-    def update(self, obj, **kwargs):
-        self._worker.update_display(obj, display_id=self.display_id, **kwargs)
-
-    def __repr__(self):
-        return f"<DisplayHandle display_id={self.display_id}>"
-
-
 class Worker:
     """The agent: owns the namespace, the protocol fds and the output plumbing."""
 
@@ -319,13 +129,14 @@ class Worker:
         self._redirect_fds()
         self.module = types.ModuleType("__main__")
         self.ns = self.module.__dict__
+        api = Display(self)
         self.ns.update(
             __builtins__=builtins,
-            display=self.display,
-            update_display=self.update_display,
-            clear_output=self.clear_output,
+            display=api.display,
+            update_display=api.update_display,
+            clear_output=api.clear_output,
         )
-        self._previous_main = sys.modules.get("__main__")  # keeps our own globals alive
+        self._previous_main = sys.modules.get("__main__")  # keeps the loader alive
         sys.modules["__main__"] = self.module
 
     def _redirect_fds(self):
@@ -340,10 +151,10 @@ class Worker:
             os.dup2(write_end, fd)  # inheritable: child processes write here too
             os.close(write_end)
             self.pipe_ids[fd] = os.fstat(fd)[1:3]  # (inode, device): is fd still ours?
-            self.readers[fd] = _PipeReader(self, name, read_end)
-        self.streams = [_Output(self, "stdout", 1), _Output(self, "stderr", 2)]
+            self.readers[fd] = PipeReader(self, name, read_end)
+        self.streams = [Output(self, "stdout", 1), Output(self, "stderr", 2)]
         sys.stdout, sys.stderr = self.streams
-        sys.stdin = _NoStdin()
+        sys.stdin = NoStdin()
 
     # -- sending -------------------------------------------------------------------------
 
@@ -361,7 +172,7 @@ class Worker:
             if main:
                 signal.pthread_sigmask(signal.SIG_BLOCK, _SIGINT)
             with self.write_lock:
-                _write_all(self.proto_out, line.encode("ascii"))
+                write_all(self.proto_out, line.encode("ascii"))
         except BrokenPipeError:
             os._exit(0)  # the host is gone
         finally:
@@ -374,7 +185,7 @@ class Worker:
             return
         data = text.encode("utf-8", "replace")  # lone surrogates become "?"
         if os.getpid() != self.pid:  # a forked child: through the pipe, to the worker
-            _write_all(1 if name == "stdout" else 2, data)
+            write_all(1 if name == "stdout" else 2, data)
             return
         with self.state:
             rid, used = self.current_id, self.counts[name]
@@ -383,39 +194,6 @@ class Worker:
         text = data[:room].decode("utf-8", "ignore")
         if rid is not None and text:
             self.send({"id": rid, "type": "stream", "name": name, "text": text}, flush=False)
-
-    # -- the display API, in the user namespace ------------------------------------------
-
-    def _send_display(self, kind, obj, raw, metadata, display_id):
-        data, md = (_base64_bytes(obj), {}) if raw else mimebundle(obj)
-        transient = {} if display_id is None else {"display_id": display_id}
-        if self.current_id is not None:
-            self.send(
-                {
-                    "id": self.current_id,
-                    "type": kind,
-                    "data": data,
-                    "metadata": {**md, **(metadata or {})},
-                    "transient": transient,
-                }
-            )
-
-    def display(self, *objs, raw=False, metadata=None, display_id=None, clear=False):
-        """Show each object as rich output; with ``display_id`` return a handle."""
-        if clear:
-            self.clear_output(wait=True)
-        if display_id is True:
-            display_id = uuid.uuid4().hex
-        for obj in objs:
-            self._send_display("display_data", obj, raw, metadata, display_id)
-        return None if display_id is None else DisplayHandle(self, display_id)
-
-    def update_display(self, obj, *, display_id, raw=False, metadata=None):
-        self._send_display("update_display_data", obj, raw, metadata, display_id)
-
-    def clear_output(self, wait=False):
-        if self.current_id is not None:
-            self.send({"id": self.current_id, "type": "clear_output", "wait": bool(wait)})
 
     # -- requests ------------------------------------------------------------------------
 
@@ -479,8 +257,8 @@ class Worker:
         threading.Thread(target=_guard(self, self.read_requests), daemon=True).start()
         handlers = {
             "execute": self.execute,
-            "complete": self.complete,
-            "inspect": self.inspect,
+            "complete": lambda r: complete_reply(self.ns, r),
+            "inspect": lambda r: inspect_reply(self.ns, r),
             "is_complete": lambda r: is_complete(r["code"]),
         }
         while True:
@@ -508,12 +286,12 @@ class Worker:
         start = time.monotonic()
         self.clear_refs = self.clear_refs and _reset_hwm()
         try:
-            parts = self._compile(code, cell)
+            parts = compile_cell(code, cell)
         except Exception as exc:  # SyntaxError mostly: no frames worth showing
             error = exc, traceback.format_exception_only(exc)
         else:
             _, exc = self._guarded(self._run, parts, bool(req.get("silent")))
-            error = None if exc is None else (exc, _format_error(exc, cell))
+            error = None if exc is None else (exc, format_error(exc, cell, _SELF_FILES))
         wall = time.monotonic() - start
         user1, sys1 = _cpu_times()
         peak, method = _peak_memory(self.clear_refs)
@@ -542,26 +320,12 @@ class Worker:
             exc, lines = error
             details = {
                 "ename": type(exc).__name__,
-                "evalue": _safe_str(exc),
+                "evalue": safe_str(exc),
                 "traceback": "".join(lines).splitlines(),
             }
             self.send({"id": req.get("id"), "type": "error", **details})
             content.update(details)
         return content
-
-    def _compile(self, code, cell):
-        """``(body, last expression, hide result)`` code objects, as IPython's last_expr."""
-        linecache.cache[cell] = (len(code), None, code.splitlines(True), cell)
-        tree = ast.parse(code, cell, "exec")
-        last = hide = None
-        if tree.body and isinstance(tree.body[-1], ast.Expr):
-            node = tree.body.pop()
-            last = compile(ast.Expression(node.value), cell, "eval", _COMPILE_FLAGS, True)
-            # A trailing ';' hides the result; end_col_offset counts UTF-8 bytes.
-            line = re.split(r"\r\n|\r|\n", code)[node.end_lineno - 1].encode()
-            hide = line[node.end_col_offset :].lstrip().startswith(b";")
-        body = compile(tree, cell, "exec", _COMPILE_FLAGS, True) if tree.body else None
-        return body, last, hide
 
     def _guarded(self, fn, *args):
         """Run user code with SIGINT deliverable; return ``(value, exception)``."""
@@ -645,71 +409,6 @@ class Worker:
                     flush=False,
                 )
 
-    # -- complete and inspect ------------------------------------------------------------
-
-    def complete(self, req):
-        import rlcompleter
-
-        code = req.get("code", "")
-        pos = min(max(req.get("cursor_pos", len(code)), 0), len(code))
-        text = re.search(r"[\w.]*$", code[:pos]).group()
-        matches, completer = [], rlcompleter.Completer(self.ns)
-        for state in range(1000 if text else 0):
-            match = completer.complete(text, state)
-            if match is None:
-                break
-            match = match.rstrip("(: ")  # readline decorations for callables and keywords
-            if match not in matches:
-                matches.append(match)
-        return {
-            "status": "ok",
-            "matches": matches,
-            "cursor_start": pos - len(text),
-            "cursor_end": pos,
-            "metadata": {},
-        }
-
-    def inspect(self, req):
-        code = req.get("code", "")
-        name = _name_at(code, min(req.get("cursor_pos", len(code)), len(code)))
-        try:
-            first, *rest = name.split(".")
-            obj = self.ns[first] if first in self.ns else getattr(builtins, first)
-            for attr in rest:
-                obj = getattr(obj, attr)
-        except Exception:  # not found (or a property that raised)
-            return {"status": "ok", "found": False, "data": {}, "metadata": {}}
-        text = describe(name, obj, req.get("detail_level", 0))
-        return {"status": "ok", "found": True, "data": {"text/plain": text}, "metadata": {}}
-
-
-def _format_error(exc, cell):
-    """Traceback lines from the cell's first frame (else the first frame that is not the
-    worker's), leaving out the worker's own frames."""
-    error = traceback.TracebackException(type(exc), exc, exc.__traceback__)
-    frames, ours = list(error.stack), [f.filename in _SELF_FILES for f in error.stack]
-    starts = [i for i, f in enumerate(frames) if f.filename == cell]
-    start = (starts or [i for i, own in enumerate(ours) if not own] or [0])[0]
-    end = len(frames)
-    if isinstance(exc, KeyboardInterrupt) and True in ours[start:]:
-        end = ours.index(True, start)  # it hit the worker's plumbing (a print): stop there
-    kept = [f for f, own in zip(frames[start:end], ours[start:end], strict=True) if not own]
-    error.stack = traceback.StackSummary.from_list(kept)
-    return list(error.format())
-
-
-def _write_all(fd, data):
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
-def _safe_str(obj, to_str=str):
-    try:
-        return to_str(obj)
-    except Exception:
-        return f"<unprintable {type(obj).__name__} object>"
-
 
 def _protocol_error(text):
     return {"status": "error", "ename": "ProtocolError", "evalue": text, "traceback": []}
@@ -749,7 +448,3 @@ def main():
     # started from here inherit the block, so an interrupt only ever hits a cell.
     signal.pthread_sigmask(signal.SIG_BLOCK, _SIGINT)
     Worker().serve()
-
-
-if __name__ == "__main__":
-    main()

@@ -287,8 +287,7 @@ def _verify_chain(f: Any, want: int | None) -> tuple[VerifyReport, dict[int, str
         if record["seq"] != lineno:
             return broken(
                 lineno,
-                f"record deleted, inserted or reordered (seq {record['seq']!r}, "
-                f"expected {lineno})",
+                f"record deleted, inserted or reordered (seq {record['seq']!r}, expected {lineno})",
             )
         if record["prev"] != prev:
             return broken(lineno, "previous record was edited or replaced (prev mismatch)")

@@ -136,6 +136,29 @@ class SandboxOrchestrator(LoggingConfigurable):
         it (its cgroup, else /proc): they draw the live line of %%symbi and the memory
         sparkline of the result. 0 turns sampling off.""",
     )
+    worker_idle_cpu_seconds = Float(
+        None,
+        allow_none=True,
+        config=True,
+        help="""CPU seconds a kernel's worker may use between two cells (a thread a
+        cell left running); past it the worker is stopped and its state lost. None:
+        the per-cell CPU limit (max_cpu_seconds). Measured from outside (the sandbox's
+        cgroup); where that cannot be seen (Tier3), the result says so.""",
+    )
+    worker_max_message_mb = Float(
+        16,
+        config=True,
+        help="""The largest protocol message (one line: a stream chunk, a rich output
+        such as a plot) a kernel's worker may send, in MB, from 1 to 256; a longer
+        one ends the worker.""",
+    )
+
+    @validate("worker_max_message_mb")
+    def _valid_message_size(self, proposal: Any) -> float:
+        value = proposal["value"]
+        if not 1 <= value <= 256:
+            raise ConfigError(f"worker_max_message_mb must be from 1 to 256, not {value:g}")
+        return value
 
     def __init__(self, config: Config | None = None, **kwargs: Any) -> None:
         from .config import load_config
@@ -353,6 +376,8 @@ class SandboxOrchestrator(LoggingConfigurable):
                 effective,
                 interrupt_grace_seconds=interrupt_grace_seconds,
                 audit=lambda fields: self._audit({}, **fields),
+                max_message_bytes=int(self.worker_max_message_mb * 1024 * 1024),
+                idle_cpu_seconds=self.worker_idle_cpu_seconds,
             )
         except SymbiError as exc:
             self._audit_refused(record, exc, duration_seconds=time.monotonic() - started)

@@ -13,7 +13,17 @@ from .limits import ResourceLimits
 from .tiers import SecurityTier
 
 # Why a run was stopped, as ExecutionResult.killed_by.
-KILL_REASONS = ("timeout", "memory", "cpu", "processes", "file_size", "disk", "output", "signal")
+KILL_REASONS = (
+    "timeout",
+    "memory",
+    "cpu",
+    "processes",
+    "file_size",
+    "disk",
+    "output",
+    "signal",
+    "protocol",
+)
 
 
 @dataclasses.dataclass
@@ -59,6 +69,10 @@ class ExecutionResult:
     memory_samples: list[list[float]] | None = None
     #: what ran it within the tier, in words (Tier3: "QEMU microvm · emulated (TCG)")
     sandbox_detail: str | None = None
+    #: figures only the sandbox could tell (``cpu_user_seconds``, ``peak_memory_bytes``,
+    #: ...), as it reported them: shown labelled so, never used for enforcement and
+    #: never written to the audit log as fact; None where it reported none
+    sandbox_reported: dict[str, float] | None = None
 
     @property
     def success(self) -> bool:

@@ -154,6 +154,12 @@ class SymbiKernel(KernelMagics, Kernel):
     def _open_session(self) -> WorkerSession:
         if self.worker is not None and self.worker.alive:
             return self.worker
+        if self.worker is not None:
+            # Lost while no cell ran (its idle CPU budget, a protocol violation).
+            lost = self.worker.lost or "the worker ended"
+            self.worker.close()
+            self.worker = None
+            self._stream("stderr", f"symbi: {lost}. A new worker starts for this cell.\n")
         tier = self._check_allowed(self.tier or None)
         self.worker = self.orchestrator.open_session(
             tier,

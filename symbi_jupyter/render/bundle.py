@@ -24,6 +24,7 @@ VOLATILE_FIELDS = (
     "stderr_bytes",
     "startup_seconds",
     "memory_samples",
+    "sandbox_reported",
 )
 
 

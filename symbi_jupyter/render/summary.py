@@ -161,12 +161,19 @@ def usage(result: ExecutionResult, shown: ResultDisplay) -> list[Usage]:
     limits = result.limits
     memory_cap = limits.max_memory_mb * MIB if limits.max_memory_mb is not None else None
     rows = [
-        ("memory", "memory", result.peak_memory_bytes, format_bytes, memory_cap),
-        ("CPU time", "cpu", result.cpu_seconds, format_duration, limits.max_cpu_seconds),
-        ("wall time", "timeout", wall_seconds(result), format_duration, limits.timeout_seconds),
+        ("memory", "memory", *peak(result), format_bytes, memory_cap),
+        ("CPU time", "cpu", *cpu(result), format_duration, limits.max_cpu_seconds),
+        (
+            "wall time",
+            "timeout",
+            wall_seconds(result),
+            None,
+            format_duration,
+            limits.timeout_seconds,
+        ),
     ]
     found = []
-    for name, reason, used, fmt, cap in rows:
+    for name, reason, used, method, fmt, cap in rows:
         if not shown.show_limits:
             cap = None
         if shown.stable:
@@ -183,8 +190,29 @@ def usage(result: ExecutionResult, shown: ResultDisplay) -> list[Usage]:
                 cap_text,
                 used / cap if used is not None and cap else None,
                 result.killed_by == reason,
-                result.memory_method if reason == "memory" and used is not None else None,
+                method if used is not None else None,
                 result.memory_samples if reason == "memory" and not shown.stable else None,
             )
         )
     return found
+
+
+REPORTED = "reported by the sandbox"
+
+
+def peak(result: ExecutionResult) -> tuple[float | None, str | None]:
+    """The peak memory and how it was measured; the sandbox's own word only where the
+    host measured none, and labelled so."""
+    if result.peak_memory_bytes is not None:
+        return result.peak_memory_bytes, result.memory_method
+    reported = (result.sandbox_reported or {}).get("peak_memory_bytes")
+    return (reported, REPORTED) if reported is not None else (None, None)
+
+
+def cpu(result: ExecutionResult) -> tuple[float | None, str | None]:
+    if result.cpu_seconds is not None:
+        return result.cpu_seconds, None
+    reported = result.sandbox_reported or {}
+    if "cpu_user_seconds" in reported:
+        return reported["cpu_user_seconds"] + reported.get("cpu_system_seconds", 0.0), REPORTED
+    return None, None

@@ -17,14 +17,16 @@ def render_text(result: ExecutionResult, display: ResultDisplay | None = None) -
         wall = summary.wall_seconds(result)
         if wall is not None:
             parts.append(f"wall {format_duration(wall)}")
-        if result.cpu_seconds is not None:
-            parts.append(f"CPU {format_duration(result.cpu_seconds)}")
-        if result.peak_memory_bytes is not None:
-            peak = f"peak {format_bytes(result.peak_memory_bytes)}"
+        cpu, cpu_method = summary.cpu(result)
+        if cpu is not None:
+            parts.append(f"CPU {format_duration(cpu)}" + (f" ({cpu_method})" if cpu_method else ""))
+        used, method = summary.peak(result)
+        if used is not None:
+            peak = f"peak {format_bytes(used)}"
             if shown.show_limits and result.limits.max_memory_mb is not None:
                 peak += f" of {format_bytes(result.limits.max_memory_mb * MIB)}"
-            if result.memory_method:
-                peak += f" ({result.memory_method})"
+            if method:
+                peak += f" ({method})"
             parts.append(peak)
     parts += summary.cautions(result, reached="reached")
     missing = summary.not_enforced(result)

@@ -30,6 +30,7 @@ KILL_REASON_WORDS: dict[str, KillWords] = {
     "disk": KillWords("disk limit", "the disk limit", "max_disk_mb"),
     "output": KillWords("output limit", "the output limit", "max_output_bytes"),
     "signal": KillWords("signal", "a signal", None),
+    "protocol": KillWords("protocol violation", "a protocol violation by the worker", None),
 }
 
 

@@ -70,7 +70,9 @@ while not size.endswith(b"\\n"):
 exec(compile(read(int(size)), "<symbi-worker>", "exec"), {"__name__": "__main__"})
 """
 
-PROTOCOL = 1
+PROTOCOL = 2
+#: The most output held for the next cell while none runs.
+HELD_BYTES = 1024 * 1024
 TRUNCATION_MARKER = "\n... [output truncated at {} bytes]\n"
 #: The file names of the agent's own code (each module's, as it was compiled: a path,
 #: or the name worker_source() gave it): their frames are left out of a cell's traceback.
@@ -119,11 +121,17 @@ class Worker:
     def __init__(self):
         self.main_ident, self.pid = threading.get_ident(), os.getpid()
         self.write_lock, self.state = threading.Lock(), threading.Lock()
+        # Held while a cell's message is sent, and to end the cell: its reply then
+        # follows every message of it, as the host requires.
+        self.cell_lock = threading.RLock()
         self.sync, self.sync_seq = threading.Condition(), 0
         self.sync_prefix = f"\x00symbi-sync-{uuid.uuid4().hex}:"
         self.requests = queue.SimpleQueue()
         self.current_id, self.busy, self.user_code = None, False, False
         self.cap, self.counts = None, {"stdout": 0, "stderr": 0}
+        # Output written while no cell runs (a thread a cell left), for the next cell.
+        self.held = {"stdout": [], "stderr": []}
+        self.held_bytes = 0
         self.loop = None
         self.clear_refs = _reset_hwm()
         self._redirect_fds()
@@ -179,6 +187,16 @@ class Worker:
             if main and self.user_code:
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGINT)
 
+    def send_cell(self, msg, flush=True):
+        """Send a message of the running cell; nothing once it has ended (output of a
+        thread it left behind, which the host would take for a protocol violation)."""
+        if flush:  # first, and outside the lock that stream() takes under its own
+            for stream in self.streams:
+                stream.flush()
+        with self.cell_lock:
+            if self.current_id is not None:
+                self.send({"id": self.current_id, **msg}, flush=False)
+
     def stream(self, name, text):
         """Send output of the running (else the last) cell, within its output cap."""
         if not text:
@@ -187,13 +205,20 @@ class Worker:
         if os.getpid() != self.pid:  # a forked child: through the pipe, to the worker
             write_all(1 if name == "stdout" else 2, data)
             return
-        with self.state:
-            rid, used = self.current_id, self.counts[name]
-            self.counts[name] = used + len(data)
-            room = len(data) if self.cap is None else max(0, self.cap - used)
-        text = data[:room].decode("utf-8", "ignore")
-        if rid is not None and text:
-            self.send({"id": rid, "type": "stream", "name": name, "text": text}, flush=False)
+        with self.cell_lock:
+            if self.current_id is None:
+                room = max(0, HELD_BYTES - self.held_bytes)
+                if room:
+                    self.held[name].append(data[:room].decode("utf-8", "ignore"))
+                    self.held_bytes += min(room, len(data))
+                return
+            with self.state:
+                used = self.counts[name]
+                self.counts[name] = used + len(data)
+                room = len(data) if self.cap is None else max(0, self.cap - used)
+            text = data[:room].decode("utf-8", "ignore")
+            if text:
+                self.send_cell({"type": "stream", "name": name, "text": text}, flush=False)
 
     # -- requests ------------------------------------------------------------------------
 
@@ -279,9 +304,12 @@ class Worker:
     def execute(self, req):
         code, cell = req.get("code", ""), req.get("cell_name") or "<cell>"
         _discard_pending_sigint()  # interrupts sent while idle must not hit this cell
-        with self.state:
+        with self.cell_lock, self.state:
             self.current_id, self.busy, self.cap = req.get("id"), True, req.get("max_output_bytes")
             self.counts = {"stdout": 0, "stderr": 0}
+            held, self.held, self.held_bytes = self.held, {"stdout": [], "stderr": []}, 0
+        for name, texts in held.items():
+            self.stream(name, "".join(texts))
         user0, sys0 = _cpu_times()
         start = time.monotonic()
         self.clear_refs = self.clear_refs and _reset_hwm()
@@ -323,8 +351,10 @@ class Worker:
                 "evalue": safe_str(exc),
                 "traceback": "".join(lines).splitlines(),
             }
-            self.send({"id": req.get("id"), "type": "error", **details})
+            self.send_cell({"type": "error", **details})
             content.update(details)
+        with self.cell_lock:
+            self.current_id = None  # the reply, sent next, ends the cell
         return content
 
     def _guarded(self, fn, *args):
@@ -348,14 +378,7 @@ class Worker:
         if value is not None and not (silent or hide):
             self.ns["___"], self.ns["__"], self.ns["_"] = self.ns.get("__"), self.ns.get("_"), value
             data, metadata = mimebundle(value)
-            self.send(
-                {
-                    "id": self.current_id,
-                    "type": "execute_result",
-                    "data": data,
-                    "metadata": metadata,
-                }
-            )
+            self.send_cell({"type": "execute_result", "data": data, "metadata": metadata})
 
     def _eval(self, code):
         result = eval(code, self.ns)
@@ -399,13 +422,8 @@ class Worker:
             self.sync.wait_for(lambda: all(r.seen >= seq for r in waiting), timeout=1.0)
         for name in ("stdout", "stderr"):
             if self.cap is not None and self.counts[name] > self.cap:
-                self.send(
-                    {
-                        "id": self.current_id,
-                        "type": "stream",
-                        "name": name,
-                        "text": TRUNCATION_MARKER.format(self.cap),
-                    },
+                self.send_cell(
+                    {"type": "stream", "name": name, "text": TRUNCATION_MARKER.format(self.cap)},
                     flush=False,
                 )
 

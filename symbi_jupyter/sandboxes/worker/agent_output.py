@@ -114,17 +114,14 @@ class Display:
     def _send(self, kind, obj, raw, metadata, display_id):
         data, md = (base64_bytes(obj), {}) if raw else mimebundle(obj)
         transient = {} if display_id is None else {"display_id": display_id}
-        rid = self._worker.current_id
-        if rid is not None:
-            self._worker.send(
-                {
-                    "id": rid,
-                    "type": kind,
-                    "data": data,
-                    "metadata": {**md, **(metadata or {})},
-                    "transient": transient,
-                }
-            )
+        self._worker.send_cell(
+            {
+                "type": kind,
+                "data": data,
+                "metadata": {**md, **(metadata or {})},
+                "transient": transient,
+            }
+        )
 
     def display(self, *objs, raw=False, metadata=None, display_id=None, clear=False):
         """Show each object as rich output; with ``display_id`` return a handle."""
@@ -140,9 +137,7 @@ class Display:
         self._send("update_display_data", obj, raw, metadata, display_id)
 
     def clear_output(self, wait=False):
-        rid = self._worker.current_id
-        if rid is not None:
-            self._worker.send({"id": rid, "type": "clear_output", "wait": bool(wait)})
+        self._worker.send_cell({"type": "clear_output", "wait": bool(wait)})
 
 
 class DisplayHandle:

@@ -2,8 +2,10 @@
 (:mod:`symbi_jupyter.sandboxes.worker.agent`) inside a sandbox, spoken to in JSON lines.
 
 Everything that must hold against hostile code is enforced out here, not by the
-worker: the wall clock and CPU seconds of each cell, and the sandbox's own limits.
-Nothing from the sandbox is unpickled; its messages are parsed as JSON and size-capped.
+worker: the wall clock and CPU seconds of each cell and between cells, the output cap,
+and the sandbox's own limits. The worker is code the user does not trust: its lines are
+read with bounds (:mod:`.frames`), a message that breaks the protocol ends the worker,
+and the figures of a cell are the host's own wherever the host can see them.
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ from ...limits import ResourceLimits
 from ...result import ExecutionResult
 from ...tiers import SecurityTier
 from .._sigint import SigintLatch
+from .._streams import TRUNCATION_MARKER
 from ..base import WorkerHandle
+from .frames import MAX_MESSAGE_BYTES, LineSplitter, ProtocolViolation, decode
 
 #: Called with each message of the running cell (stream, display_data, error, ...).
 MessageCallback = Callable[[dict[str, Any]], None]
@@ -32,10 +36,12 @@ MessageCallback = Callable[[dict[str, Any]], None]
 #: The worker agent's modules, in this directory; shipped in this order, each importing
 #: only those before it.
 AGENT_MODULES = ("agent_code", "agent_output", "agent")
-#: The longest protocol line accepted from a worker; a longer one ends the session.
-MAX_LINE_BYTES = 64 * 1024 * 1024
-#: How often a running cell's CPU time is checked against its limit.
+#: How often a running cell's CPU time (and an idle worker's) is checked.
 CPU_POLL_SECONDS = 0.25
+#: The messages a worker may send for a request, once it is ready.
+CELL_MESSAGES = frozenset(
+    {"stream", "display_data", "update_display_data", "clear_output", "execute_result", "error"}
+)
 
 
 class SessionLost(TierUnavailable):
@@ -69,12 +75,22 @@ class WorkerSession:
         interrupt_grace_seconds: float = 3.0,
         start_timeout_seconds: float = 120.0,
         audit: Callable[[dict[str, Any]], None] | None = None,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
+        idle_cpu_seconds: float | None = None,
     ) -> None:
         self.tier = tier
         self.limits = limits
         self.interrupt_grace_seconds = interrupt_grace_seconds
+        #: CPU seconds the worker may use between two cells; None: the last cell's
+        #: CPU limit (none if it had none)
+        self.idle_cpu_seconds = idle_cpu_seconds
         self._messages: queue.Queue[dict[str, Any] | None] = queue.Queue()
-        self._buffer = b""
+        self._lines = LineSplitter(max_message_bytes)
+        self._ready = False
+        #: request id -> its kind, from when it is sent until its reply is read
+        self._open: dict[int, str] = {}
+        self._idle: tuple[float, float | None] | None = None  # (CPU then, the budget)
+        self._idle_lock = threading.Lock()
         self._stderr = b""
         self._ids = itertools.count(1)
         self._audit = audit or (lambda record: None)
@@ -98,25 +114,84 @@ class WorkerSession:
                 f"the {tier.display_name} worker did not start: {self._diagnostics()}"
             )
         self.info = ready
+        self._ready = True
         self.startup_seconds = time.monotonic() - started
+        threading.Thread(target=self._watch_idle, name="symbi-idle-cpu", daemon=True).start()
 
     # ------------------------------------------------------------------ channel
     def _on_output(self, stream: str, chunk: bytes) -> None:
+        """The handle's reader thread: frame, decode and check what the worker wrote.
+        Total: whatever the worker sends, this returns, and a violation ends it."""
         if stream != "stdout":
             self._stderr = (self._stderr + chunk)[-16384:]
             return
-        self._buffer += chunk
-        while b"\n" in self._buffer:
-            line, self._buffer = self._buffer.split(b"\n", 1)
+        if self.lost is not None:
+            return
+        try:
+            for line in self._lines.feed(chunk):
+                message = self._admit(line)
+                if message is not None:
+                    self._messages.put(message)
+        except ProtocolViolation as exc:
+            self._violated(str(exc))
+        except Exception as exc:  # a bug of ours must still end only the worker
+            self._violated(f"a message the host could not read ({type(exc).__name__})")
+
+    def _admit(self, line: bytes) -> dict[str, Any] | None:
+        """The message ``line`` holds, if it may come now (ProtocolViolation if not)."""
+        if not self._ready:
+            # A serial console may carry boot messages before the agent's first line.
             try:
                 message = json.loads(line)
-            except ValueError:
-                message = {"type": "garbage", "text": line[:200].decode("utf-8", "replace")}
-            if isinstance(message, dict):
-                self._messages.put(message)
-        if len(self._buffer) > MAX_LINE_BYTES:
-            self._buffer = b""
-            self._messages.put({"type": "garbage", "text": "an over-long protocol line"})
+            except (ValueError, RecursionError):
+                message = None
+            if isinstance(message, dict) and message.get("type") == "ready":
+                return message
+            return {"type": "garbage", "text": line[:200].decode("utf-8", "replace")}
+        message = decode(line)
+        kind, ident = message.get("type"), message.get("id")
+        with self._idle_lock:
+            asked = self._open.get(ident) if isinstance(ident, int) else None
+            if asked is None:
+                raise ProtocolViolation(f"a {kind!r} message for no open request (id {ident!r})")
+            if kind == "reply":
+                # A second reply finds its request closed: a violation, like any other.
+                del self._open[ident]
+            elif asked != "execute" or kind not in CELL_MESSAGES:
+                raise ProtocolViolation(f"a {kind!r} message, not expected for a {asked} request")
+        return message
+
+    def _violated(self, why: str) -> None:
+        self._lose(f"the worker broke the protocol: {why}; it was stopped and its state is gone")
+        self._messages.put({"type": "violation"})
+
+    def _watch_idle(self) -> None:
+        """Between cells, stop a worker whose CPU time passes the idle budget: a
+        thread a cell left running must not compute on while no cell is metered."""
+        while self.alive:
+            time.sleep(CPU_POLL_SECONDS)
+            with self._idle_lock:
+                idle = self._idle
+            if idle is None or idle[1] is None:
+                continue
+            used = _cpu(self.handle.usage()) - idle[0]
+            with self._idle_lock:
+                if self._idle is not idle or used <= idle[1]:
+                    continue
+                self._idle = None
+            self._lose(
+                f"the worker used {used:.2f} s of CPU while no cell ran, past the "
+                f"{idle[1]:g} s allowed between cells; it was stopped and its state is gone"
+            )
+            self._audit(
+                {
+                    "tier": self.tier.value,
+                    "event": "session-idle",
+                    "outcome": "stopped",
+                    "killed_by": "cpu",
+                    "cpu_seconds": used,
+                }
+            )
 
     def _diagnostics(self) -> str:
         text = self._stderr.decode("utf-8", "replace").strip()
@@ -153,7 +228,8 @@ class WorkerSession:
     def _lose(self, why: str) -> None:
         if self.lost is None:
             self.lost = why
-        self.handle.stop()
+        # Never on the handle's own reader thread, which stop() may wait for.
+        threading.Thread(target=self.handle.stop, name="symbi-stop", daemon=True).start()
 
     @property
     def alive(self) -> bool:
@@ -166,11 +242,13 @@ class WorkerSession:
         if not self.alive:
             return {"status": "error", "ename": "SessionLost", "evalue": self.lost or ""}
         ident = next(self._ids)
+        with self._idle_lock:
+            self._open[ident] = kind
         self._send({"id": ident, "type": kind, **fields})
         deadline = time.monotonic() + timeout
         while (message := self._next(deadline)) is not None:
             if message.get("id") == ident and message.get("type") == "reply":
-                return message.get("content") or {}
+                return _content(message)
         return {"status": "error", "ename": "Timeout", "evalue": f"no {kind} reply"}
 
     def interrupt(self) -> None:
@@ -195,9 +273,13 @@ class WorkerSession:
             raise SessionLost(self.lost or "the worker is gone")
         self.cells += 1
         ident = next(self._ids)
+        with self._idle_lock:
+            self._idle = None
+            self._open[ident] = "execute"
         peak_reset = self.handle.reset_peak()
         before = self.handle.usage()
-        self._cpu_visible = bool(before)
+        self._cpu_visible = "cpu_seconds" in before
+        output = _CellOutput(limits.max_output_bytes)
         started = time.monotonic()
         deadline = started + limits.timeout_seconds if limits.timeout_seconds else None
         self._send(
@@ -228,7 +310,7 @@ class WorkerSession:
                 reply, stopped, next_cpu_check = self._step(
                     message,
                     ident,
-                    on_message,
+                    output.relay(on_message),
                     limits,
                     before,
                     deadline,
@@ -238,7 +320,11 @@ class WorkerSession:
         wall = time.monotonic() - started
         if stopped is not None:
             return self._stopped(stopped, limits, wall, before)
-        return self._finished(reply, limits, wall, self.handle.usage() if peak_reset else None)
+        after = self.handle.usage()
+        with self._idle_lock:
+            budget = self.idle_cpu_seconds
+            self._idle = (_cpu(after), limits.max_cpu_seconds if budget is None else budget)
+        return self._finished(reply, limits, wall, before, after, peak_reset, output)
 
     def _step(
         self,
@@ -254,9 +340,11 @@ class WorkerSession:
         """Handle one message or one tick of a running cell: (reply, why it was
         stopped, when to check its CPU time next)."""
         stopped = None
+        if message is not None and message.get("type") == "violation":
+            return None, "protocol", next_cpu_check
         if message is not None and message.get("id") == ident:
             if message.get("type") == "reply":
-                return message.get("content") or {}, None, next_cpu_check
+                return _content(message), None, next_cpu_check
             on_message(message)
         # Checked after every message too: a cell that floods output still times out.
         now = time.monotonic()
@@ -278,30 +366,45 @@ class WorkerSession:
         reply: dict[str, Any],
         limits: ResourceLimits,
         wall: float,
-        outside: dict[str, Any] | None,
+        before: dict[str, Any],
+        after: dict[str, Any],
+        peak_reset: bool,
+        output: _CellOutput,
     ) -> CellOutcome:
+        """A cell that replied. Its figures are the host's (the sandbox's cgroup);
+        what only the worker can tell is kept apart, as reported by the sandbox."""
         status = reply.get("status", "error")
-        peak, method = reply.get("peak_memory_bytes"), reply.get("memory_method")
-        if outside and outside.get("peak_memory_bytes"):
+        reported = {
+            k: reply[k]
+            for k in ("cpu_user_seconds", "cpu_system_seconds", "peak_memory_bytes")
+            if isinstance(reply.get(k), int | float) and not isinstance(reply.get(k), bool)
+        }
+        cpu_user = cpu_system = peak = method = None
+        if self._cpu_visible and "cpu_seconds" in after:
+            cpu_user, cpu_system = max(0.0, _cpu(after) - _cpu(before)), 0.0
+        if peak_reset and after.get("peak_memory_bytes"):
             # The sandbox's own high-water mark, reset before the cell: includes
             # every process the cell started.
-            peak, method = outside["peak_memory_bytes"], outside.get("method")
+            peak, method = after["peak_memory_bytes"], after.get("method")
+        # The worker's own cap may have cut output before the host saw it.
+        truncated = output.truncated | {
+            name for name in ("stdout", "stderr") if reply.get(f"{name}_truncated") is True
+        }
         result = self._result(
             limits,
             wall,
             exit_code=0 if status == "ok" else 1,
-            cpu_user_seconds=reply.get("cpu_user_seconds"),
-            cpu_system_seconds=reply.get("cpu_system_seconds"),
+            cpu_user_seconds=cpu_user,
+            cpu_system_seconds=cpu_system,
             peak_memory_bytes=peak,
             memory_method=method if peak else None,
-            stdout_truncated=bool(reply.get("stdout_truncated")),
-            stderr_truncated=bool(reply.get("stderr_truncated")),
-            stdout_bytes=reply.get("stdout_bytes"),
-            stderr_bytes=reply.get("stderr_bytes"),
-            killed_by="signal" if reply.get("interrupted") else None,
-            limits_reached=["output"]
-            if reply.get("stdout_truncated") or reply.get("stderr_truncated")
-            else [],
+            sandbox_reported=reported or None,
+            stdout_truncated="stdout" in truncated,
+            stderr_truncated="stderr" in truncated,
+            stdout_bytes=output.counts["stdout"],
+            stderr_bytes=output.counts["stderr"],
+            killed_by="signal" if reply.get("interrupted") is True else None,
+            limits_reached=["output"] if truncated else [],
         )
         self._account(result, "success" if status == "ok" else "failed")
         return CellOutcome(status, result, reply)
@@ -314,6 +417,8 @@ class WorkerSession:
             self.handle.stop()
         ended = self.handle.wait(timeout=30)
         killed_by = {"timeout": "timeout", "cpu": "cpu", "signal": "signal"}.get(why)
+        if why == "protocol":
+            killed_by = "protocol"
         if killed_by is None and ended is not None:
             killed_by = ended.killed_by or ("signal" if ended.term_signal else None)
         # Only the entry that applies is formatted: the other limits may be unset.
@@ -321,6 +426,7 @@ class WorkerSession:
             "timeout": lambda: f"the cell passed its {limits.timeout_seconds:g} s wall-clock limit",
             "cpu": lambda: f"the cell passed its {limits.max_cpu_seconds:g} s CPU limit",
             "signal": lambda: "the cell did not stop when interrupted",
+            "protocol": lambda: self.lost or "the worker broke the protocol",
             "memory": lambda: "the sandbox ran out of its memory limit",
             "processes": lambda: "the sandbox hit its process limit",
         }.get(killed_by or "", lambda: "the worker process ended")()
@@ -426,6 +532,46 @@ _SESSION_ENFORCEMENT = {
     "cpu": f"session (per cell, sampled every {CPU_POLL_SECONDS:g} s; the worker is stopped)",
     "output": "worker (per cell, drained past the cap)",
 }
+
+
+class _CellOutput:
+    """The host's own output cap for one cell: stream text past ``cap`` bytes is cut
+    here, before it reaches the client, whatever the worker does."""
+
+    def __init__(self, cap: int | None) -> None:
+        self.cap = cap
+        self.counts = {"stdout": 0, "stderr": 0}
+        self.truncated: set[str] = set()
+
+    def relay(self, on_message: MessageCallback) -> MessageCallback:
+        def forward(message: dict[str, Any]) -> None:
+            if message.get("type") == "stream":
+                message = self.capped(message)
+                if not message:
+                    return
+            on_message(message)
+
+        return forward
+
+    def capped(self, message: dict[str, Any]) -> dict[str, Any] | None:
+        name, text = message.get("name"), message.get("text")
+        if name not in self.counts or not isinstance(text, str):
+            return None
+        data = text.encode("utf-8", "replace")
+        used = self.counts[name]
+        self.counts[name] = used + len(data)
+        if self.cap is None or used + len(data) <= self.cap:
+            return message
+        kept = data[: max(0, self.cap - used)].decode("utf-8", "ignore")
+        if name not in self.truncated:
+            self.truncated.add(name)
+            kept += TRUNCATION_MARKER.format(self.cap)
+        return {**message, "text": kept} if kept else None
+
+
+def _content(message: dict[str, Any]) -> dict[str, Any]:
+    content = message.get("content")
+    return content if isinstance(content, dict) else {}
 
 
 def _cpu(usage: dict[str, Any]) -> float:

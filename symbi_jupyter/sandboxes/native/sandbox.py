@@ -1,61 +1,38 @@
-"""Tier None: native execution on the host, under real limits.
-
-Each run gets a private directory, a clean environment, rlimits, and (where the host
-allows it) its own cgroups; a small supervisor process (:mod:`.supervisor`) forks the
-code, enforces the wall clock and kills the whole process tree afterwards.
-"""
+"""The :class:`NativeSandbox`: its traits, the supervisor process it starts and talks
+to, and a run from request to result (or a kernel's worker)."""
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import math
 import os
 import pwd
 import py_compile
-import resource
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from traitlets import Bool, Enum, Float, Int, Unicode
 
-from .. import policy
-from ..errors import ConfigError, TierUnavailable
-from ..result import ExecutionResult
-from ..tiers import SecurityTier
-from . import supervisor
-from ._evidence import Evidence, assemble
-from ._follow import RunFollower
-from ._sigint import SigintLatch
-from ._streams import CappedStream
-from ._usage import run_usage
-from .base import Availability, ExecutionRequest, Sandbox, WorkerHandle
-from .supervisor import channel
-from .supervisor.cgroups import RunCgroup
-from .supervisor.mounts import HIDDEN as PRIVATE_DIRS
-from .supervisor.proctree import RLIMITS, host_tag, pid_alive, soft_hard, write_all
-from .supervisor.workload import RUN_DIR, profile_of
-
-MiB = 1024 * 1024
-
-
-def _within_hard_limit(name: str, value: int | list[int]) -> tuple[int | list[int], int | None]:
-    """``value`` (a limit, or [soft, hard]) lowered to this process's hard limit where
-    an unprivileged process could not raise it (stricter, never weaker, than asked;
-    the run would otherwise fail to start); and that hard limit if it was lowered."""
-    soft, hard = soft_hard(value)
-    host = resource.getrlimit(RLIMITS[name])[1]
-    if os.geteuid() == 0 or host == resource.RLIM_INFINITY or hard <= host:
-        return value, None
-    return ([min(soft, host), host] if isinstance(value, list) else host), host
+from ... import policy
+from ...errors import TierUnavailable
+from ...result import ExecutionResult
+from ...tiers import SecurityTier
+from .. import supervisor
+from .._follow import RunFollower
+from .._sigint import SigintLatch
+from ..base import Availability, ExecutionRequest, Sandbox, WorkerHandle
+from ..supervisor import channel
+from ..supervisor.proctree import host_tag, pid_alive, write_all
+from ..supervisor.workload import RUN_DIR, profile_of
+from .results import keep_run_dir, native_result
+from .spec import MiB, check_reachable, native_environment, run_spec, volume_binds
+from .worker_handle import NativeWorker
 
 
 class NativeSandbox(Sandbox):
@@ -231,7 +208,7 @@ class NativeSandbox(Sandbox):
 
     def start_worker(self, request: ExecutionRequest) -> WorkerHandle:
         in_r, in_w = os.pipe()
-        worker = _NativeWorker(in_w)
+        worker = NativeWorker(in_w)
         request.on_started = worker.started
 
         def serve() -> None:
@@ -260,8 +237,8 @@ class NativeSandbox(Sandbox):
         if who:
             # Any leased uid is "other" to the interpreter's files, as the block's first.
             uid = who.get("uid", who.get("identity", {}).get("first"))
-            _check_reachable(real_exe, uid, who.get("gid", uid), self.run_as_user or "a leased uid")
-        spec, enforcement = self._spec(request, worker=stdin_fd is not None)
+            check_reachable(real_exe, uid, who.get("gid", uid), self.run_as_user or "a leased uid")
+        spec, enforcement = run_spec(request, self.use_cgroups, worker=stdin_fd is not None)
         # The monitor makes the run directory: it stands in the environment as RUN_DIR.
         env = native_environment(request.env, pol.env_passthrough, RUN_DIR)
         usual = filename.endswith(".py") and not request.executable and not request.env
@@ -274,7 +251,7 @@ class NativeSandbox(Sandbox):
             argv0=pol.argv0,
             filename=filename,
             workdir=str(workdir),
-            binds=_binds(request.volumes, workdir),
+            binds=volume_binds(request.volumes, workdir),
             env=env,
             uid=who.get("uid"),
             gid=who.get("gid"),
@@ -333,60 +310,6 @@ class NativeSandbox(Sandbox):
             os.chmod(workdir, (mode & 0o7777) | 0o111)
         return who
 
-    def _spec(
-        self, request: ExecutionRequest, worker: bool = False
-    ) -> tuple[dict[str, Any], dict[str, str]]:
-        """Translate limits into the supervisor's request. The monitor decides, and
-        reports, how the limits that prefer a cgroup were enforced: it alone knows
-        whether the run's cgroups could be set up. A worker's wall clock and CPU
-        seconds are per cell, kept by its session, not by the monitor."""
-        lim = request.limits
-        if worker:
-            lim = dataclasses.replace(lim, timeout_seconds=None, max_cpu_seconds=None)
-        enforcement: dict[str, str] = {
-            "timeout": "supervisor (wall clock, whole tree killed)",
-            "output": "host (drained past the cap)",
-        }
-        if worker:
-            enforcement = {}
-        spec: dict[str, Any] = {"timeout": lim.timeout_seconds, "rlimits": {"core": 0}}
-        if lim.network is False:
-            spec["new_netns"] = True
-        if not request.policy.enforce_resource_limits:
-            for name in ("memory", "cpu", "processes", "file_size", "open_files", "cpu_cores"):
-                enforcement[name] = "not enforced: enforce_resource_limits is off"
-            spec["use_cgroup"] = False
-            return spec, enforcement
-        rl = spec["rlimits"]
-        if lim.max_memory_mb:
-            spec["memory_bytes"] = int(lim.max_memory_mb * MiB)
-        if lim.max_cpu_seconds:
-            seconds = math.ceil(lim.max_cpu_seconds)
-            rl["cpu"] = [seconds, seconds + 1]  # SIGXCPU first, SIGKILL a second later
-            spec["cpu_seconds_total"] = lim.max_cpu_seconds
-        if lim.max_file_size_mb:
-            rl["fsize"] = int(lim.max_file_size_mb * MiB)
-            enforcement["file_size"] = "rlimit (RLIMIT_FSIZE)"
-        if lim.max_open_files:
-            rl["nofile"] = int(lim.max_open_files)
-            enforcement["open_files"] = "rlimit (RLIMIT_NOFILE)"
-        for name, key in (("cpu", "cpu"), ("fsize", "file_size"), ("nofile", "open_files")):
-            if name in rl:
-                rl[name], lowered = _within_hard_limit(name, rl[name])
-                if lowered is not None:
-                    enforcement[key] = (
-                        f"rlimit (RLIMIT_{name.upper()}), lowered to {lowered}: this host's "
-                        "hard limit, which an unprivileged user cannot raise"
-                    )
-        if lim.max_disk_mb:
-            spec["disk_bytes"] = int(lim.max_disk_mb * MiB)
-        if lim.max_processes:
-            spec["pids"] = int(lim.max_processes)
-        if lim.max_cpu_cores:
-            spec["cpu_cores"] = lim.max_cpu_cores
-        spec["use_cgroup"] = self.use_cgroups != "never"
-        return spec, enforcement
-
     def _execute(
         self,
         sock: socket.socket,
@@ -439,213 +362,13 @@ class NativeSandbox(Sandbox):
             # The monitor says how a limit was kept; a note of ours on the same limit
             # (a CPU rlimit lowered to the host's hard limit) is kept beside it.
             enforcement[key] = f"{how}; {enforcement[key]}" if key in enforcement else how
-        result = self._result(
+        result = native_result(
             request, exit_event, streams, enforcement, follower.stopped_for_output
         )
         if started.get("prestarted"):
             result.startup_seconds = 0.0  # started before the request, as a pooled container
         if request.keep_workdir and started.get("cwd"):
-            run_dir = Path(started["cwd"])
-            kept = run_dir.with_name("kept-" + run_dir.name[len("run-") :])
-            run_dir.rename(kept)
-            if os.geteuid() == 0:
-                _give_to_root(kept)
-            result.workdir = str(kept)
+            result.workdir = keep_run_dir(started["cwd"])
         if follower.interrupted:
             raise KeyboardInterrupt(result)
         return result
-
-    def _result(
-        self,
-        request: ExecutionRequest,
-        ev: dict[str, Any],
-        streams: dict[int, CappedStream],
-        enforcement: dict[str, str],
-        stopped_for_output: bool,
-    ) -> ExecutionResult:
-        out, err = (s for s in streams.values())
-        code = ev.get("exit_code")
-        term_signal = -code if code is not None and code < 0 else None
-        stderr_text = err.text()
-        evidence = Evidence(
-            exit_code=code,
-            term_signal=term_signal,
-            timed_out=bool(ev.get("timed_out")),
-            cpu_exceeded=bool(ev.get("cpu_exceeded")),
-            stopped_for_output=stopped_for_output,
-            oom_kills=ev.get("oom_kills") or 0,
-            pids_limit_hits=ev.get("pids_limit_hits") or 0,
-            disk_full=ev.get("disk_full"),
-            cpu_seconds=(ev.get("cpu_user_seconds") or 0) + (ev.get("cpu_system_seconds") or 0),
-            stderr=stderr_text,
-            output_truncated=out.truncated or err.truncated,
-        )
-        peak = ev.get("peak_memory_bytes")
-        method = "cgroup" if peak else None
-        if not peak:
-            peak, method = ev.get("maxrss_bytes") or None, "wait4"
-        return assemble(
-            SecurityTier.NONE,
-            request,
-            evidence,
-            out,
-            err,
-            exit_code=code if code is not None and code >= 0 else -1,
-            wall_seconds=float(ev.get("wall_seconds") or 0.0),
-            enforcement=enforcement,
-            peak_memory_bytes=peak,
-            memory_method=method if peak else None,
-            cpu_user_seconds=ev.get("cpu_user_seconds"),
-            cpu_system_seconds=ev.get("cpu_system_seconds"),
-        )
-
-
-def _binds(volumes: tuple[str, ...], workdir: Path) -> list[tuple[str, bool]]:
-    """Host directories a run reaches as themselves, past its private /tmp: each
-    volume HOST:HOST[:ro|rw] as (path, read-only). Tier None sees host paths where they
-    are, so a volume cannot move one, nor cover what the run has of its own: the
-    working directory (and in it the run's directory), /tmp, /var/tmp, /dev/shm."""
-    if not volumes:
-        return []  # the usual run: no path to resolve
-    # A bind is not recursive: over /var it would show the host's /var/tmp again.
-    own = {
-        os.path.realpath(workdir): f"the working directory {workdir}, where the run's own "
-        "directory is",
-        **{path: f"the run's private {path}" for path in PRIVATE_DIRS},
-    }
-    binds = []
-    for spec in volumes:
-        host, bind = policy.validate_volume(spec)
-        real = os.path.realpath(host)
-        if not os.path.isdir(real):
-            raise ConfigError(f"volume {spec!r}: {host} is not a directory")
-        if os.path.realpath(bind["bind"]) != real:
-            raise ConfigError(
-                f"volume {spec!r}: tier None sees host directories at their own path; "
-                f"write it as {real}:{real}:{bind['mode']}"
-            )
-        for path, what in own.items():
-            if path == real or path.startswith(real + "/"):
-                raise ConfigError(
-                    f"volume {spec!r} would cover {what}; give a directory beside or below it"
-                )
-        binds.append((real, bind["mode"] == "ro"))
-    return binds
-
-
-def _give_to_root(path: Path) -> None:
-    """A kept run directory and all in it to root: the run's uid is free for another
-    run, which must find nothing of this one's. Never follows a link the run made."""
-    for _, dirs, files, dir_fd in os.fwalk(path, follow_symlinks=False):
-        for name in dirs + files:
-            os.chown(name, 0, 0, dir_fd=dir_fd, follow_symlinks=False)
-    os.chown(path, 0, 0, follow_symlinks=False)
-
-
-def _check_reachable(real: str, uid: int, gid: int, user: str) -> None:
-    """Refuse early, with the fix, when the unprivileged user cannot run the
-    interpreter (a Python installed under /root, say)."""
-    path = Path(real)
-    for node in [*reversed(path.parents), path]:
-        st = node.stat()
-        if st.st_uid == uid:
-            bits = st.st_mode >> 6
-        elif st.st_gid == gid:
-            bits = st.st_mode >> 3
-        else:
-            bits = st.st_mode
-        if not bits & 0o1:  # search a directory, execute the file
-            raise TierUnavailable(
-                f"the interpreter {real} cannot be run by the unprivileged user {user!r} "
-                f"that native code runs as under root: {node} (mode "
-                f"{st.st_mode & 0o7777:o}) is closed to it. Use a Python other users can "
-                "run (e.g. a virtualenv made from Debian's /usr/bin/python3), or set "
-                "NativeSandbox.run_as_user = '' to run as root (weaker)"
-            )
-
-
-def native_environment(
-    explicit: Mapping[str, str],
-    passthrough: Iterable[str],
-    run_dir: str,
-    host: Mapping[str, str] | None = None,
-) -> dict[str, str]:
-    """The clean environment of a native run: nothing from the host but a PATH, the
-    locale and the names the operator lets through; then the caller's own values
-    (checked by the orchestrator)."""
-    host = os.environ if host is None else host
-    env = {
-        "PATH": os.pathsep.join(
-            dict.fromkeys([os.path.dirname(sys.executable), "/usr/local/bin", "/usr/bin", "/bin"])
-        ),
-        "HOME": run_dir,
-        "TMPDIR": os.path.join(run_dir, "tmp"),
-        "PYTHONPATH": str(policy.LINE_BUFFERING_DIR),
-        "PYTHONDONTWRITEBYTECODE": "1",
-    }
-    for key, value in host.items():
-        if key in ("LANG", "LANGUAGE", "TZ") or key.startswith("LC_"):
-            env[key] = value
-    for key in passthrough:
-        if key in host:
-            env[key] = host[key]
-    explicit = dict(explicit)
-    if explicit.get("PYTHONPATH"):
-        explicit["PYTHONPATH"] = env["PYTHONPATH"] + os.pathsep + explicit["PYTHONPATH"]
-    env.update(explicit)
-    return env
-
-
-class _NativeWorker(WorkerHandle):
-    """A kernel's worker on the host: a run of the supervisor with a stdin pipe."""
-
-    def __init__(self, stdin_w: int) -> None:
-        self._stdin = stdin_w
-        self._send_lock = threading.Lock()
-        self.ready = threading.Event()  # started, or failed before it could
-        self.done = threading.Event()  # the run is over: result or error is set
-        self.monitor_pid: int | None = None
-        self.pid: int | None = None
-        self.cgroup: dict[str, Any] | None = None
-        self._enforcement: dict[str, str] = {}
-        self.result: ExecutionResult | None = None
-        self.error: BaseException | None = None
-
-    def started(self, event: dict[str, Any]) -> None:
-        self.monitor_pid, self.pid = event["monitor_pid"], event["pid"]
-        self.cgroup = event.get("cgroup")
-        self._enforcement = event.get("enforcement", {})
-        self.ready.set()
-
-    @property
-    def enforcement(self) -> dict[str, str]:
-        return dict(self._enforcement)
-
-    def send(self, data: bytes) -> None:
-        with self._send_lock:
-            write_all(self._stdin, data)
-
-    def stop(self) -> None:
-        if self.monitor_pid is not None and self.result is None and self.error is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.monitor_pid, signal.SIGUSR1)
-        self.wait(timeout=10)
-        with contextlib.suppress(OSError):
-            os.close(self._stdin)
-        self._stdin = -1
-
-    def wait(self, timeout: float | None = None) -> ExecutionResult | None:
-        if not self.done.wait(timeout):
-            return None
-        if self.error is not None:
-            if isinstance(self.error, TierUnavailable):
-                raise self.error
-            raise TierUnavailable(f"the native worker failed: {self.error!r}")
-        return self.result
-
-    def usage(self) -> dict[str, Any]:
-        return run_usage({"cgroup": self.cgroup, "pid": self.pid})
-
-    def reset_peak(self) -> bool:
-        # v2's memory.peak resets per open file only: False there.
-        return bool(self.cgroup) and RunCgroup.from_report(self.cgroup).reset_peak()

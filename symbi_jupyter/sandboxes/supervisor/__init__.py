@@ -13,10 +13,12 @@ than forking from the notebook:
 Modules: :mod:`.proctree` (processes, prctl, rlimits), :mod:`.cgroups` (every cgroup
 the project makes or reads, also for the container and microVM tiers),
 :mod:`.channel` (the framed messages), :mod:`.workload` (confining and exec'ing the
-code), :mod:`.monitor` (the :class:`~.monitor.Monitor` that owns one run) and
-:mod:`.__main__` (serving requests, keeping spare monitors), and for the container
-tiers :mod:`.reaper` (removes a killed host's containers). ``prestarted.py`` is not a
-module: it is the bootstrap of a pre-started interpreter.
+code), :mod:`.monitor` (the :class:`~.monitor.Monitor` that owns one run; what it
+prepares before its request is :mod:`.spare`, watching, stopping and reporting the
+started run :mod:`.watch`) and :mod:`.__main__` (serving requests, keeping spare
+monitors), and for the container tiers :mod:`.reaper` (removes a killed host's
+containers). ``prestarted.py`` is not a module: it is the bootstrap of a pre-started
+interpreter.
 """
 
 from __future__ import annotations

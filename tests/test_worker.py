@@ -17,7 +17,7 @@ import pytest
 
 from symbi_jupyter.sandboxes.worker import worker_source
 from symbi_jupyter.sandboxes.worker.agent import BOOTSTRAP, TRUNCATION_MARKER
-from symbi_jupyter.sandboxes.worker.session import AGENT_MODULES
+from symbi_jupyter.sandboxes.worker.shipping import AGENT_MODULES
 
 from .helpers import need
 

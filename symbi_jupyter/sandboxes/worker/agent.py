@@ -4,7 +4,7 @@ Stdlib only, Python 3.11: it is shipped as source into containers and guests tha
 nothing but Debian's python3. Three modules: this one (the protocol loop and the
 running of cells), :mod:`.agent_output` (the cell's streams and the display API) and
 :mod:`.agent_code` (compiling cells, completion, inspection, rich representation).
-:func:`.session.worker_source` ships them as one program that installs them as modules
+:func:`.shipping.worker_source` ships them as one program that installs them as modules
 and calls :func:`main`; it reaches the sandbox through ``BOOTSTRAP`` (a length line,
 then the program, on fd 0) or, at tier None, as the file ``python3`` runs.
 

@@ -3,7 +3,7 @@ IPython compiles it and its traceback, the answers to ``is_complete``, ``complet
 ``inspect``, and an object's rich representation (:func:`mimebundle`).
 
 Part of the worker agent (:mod:`.agent`): stdlib only, shipped as source with it by
-:func:`.session.worker_source`. Functions only: nothing here sends messages or touches
+:func:`.shipping.worker_source`. Functions only: nothing here sends messages or touches
 the protocol; :class:`.agent.Worker` does.
 """
 

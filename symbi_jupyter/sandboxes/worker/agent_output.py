@@ -3,7 +3,7 @@
 (``display``, ``update_display``, ``clear_output``) of the user namespace.
 
 Part of the worker agent (:mod:`.agent`): stdlib only, shipped as source with it by
-:func:`.session.worker_source`. Everything here speaks through the :class:`.agent.Worker`
+:func:`.shipping.worker_source`. Everything here speaks through the :class:`.agent.Worker`
 it is given (its ``stream`` and ``send``), never to the protocol fd itself.
 """
 

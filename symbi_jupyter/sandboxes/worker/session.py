@@ -18,7 +18,6 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from ...errors import TierUnavailable
@@ -26,22 +25,12 @@ from ...limits import ResourceLimits
 from ...result import ExecutionResult
 from ...tiers import SecurityTier
 from .._sigint import SigintLatch
-from .._streams import TRUNCATION_MARKER
 from ..base import WorkerHandle
-from .frames import MAX_MESSAGE_BYTES, LineSplitter, ProtocolViolation, decode
+from .frames import MAX_MESSAGE_BYTES
+from .intake import CellOutput, Intake, MessageCallback, content
 
-#: Called with each message of the running cell (stream, display_data, error, ...).
-MessageCallback = Callable[[dict[str, Any]], None]
-
-#: The worker agent's modules, in this directory; shipped in this order, each importing
-#: only those before it.
-AGENT_MODULES = ("agent_code", "agent_output", "agent")
 #: How often a running cell's CPU time (and an idle worker's) is checked.
 CPU_POLL_SECONDS = 0.25
-#: The messages a worker may send for a request, once it is ready.
-CELL_MESSAGES = frozenset(
-    {"stream", "display_data", "update_display_data", "clear_output", "execute_result", "error"}
-)
 
 
 class SessionLost(TierUnavailable):
@@ -84,11 +73,8 @@ class WorkerSession:
         #: CPU seconds the worker may use between two cells; None: the last cell's
         #: CPU limit (none if it had none)
         self.idle_cpu_seconds = idle_cpu_seconds
-        self._messages: queue.Queue[dict[str, Any] | None] = queue.Queue()
-        self._lines = LineSplitter(max_message_bytes)
-        self._ready = False
-        #: request id -> its kind, from when it is sent until its reply is read
-        self._open: dict[int, str] = {}
+        self._intake = Intake(max_message_bytes)
+        self._messages = self._intake.messages
         self._idle: tuple[float, float | None] | None = None  # (CPU then, the budget)
         self._idle_lock = threading.Lock()
         self._stderr = b""
@@ -114,7 +100,7 @@ class WorkerSession:
                 f"the {tier.display_name} worker did not start: {self._diagnostics()}"
             )
         self.info = ready
-        self._ready = True
+        self._intake.ready = True
         self.startup_seconds = time.monotonic() - started
         threading.Thread(target=self._watch_idle, name="symbi-idle-cpu", daemon=True).start()
 
@@ -127,39 +113,9 @@ class WorkerSession:
             return
         if self.lost is not None:
             return
-        try:
-            for line in self._lines.feed(chunk):
-                message = self._admit(line)
-                if message is not None:
-                    self._messages.put(message)
-        except ProtocolViolation as exc:
-            self._violated(str(exc))
-        except Exception as exc:  # a bug of ours must still end only the worker
-            self._violated(f"a message the host could not read ({type(exc).__name__})")
-
-    def _admit(self, line: bytes) -> dict[str, Any] | None:
-        """The message ``line`` holds, if it may come now (ProtocolViolation if not)."""
-        if not self._ready:
-            # A serial console may carry boot messages before the agent's first line.
-            try:
-                message = json.loads(line)
-            except (ValueError, RecursionError):
-                message = None
-            if isinstance(message, dict) and message.get("type") == "ready":
-                return message
-            return {"type": "garbage", "text": line[:200].decode("utf-8", "replace")}
-        message = decode(line)
-        kind, ident = message.get("type"), message.get("id")
-        with self._idle_lock:
-            asked = self._open.get(ident) if isinstance(ident, int) else None
-            if asked is None:
-                raise ProtocolViolation(f"a {kind!r} message for no open request (id {ident!r})")
-            if kind == "reply":
-                # A second reply finds its request closed: a violation, like any other.
-                del self._open[ident]
-            elif asked != "execute" or kind not in CELL_MESSAGES:
-                raise ProtocolViolation(f"a {kind!r} message, not expected for a {asked} request")
-        return message
+        violation = self._intake.feed(chunk)
+        if violation:
+            self._violated(violation)
 
     def _violated(self, why: str) -> None:
         self._lose(f"the worker broke the protocol: {why}; it was stopped and its state is gone")
@@ -242,13 +198,12 @@ class WorkerSession:
         if not self.alive:
             return {"status": "error", "ename": "SessionLost", "evalue": self.lost or ""}
         ident = next(self._ids)
-        with self._idle_lock:
-            self._open[ident] = kind
+        self._intake.expect(ident, kind)
         self._send({"id": ident, "type": kind, **fields})
         deadline = time.monotonic() + timeout
         while (message := self._next(deadline)) is not None:
             if message.get("id") == ident and message.get("type") == "reply":
-                return _content(message)
+                return content(message)
         return {"status": "error", "ename": "Timeout", "evalue": f"no {kind} reply"}
 
     def interrupt(self) -> None:
@@ -275,11 +230,11 @@ class WorkerSession:
         ident = next(self._ids)
         with self._idle_lock:
             self._idle = None
-            self._open[ident] = "execute"
+        self._intake.expect(ident, "execute")
         peak_reset = self.handle.reset_peak()
         before = self.handle.usage()
         self._cpu_visible = "cpu_seconds" in before
-        output = _CellOutput(limits.max_output_bytes)
+        output = CellOutput(limits.max_output_bytes)
         started = time.monotonic()
         deadline = started + limits.timeout_seconds if limits.timeout_seconds else None
         self._send(
@@ -344,7 +299,7 @@ class WorkerSession:
             return None, "protocol", next_cpu_check
         if message is not None and message.get("id") == ident:
             if message.get("type") == "reply":
-                return _content(message), None, next_cpu_check
+                return content(message), None, next_cpu_check
             on_message(message)
         # Checked after every message too: a cell that floods output still times out.
         now = time.monotonic()
@@ -369,7 +324,7 @@ class WorkerSession:
         before: dict[str, Any],
         after: dict[str, Any],
         peak_reset: bool,
-        output: _CellOutput,
+        output: CellOutput,
     ) -> CellOutcome:
         """A cell that replied. Its figures are the host's (the sandbox's cgroup);
         what only the worker can tell is kept apart, as reported by the sandbox."""
@@ -534,88 +489,5 @@ _SESSION_ENFORCEMENT = {
 }
 
 
-class _CellOutput:
-    """The host's own output cap for one cell: stream text past ``cap`` bytes is cut
-    here, before it reaches the client, whatever the worker does."""
-
-    def __init__(self, cap: int | None) -> None:
-        self.cap = cap
-        self.counts = {"stdout": 0, "stderr": 0}
-        self.truncated: set[str] = set()
-
-    def relay(self, on_message: MessageCallback) -> MessageCallback:
-        def forward(message: dict[str, Any]) -> None:
-            if message.get("type") == "stream":
-                message = self.capped(message)
-                if not message:
-                    return
-            on_message(message)
-
-        return forward
-
-    def capped(self, message: dict[str, Any]) -> dict[str, Any] | None:
-        name, text = message.get("name"), message.get("text")
-        if name not in self.counts or not isinstance(text, str):
-            return None
-        data = text.encode("utf-8", "replace")
-        used = self.counts[name]
-        self.counts[name] = used + len(data)
-        if self.cap is None or used + len(data) <= self.cap:
-            return message
-        kept = data[: max(0, self.cap - used)].decode("utf-8", "ignore")
-        if name not in self.truncated:
-            self.truncated.add(name)
-            kept += TRUNCATION_MARKER.format(self.cap)
-        return {**message, "text": kept} if kept else None
-
-
-def _content(message: dict[str, Any]) -> dict[str, Any]:
-    content = message.get("content")
-    return content if isinstance(content, dict) else {}
-
-
 def _cpu(usage: dict[str, Any]) -> float:
     return float(usage.get("cpu_seconds") or 0.0)
-
-
-def worker_source() -> bytes:
-    """The worker agent as shipped into a sandbox: one program, stdlib only, that
-    installs :data:`AGENT_MODULES` from their source and starts the agent.
-
-    Every tier runs it the same way: as ``__main__``, executed by the agent's
-    ``BOOTSTRAP`` (containers; the microVM guest, whose image holds only the bootstrap)
-    or as the file that tier None's ``python3`` runs. So the agent comes from this
-    package at run time, never from an image.
-    """
-    here = Path(__file__).parent
-    sources = tuple((name, (here / f"{name}.py").read_text("utf-8")) for name in AGENT_MODULES)
-    return (_LOADER + f"_symbi_worker({sources!r}).agent.main()\n").encode("utf-8")
-
-
-# The head of worker_source()'s program. Each module becomes a module of the package
-# symbi_worker in sys.modules, so that its relative imports (``from .agent_code import``,
-# as in this package) find the modules installed before it; its file name is a
-# ``<symbi-worker/...>`` pseudo-name whose lines linecache holds, for the worker's own
-# tracebacks and for inspect.getsource.
-_LOADER = """\
-# The symbi worker agent, shipped by symbi_jupyter's worker_source(): its modules'
-# source, installed as the package symbi_worker, then symbi_worker.agent.main().
-import linecache, sys, types
-
-
-def _symbi_worker(sources):
-    package = types.ModuleType("symbi_worker")
-    package.__path__ = []
-    sys.modules[package.__name__] = package
-    for name, source in sources:
-        module = types.ModuleType(f"symbi_worker.{name}")
-        module.__package__ = package.__name__
-        filename = f"<symbi-worker/{name}.py>"
-        linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
-        sys.modules[module.__name__] = module
-        setattr(package, name, module)
-        exec(compile(source, filename, "exec"), module.__dict__)
-    return package
-
-
-"""

@@ -60,6 +60,7 @@ class Intake:
             except (ValueError, RecursionError):
                 message = None
             if isinstance(message, dict) and message.get("type") == "ready":
+                self.ready = True  # here, before the reader takes the next line
                 return message
             return {"type": "garbage", "text": line[:200].decode("utf-8", "replace")}
         message = decode(line)

@@ -100,7 +100,6 @@ class WorkerSession:
                 f"the {tier.display_name} worker did not start: {self._diagnostics()}"
             )
         self.info = ready
-        self._intake.ready = True
         self.startup_seconds = time.monotonic() - started
         threading.Thread(target=self._watch_idle, name="symbi-idle-cpu", daemon=True).start()
 

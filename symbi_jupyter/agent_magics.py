@@ -17,7 +17,7 @@ from traitlets import Bool, Instance, Unicode
 from .agents import Agent, Emitted, SandboxModeLimits, load
 from .agents.runner import ActionResult
 from .errors import ConfigError
-from .magics import LiveOutput, print_output, print_truncation_markers
+from .magics import LiveOutput, print_output, print_truncation_markers, user_ns
 from .orchestrator import SandboxOrchestrator
 from .result import ExecutionResult
 
@@ -43,7 +43,7 @@ class AgentMagics(Magics):
         in Moderate mode, read-write in Permissive mode). '' is the kernel's working
         directory when the agent is defined, which Jupyter sets to the notebook's.""",
     )
-    orchestrator = Instance(SandboxOrchestrator, allow_none=True)
+    orchestrator = Instance(SandboxOrchestrator)
 
     def __init__(
         self,
@@ -86,7 +86,7 @@ class AgentMagics(Magics):
         for agent in agents:
             self.agents[agent.name] = agent
         if args.out:
-            self.shell.user_ns[args.out] = agents
+            user_ns(self)[args.out] = agents
         if self.show_cards and not args.quiet:
             for agent in agents:
                 display(agent)
@@ -137,7 +137,7 @@ class AgentMagics(Magics):
             if writers:
                 writers.flush()
         if args.out:
-            self.shell.user_ns[args.out] = results
+            user_ns(self)[args.out] = results
 
 
 def find_agent(agents: dict[str, Agent], name: str) -> Agent:

@@ -45,7 +45,7 @@ class SymbiMagics(Magics):
         nbval does not follow display updates: what it compares and what a saved
         notebook holds must not differ.""",
     )
-    orchestrator = Instance(SandboxOrchestrator, allow_none=True)
+    orchestrator = Instance(SandboxOrchestrator)
 
     def __init__(self, shell: Any = None, **kwargs: Any) -> None:
         super().__init__(shell=shell, **kwargs)
@@ -127,7 +127,7 @@ class SymbiMagics(Magics):
                 if writers is None:
                     print_output(partial)
                 if args.out:
-                    self.shell.user_ns[args.out] = partial
+                    user_ns(self)[args.out] = partial
             if live:
                 live.finish(partial if isinstance(partial, ExecutionResult) else None)
             raise KeyboardInterrupt("the sandboxed code was interrupted and killed") from None
@@ -145,7 +145,7 @@ class SymbiMagics(Magics):
         else:
             print_truncation_markers(result)
         if args.out:
-            self.shell.user_ns[args.out] = result
+            user_ns(self)[args.out] = result
         if show and not (live and live.finish(result)):
             display(result)
 
@@ -157,7 +157,7 @@ class SymbiMagics(Magics):
             raise UsageError("%symbi_compare NAME [NAME ...]: names stored with -o NAME")
         results = []
         for name in names:
-            value = self.shell.user_ns.get(name)
+            value = user_ns(self).get(name)
             if not isinstance(value, ExecutionResult):
                 raise UsageError(f"%symbi_compare: {name} is not an ExecutionResult (-o {name})")
             results.append(value)
@@ -167,6 +167,12 @@ class SymbiMagics(Magics):
     def symbi_tiers(self, line: str = "") -> TierLadder:
         """Show the tier ladder with this host's availability."""
         return TierLadder(self.orchestrator.availability())
+
+
+def user_ns(magics: Magics) -> dict[str, Any]:
+    """The namespace of the shell ``magics`` run in (as magics, they run in one)."""
+    assert magics.shell is not None
+    return magics.shell.user_ns
 
 
 def parse_symbi_flags(

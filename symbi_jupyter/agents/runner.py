@@ -76,6 +76,7 @@ def run_trigger(
             try:
                 perms.check(action)
             except PolicyViolation as exc:
+                assert agent.orchestrator is not None  # permissions() refused an unbound agent
                 agent.orchestrator.audit_refusal(
                     agent.tier, exc, agent=agent.name, trigger=trigger.name
                 )

@@ -42,7 +42,7 @@ NATIVE_HOWTO = (
 )
 
 
-class SymbiKernel(KernelMagics, Kernel):
+class SymbiKernel(Kernel):
     """Python, with every cell in a Symbiont-tier sandbox."""
 
     implementation = "symbi_jupyter"
@@ -95,7 +95,7 @@ class SymbiKernel(KernelMagics, Kernel):
         help="""Seconds an interrupted cell has to stop before its worker is killed
         (the session state is then lost).""",
     )
-    orchestrator = Instance(SandboxOrchestrator, allow_none=True)
+    orchestrator = Instance(SandboxOrchestrator)
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -109,6 +109,8 @@ class SymbiKernel(KernelMagics, Kernel):
         self._cpu_sample: tuple[float, float] | None = None
         #: agents defined with %%symbi_agent, by name
         self.agents: dict[str, Any] = {}
+        #: the handlers of the kernel magics (%symbi_tier, %%symbi, ...)
+        self._magics = KernelMagics(self)
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -187,8 +189,8 @@ class SymbiKernel(KernelMagics, Kernel):
             self.history.append((0, self.execution_count, code))
         try:
             if code.lstrip().startswith("%%symbi"):
-                return self._cell_magic(code.lstrip())
-            code = self._line_magics(code)
+                return self._magics.cell_magic(code.lstrip())
+            code = self._magics.line_magics(code)
             if not code.strip():
                 return self._ok()
             return self._run_cell(code, silent)
@@ -339,8 +341,10 @@ class SymbiKernel(KernelMagics, Kernel):
 
             entries = [e for e in entries if fnmatch.fnmatch(e[2], pattern or "*")]
             if unique:
-                seen: set[str] = set()
-                entries = [e for e in entries if not (e[2] in seen or seen.add(e[2]))]
+                first: dict[str, tuple[int, int, str]] = {}  # each code's first entry
+                for entry in entries:
+                    first.setdefault(entry[2], entry)
+                entries = list(first.values())
             if n:
                 entries = entries[-n:]
         if output:

@@ -3,7 +3,8 @@
 cell magics ``%%symbi`` and ``%%symbi_agent``.
 
 They run in the kernel process (they change what the following cells get), never in
-the sandbox; :class:`KernelMagics` is mixed into :class:`~.kernel.SymbiKernel`.
+the sandbox; :class:`~.kernel.SymbiKernel` hands its cells' magics to its
+:class:`KernelMagics`, which reaches the kernel through :class:`KernelHost`.
 """
 
 from __future__ import annotations
@@ -11,13 +12,19 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import SymbiError
 from ..limit_flags import add_limit_arguments, limits_from_args
 from ..limits import ResourceLimits
 from ..render import TierLadder, format_bytes, format_duration, say_limit
 from ..result import ExecutionResult
+
+if TYPE_CHECKING:
+    from ..orchestrator import SandboxOrchestrator
+    from ..render import ResultDisplay
+    from ..sandboxes.worker import WorkerSession
+    from ..tiers import SecurityTier
 
 #: Limits that hold for a whole worker: changing one needs a new worker.
 SESSION_LIMITS = (
@@ -73,10 +80,45 @@ def _limits_parser() -> _Parser:
     return parser
 
 
-class KernelMagics:
-    """The magics' handlers; the kernel provides the session, streams and replies."""
+class KernelHost(Protocol):
+    """What :class:`KernelMagics` uses of its kernel (:class:`~.kernel.SymbiKernel`):
+    the settings the magics change, the worker, the streams and the replies."""
 
-    def _line_magics(self, code: str) -> str:
+    tier: str
+    session_mode: str
+    show_stats: bool
+    limits: ResourceLimits
+    worker: WorkerSession | None
+
+    @property
+    def orchestrator(self) -> SandboxOrchestrator: ...
+    @property
+    def display_options(self) -> ResultDisplay: ...
+    @property
+    def agents(self) -> dict[str, Any]: ...
+    @property
+    def execution_count(self) -> int: ...
+    @property
+    def current_tier(self) -> SecurityTier: ...
+
+    def _stream(self, name: str, text: str) -> None: ...
+    def _display(self, obj: Any) -> None: ...
+    def _error(
+        self, ename: str, evalue: str, traceback: list[str] | None = None
+    ) -> dict[str, Any]: ...
+    def _ok(self) -> dict[str, Any]: ...
+    def _check_allowed(self, tier: SecurityTier | str | None) -> SecurityTier: ...
+    def _close_session(self) -> None: ...
+
+
+class KernelMagics:
+    """The magics' handlers, for one kernel (:class:`KernelHost`), which provides the
+    session, streams and replies."""
+
+    def __init__(self, kernel: KernelHost) -> None:
+        self.kernel = kernel
+
+    def line_magics(self, code: str) -> str:
         """Run the kernel's line magics at the top of a cell; return the rest."""
         lines = code.splitlines(keepends=True)
         while lines and (lines[0].strip() == "" or lines[0].lstrip().startswith("%symbi_")):
@@ -96,8 +138,8 @@ class KernelMagics:
             "%symbi_limits": self._magic_limits,
             "%symbi_session": self._magic_session,
             "%symbi_stats": self._magic_stats,
-            "%symbi_tiers": lambda argv: self._display(
-                TierLadder(self.orchestrator.availability())
+            "%symbi_tiers": lambda argv: self.kernel._display(
+                TierLadder(self.kernel.orchestrator.availability())
             ),
             "%symbi_trigger": self._magic_trigger,
         }.get(name)
@@ -109,65 +151,69 @@ class KernelMagics:
         handler(argv)
 
     def _magic_tier(self, argv: list[str]) -> None:
+        kernel = self.kernel
         if len(argv) != 1:
-            self._stream("stdout", f"Cells run at {self.current_tier.display_name}.\n")
+            kernel._stream("stdout", f"Cells run at {kernel.current_tier.display_name}.\n")
             return
-        tier = self._check_allowed(argv[0])
-        had_state = self.worker is not None and self.worker.alive
-        self._close_session()
-        self.tier = tier.value
+        tier = kernel._check_allowed(argv[0])
+        had_state = kernel.worker is not None and kernel.worker.alive
+        kernel._close_session()
+        kernel.tier = tier.value
         note = (
             " The previous worker's state (variables, imports) did not move with it."
             if had_state
             else ""
         )
-        self._stream(
+        kernel._stream(
             "stdout",
             f"Cells now run at {tier.display_name}; the next cell starts a new worker.{note}\n",
         )
 
     def _magic_limits(self, argv: list[str]) -> None:
+        kernel = self.kernel
         args = _limits_parser().parse_args(argv)
-        new = ResourceLimits() if args.reset else limits_from_args(args, self.limits)
-        effective = new.within(self.orchestrator.ceilings())  # PolicyViolation if above
-        restart = any(getattr(new, k) != getattr(self.limits, k) for k in SESSION_LIMITS)
-        self.limits = new
-        if self.worker is not None:
-            if restart and self.worker.alive:
-                self._close_session()
-                self._stream(
+        new = ResourceLimits() if args.reset else limits_from_args(args, kernel.limits)
+        effective = new.within(kernel.orchestrator.ceilings())  # PolicyViolation if above
+        restart = any(getattr(new, k) != getattr(kernel.limits, k) for k in SESSION_LIMITS)
+        kernel.limits = new
+        if kernel.worker is not None:
+            if restart and kernel.worker.alive:
+                kernel._close_session()
+                kernel._stream(
                     "stdout",
                     "These limits hold for a whole worker: the next "
                     "cell starts a new one, without the old state.\n",
                 )
-            elif self.worker is not None:
-                self.worker.limits = effective
-        self._stream("stdout", f"Limits of the following cells: {_limits_text(effective)}\n")
+            elif kernel.worker is not None:
+                kernel.worker.limits = effective
+        kernel._stream("stdout", f"Limits of the following cells: {_limits_text(effective)}\n")
 
     def _magic_session(self, argv: list[str]) -> None:
+        kernel = self.kernel
         choice = argv[0] if argv else "info"
         if choice in ("persistent", "fresh"):
-            self.session_mode = choice
-            self._close_session()
+            kernel.session_mode = choice
+            kernel._close_session()
             words = (
                 "one worker keeps its state between cells"
                 if choice == "persistent"
                 else "every cell runs in a new single-use sandbox, with no state"
             )
-            self._stream("stdout", f"Session mode {choice}: {words}.\n")
+            kernel._stream("stdout", f"Session mode {choice}: {words}.\n")
         elif choice == "restart":
-            self._close_session()
-            self._stream("stdout", "The worker was stopped; the next cell starts a new one.\n")
+            kernel._close_session()
+            kernel._stream("stdout", "The worker was stopped; the next cell starts a new one.\n")
         elif choice in ("info", "totals"):
-            self._stream("stdout", self._session_info())
+            kernel._stream("stdout", self._session_info())
         else:
             raise KernelUsageError(
                 f"%symbi_session takes persistent, fresh, restart or info, not {choice!r}"
             )
 
     def _session_info(self) -> str:
-        lines = [f"tier: {self.current_tier.display_name}", f"mode: {self.session_mode}"]
-        session = self.worker
+        kernel = self.kernel
+        lines = [f"tier: {kernel.current_tier.display_name}", f"mode: {kernel.session_mode}"]
+        session = kernel.worker
         if session is None or not session.alive:
             lines.append("worker: none running (the next cell starts one)")
         else:
@@ -176,21 +222,23 @@ class KernelMagics:
                 f"worker: running, {session.cells} cells, started in "
                 f"{format_duration(session.startup_seconds)}"
             )
-            if not self.display_options.stable:
+            if not kernel.display_options.stable:
                 lines.append(
                     f"session totals: CPU {format_duration(totals['cpu_seconds'])}, "
                     f"wall {format_duration(totals['wall_seconds'])}, "
                     f"highest cell peak {format_bytes(totals['peak_memory_bytes'])}"
                 )
-        lines.append(f"limits: {_limits_text(self.limits.within(self.orchestrator.ceilings()))}")
+        lines.append(
+            f"limits: {_limits_text(kernel.limits.within(kernel.orchestrator.ceilings()))}"
+        )
         return "\n".join(lines) + "\n"
 
     def _magic_stats(self, argv: list[str]) -> None:
         if argv not in (["on"], ["off"]):
             raise KernelUsageError("%symbi_stats takes on or off")
-        self.show_stats = argv == ["on"]
+        self.kernel.show_stats = argv == ["on"]
 
-    def _cell_magic(self, code: str) -> dict[str, Any]:
+    def cell_magic(self, code: str) -> dict[str, Any]:
         """A cell that starts with one of :data:`CELL_MAGICS`."""
         first, _, body = code.partition("\n")
         name, _, flags = first.partition(" ")
@@ -207,10 +255,11 @@ class KernelMagics:
         """``%%symbi [flags]``: one cell through the orchestrator, as in IPython."""
         from ..magics import LiveOutput, SymbiMagics, parse_symbi_flags
 
+        kernel = self.kernel
         args, tier, limits, env = parse_symbi_flags(SymbiMagics.symbi, flags)
-        out = LiveOutput(self._stream)
+        out = LiveOutput(kernel._stream)
         try:
-            result = self.orchestrator.execute_code(
+            result = kernel.orchestrator.execute_code(
                 tier,
                 body,
                 env=env,
@@ -219,16 +268,16 @@ class KernelMagics:
                 on_output=out.write,
             )
         except KeyboardInterrupt:
-            return self._error("KeyboardInterrupt", "the sandboxed code was interrupted")
+            return kernel._error("KeyboardInterrupt", "the sandboxed code was interrupted")
         finally:
             out.flush()
         if not args.quiet:
-            self._display(result)
+            kernel._display(result)
         if result.success:
-            return self._ok()
+            return kernel._ok()
         return {
             "status": "error",
-            "execution_count": self.execution_count,
+            "execution_count": kernel.execution_count,
             "ename": "SandboxedCodeFailed",
             "evalue": str(result),
             "traceback": [],
@@ -241,15 +290,16 @@ class KernelMagics:
         from ..agent_magics import AgentMagics, parse_magic_line
         from ..agents import load
 
+        kernel = self.kernel
         args = parse_magic_line(AgentMagics.symbi_agent, flags)
         _no_out(args, "%%symbi_agent")
-        agents = load(body, orchestrator=self.orchestrator, directory=os.getcwd())
+        agents = load(body, orchestrator=kernel.orchestrator, directory=os.getcwd())
         for agent in agents:
-            self.agents[agent.name] = agent
+            kernel.agents[agent.name] = agent
         if not args.quiet:
             for agent in agents:
-                self._display(agent)
-        return self._ok()
+                kernel._display(agent)
+        return kernel._ok()
 
     def _magic_trigger(self, argv: list[str]) -> None:
         """``%symbi_trigger AGENT TRIGGER [--payload JSON]``, as in IPython."""
@@ -257,18 +307,19 @@ class KernelMagics:
         from ..agents import Emitted
         from ..magics import LiveOutput
 
+        kernel = self.kernel
         args = AgentMagics.symbi_trigger.parser.parse_args(argv)
         _no_out(args, "%symbi_trigger")
-        agent = find_agent(self.agents, args.agent)
+        agent = find_agent(kernel.agents, args.agent)
 
         def shown(item: Any) -> None:
             if isinstance(item, ExecutionResult):
-                if self.show_stats and not args.quiet:
-                    self._display(item)
+                if kernel.show_stats and not args.quiet:
+                    kernel._display(item)
             elif isinstance(item, Emitted):
-                self._display(item)
+                kernel._display(item)
 
-        out = LiveOutput(self._stream)
+        out = LiveOutput(kernel._stream)
         try:
             agent.trigger(
                 args.trigger, parse_payload(args.payload), on_output=out.write, on_result=shown

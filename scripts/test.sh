@@ -4,7 +4,7 @@
 #   bash scripts/test.sh [PYTEST ARGS...]      e.g. -x, -k audit, -v
 #
 # Creates .venv on first use (see scripts/_env.sh). Extra arguments go to pytest.
-# Exits non-zero if ruff (check or format) or any test fails.
+# Exits non-zero if ruff (check or format), mypy or any test fails.
 #
 # The notebooks are checked by nbval against their stored outputs, in one pytest run
 # with tests/, in the environment those outputs were recorded in (notebook_env in
@@ -64,6 +64,9 @@ status=0
 say "ruff check, ruff format --check"
 "$VENV/bin/ruff" check symbi_jupyter tests benchmarks || status=1
 "$VENV/bin/ruff" format --check symbi_jupyter tests benchmarks || status=1
+
+say "mypy (the package; settings in pyproject.toml's [tool.mypy])"
+"$VENV/bin/mypy" || status=1
 
 say "pytest: tests/ and notebooks/ (nbval, $mode)"
 [ "$mode" = strict ] || say "lax: notebook outputs are compared only in cells tagged nbval-check-output (SYMBI_NBVAL=strict compares all)"

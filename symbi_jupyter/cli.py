@@ -10,9 +10,13 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from . import __version__
 from .audit import verify
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -226,7 +230,7 @@ def _add_tier3_options(build: argparse.ArgumentParser) -> None:
     )
 
 
-def _path(value: str):
+def _path(value: str) -> Path:
     from pathlib import Path
 
     return Path(value)

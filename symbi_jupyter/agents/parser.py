@@ -172,6 +172,7 @@ class _Reader:
         self.check_nesting(tree)
         agents: dict[str, Agent] = {}
         for node in tree.children:
+            assert isinstance(node, Tree)  # the grammar: a file is agents
             agent = self.agent(node)
             if agent.name in agents:
                 raise self.error(node.children[0], f"agent {agent.name} is defined twice")
@@ -283,6 +284,7 @@ class _Reader:
     # -- triggers and actions
     def trigger(self, node: Tree) -> Trigger:
         name_token, *actions = node.children
+        assert isinstance(name_token, Token)  # the grammar: a trigger's name is a token
         name = self.plain_token(name_token)
         parsed: list[Run | Emit] = []
         ran = False
@@ -298,6 +300,7 @@ class _Reader:
 
     def action(self, node: Tree) -> Run | Emit:
         name, *args = node.children
+        assert isinstance(name, Token)  # the grammar: an action's name is a token
         if name not in ACTIONS:
             raise self.error(name, f"unknown action {str(name)!r}; accepted: " + ", ".join(ACTIONS))
         params, takes_needs = ACTIONS[name]
@@ -374,9 +377,9 @@ class _Reader:
         """A value as Python: str, int, float, bool, None, list, or a :class:`_Word`."""
         kind = node.data
         if kind == "string":
-            return self.string(node.children[0])
+            return self.string(_only_token(node))
         if kind == "long_string":
-            return _long_string(node.children[0])
+            return _long_string(_only_token(node))
         if kind == "number":
             raw = str(node.children[0])
             try:
@@ -412,9 +415,17 @@ class _Reader:
         try:
             return json.loads(token)
         except json.JSONDecodeError as exc:
+            assert token.line is not None and token.column is not None  # the lexer's tokens
             raise located(
                 self.text, token.line, token.column + exc.pos, f"bad escape in string ({exc.msg})"
             ) from None
+
+
+def _only_token(node: Tree) -> Token:
+    """The token a string node (``string``, ``long_string``) is made of."""
+    token = node.children[0]
+    assert isinstance(token, Token)
+    return token
 
 
 def _long_string(token: Token) -> str:

@@ -89,8 +89,8 @@ class _Card:
         verdicts: dict[int, Verdict] = {}
         if self.perms is not None:
             for items in self.perms.actions.values():
-                for action, verdict in items:
-                    verdicts[id(action)] = verdict
+                for run, verdict in items:
+                    verdicts[id(run)] = verdict
         out = []
         for name, trigger in self.agent.triggers.items():
             rows: list[tuple[str, Verdict | None]] = []

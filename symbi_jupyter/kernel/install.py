@@ -7,6 +7,7 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from ..tiers import SecurityTier
 
@@ -16,10 +17,10 @@ DISPLAY_NAME = "Python (symbi sandbox)"
 SOURCE_DIR = Path(__file__).resolve().parents[2] / "kernelspec"
 
 
-def kernel_json(tier: str | None = None, allow_native: bool = False) -> dict:
+def kernel_json(tier: str | None = None, allow_native: bool = False) -> dict[str, Any]:
     """The kernelspec for this Python; ``tier`` pins the tier the cells run at, and
     ``allow_native`` switches native execution on for this kernel."""
-    spec = {
+    spec: dict[str, Any] = {
         "argv": [sys.executable, "-m", "symbi_jupyter.kernel", "-f", "{connection_file}"],
         "display_name": DISPLAY_NAME,
         "language": "python",

@@ -59,6 +59,11 @@ def _details(details: dict[str, Any]) -> str:
     return ", ".join(f"{k}: {v}" for k, v in details.items())
 
 
+def _tier_colour(result: ExecutionResult) -> str:
+    tier = tier_of(result)
+    return "#999" if tier is None else TIER_COLOURS.get(tier, "#999")
+
+
 class Comparison:
     """Several results side by side, one column each: ``symbi_jupyter.compare`` and
     ``%symbi_compare``. The stable rendering leaves the volatile rows blank."""
@@ -123,7 +128,7 @@ class Comparison:
     def _repr_html_(self) -> str:
         head = "".join(
             f'<th style="padding:2px 10px;border-bottom:2px solid '
-            f'{TIER_COLOURS.get(tier_of(r), "#999")}">{html.escape(label)}</th>'
+            f'{_tier_colour(r)}">{html.escape(label)}</th>'
             for label, r in zip(self.labels, self.results, strict=True)
         )
         body = "".join(

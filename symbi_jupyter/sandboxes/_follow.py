@@ -133,5 +133,6 @@ class RunFollower:
             self._backstop = None
 
     def _signal_monitor(self, sig: int) -> None:
+        assert self.monitor_pid is not None  # the callers know it
         with contextlib.suppress(ProcessLookupError):
             os.kill(self.monitor_pid, sig)

@@ -12,7 +12,12 @@ import contextlib
 import os
 import signal
 import threading
-from types import TracebackType
+from collections.abc import Callable
+from types import FrameType, TracebackType
+from typing import Any
+
+#: What signal.signal() takes and returns.
+_Handler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
 
 
 class SigintLatch:
@@ -26,7 +31,7 @@ class SigintLatch:
         self.event = threading.Event()
         self.fd: int | None = None
         self._write_fd: int | None = None
-        self._previous: object = None
+        self._previous: _Handler = None
 
     def __enter__(self) -> SigintLatch:
         if threading.current_thread() is not threading.main_thread():
@@ -38,12 +43,14 @@ class SigintLatch:
         return self
 
     def _handle(self, signum: int, frame: object) -> None:
+        assert self._write_fd is not None  # installed only with the pipe
         self.event.set()
         with contextlib.suppress(OSError):
             os.write(self._write_fd, b"\0")
 
     def drain(self) -> None:
         """Empty :attr:`fd` (the event stays set)."""
+        assert self.fd is not None  # only a latch that took over SIGINT is drained
         with contextlib.suppress(OSError):
             while os.read(self.fd, 64):
                 pass
@@ -59,6 +66,7 @@ class SigintLatch:
     ) -> None:
         if self.fd is None:
             return
+        assert self._write_fd is not None  # made with fd
         signal.signal(signal.SIGINT, self._previous)
         os.close(self.fd)
         os.close(self._write_fd)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from traitlets.config import LoggingConfigurable
+from traitlets.traitlets import MetaHasTraits
 
 from ..errors import TierUnavailable
 from ..limits import ResourceLimits
@@ -126,7 +127,7 @@ class WorkerHandle(abc.ABC):
         return None
 
 
-class _SandboxMeta(abc.ABCMeta, type(LoggingConfigurable)):  # type: ignore[misc]
+class _SandboxMeta(abc.ABCMeta, MetaHasTraits):  # type(LoggingConfigurable) is MetaHasTraits
     pass
 
 

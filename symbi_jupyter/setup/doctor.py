@@ -49,9 +49,12 @@ def run_doctor(*, reap: bool = False, say: Callable[[str], None] = print) -> int
 
 
 def _reap(orch: SandboxOrchestrator, say: Callable[[str], None]) -> None:
+    from ..sandboxes.docker import DockerSandbox
     from ..sandboxes.docker import reap as reap_containers
 
     docker = orch.sandbox(SecurityTier.TIER1)
+    if not isinstance(docker, DockerSandbox):
+        return  # not the Docker backend (an entry point of another package): nothing to reap
     if docker.availability().ok or "image" in docker.availability().reason:
         try:
             removed = reap_containers(docker.client(), log=say)

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Callable
+from typing import Any
 
 from ..supervisor.cgroups import DOCKER_PARENT, stale_groups
 from ..supervisor.proctree import host_tag, pid_alive
 from .options import HOST_LABEL, LABEL
 
 
-def reap(client, *, log=print) -> list[str]:
+def reap(client: Any, *, log: Callable[[str], object] = print) -> list[str]:
     """Remove our containers, and their cgroup parents, whose kernel (of this pid
     namespace) is gone. Returns the short ids of the containers removed."""
     namespace = host_tag().split("-")[0]

@@ -95,16 +95,16 @@ class DockerSandbox(Sandbox):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self._client = None
+        self._client: Any = None  # a docker.DockerClient (the SDK has no types)
         self._info: dict[str, Any] = {}
         self._lock = threading.Lock()
         self._reaped = False
         self._ready = False
         self._pool: ReadyPool[Prepared] = ReadyPool("container", Prepared.discard)
-        self._reaper: subprocess.Popen | None = None
+        self._reaper: subprocess.Popen[bytes] | None = None
 
     # ------------------------------------------------------------------ engine
-    def client(self):
+    def client(self) -> Any:
         with self._lock:
             if self._client is None:
                 try:
@@ -164,6 +164,7 @@ class DockerSandbox(Sandbox):
                 self._client.close()
                 self._client = None
             if self._reaper is not None:
+                assert self._reaper.stdin is not None  # started with stdin=PIPE
                 # Our containers are removed: the reaper ends without reaping.
                 with contextlib.suppress(OSError):
                     self._reaper.stdin.write(b"q")
@@ -203,7 +204,7 @@ class DockerSandbox(Sandbox):
         )
 
     # ------------------------------------------------------------------ running
-    def _ready_client(self):
+    def _ready_client(self) -> Any:
         if not self._ready:
             availability = self.availability()
             if not availability.ok:
@@ -266,7 +267,7 @@ class DockerSandbox(Sandbox):
         options["pids_limit"] = count
         return "container cgroup (pids)"
 
-    def _prepare(self, client, options: dict[str, Any]) -> Prepared:
+    def _prepare(self, client: Any, options: dict[str, Any]) -> Prepared:
         """Create, attach to and start a container whose launcher then waits for the
         code on stdin, as a uid of its own where the options ask for one. Its cgroup
         parent (ours) outlives it, for the figures."""
@@ -288,7 +289,9 @@ class DockerSandbox(Sandbox):
             raise
         return Prepared(container, sock._sock, parent, time.monotonic() - created, lease)
 
-    def _create_and_start(self, client, options: dict[str, Any]) -> tuple[Any, Any, str | None]:
+    def _create_and_start(
+        self, client: Any, options: dict[str, Any]
+    ) -> tuple[Any, Any, str | None]:
         import docker
 
         parent = None
@@ -320,7 +323,12 @@ class DockerSandbox(Sandbox):
         return container, sock, parent
 
     def _run_container(
-        self, client, request, options, enforcement, latch: SigintLatch
+        self,
+        client: Any,
+        request: ExecutionRequest,
+        options: dict[str, Any],
+        enforcement: dict[str, str],
+        latch: SigintLatch,
     ) -> ExecutionResult:
         import docker
 

@@ -111,4 +111,6 @@ class ContainerWorker(WorkerHandle):
 
     def reset_peak(self) -> bool:
         group = self._prepared.group
-        return bool(group) and group.reset_peak()
+        if not group:
+            return False
+        return group.reset_peak()

@@ -5,12 +5,14 @@ and print() silently loses data where a pipe takes part of a write (as gVisor's 
 So stdout is switched to line buffering here, then the sitecustomize this file shadows,
 if any, is run (usercustomize would be simpler, but virtual environments skip it)."""
 
+import io
 import sys
 
+assert isinstance(sys.stdout, io.TextIOWrapper)  # as Python made it at start-up
 sys.stdout.reconfigure(line_buffering=True)
 
 
-def _run_shadowed():
+def _run_shadowed() -> None:
     # The sitecustomize this one shadows (importlib.util would cost milliseconds).
     import os
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from .vmm import VMMDriver, VMSpec
 
@@ -14,7 +15,7 @@ class FirecrackerDriver(VMMDriver):
     name = "firecracker"
 
     def command(self, spec: VMSpec) -> list[str]:
-        config = {
+        config: dict[str, Any] = {
             "boot-source": {
                 "kernel_image_path": str(spec.kernel),
                 "boot_args": spec.kernel_args,

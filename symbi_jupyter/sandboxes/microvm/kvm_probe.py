@@ -11,7 +11,7 @@ from typing import Any
 from ...errors import TierUnavailable
 from ...limits import ResourceLimits
 from ...tiers import SecurityTier
-from ..base import ExecutionRequest, WorkerHandle
+from ..base import ExecutionRequest, OutputCallback, WorkerHandle
 from ..worker import WorkerSession, worker_source
 from .launch import kvm_groups
 from .vmm import VMMDriver
@@ -38,7 +38,7 @@ def kvm_works(
     if key not in cache:
         request = probe_request()
 
-        def start(on_output):
+        def start(on_output: OutputCallback) -> WorkerHandle:
             return boot(dataclasses.replace(request, on_output=on_output), PROBE_TIMEOUT)
 
         try:

@@ -14,7 +14,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 from traitlets import Bool, Enum, Float, Int, Unicode
 
@@ -24,7 +24,7 @@ from ...result import ExecutionResult
 from ...tiers import SecurityTier
 from .._pool import ReadyPool
 from .._streams import CappedStream
-from ..base import Availability, ExecutionRequest, Sandbox, WorkerHandle
+from ..base import Availability, ExecutionRequest, OutputCallback, Sandbox, WorkerHandle
 from ..supervisor.cgroups import VM_PARENT, RunCgroup, stale_groups, v1_memory_group
 from ..supervisor.identity import Lease
 from ..supervisor.proctree import host_tag, pid_alive
@@ -173,7 +173,8 @@ class MicroVMSandbox(Sandbox):
     # ------------------------------------------------------------------ VMM choice
     def _drivers(self) -> list[VMMDriver]:
         qemu, firecracker = QEMUDriver(self.qemu_binary), FirecrackerDriver(self.firecracker_binary)
-        return {"qemu": [qemu], "firecracker": [firecracker]}.get(self.vmm, [firecracker, qemu])
+        chosen: dict[str, list[VMMDriver]] = {"qemu": [qemu], "firecracker": [firecracker]}
+        return chosen.get(self.vmm, [firecracker, qemu])
 
     def _choose(self, manifest: dict[str, Any]) -> tuple[VMMDriver, str, str]:
         """(driver, acceleration, why): a VMM that is installed, and the acceleration
@@ -470,15 +471,15 @@ class MicroVMSandbox(Sandbox):
             )
         finally:
             session.close()
-        handle = session.handle
+        handle = cast(VMWorker, session.handle)  # what _boot_session starts
         handle.wait(timeout=30)  # the VM is gone: its console log is complete
         return run_result(self.tier, request, streams, outcome, startup, handle)
 
-    def _boot_session(self, request: ExecutionRequest) -> Any:
+    def _boot_session(self, request: ExecutionRequest) -> WorkerSession:
         """A VM booted for one run of ``request``'s size and limits, its agent ready."""
         boot = dataclasses.replace(request, code=worker_source(), env={}, on_output=None)
 
-        def start(on_output):
+        def start(on_output: OutputCallback) -> VMWorker:
             return self._start(dataclasses.replace(boot, on_output=on_output), one_shot=True)
 
         return WorkerSession(

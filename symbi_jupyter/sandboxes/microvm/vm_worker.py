@@ -106,6 +106,7 @@ class VMWorker(WorkerHandle):
             if self.sock is not None:
                 self.sock.sendall(data)
             else:
+                assert self.proc.stdin is not None  # the serial console's pipe
                 self.proc.stdin.write(data)
                 self.proc.stdin.flush()
 
@@ -113,11 +114,11 @@ class VMWorker(WorkerHandle):
         on_output = self.request.on_output
         try:
             while True:
-                chunk = (
-                    self.sock.recv(1 << 16)
-                    if self.sock is not None
-                    else os.read(self.proc.stdout.fileno(), 1 << 16)
-                )
+                if self.sock is not None:
+                    chunk = self.sock.recv(1 << 16)
+                else:
+                    assert self.proc.stdout is not None  # the serial console's pipe
+                    chunk = os.read(self.proc.stdout.fileno(), 1 << 16)
                 if not chunk:
                     break
                 if on_output:

@@ -233,6 +233,7 @@ class NativeSandbox(Sandbox):
         # The orchestrator decided and checked these; they are not checked again here.
         pol = request.policy
         workdir, real_exe, filename = pol.working_directory, pol.executable, pol.filename
+        assert workdir is not None and real_exe is not None  # always decided for tier None
         who = self._run_as(workdir)
         if who:
             # Any leased uid is "other" to the interpreter's files, as the block's first.
@@ -301,7 +302,7 @@ class NativeSandbox(Sandbox):
                     f"NativeSandbox.run_as_user={self.run_as_user!r} does not exist on this "
                     "host; create it, or set the trait to '' (a uid of its own per run)"
                 ) from None
-            who = {"uid": entry.pw_uid, "gid": entry.pw_gid}
+            who: dict[str, Any] = {"uid": entry.pw_uid, "gid": entry.pw_gid}
         else:
             who = {"identity": self.run_identities.check()}
         # The unprivileged user must be able to reach its run directory.

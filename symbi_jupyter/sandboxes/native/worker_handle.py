@@ -69,4 +69,6 @@ class NativeWorker(WorkerHandle):
 
     def reset_peak(self) -> bool:
         # v2's memory.peak resets per open file only: False there.
-        return bool(self.cgroup) and RunCgroup.from_report(self.cgroup).reset_peak()
+        if not self.cgroup:
+            return False
+        return RunCgroup.from_report(self.cgroup).reset_peak()

@@ -112,7 +112,7 @@ def _fork_spare(
         sock.close()
         spare.inherited = (spares_news.fileno(),)
         req, (out_fd, err_fd, status_fd, code_fd, *in_fd) = request
-        refilled = []
+        refilled: list[bool] = []
 
         def refill() -> None:
             if not refilled:

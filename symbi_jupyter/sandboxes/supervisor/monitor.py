@@ -53,6 +53,7 @@ class Monitor(Spare):
             and intact
             and req.get("prestart") == "use"
             and profile_of(req) == self.profile
+            and self.channel is not None  # always, with a profile
             and prestarted_ready(self.channel, self.startup_fds or ())
         )
         if not prestarted and self.profile is not None:
@@ -127,6 +128,7 @@ class Monitor(Spare):
         if self.cgroup_error:
             enforcement["cgroup_error"] = self.cgroup_error
         if prestarted:
+            assert self.workload_pid is not None  # the started interpreter
             try:
                 for name, value in req["rlimits"].items():
                     resource.prlimit(self.workload_pid, RLIMITS[name], soft_hard(value))
@@ -165,6 +167,7 @@ class Monitor(Spare):
     ) -> tuple[float, bool]:
         """Let the workload go; returns when it was let go and whether the started
         interpreter took the run."""
+        assert self.channel is not None  # the workload's, forked or started
         if prestarted and cgroup is not None:
             cgroup.reset_peak()  # what its start-up touched is counted in memory.usage
         started = time.monotonic()
@@ -199,8 +202,8 @@ class Monitor(Spare):
         code_fd: int,
         on_started: Callable[[], None],
         in_fd: int | None = None,
-        on_profile: Callable[[dict[str, Any] | None], None] | None = None,
-        on_identities: Callable[[dict[str, Any] | None], None] | None = None,
+        on_profile: Callable[[dict[str, Any] | None], object] | None = None,
+        on_identities: Callable[[dict[str, Any] | None], object] | None = None,
     ) -> None:
         """Run ``req``. ``on_started()`` is called once the run has started (time to
         fork the next spare); ``on_profile(profile)`` when the request says what later
@@ -232,6 +235,7 @@ class Monitor(Spare):
         passed = [out_fd, err_fd] + ([in_fd] if in_fd is not None else [])
         started, prestarted = self._start(req, cgroup, prestarted, passed, code)
         pid = self.workload_pid  # after _start: a fresh interpreter may have taken over
+        assert pid is not None
         started_event = {
             "event": "started",
             "pid": pid,

@@ -61,6 +61,7 @@ def _symbi_prestarted(uid, gid, executable, argv):
         # As Python reports an uncaught exception, without this function's frame;
         # then re-raised unprinted, so the exit status (1, or death by SIGINT for a
         # KeyboardInterrupt) and the shutdown of threads and atexit are Python's own.
+        assert exc.__traceback__ is not None  # it was raised
         tb = exc.__traceback__.tb_next
         exc.__traceback__ = tb
         sys.last_type, sys.last_value, sys.last_traceback = type(exc), exc, tb

@@ -12,6 +12,7 @@ own.
 from __future__ import annotations
 
 import http.client
+import io
 import json
 import socket
 import sys
@@ -53,7 +54,9 @@ def remove_labelled(engine_socket: str, label: str) -> list[str]:
 def main(argv: list[str]) -> None:
     engine_socket, label = argv[:2]
     said = b""
-    while chunk := sys.stdin.buffer.read1(64):
+    stdin = sys.stdin.buffer
+    assert isinstance(stdin, io.BufferedReader)  # the pipe from the host
+    while chunk := stdin.read1(64):
         said += chunk
     if said.endswith(b"q"):
         return

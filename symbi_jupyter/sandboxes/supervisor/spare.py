@@ -111,9 +111,11 @@ class Spare:
     def _renew_mounts(self) -> None:
         """Give up what was prepared in a namespace that no longer shows the host's
         working directory, and make a fresh one from the host's."""
+        assert self.home_mntns is not None  # only where runs have a namespace of their own
         if self.profile is not None:
             self._drop_prestarted()
         elif self.channel is not None:
+            assert self.workload_pid is not None  # forked with its channel
             self.channel.close()
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(self.workload_pid, 0)
@@ -224,6 +226,7 @@ class Spare:
         if self.profile is not None:
             self._drop_prestarted()
         elif self.channel is not None:
+            assert self.workload_pid is not None  # forked with its channel
             self.channel.close()  # the waiting workload process sees EOF and exits
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(self.workload_pid, 0)

@@ -60,7 +60,7 @@ def await_request(sock: socket.socket, cgroup: RunCgroup | None, home_netns: int
         gc.disable()
         # Joining a v1 memory cgroup costs a quarter of a millisecond: pay it now.
         early = cgroup is not None and cgroup.joins_early
-        if early:
+        if early and cgroup is not None:
             cgroup.join(os.getpid())
         received = channel.receive(sock, 2)
     except BaseException:  # nothing to report to: the monitor is gone
@@ -68,7 +68,7 @@ def await_request(sock: socket.socket, cgroup: RunCgroup | None, home_netns: int
     if received is None:
         os._exit(0)
     req, fds = received
-    if early and not req.get("join_cgroup"):
+    if early and cgroup is not None and not req.get("join_cgroup"):
         cgroup.leave(os.getpid())
     if home_netns is not None and not req.get("new_netns"):
         # Allowed the network: leave the empty namespace prepared for us, or fail

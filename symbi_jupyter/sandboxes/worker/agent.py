@@ -126,11 +126,11 @@ class Worker:
         self.cell_lock = threading.RLock()
         self.sync, self.sync_seq = threading.Condition(), 0
         self.sync_prefix = f"\x00symbi-sync-{uuid.uuid4().hex}:"
-        self.requests = queue.SimpleQueue()
+        self.requests: queue.SimpleQueue = queue.SimpleQueue()  # of requests (dicts)
         self.current_id, self.busy, self.user_code = None, False, False
         self.cap, self.counts = None, {"stdout": 0, "stderr": 0}
         # Output written while no cell runs (a thread a cell left), for the next cell.
-        self.held = {"stdout": [], "stderr": []}
+        self.held: dict[str, list[str]] = {"stdout": [], "stderr": []}
         self.held_bytes = 0
         self.loop = None
         self.clear_refs = _reset_hwm()
@@ -313,13 +313,14 @@ class Worker:
         user0, sys0 = _cpu_times()
         start = time.monotonic()
         self.clear_refs = self.clear_refs and _reset_hwm()
+        error: tuple[BaseException, list[str]] | None
         try:
             parts = compile_cell(code, cell)
         except Exception as exc:  # SyntaxError mostly: no frames worth showing
             error = exc, traceback.format_exception_only(exc)
         else:
-            _, exc = self._guarded(self._run, parts, bool(req.get("silent")))
-            error = None if exc is None else (exc, format_error(exc, cell, _SELF_FILES))
+            _, raised = self._guarded(self._run, parts, bool(req.get("silent")))
+            error = None if raised is None else (raised, format_error(raised, cell, _SELF_FILES))
         wall = time.monotonic() - start
         user1, sys1 = _cpu_times()
         peak, method = _peak_memory(self.clear_refs)
@@ -335,7 +336,7 @@ class Worker:
             "memory_method": method,
             # the largest child process so far: a one-shot run's commands
             "children_maxrss_bytes": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024,
-            "interrupted": bool(error) and isinstance(error[0], KeyboardInterrupt),
+            "interrupted": error is not None and isinstance(error[0], KeyboardInterrupt),
         }
         if error and isinstance(error[0], SystemExit):
             # the status the code asked for, as `python3 file.py` would exit with it
@@ -345,10 +346,10 @@ class Worker:
             content[f"{name}_bytes"] = self.counts[name]
             content[f"{name}_truncated"] = self.cap is not None and self.counts[name] > self.cap
         if error:
-            exc, lines = error
+            raised, lines = error
             details = {
-                "ename": type(exc).__name__,
-                "evalue": safe_str(exc),
+                "ename": type(raised).__name__,
+                "evalue": safe_str(raised),
                 "traceback": "".join(lines).splitlines(),
             }
             self.send_cell({"type": "error", **details})
@@ -403,6 +404,8 @@ class Worker:
     def _finish_output(self):
         """Flush, drain the fd pipes up to a marker, then note any truncation."""
         for f in (*self.streams, sys.__stdout__, sys.__stderr__):
+            if f is None:
+                continue
             try:
                 f.flush()
             except Exception:

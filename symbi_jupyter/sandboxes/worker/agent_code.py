@@ -129,7 +129,9 @@ def complete_reply(ns, req):
 
     code = req.get("code", "")
     pos = min(max(req.get("cursor_pos", len(code)), 0), len(code))
-    text = re.search(r"[\w.]*$", code[:pos]).group()
+    found = re.search(r"[\w.]*$", code[:pos])
+    assert found is not None  # it matches everywhere, if only the empty string
+    text = found.group()
     matches, completer = [], rlcompleter.Completer(ns)
     for state in range(1000 if text else 0):
         match = completer.complete(text, state)
@@ -165,8 +167,9 @@ def inspect_reply(ns, req):
 
 def _name_at(code, pos):
     """The dotted name at the cursor, or the callee when the cursor follows ``name(``."""
-    left, right = re.search(r"[\w.]*$", code[:pos]).group(), re.match(r"\w*", code[pos:]).group()
-    name = (left + right).strip(".")
+    left, right = re.search(r"[\w.]*$", code[:pos]), re.match(r"\w*", code[pos:])
+    assert left is not None and right is not None  # they match everywhere, maybe empty
+    name = (left.group() + right.group()).strip(".")
     if not name:
         call = re.search(r"([\w.]+)\(\s*$", code[:pos])
         name = call.group(1) if call else ""

@@ -66,8 +66,7 @@ class Intake:
         message = decode(line)
         kind, ident = message.get("type"), message.get("id")
         with self._lock:
-            asked = self._open.get(ident) if isinstance(ident, int) else None
-            if asked is None:
+            if not isinstance(ident, int) or (asked := self._open.get(ident)) is None:
                 raise ProtocolViolation(f"a {kind!r} message for no open request (id {ident!r})")
             if kind == "reply":
                 # A second reply finds its request closed: a violation, like any other.
@@ -89,9 +88,10 @@ class CellOutput:
     def relay(self, on_message: MessageCallback) -> MessageCallback:
         def forward(message: dict[str, Any]) -> None:
             if message.get("type") == "stream":
-                message = self.capped(message)
-                if not message:
+                capped = self.capped(message)
+                if not capped:
                     return
+                message = capped
             on_message(message)
 
         return forward

@@ -274,6 +274,7 @@ class WorkerSession:
         wall = time.monotonic() - started
         if stopped is not None:
             return self._stopped(stopped, limits, wall, before)
+        assert reply is not None  # the loop ends with a reply or a stop
         after = self.handle.usage()
         with self._idle_lock:
             budget = self.idle_cpu_seconds

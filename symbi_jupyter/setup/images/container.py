@@ -16,6 +16,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 #: The default image of DockerSandbox.image: a tag of our own, never pulled.
 DEFAULT_IMAGE = "symbi-jupyter/sandbox:bookworm"
@@ -68,7 +69,7 @@ def registry_reachable(host: str = "registry-1.docker.io", timeout: float = 3.0)
         return False
 
 
-def image_present(client, tag: str) -> bool:
+def image_present(client: Any, tag: str) -> bool:
     import docker
 
     try:
@@ -113,7 +114,7 @@ def build_image(
         client.close()
 
 
-def _offline(client, tag: str, say: Say) -> str:
+def _offline(client: Any, tag: str, say: Say) -> str:
     if shutil.which("mmdebstrap") is None:
         raise ImageError(
             "mmdebstrap is needed to build the image offline: apt-get install -y mmdebstrap "
@@ -148,7 +149,7 @@ def _offline(client, tag: str, say: Say) -> str:
     return "offline (mmdebstrap + docker import)"
 
 
-def _from_dockerfile(client, tag: str, dockerfile: Path, say: Say) -> str:
+def _from_dockerfile(client: Any, tag: str, dockerfile: Path, say: Say) -> str:
     import docker
 
     stages = Stages(["build", "check"], say)
@@ -165,7 +166,7 @@ def _from_dockerfile(client, tag: str, dockerfile: Path, say: Say) -> str:
     return f"from {dockerfile}"
 
 
-def _check(client, tag: str) -> str:
+def _check(client: Any, tag: str) -> str:
     out = client.containers.run(
         tag,
         ["python3", "-c", "import sys; print(sys.version.split()[0])"],

@@ -36,3 +36,15 @@ def test_lines_before_the_workers_first_are_skipped(orch, monkeypatch) -> None:
         assert [m["text"] for m in messages if m.get("type") == "stream"] == ["42\n"]
     finally:
         session.close()
+
+
+def test_intake_takes_no_boolean_for_a_request_id() -> None:
+    """The worker's ``"id": true`` is not request 1 (bool is an int in Python)."""
+    from symbi_jupyter.sandboxes.worker.intake import Intake
+
+    intake = Intake()
+    intake.ready = True
+    intake.expect(1, "execute")
+    assert "no open request (id True)" in (intake.feed(b'{"id": true, "type": "reply"}\n') or "")
+    assert intake.feed(b'{"id": 1, "type": "reply", "content": {}}\n') is None
+    assert "no open request (id 1)" in (intake.feed(b'{"id": 1, "type": "reply"}\n') or "")

@@ -66,7 +66,8 @@ class Intake:
         message = decode(line)
         kind, ident = message.get("type"), message.get("id")
         with self._lock:
-            if not isinstance(ident, int) or (asked := self._open.get(ident)) is None:
+            # JSON's true would match request 1: a request id is an int and nothing else.
+            if type(ident) is not int or (asked := self._open.get(ident)) is None:
                 raise ProtocolViolation(f"a {kind!r} message for no open request (id {ident!r})")
             if kind == "reply":
                 # A second reply finds its request closed: a violation, like any other.

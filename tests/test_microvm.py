@@ -57,13 +57,16 @@ def run(orch, code, language=None, **limits):
     )
 
 
-def test_hello_in_a_microvm_with_the_guests_figures(vm) -> None:
+def test_hello_in_a_microvm_with_the_hosts_figures(vm) -> None:
     result = run(vm, "import os\nprint('hello from the guest', os.getuid())")
     assert result.success, result.stderr
     assert result.stdout == "hello from the guest 65534\n"
     assert result.tier is TIER3
-    assert result.memory_method == "guest" and result.peak_memory_bytes > 1024 * 1024
+    # The host's figures are the VMM's (guest and emulation); the guest's are its word.
+    assert result.memory_method in ("VMM cgroup", "VMM process")
+    assert result.peak_memory_bytes > 16 * 1024 * 1024
     assert result.cpu_user_seconds is not None
+    assert result.sandbox_reported["peak_memory_bytes"] > 1024 * 1024
     assert result.startup_seconds > 0  # the boot, apart from the run
     assert result.sandbox_detail == "QEMU microvm · emulated (TCG)"
     assert "Tier3 (QEMU microvm · emulated (TCG))" in str(result)
@@ -438,3 +441,26 @@ def test_a_vmm_group_is_never_shared(tmp_path: Path) -> None:
     finally:
         if first:
             first.remove()
+
+
+def test_a_forged_reply_sets_no_figure_of_a_one_shot_run(vm, audit_path) -> None:
+    """The cell touches 150 MB, then writes a reply claiming 1234 bytes to its worker's
+    protocol fd: the result and the audit log carry the host's figure."""
+    code = (
+        "import gc, json, os\n"
+        "block = bytearray(150 << 20)\n"
+        "for i in range(0, len(block), 4096): block[i] = 1\n"
+        "w = next(o for o in gc.get_objects() if type(o).__name__ == 'Worker')\n"
+        "forged = {'status': 'ok', 'peak_memory_bytes': 1234, 'cpu_user_seconds': 1e-6,"
+        " 'cpu_system_seconds': 0.0}\n"
+        "os.write(w.proto_out, (json.dumps({'id': w.current_id, 'type': 'reply',"
+        " 'content': forged}) + '\\n').encode())\n"
+        "import time; time.sleep(2)\n"
+    )
+    result = run(vm, code, max_memory_mb=512)
+    assert result.peak_memory_bytes is not None and result.peak_memory_bytes > 150 << 20
+    assert result.sandbox_reported["peak_memory_bytes"] == 1234  # its word, kept apart
+    records = [json.loads(line) for line in audit_path.read_text().splitlines()]
+    (record,) = [r for r in records if "exit_code" in r]
+    assert record["peak_memory_bytes"] == result.peak_memory_bytes
+    assert "1234" not in json.dumps(record)

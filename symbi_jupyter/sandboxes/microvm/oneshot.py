@@ -62,7 +62,11 @@ def run_result(
     else:
         code, term = int(reply.get("exit_code", 1)), None
     console = handle.console_tail() if handle else ""
-    peak = max(reply.get("peak_memory_bytes") or 0, reply.get("children_maxrss_bytes") or 0)
+    # The guest's own word: its worker's and its commands' peak, kept apart as such.
+    reported = dict(cell.sandbox_reported or {})
+    children = reply.get("children_maxrss_bytes")
+    if type(children) is int and children > reported.get("peak_memory_bytes", 0):
+        reported["peak_memory_bytes"] = children
     evidence = Evidence(
         exit_code=code,
         term_signal=term,
@@ -96,10 +100,11 @@ def run_result(
         },
         stopped_by=stopped,
         timed_out=stopped == "timeout",
-        peak_memory_bytes=peak or None,
-        memory_method="guest" if peak else None,
-        cpu_user_seconds=reply.get("cpu_user_seconds"),
-        cpu_system_seconds=reply.get("cpu_system_seconds"),
+        peak_memory_bytes=cell.peak_memory_bytes,
+        memory_method=cell.memory_method,
+        cpu_user_seconds=cell.cpu_user_seconds,
+        cpu_system_seconds=cell.cpu_system_seconds,
+        sandbox_reported=reported or None,
         executable=f"guest:{request.policy.interpreter}",
         startup_seconds=startup,
         sandbox_detail=handle.label if handle else None,

@@ -11,11 +11,13 @@ import socket
 import subprocess
 import threading
 import time
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ...errors import TierUnavailable
 from ...result import ExecutionResult
 from ...tiers import SecurityTier
+from .._usage import proc_usage
 from ..base import ExecutionRequest, WorkerHandle
 from ..supervisor.cgroups import RunCgroup
 from ..supervisor.identity import Lease
@@ -63,7 +65,42 @@ class VMWorker(WorkerHandle):
 
     @property
     def enforcement(self) -> dict[str, str]:
-        return {**self._enforcement, "vmm": self.label}
+        return {
+            **self._enforcement,
+            "vmm": self.label,
+            "measurement": "peak memory and CPU of the VMM process, seen from the host: "
+            "the guest and its emulation (what the guest says is sandbox_reported)",
+        }
+
+    def usage(self) -> dict[str, Any]:
+        """The VMM's memory (its cgroup, else /proc) and CPU, as the host sees them.
+        The CPU is ``vmm_cpu_seconds``, not ``cpu_seconds``: it includes the emulation,
+        so no cell's CPU limit is kept against it."""
+        if self.result is not None:
+            return {}
+        figures = proc_usage(self.proc.pid)
+        if not figures:
+            return {}
+        found = {
+            "memory_bytes": figures["memory_bytes"],
+            "peak_memory_bytes": figures["peak_memory_bytes"],
+            "vmm_cpu_seconds": figures["cpu_seconds"],
+            "method": "VMM process",
+        }
+        if self.cgroup is not None:
+            current, peak = self.cgroup.memory_usage(), self.cgroup.peak_memory()
+            if current and peak:
+                found.update(memory_bytes=current, peak_memory_bytes=peak, method="VMM cgroup")
+        return found
+
+    def reset_peak(self) -> bool:
+        if self.cgroup is not None:
+            return self.cgroup.reset_peak()
+        try:  # "5" resets the process's VmHWM
+            Path(f"/proc/{self.proc.pid}/clear_refs").write_text("5")
+        except OSError:
+            return False
+        return True
 
     @property
     def detail(self) -> str | None:

@@ -337,6 +337,10 @@ class WorkerSession:
         cpu_user = cpu_system = peak = method = None
         if self._cpu_visible and "cpu_seconds" in after:
             cpu_user, cpu_system = max(0.0, _cpu(after) - _cpu(before)), 0.0
+        elif "vmm_cpu_seconds" in before and "vmm_cpu_seconds" in after:
+            # A VM's: the VMM's CPU, emulation included (the handle's enforcement says so).
+            spent = after["vmm_cpu_seconds"] - before["vmm_cpu_seconds"]
+            cpu_user, cpu_system = max(0.0, spent), 0.0
         if peak_reset and after.get("peak_memory_bytes"):
             # The sandbox's own high-water mark, reset before the cell: includes
             # every process the cell started.

@@ -153,6 +153,20 @@ class SandboxOrchestrator(LoggingConfigurable):
         one ends the worker.""",
     )
 
+    worker_max_depth = Int(
+        64,
+        config=True,
+        help="""How deeply the JSON of one protocol message from a kernel's worker may
+        nest, from 8 to 512; a deeper one ends the worker.""",
+    )
+
+    @validate("worker_max_depth")
+    def _valid_depth(self, proposal: Any) -> int:
+        value = proposal["value"]
+        if not 8 <= value <= 512:
+            raise ConfigError(f"worker_max_depth must be from 8 to 512, not {value}")
+        return int(value)
+
     @validate("worker_max_message_mb")
     def _valid_message_size(self, proposal: Any) -> float:
         value = proposal["value"]
@@ -377,6 +391,7 @@ class SandboxOrchestrator(LoggingConfigurable):
                 interrupt_grace_seconds=interrupt_grace_seconds,
                 audit=lambda fields: self._audit({}, **fields),
                 max_message_bytes=int(self.worker_max_message_mb * 1024 * 1024),
+                max_depth=self.worker_max_depth,
                 idle_cpu_seconds=self.worker_idle_cpu_seconds,
             )
         except SymbiError as exc:

@@ -135,3 +135,37 @@ def test_ipython_config_py_and_percent_config(tmp_path, monkeypatch):
     ).stdout
     assert "before 1111.0 ['python3']" in out
     assert "after 512.0" in out
+
+
+@pytest.mark.parametrize(
+    ("trait", "value", "message"),
+    [
+        ("worker_max_message_mb", 0.5, "from 1 to 256, not 0.5"),
+        ("worker_max_message_mb", 1024, "from 1 to 256, not 1024"),
+        ("worker_max_depth", 4, "from 8 to 512, not 4"),
+        ("worker_max_depth", 100_000, "from 8 to 512, not 100000"),
+    ],
+)
+def test_worker_protocol_bounds_stay_within_reason(trait, value, message):
+    with pytest.raises(ConfigError, match=message):
+        SandboxOrchestrator(config=Config({"SandboxOrchestrator": {trait: value}}))
+
+
+def test_a_session_reads_with_the_configured_bounds(workdir, audit_path):
+    """A message nested past worker_max_depth ends the worker, with the bound named."""
+    config = Config({"SandboxOrchestrator": {"worker_max_depth": 8}})
+    orch = SandboxOrchestrator(
+        config=config,
+        allow_native_execution=True,
+        working_directory=str(workdir),
+        audit_log_path=str(audit_path),
+    )
+    try:
+        session = orch.open_session(SecurityTier.NONE)
+        nested = "display({'application/json': [[[[[[[[[[1]]]]]]]]]]}, raw=True)"
+        outcome = session.execute(nested, lambda message: None)
+        assert outcome.session_lost and "nested more than 8 deep" in outcome.session_lost
+        assert outcome.result.killed_by == "protocol"
+        session.close()
+    finally:
+        orch.close()

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .._streams import TRUNCATION_MARKER
-from .frames import MAX_MESSAGE_BYTES, LineSplitter, ProtocolViolation, decode
+from .frames import MAX_DEPTH, MAX_MESSAGE_BYTES, LineSplitter, ProtocolViolation, decode
 
 #: Called with each message of the running cell (stream, display_data, error, ...).
 MessageCallback = Callable[[dict[str, Any]], None]
@@ -28,7 +28,10 @@ class Intake:
     did. Before ``ready``, lines that are not the agent's are kept as ``garbage`` (a
     serial console may carry boot messages); after it, nothing unexpected passes."""
 
-    def __init__(self, max_message_bytes: int = MAX_MESSAGE_BYTES) -> None:
+    def __init__(
+        self, max_message_bytes: int = MAX_MESSAGE_BYTES, max_depth: int = MAX_DEPTH
+    ) -> None:
+        self.max_depth = max_depth
         self.messages: queue.Queue[dict[str, Any] | None] = queue.Queue()
         self.ready = False
         self._lines = LineSplitter(max_message_bytes)
@@ -63,7 +66,7 @@ class Intake:
                 self.ready = True  # here, before the reader takes the next line
                 return message
             return {"type": "garbage", "text": line[:200].decode("utf-8", "replace")}
-        message = decode(line)
+        message = decode(line, self.max_depth)
         kind, ident = message.get("type"), message.get("id")
         with self._lock:
             # JSON's true would match request 1: a request id is an int and nothing else.

@@ -26,7 +26,7 @@ from ...result import ExecutionResult
 from ...tiers import SecurityTier
 from .._sigint import SigintLatch
 from ..base import WorkerHandle
-from .frames import MAX_MESSAGE_BYTES
+from .frames import MAX_DEPTH, MAX_MESSAGE_BYTES
 from .intake import CellOutput, Intake, MessageCallback, content
 
 #: How often a running cell's CPU time (and an idle worker's) is checked.
@@ -65,6 +65,7 @@ class WorkerSession:
         start_timeout_seconds: float = 120.0,
         audit: Callable[[dict[str, Any]], None] | None = None,
         max_message_bytes: int = MAX_MESSAGE_BYTES,
+        max_depth: int = MAX_DEPTH,
         idle_cpu_seconds: float | None = None,
     ) -> None:
         self.tier = tier
@@ -73,7 +74,7 @@ class WorkerSession:
         #: CPU seconds the worker may use between two cells; None: the last cell's
         #: CPU limit (none if it had none)
         self.idle_cpu_seconds = idle_cpu_seconds
-        self._intake = Intake(max_message_bytes)
+        self._intake = Intake(max_message_bytes, max_depth)
         self._messages = self._intake.messages
         self._idle: tuple[float, float | None] | None = None  # (CPU then, the budget)
         self._idle_lock = threading.Lock()
@@ -465,14 +466,9 @@ class WorkerSession:
         )
 
     def usage(self) -> dict[str, Any]:
-        """The sandbox's memory and CPU seen from outside, else as the worker says."""
-        if not self.alive:
-            return {}
-        outside = self.handle.usage()
-        if outside:
-            return outside
-        reply = self.request("usage", timeout=2.0)
-        return {k: reply.get(k) for k in ("memory_bytes", "peak_memory_bytes", "cpu_seconds")}
+        """The sandbox's memory and CPU as the host sees them ({} where it cannot):
+        never the worker's word, which any cell could forge."""
+        return self.handle.usage() if self.alive else {}
 
     def close(self) -> None:
         """End the worker and its sandbox; nothing of it survives."""

@@ -48,3 +48,15 @@ def test_intake_takes_no_boolean_for_a_request_id() -> None:
     assert "no open request (id True)" in (intake.feed(b'{"id": true, "type": "reply"}\n') or "")
     assert intake.feed(b'{"id": 1, "type": "reply", "content": {}}\n') is None
     assert "no open request (id 1)" in (intake.feed(b'{"id": 1, "type": "reply"}\n') or "")
+
+
+def test_a_cell_cannot_say_it_was_interrupted(orch) -> None:
+    """``killed_by == "signal"`` only for an interrupt the host sent: a cell raising
+    KeyboardInterrupt itself (or forging ``interrupted`` in a reply) is an error."""
+    session = orch.open_session(SecurityTier.NONE)
+    try:
+        outcome = session.execute("raise KeyboardInterrupt", lambda message: None)
+        assert outcome.status == "error" and outcome.reply["interrupted"] is True
+        assert outcome.result.killed_by is None and not outcome.session_lost
+    finally:
+        session.close()

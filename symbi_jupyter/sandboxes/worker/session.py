@@ -84,6 +84,7 @@ class WorkerSession:
         self.cells = 0
         self.totals = {"cpu_seconds": 0.0, "wall_seconds": 0.0, "peak_memory_bytes": 0}
         self.lost: str | None = None
+        self._interrupt_sent = False  # this cell was asked to stop: only then "signal"
         self._cpu_visible = True
         started = time.monotonic()
         self.handle = handle_factory(self._on_output)
@@ -208,6 +209,7 @@ class WorkerSession:
 
     def interrupt(self) -> None:
         """Ask the worker to raise KeyboardInterrupt in the running cell."""
+        self._interrupt_sent = True
         if self.alive:
             self._send({"type": "interrupt"})
 
@@ -235,6 +237,7 @@ class WorkerSession:
         before = self.handle.usage()
         self._cpu_visible = "cpu_seconds" in before
         output = CellOutput(limits.max_output_bytes)
+        self._interrupt_sent = False
         started = time.monotonic()
         deadline = started + limits.timeout_seconds if limits.timeout_seconds else None
         self._send(
@@ -363,7 +366,10 @@ class WorkerSession:
             stderr_truncated="stderr" in truncated,
             stdout_bytes=output.counts["stdout"],
             stderr_bytes=output.counts["stderr"],
-            killed_by="signal" if reply.get("interrupted") is True else None,
+            # The worker's word counts only for an interrupt the host asked for.
+            killed_by="signal"
+            if self._interrupt_sent and reply.get("interrupted") is True
+            else None,
             limits_reached=["output"] if truncated else [],
         )
         self._account(result, "success" if status == "ok" else "failed")

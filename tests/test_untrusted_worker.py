@@ -108,12 +108,16 @@ def test_forged_stream_messages_stop_at_the_hosts_cap(any_kernel) -> None:
         ("raw(b'[' * 200000 + b'\\n')", "nested more than 64 deep"),
         ("raw(b'not json\\n')", "not JSON"),
         (
+            "forge(type='reply', content={'status': 'ok', 'cpu_user_seconds': float('nan')})",
+            "NaN is not JSON",
+        ),
+        (
             "forge(type='execute_result', data={}, metadata={}); "
             'raw(b\'{"id": 999, "type": "stream"}\\n\')',
             "for no open request (id 999)",
         ),
     ],
-    ids=["48-MiB-line", "nested-line", "not-json", "unknown-id"],
+    ids=["48-MiB-line", "nested-line", "not-json", "nan", "unknown-id"],
 )
 def test_a_malformed_message_ends_the_worker_never_the_kernel(any_kernel, attack, reason) -> None:
     km, kc, _ = any_kernel

@@ -54,9 +54,11 @@ class LineSplitter:
 
 
 def decode(line: bytes, max_depth: int = MAX_DEPTH) -> dict[str, Any]:
-    """One message: a JSON object nested at most ``max_depth`` deep."""
+    """One message: a JSON object nested at most ``max_depth`` deep, with no NaN or
+    Infinity (Python's json reads them, but they are not JSON: a figure or a rich
+    output carrying one would fail where the kernel sends it on)."""
     try:
-        message = json.loads(line)
+        message = json.loads(line, parse_constant=_not_json)
     except RecursionError:
         raise ProtocolViolation(f"a protocol message nested more than {max_depth} deep") from None
     except ValueError as exc:
@@ -66,6 +68,10 @@ def decode(line: bytes, max_depth: int = MAX_DEPTH) -> dict[str, Any]:
     if depth(message) > max_depth:
         raise ProtocolViolation(f"a protocol message nested more than {max_depth} deep")
     return message
+
+
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 def depth(value: Any) -> int:

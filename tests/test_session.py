@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from symbi_jupyter import ResourceLimits, SecurityTier
 
 
@@ -60,3 +62,15 @@ def test_a_cell_cannot_say_it_was_interrupted(orch) -> None:
         assert outcome.result.killed_by is None and not outcome.session_lost
     finally:
         session.close()
+
+
+def test_a_violation_quotes_the_workers_values_short() -> None:
+    """A 1 MB message type is named in a line, not copied into the reason."""
+    from symbi_jupyter.sandboxes.worker.intake import Intake
+
+    intake = Intake()
+    intake.ready = True
+    line = json.dumps({"id": "x" * 500_000, "type": "y" * 500_000}).encode() + b"\n"
+    reason = intake.feed(line) or ""
+    assert reason.startswith("a 'yyyyyy") and "message for no open request" in reason
+    assert len(reason) < 200

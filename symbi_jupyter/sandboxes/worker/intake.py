@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import queue
+import reprlib
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -71,13 +72,23 @@ class Intake:
         with self._lock:
             # JSON's true would match request 1: a request id is an int and nothing else.
             if type(ident) is not int or (asked := self._open.get(ident)) is None:
-                raise ProtocolViolation(f"a {kind!r} message for no open request (id {ident!r})")
+                raise ProtocolViolation(
+                    f"a {_shown(kind)} message for no open request (id {_shown(ident)})"
+                )
             if kind == "reply":
                 # A second reply finds its request closed: a violation, like any other.
                 del self._open[ident]
             elif asked != "execute" or kind not in CELL_MESSAGES:
-                raise ProtocolViolation(f"a {kind!r} message, not expected for a {asked} request")
+                raise ProtocolViolation(
+                    f"a {_shown(kind)} message, not expected for a {asked} request"
+                )
         return message
+
+
+def _shown(value: Any) -> str:
+    """A value the worker sent, as a reason may quote it: short whatever its size (a
+    reason is shown to the user and kept as the session's epitaph)."""
+    return reprlib.repr(value)
 
 
 class CellOutput:

@@ -40,6 +40,9 @@ GENESIS = "0" * 64
 CHAIN_FIELDS = ("time", "user", "seq", "prev", "hash")
 
 _BLOCK = 8192
+# The log and its anchor may sit where others can make links (a path the operator
+# chose, in /tmp): the writer, often root, never follows one.
+_NOFOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC
 # The head file is rewritten in place; it stays far under one disk sector.
 _HEAD_BYTES = 512
 
@@ -90,7 +93,7 @@ class AuditLog:
         body["user"] = _user()
 
         _makedirs(self.path.parent)
-        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | _NOFOLLOW, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             try:
@@ -133,19 +136,19 @@ class Anchor:
         """The key; made (32 random bytes, mode 0600) where ``create`` and missing."""
         if create:
             with contextlib.suppress(FileExistsError):
-                fd = os.open(self.key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                fd = os.open(self.key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o600)
                 try:
                     _write_all(fd, os.urandom(32).hex().encode())
                     os.fsync(fd)
                 finally:
                     os.close(fd)
-        return bytes.fromhex(self.key_path.read_text().strip())
+        return bytes.fromhex(_read(self.key_path).decode().strip())
 
     def write(self, seq: int, line_hash: str, fsync: bool) -> None:
         """Name record ``seq`` (whose line hashes to ``line_hash``) as the last one."""
         head = {"seq": seq, "hash": line_hash, "mac": self.mac(self.key(True), seq, line_hash)}
         data = canonical_json(head).encode().ljust(_HEAD_BYTES - 1) + b"\n"
-        fd = os.open(self.head_path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = os.open(self.head_path, os.O_WRONLY | os.O_CREAT | _NOFOLLOW, 0o600)
         try:
             os.pwrite(fd, data, 0)
             if fsync:
@@ -163,7 +166,7 @@ class Anchor:
         except (OSError, ValueError) as exc:
             raise ValueError(f"cannot read the anchor's key {self.key_path}: {exc}") from None
         try:
-            head = json.loads(self.head_path.read_bytes())
+            head = json.loads(_read(self.head_path))
             seq, line_hash, mac = head["seq"], head["hash"], head["mac"]
         except FileNotFoundError:
             raise ValueError(f"the anchor {self.head_path} is missing") from None
@@ -345,6 +348,15 @@ def _seq_of(line: bytes) -> int | None:
     except (UnicodeDecodeError, ValueError, AttributeError):
         return None
     return seq if isinstance(seq, int) and not isinstance(seq, bool) else None
+
+
+def _read(path: Path) -> bytes:
+    fd = os.open(path, os.O_RDONLY | _NOFOLLOW)
+    try:
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            return f.read(64 * 1024)
+    finally:
+        os.close(fd)
 
 
 def _write_all(fd: int, data: bytes) -> None:

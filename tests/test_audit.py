@@ -423,3 +423,15 @@ def test_threads_and_processes_lose_nothing(tmp_path):
     assert len({r["pid"] for r in records if "pid" in r}) == procs_n
     assert AuditLog(path).append({"writer": "last"})["seq"] == total + 1
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+@pytest.mark.parametrize("planted", ["audit.jsonl", "audit.jsonl.head", "audit.jsonl.key"])
+def test_the_writer_follows_no_link_planted_beside_the_log(tmp_path, planted):
+    """Where others may make links (a log path in /tmp), a link in place of the log,
+    its head or its key is refused: the writer, often root, writes through none."""
+    target = tmp_path / "target"
+    target.write_text("keep")
+    (tmp_path / planted).symlink_to(target)
+    with pytest.raises(OSError):
+        AuditLog(tmp_path / "audit.jsonl").append({"event": "x"})
+    assert target.read_text() == "keep"

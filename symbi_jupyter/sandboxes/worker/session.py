@@ -254,6 +254,7 @@ class WorkerSession:
         stopped: str | None = None
         interrupted_at: float | None = None
         next_cpu_check = started + CPU_POLL_SECONDS
+        relay = output.relay(on_message)
         with SigintLatch() as latch:
             sigint = latch.event
             while reply is None and stopped is None:
@@ -268,7 +269,7 @@ class WorkerSession:
                 reply, stopped, next_cpu_check = self._step(
                     message,
                     ident,
-                    output.relay(on_message),
+                    relay,
                     limits,
                     before,
                     deadline,

@@ -94,6 +94,8 @@ class VMWorker(WorkerHandle):
         return found
 
     def reset_peak(self) -> bool:
+        if self.proc.returncode is not None:
+            return False  # reaped: its pid may be another process's now
         if self.cgroup is not None:
             return self.cgroup.reset_peak()
         try:  # "5" resets the process's VmHWM

@@ -1,8 +1,9 @@
-"""A native run's own mount namespace (as root): a /proc that shows the run only its
-own processes, and one size-limited tmpfs, gone with the run, that holds everything
-the run can write outside the host's own directories: its run directory, /tmp's
-changes, /var/tmp and /dev/shm. Its size is the run's disk limit; its pages also
-count in the run's memory cgroup.
+"""A native run's own mount and IPC namespaces (as root): a /proc that shows the run
+only its own processes, System V and POSIX IPC objects that go with the run, and one
+size-limited tmpfs, gone with the run, that holds everything the run can write outside
+the host's own directories: its run directory, /tmp's changes, /var/tmp, /dev/shm and
+/run/lock. Its size is the run's disk limit; its pages also count in the run's memory
+cgroup.
 
 /tmp is an overlay: the run reads the host's /tmp (a notebook's data, a project
 directory granted to an agent) and what it writes there stays in its tmpfs. Host
@@ -20,6 +21,7 @@ import tempfile
 from .proctree import libc
 
 CLONE_NEWNS = 0x00020000
+CLONE_NEWIPC = 0x08000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
 MNT_DETACH = 2
@@ -28,11 +30,25 @@ _PATH_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
 SCRATCH = "/var/tmp"
 #: the tmpfs's directories: private dirs mounted over their host paths, /tmp's overlay
 #: layers, and the run directory
-_LAYOUT = {"var": 0o1777, "shm": 0o1777, "upper": 0o1777, "work": 0o700, "run": 0o700}
+_LAYOUT = {
+    "var": 0o1777,
+    "shm": 0o1777,
+    "lock": 0o1777,
+    "upper": 0o1777,
+    "work": 0o700,
+    "run": 0o700,
+}
 #: the host's directories hidden by private ones -> where the staging directory keeps
 #: a view of them (a bind from another namespace's mount is refused, so it is made
 #: before they are covered)
-HIDDEN = {"/tmp": "host-tmp", "/var/tmp": "host-var-tmp", "/dev/shm": "host-dev-shm"}
+HIDDEN = {
+    "/tmp": "host-tmp",
+    "/var/tmp": "host-var-tmp",
+    "/dev/shm": "host-dev-shm",
+    "/run/lock": "host-run-lock",  # where the host has it (/var/lock links to it)
+}
+#: the private directories bound over their host paths (/tmp is an overlay)
+_PRIVATE = {"/dev/shm": "shm", "/run/lock": "lock"}
 
 
 def _mount(
@@ -59,16 +75,24 @@ def rejoin(namespace_fd: int) -> None:
 
 
 def make_private(size_bytes: int) -> str:
-    """Enter a mount namespace of this process's own, mount the run's /proc and its
-    tmpfs (``size_bytes``; :func:`resize` sets the run's own) with /tmp, /var/tmp and
-    /dev/shm on it. Returns the tmpfs's staging directory, where :func:`bind_run_dir`
-    finds the run directory. Raises OSError where the host does not allow it."""
-    if libc.unshare(CLONE_NEWNS) != 0:
-        raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNS)")
+    """Enter mount and IPC namespaces of this process's own, mount the run's /proc and
+    its tmpfs (``size_bytes``; :func:`resize` sets the run's own) with /tmp, /var/tmp,
+    /dev/shm and /run/lock on it. Returns the tmpfs's staging directory, where
+    :func:`bind_run_dir` finds the run directory. Raises OSError where the host does
+    not allow it."""
+    # A shared-memory segment or message queue would otherwise outlive the run (its
+    # RAM then charged to no one); a namespace's objects go with its last process.
+    if libc.unshare(CLONE_NEWNS | CLONE_NEWIPC) != 0:
+        raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNS|CLONE_NEWIPC)")
     # Nothing mounted here may reach the host's namespace.
     _mount(None, "/", None, MS_REC | MS_PRIVATE)
     _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "hidepid=invisible")
-    hidden = {name: os.open(path, _PATH_FLAGS) for path, name in HIDDEN.items()}
+    if os.path.ismount("/dev/mqueue"):
+        # The host's queues are files there; this one shows the run's own.
+        _mount("mqueue", "/dev/mqueue", "mqueue", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    hidden = {
+        name: os.open(path, _PATH_FLAGS) for path, name in HIDDEN.items() if os.path.isdir(path)
+    }
     _mount("tmpfs", SCRATCH, "tmpfs", MS_NOSUID | MS_NODEV, f"size={_kib(size_bytes)}k,mode=700")
     for name, mode in _LAYOUT.items():
         os.mkdir(os.path.join(SCRATCH, name))
@@ -89,7 +113,9 @@ def make_private(size_bytes: int) -> str:
         MS_NOSUID | MS_NODEV,
         f"lowerdir=/tmp,upperdir={layer}/upper,workdir={layer}/work",
     )
-    _mount(f"{layer}/shm", "/dev/shm", None, MS_BIND)
+    for path, name in _PRIVATE.items():
+        if HIDDEN[path] in hidden:
+            _mount(f"{layer}/{name}", path, None, MS_BIND)
     _mount(f"{layer}/var", SCRATCH, None, MS_BIND)
     return layer
 

@@ -104,8 +104,8 @@ class Spare:
             return {"process_view": why, "private_tmp": why, "disk": why}
         return {
             "process_view": "its own processes only (/proc hidepid=invisible)",
-            "private_tmp": "/tmp (an overlay on the host's), /var/tmp and /dev/shm "
-            "private, gone with the run",
+            "private_tmp": "/tmp (an overlay on the host's), /var/tmp, /dev/shm, "
+            "/run/lock and IPC objects private, gone with the run",
         }
 
     def _renew_mounts(self) -> None:

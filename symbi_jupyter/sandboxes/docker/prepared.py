@@ -24,6 +24,8 @@ class Prepared:
     startup_seconds: float
     #: the container's own host uid, held until it is removed
     lease: Lease | None = None
+    #: host directories the container may write (read-write volumes)
+    writable: tuple[str, ...] = ()
 
     def discard(self) -> None:
         with contextlib.suppress(Exception):
@@ -33,6 +35,9 @@ class Prepared:
         if self.group:
             self.group.remove()
         if self.lease:
+            # Its processes are gone with it: what its uid left in the volumes goes
+            # to their owners before another container may be leased that uid.
+            self.lease.hand_back(self.writable)
             self.lease.release()
 
     @functools.cached_property

@@ -287,7 +287,10 @@ class DockerSandbox(Sandbox):
             if lease:
                 lease.release()  # no container of this uid was left running
             raise
-        return Prepared(container, sock._sock, parent, time.monotonic() - created, lease)
+        writable = tuple(
+            host for host, bind in options.get("volumes", {}).items() if bind["mode"] != "ro"
+        )
+        return Prepared(container, sock._sock, parent, time.monotonic() - created, lease, writable)
 
     def _create_and_start(
         self, client: Any, options: dict[str, Any]

@@ -5,11 +5,16 @@ A lease is an exclusive ``flock`` on ``<lease dir>/<uid>``, held through a descr
 of the process that owns the sandbox (a native run's monitor, the host for a
 container or a VMM): the kernel releases it when that process ends, however it ends.
 A uid whose lock is free but that some process still runs as (the leftover of an owner
-killed mid-run) is skipped. Stdlib only: the supervisor leases too.
+killed mid-run) is skipped. Before its owner releases a uid, :func:`hand_back` gives
+what the uid left in the host directories it could write (read-write volumes) to
+their owners, so that the next sandbox leased the same uid finds none of it; a uid
+whose files could not all be handed back is retired (:meth:`Lease.retire`).
+Stdlib only: the supervisor leases too.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import stat
@@ -23,12 +28,32 @@ DEFAULT_COUNT = 65536
 ROOT_LEASE_DIR = "/run/symbi-jupyter/uids"
 
 
+#: a lease file's sibling that keeps its uid from being leased again
+RETIRED = ".retired"
+#: how deep :func:`hand_back` descends (one descriptor per level)
+MAX_DEPTH = 128
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
 class Lease:
     """A leased uid; ``release()`` (or the holder's exit) frees it."""
 
-    def __init__(self, uid: int, fd: int) -> None:
+    def __init__(self, uid: int, fd: int, lease_dir: str = "") -> None:
         self.uid = self.gid = uid
         self._fd = fd
+        self._dir = lease_dir
+
+    def hand_back(self, volumes: list[str] | tuple[str, ...]) -> None:
+        """Hand what this uid owns in ``volumes`` (host directories the sandbox could
+        write, its processes all gone) to their owners; retire the uid if that fails."""
+        if not all([hand_back(path, self.uid, self.gid) for path in volumes]):
+            self.retire()
+
+    def retire(self) -> None:
+        """Never lease this uid again: it still owns files where a later sandbox of
+        the same uid could read them."""
+        with contextlib.suppress(OSError):
+            os.close(os.open(os.path.join(self._dir, f"{self.uid}{RETIRED}"), _NEW_FILE, 0o600))
 
     def release(self) -> None:
         if self._fd >= 0:
@@ -95,13 +120,92 @@ def lease(config: dict[str, Any]) -> Lease:
             except BlockingIOError:
                 os.close(fd)
                 continue
-            if uid in in_use:
+            if uid in in_use or _retired(dirfd, uid):
                 os.close(fd)
                 continue
-            return Lease(uid, fd)
+            return Lease(uid, fd, lease_dir)
     finally:
         os.close(dirfd)
-    raise OSError(f"all {count} ids of the block at {first} are in use")
+    raise OSError(
+        f"all {count} ids of the block at {first} are in use or retired "
+        f"(a retired one has a *{RETIRED} file in {lease_dir})"
+    )
+
+
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _retired(dirfd: int, uid: int) -> bool:
+    try:
+        os.stat(f"{uid}{RETIRED}", dir_fd=dirfd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def hand_back(top: str, uid: int, gid: int) -> bool:
+    """Give every entry under the directory ``top`` that ``uid`` (or ``gid``) owns to
+    ``top``'s owner (or group; root's where ``top`` is the uid's own). Walks by
+    descriptors and follows no link, as other sandboxes may be changing the tree.
+    Returns whether the whole tree was seen (False past :data:`MAX_DEPTH` levels or on
+    an error), so that the caller can retire the uid otherwise."""
+    try:
+        top_fd = os.open(top, _DIR_FLAGS)
+    except FileNotFoundError:
+        return True  # nothing left of it, nothing owned in it
+    except OSError:
+        return False
+    st = os.fstat(top_fd)
+    owner = st.st_uid if st.st_uid != uid else 0
+    group = st.st_gid if st.st_gid != gid else 0
+    complete = True
+    try:
+        # (directory descriptor, its entries still to see): one level per item.
+        stack = [(top_fd, iter(sorted(os.listdir(top_fd))))]
+    except OSError:
+        os.close(top_fd)
+        return False
+    try:
+        while stack:
+            dirfd, names = stack[-1]
+            name = next(names, None)
+            if name is None:
+                os.close(stack.pop()[0])
+                continue
+            try:
+                # Through a descriptor of the entry itself: a name another sandbox
+                # swaps meanwhile cannot turn root's chown onto another file.
+                fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dirfd)
+            except FileNotFoundError:
+                continue  # removed meanwhile by another sandbox of the volume
+            except OSError:
+                complete = False
+                continue
+            try:
+                entry = os.fstat(fd)
+                if stat.S_ISLNK(entry.st_mode):
+                    continue  # a link holds no data; its text is anyone's to read
+                if entry.st_uid == uid or entry.st_gid == gid:
+                    # Root's chown also clears set-user-id and set-group-id bits.
+                    os.chown(
+                        f"/proc/self/fd/{fd}",
+                        owner if entry.st_uid == uid else -1,
+                        group if entry.st_gid == gid else -1,
+                    )
+                if stat.S_ISDIR(entry.st_mode):
+                    if len(stack) >= MAX_DEPTH:
+                        complete = False
+                        continue
+                    sub = os.open(".", _DIR_FLAGS, dir_fd=fd)
+                    stack.append((sub, iter(sorted(os.listdir(sub)))))
+            except OSError:
+                complete = False
+            finally:
+                os.close(fd)
+    finally:
+        for fd, _ in stack:
+            os.close(fd)
+    return complete
 
 
 def ids_in_use() -> set[int]:

@@ -190,6 +190,9 @@ class Monitor(Spare):
     def _clean_up(self, req: dict[str, Any]) -> None:
         if self.cgroup is not None:
             self.cgroup.remove()
+        if self.lease is not None and req.get("uid") == self.lease.uid:
+            # Before the uid goes back to the block with this process.
+            self.lease.hand_back([path for path, ro in req.get("binds", ()) if not ro])
         if req.get("remove_cwd"):
             self._remove_run_dir(req["cwd"])
 

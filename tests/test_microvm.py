@@ -272,8 +272,13 @@ def test_firecracker_is_skipped_with_a_precise_reason(tmp_path: Path) -> None:
         tier="microvm",
     )
 
+    # As root Firecracker is refused before these (see the next test); allowed here,
+    # so that the reasons below are what a host without root would meet.
+    privileged = {"allow_privileged_vmm": True}
     absent = tmp_path / "no-such-firecracker"
-    missing = MicroVMSandbox(vmm="firecracker", firecracker_binary=str(absent)).availability()
+    missing = MicroVMSandbox(
+        vmm="firecracker", firecracker_binary=str(absent), **privileged
+    ).availability()
     assert not missing.ok and not missing.details
     assert _vmms_tried(missing.reason) == f"firecracker ({absent} not found)"
     assert missing.reason.endswith(
@@ -289,8 +294,10 @@ def test_firecracker_is_skipped_with_a_precise_reason(tmp_path: Path) -> None:
     assert qemu.ok, qemu.reason
     kvm = qemu.details["acceleration"]
     kvm_boots = kvm == "a probe VM booted under KVM"
-    verdict = MicroVMSandbox(vmm="firecracker", firecracker_binary=str(installed)).availability()
-    auto = MicroVMSandbox(firecracker_binary=str(installed)).availability()
+    verdict = MicroVMSandbox(
+        vmm="firecracker", firecracker_binary=str(installed), **privileged
+    ).availability()
+    auto = MicroVMSandbox(firecracker_binary=str(installed), **privileged).availability()
     assert auto.ok, auto.reason
     if kvm_boots:  # a host with real KVM: Firecracker it is
         assert verdict.ok and verdict.details["vmm"] == "Firecracker · KVM"
@@ -300,6 +307,32 @@ def test_firecracker_is_skipped_with_a_precise_reason(tmp_path: Path) -> None:
         assert _vmms_tried(verdict.reason) == f"firecracker (needs KVM: {kvm})"
         assert auto.details["vmm"] == "QEMU microvm · emulated (TCG)"
         assert auto.details["acceleration"] == kvm
+
+
+def test_firecracker_is_not_run_as_root(tmp_path: Path) -> None:
+    """Without its jailer Firecracker would run as root with every capability, the
+    VMM that Tier3 deprivileges: as root it is refused with the reason and the switch
+    that accepts it, before anything is tried, and 'auto' does not pick it. An
+    executable file stands in for an installed Firecracker (never run)."""
+    need(os.geteuid() == 0, "only a root host would run Firecracker as root")
+    installed = tmp_path / "firecracker"
+    installed.write_text("#!/bin/sh\nexit 99\n")
+    installed.chmod(0o755)
+    refused = MicroVMSandbox(vmm="firecracker", firecracker_binary=str(installed)).availability()
+    assert not refused.ok
+    assert _vmms_tried(refused.reason) == (
+        "firecracker (it would run as root with every capability: its jailer is not "
+        "supported yet; MicroVMSandbox.allow_privileged_vmm = True accepts that)"
+    )
+    sandbox = MicroVMSandbox(firecracker_binary=str(installed))
+    try:
+        sandbox.manifest()
+    except TierUnavailable as exc:
+        need(False, str(exc), tier="microvm")
+    need(shutil.which(sandbox.qemu_binary) is not None, "no QEMU", tier="microvm")
+    auto = sandbox.availability()
+    assert auto.ok, auto.reason
+    assert auto.details["vmm"].startswith("QEMU microvm")
 
 
 def test_missing_guest_names_the_build_command(tmp_path: Path) -> None:

@@ -97,6 +97,14 @@ class MicroVMSandbox(Sandbox):
         only if the guest really came up, else TCG software emulation; 'kvm' or 'tcg'
         force one (a forced KVM that cannot boot fails, it does not fall back).""",
     )
+    allow_privileged_vmm = Bool(
+        False,
+        config=True,
+        help="""Let Firecracker run where it would run as root with every capability (the
+        host is root and Firecracker's jailer is not supported yet). Off: such a
+        Firecracker is refused, and 'auto' takes QEMU, which runs as a uid of its own
+        with no capabilities.""",
+    )
     qemu_binary = Unicode("qemu-system-x86_64", config=True, help="The QEMU system emulator.")
     firecracker_binary = Unicode(
         "firecracker",
@@ -181,6 +189,17 @@ class MicroVMSandbox(Sandbox):
         a probe boot proved (or the configuration forced)."""
         missing = []
         for driver in self._drivers():
+            if (
+                isinstance(driver, FirecrackerDriver)
+                and os.geteuid() == 0
+                and not self.allow_privileged_vmm
+            ):
+                missing.append(
+                    "firecracker (it would run as root with every capability: its jailer "
+                    "is not supported yet; MicroVMSandbox.allow_privileged_vmm = True "
+                    "accepts that)"
+                )
+                continue
             if driver.path() is None:
                 missing.append(f"{driver.name} ({driver.binary} not found)")
                 continue
@@ -330,7 +349,8 @@ class MicroVMSandbox(Sandbox):
             if lease
             else "seccomp (-sandbox on), as this user"
             if qemu
-            else "not deprivileged: Firecracker's jailer is not used yet",
+            else "not deprivileged: Firecracker as this user (root where "
+            "MicroVMSandbox.allow_privileged_vmm allows it), without its jailer",
         }
 
     def _spawn(

@@ -519,3 +519,154 @@ def test_a_native_run_cannot_reach_the_audit_log_or_its_anchor(workdir, tmp_path
         assert verify(log).ok and verify(log).records == 2
     finally:
         shutil.rmtree(open_dir)
+
+
+# Kernel objects a run can make that outlive it where the host's IPC namespace and
+# /run/lock are shared: a System V shared-memory segment (RAM charged to no one once
+# the run is gone), a POSIX message queue, and a file in the other directory any user
+# may write.
+LEAVES_KERNEL_OBJECTS = r"""
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+mark = os.environ["MARK"]
+libc.shmget.restype = ctypes.c_int
+shm = libc.shmget(int(os.environ["KEY"]), 8 << 20, 0o1000 | 0o600)  # IPC_CREAT
+libc.mq_open.restype = ctypes.c_int
+mq = libc.mq_open(("/" + mark).encode(), os.O_CREAT | os.O_RDWR, 0o600, None)
+try:
+    open("/run/lock/" + mark, "w").write("x")
+    lock = "written"
+except OSError as exc:
+    lock = exc.errno
+print(shm >= 0, mq >= 0, lock)
+"""
+
+
+def _host_ipc(key: int, mark: str) -> list[str]:
+    """The objects LEAVES_KERNEL_OBJECTS made that the host still has, removing them."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    left = []
+    shmid = libc.shmget(key, 0, 0)
+    if shmid >= 0:
+        left.append("shm")
+        libc.shmctl(shmid, 0, None)  # IPC_RMID
+    if libc.mq_unlink(f"/{mark}".encode()) == 0:
+        left.append("mqueue")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(f"/run/lock/{mark}")
+        left.append("/run/lock")
+    return left
+
+
+def test_a_native_run_leaves_no_kernel_objects_behind(orch, root_only):
+    """Finding 5, continued: shared memory and message queues a run made outlived it
+    in the host's IPC namespace, and so did its files in /run/lock. Each run now has
+    its own IPC namespace and /run/lock, gone with it."""
+    need(os.path.isdir("/run/lock"), "this host has no /run/lock")
+    mark = f"symbi-ipc-{os.getpid()}"
+    key = 0x5E000000 + os.getpid()
+    try:
+        res = orch.execute_code(NONE, LEAVES_KERNEL_OBJECTS, env={"MARK": mark, "KEY": str(key)})
+    finally:
+        left = _host_ipc(key, mark)
+    assert res.success, res.stderr
+    assert res.stdout == "True True written\n"  # the run could make each of them
+    assert left == []
+    assert res.enforcement["private_tmp"].startswith("/tmp")
+
+
+# What a run leaves in a read-write volume: a private file, a directory, a file with
+# the set-user-id bit (a way into the run's uid for anyone who runs it later).
+LEAVES_FILES_IN_A_VOLUME = r"""
+import os
+root = os.environ["SHARED"]
+os.makedirs(os.path.join(root, "out", "deep"))
+with open(os.path.join(root, "out", "deep", "secret"), "w") as f:
+    f.write("only mine")
+os.chmod(os.path.join(root, "out", "deep", "secret"), 0o600)
+with open(os.path.join(root, "tool"), "w") as f:
+    f.write("#!/bin/sh\n")
+os.chmod(os.path.join(root, "tool"), 0o4755)
+os.symlink("/etc/hostname", os.path.join(root, "link"))
+print(os.getuid())
+"""
+
+
+def _owners(top: Path) -> dict[str, tuple[int, int, int]]:
+    return {
+        str(p.relative_to(top)): (p.lstat().st_uid, p.lstat().st_gid, p.lstat().st_mode & 0o7000)
+        for p in sorted(top.rglob("*"))
+    }
+
+
+@pytest.mark.parametrize(
+    ("tier", "mount"),
+    [("none", "{d}:{d}:rw"), ("docker", "{d}:/mnt/shared:rw"), ("gvisor", "{d}:/mnt/shared:rw")],
+    ids=["None", "Tier1", "Tier2"],
+)
+def test_a_freed_uid_owns_nothing_a_later_sandbox_could_read(orch, root_only, tier, mount):
+    """A uid goes back to the block when its sandbox ends; what the sandbox wrote in a
+    read-write volume kept that uid, so a later sandbox leased the same uid could read
+    it (and anyone could become that uid through a set-user-id file it left). The
+    host now hands such files to the volume's owner before the uid is free again."""
+    chosen = SecurityTier.parse(tier)
+    availability = orch.sandbox(chosen).availability()
+    need(availability.ok, availability.reason, tier=tier)
+    owner = 4242  # the volume's owner: a uid of no account, as the test made it
+    shared = Path(tempfile.mkdtemp(prefix="symbi-handback-"))
+    try:
+        os.chown(shared, owner, owner)
+        shared.chmod(0o777)
+        inside = str(shared) if chosen is NONE else "/mnt/shared"
+        res = orch.execute_code(
+            chosen,
+            LEAVES_FILES_IN_A_VOLUME,
+            env={"SHARED": inside},
+            volumes=[mount.format(d=shared)],
+        )
+        assert res.success, res.stderr
+        assert leased(res.stdout.strip())  # the run had a leased uid of its own
+        # Every file and directory becomes the owner's, and the set-user-id bit goes:
+        # once the sandbox is removed, which may follow its result.
+        handed = dict.fromkeys(["out", "out/deep", "out/deep/secret", "tool"], (owner, owner, 0))
+        wait_until(lambda: {k: v for k, v in _owners(shared).items() if k != "link"} == handed)
+        owners = _owners(shared)
+        assert set(owners) == {*handed, "link"}
+        assert {k: v for k, v in owners.items() if k != "link"} == handed
+    finally:
+        shutil.rmtree(shared)
+
+
+def test_hand_back_follows_no_link_and_retires_a_uid_it_cannot_clear(tmp_path, root_only):
+    """Root walks a tree other sandboxes may write: it changes no file through a link,
+    and a uid whose files it could not all reach is never leased again."""
+    from symbi_jupyter.sandboxes.supervisor import identity
+
+    uid = 1_950_000_000  # a uid of no account and no process, as the test uses it
+    top, outside = tmp_path / "volume", tmp_path / "outside"
+    top.mkdir()
+    outside.mkdir()
+    os.chown(top, 4242, 4242)
+    for path in (top / "mine", outside / "target"):
+        path.write_text("x")
+        os.chown(path, uid, uid)
+    (top / "to-outside").symlink_to(outside)
+    (top / "to-target").symlink_to(outside / "target")
+    deep = top.joinpath(*["d"] * (identity.MAX_DEPTH + 1))
+    deep.mkdir(parents=True)
+    (deep / "deepest").write_text("x")
+    os.chown(deep / "deepest", uid, uid)
+
+    assert identity.hand_back(str(top), uid, uid) is False  # too deep to see all
+    assert (top / "mine").stat().st_uid == 4242
+    assert (outside / "target").stat().st_uid == uid  # not reached through a link
+    assert (deep / "deepest").stat().st_uid == uid
+
+    block = {"first": uid, "count": 1, "dir": str(tmp_path / "leases")}
+    lease = identity.lease(block)
+    lease.hand_back([str(top)])  # incomplete: the uid is retired
+    lease.release()
+    with pytest.raises(OSError, match="in use"):
+        identity.lease(block)

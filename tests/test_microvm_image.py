@@ -341,3 +341,32 @@ def test_cli_and_setup_wiring() -> None:
     assert build_parser().parse_args(["setup", "--no-tier3"]).no_tier3
     packages = tier3_packages()
     assert "qemu-system-x86" in packages and mi.KERNEL_SOURCE_PACKAGE in packages
+
+
+def test_setup_installs_what_dpkg_only_remembers(tmp_path: Path) -> None:
+    """A package dpkg knows of but never installed ("unknown ok not-installed", as
+    bison and flex were on a reused machine) or whose files were removed is missing,
+    so that setup installs it; the real dpkg-query reads a database made here."""
+    from symbi_jupyter.setup.host import _dpkg_installed
+
+    need(shutil.which("dpkg-query") is not None, "no dpkg-query on this host")
+    fields = "Version: 1\nArchitecture: all\nMaintainer: t\nDescription: t\n"
+    (tmp_path / "info").mkdir()
+    (tmp_path / "available").touch()
+    (tmp_path / "status").write_text(
+        f"Package: present\nStatus: install ok installed\n{fields}\n"
+        "Package: remembered\nStatus: unknown ok not-installed\n\n"
+        f"Package: removed\nStatus: deinstall ok config-files\n{fields}\n"
+        f"Package: held\nStatus: hold ok installed\n{fields}"
+    )
+    installed = {
+        name: _dpkg_installed(name, admindir=str(tmp_path))
+        for name in ("present", "remembered", "removed", "held", "unknown")
+    }
+    assert installed == {
+        "present": True,
+        "remembered": False,
+        "removed": False,
+        "held": True,
+        "unknown": False,
+    }

@@ -206,11 +206,13 @@ def _systemd_running() -> bool:
     return Path("/run/systemd/system").is_dir()
 
 
-def _dpkg_installed(package: str) -> bool:
+def _dpkg_installed(package: str, admindir: str | None = None) -> bool:
+    """Whether dpkg has ``package`` installed (``admindir``: another dpkg database)."""
     if not shutil.which("dpkg-query"):
         return False
+    where = [f"--admindir={admindir}"] if admindir else []
     out = subprocess.run(
-        ["dpkg-query", "-W", "-f=${Status}", package], capture_output=True, text=True
+        ["dpkg-query", *where, "-W", "-f=${Status}", package], capture_output=True, text=True
     )
     # The last word alone would take "unknown ok not-installed" (a package apt knows
     # of but never installed) for an installed one.

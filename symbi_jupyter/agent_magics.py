@@ -17,6 +17,7 @@ from traitlets import Bool, Instance, Unicode
 from .agents import Agent, Emitted, SandboxModeLimits, load
 from .agents.runner import ActionResult
 from .errors import ConfigError
+from .limit_flags import limit_arguments, limits_from_args
 from .magics import LiveOutput, print_output, print_truncation_markers, user_ns
 from .orchestrator import SandboxOrchestrator
 from .result import ExecutionResult
@@ -99,13 +100,18 @@ class AgentMagics(Magics):
         metavar="JSON",
         help="The trigger's payload, as JSON; the code reads it from $SYMBI_PAYLOAD.",
     )
+    @limit_arguments
     @argument("-o", "--out", metavar="NAME", help="Store the list of results in NAME.")
     @argument("--quiet", action="store_true", help="Do not display the statistics.")
     @line_magic
     def symbi_trigger(self, line: str = "") -> None:
         """Run a trigger of an agent defined with %%symbi_agent: each action at the
         agent's tier through the orchestrator, its output streamed, then its
-        statistics; emitted values follow as they are recorded."""
+        statistics; emitted values follow as they are recorded.
+
+        The limit flags (those of ``%%symbi``) lower the limits of the agent's sandbox
+        mode for this run, never raise them; above the operator's ceiling they are
+        refused."""
         args = parse_magic_line(self.symbi_trigger, line)
         agent = find_agent(self.agents, args.agent)
         payload = parse_payload(args.payload)
@@ -130,6 +136,7 @@ class AgentMagics(Magics):
                 payload,
                 on_output=writers.write if writers else None,
                 on_result=shown,
+                limits=limits_from_args(args),
             )
         except KeyboardInterrupt:
             raise KeyboardInterrupt("the sandboxed code was interrupted and killed") from None

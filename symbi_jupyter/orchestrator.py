@@ -451,6 +451,24 @@ class SandboxOrchestrator(LoggingConfigurable):
             self._audit_refused(record, exc, **audit_fields)
             raise
 
+    def admit_limits(
+        self,
+        tier: SecurityTier | str | None,
+        limits: ResourceLimits | None,
+        **audit_fields: Any,
+    ) -> ResourceLimits:
+        """``limits`` within the ceilings, unset ones filled from them, for a host that
+        refuses before it runs anything (flags that lower an agent's limits); a
+        refusal is audited at ``tier``, with ``audit_fields``, and raised."""
+        record: dict[str, Any] = {
+            "tier": str(tier.value if isinstance(tier, SecurityTier) else tier)
+        }
+        try:
+            return self._admit_limits(limits, record)
+        except SymbiError as exc:
+            self._audit_refused(record, exc, **audit_fields)
+            raise
+
     def _admit_tier(self, tier: SecurityTier | str | None, record: dict[str, Any]) -> SecurityTier:
         """The tier asked for (None: the default), if the policy allows it."""
         chosen = SecurityTier.parse(tier if tier is not None else self.default_sandbox_tier)

@@ -16,7 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from symbi_jupyter import ConfigError, ExecutionResult, PolicyViolation, SecurityTier
+from symbi_jupyter import (
+    ConfigError,
+    ExecutionResult,
+    PolicyViolation,
+    ResourceLimits,
+    SecurityTier,
+)
 from symbi_jupyter.agents import Agent, Emitted, Ref, Run, SandboxMode, load
 from symbi_jupyter.agents.render import render_card_html, render_card_text
 from symbi_jupyter.orchestrator import SandboxOrchestrator
@@ -636,10 +642,10 @@ PROBE = (
 )
 
 
-def probe(orch, project, port, caps=("network",), mode="Permissive", needs=False):
+def probe(orch, project, port, caps=("network",), mode="Permissive", needs=False, limits=None):
     body = PROBE.replace('""")', '""", needs: ["network"])') if needs else PROBE
     [result] = one(agent_text(caps=caps, mode=mode, body=body), orch, project).trigger(
-        "t", payload={"port": port}
+        "t", payload={"port": port}, limits=limits
     )
     return result
 
@@ -661,6 +667,21 @@ def test_network_only_with_the_capability_and_the_policy(orch, project, listener
     assert granted.stdout == "connected\n" and granted.limits.network is True
     assert probe(orch, project, listener, caps=()).stdout == "blocked\n"
     assert probe(orch, project, listener, mode="Strict").stdout == "blocked\n"
+
+
+def test_network_flags_withdraw_the_network_and_never_grant_it(orch, project, listener):
+    orch.allow_network = True
+    withdrawn = probe(orch, project, listener, limits=ResourceLimits(network=False))
+    need(
+        withdrawn.enforcement.get("network") == "empty network namespace",
+        f"the network is not isolated at tier None here: {withdrawn.enforcement.get('network')}",
+    )
+    assert withdrawn.stdout == "blocked\n" and withdrawn.limits.network is False
+    # --network asks; it grants nothing the capability does not.
+    ungranted = probe(orch, project, listener, caps=(), limits=ResourceLimits(network=True))
+    assert ungranted.stdout == "blocked\n" and ungranted.limits.network is False
+    kept = probe(orch, project, listener, limits=ResourceLimits(network=True))
+    assert kept.stdout == "connected\n"
 
 
 # -- the card ------------------------------------------------------------------------
@@ -914,8 +935,55 @@ def test_trigger_errors(ip):
     assert isinstance(result.error_in_exec, PolicyViolation) and "Traceback" not in cap.stdout
 
 
+# A Permissive agent (2048 MB) whose action takes 300 MB.
+EATER = agent_text(
+    name="NativeWorker",
+    trigger="local_processing",
+    body='run_code("python3", """\n  hoard = bytearray(300 * 1024 * 1024)\n  print("ate")\n  """)',
+)
+
+
+def test_trigger_limit_flags_lower_the_modes_limits(ip):
+    ip.run_line_magic("config", "SandboxOrchestrator.allow_native_execution = True")
+    run(ip, "%%symbi_agent --quiet\n" + EATER)
+    result, cap = run(ip, "%symbi_trigger NativeWorker local_processing -o out")
+    assert result.success and cap.stdout == "ate\n"
+    result, cap = run(
+        ip, "%symbi_trigger NativeWorker local_processing --max-memory 100 --timeout 20 -o out"
+    )
+    assert result.success, result.error_in_exec
+    [ran] = ip.user_ns["out"]
+    assert ran.killed_by == "memory" and "ate" not in cap.stdout
+    assert (ran.limits.max_memory_mb, ran.limits.timeout_seconds) == (100, 20)
+    assert "stopped: memory limit (100 MB)" in cap.outputs[0].data["text/plain"]
+
+
+def test_trigger_limit_flags_never_raise_the_modes_limits(ip, audit_path):
+    ip.run_line_magic("config", "SandboxOrchestrator.allow_native_execution = True")
+    ip.run_line_magic("config", "SandboxOrchestrator.max_memory_mb = 512")
+    run(ip, "%%symbi_agent --quiet\n" + agent_text(mode="Strict", body='execute("true")'))
+    result, _ = run(ip, "%symbi_trigger A t --max-memory 400 --timeout 300 --max-cpu 2 -o out")
+    assert result.success, result.error_in_exec
+    [ran] = ip.user_ns["out"]
+    # Strict's 256 MB, 30 s and one core hold: the flags only lower them.
+    assert (ran.limits.max_memory_mb, ran.limits.timeout_seconds, ran.limits.max_cpu_cores) == (
+        256,
+        30,
+        1,
+    )
+    # Above the operator's ceiling, the orchestrator refuses before anything runs.
+    result, cap = run(ip, "%symbi_trigger A t --max-memory 4096")
+    assert isinstance(result.error_in_exec, PolicyViolation)
+    assert "Traceback" not in cap.stdout + cap.stderr
+    assert "max_memory_mb=4096 MB exceeds the policy ceiling of 512 MB" in cap.stdout
+    refused = audit(audit_path)[-1]
+    assert (refused["outcome"], refused["agent"], refused["trigger"]) == ("refused", "A", "t")
+    assert len(audit(audit_path)) == 2  # the run before, and this refusal
+
+
 def test_help_lists_the_flags(ip):
     assert "--payload" in ip.find_line_magic("symbi_trigger").__doc__
+    assert "--max-memory MB" in ip.find_line_magic("symbi_trigger").__doc__
     assert "--quiet" in ip.find_cell_magic("symbi_agent").__doc__
 
 

@@ -453,6 +453,13 @@ def test_agents_are_defined_and_triggered_in_the_kernel(kernel) -> None:
     assert reply["status"] == "ok"
     assert stdout(outputs) == "a b; $(touch /tmp/x) `id`\nnext\n"
     assert stats(outputs)[0]["tier"] == "None"
+    # the limit flags of %%symbi lower Strict's limits (100 MB, 20 s), never raise them
+    reply, flagged = run(
+        kc, "%symbi_trigger Echo say --payload '{\"x\": 1}' --max-memory 100 --timeout 60"
+    )
+    assert reply["status"] == "ok"
+    limits = stats(flagged)[0]["limits"]
+    assert (limits["max_memory_mb"], limits["timeout_seconds"]) == (100, 30)
     assert any(
         "said" in m["content"]["data"]["text/plain"]
         for m in outputs

@@ -215,6 +215,7 @@ class Agent:
         *,
         on_output: Callable[[str, bytes], None] | None = None,
         on_result: Callable[[ActionResult], None] | None = None,
+        limits: ResourceLimits | None = None,
     ) -> list[ExecutionResult | Emitted]:
         """Run the actions of trigger ``name`` in order and return their results
         (an :class:`ExecutionResult` per code action, an :class:`Emitted` per emit).
@@ -222,10 +223,16 @@ class Agent:
         ``payload`` (anything JSON can hold) reaches the code as JSON in the
         environment variable ``SYMBI_PAYLOAD``, never in a command line. The trigger
         stops at the first action that does not succeed; its result is the last.
+
+        ``limits`` (the limit flags of ``%symbi_trigger`` and ``symbi-jupyter run``)
+        lower the sandbox mode's limits, never raise them; one above the operator's
+        ceiling is refused (audited) before anything runs.
         """
         from .runner import run_trigger
 
-        return run_trigger(self, name, payload, on_output=on_output, on_result=on_result)
+        return run_trigger(
+            self, name, payload, on_output=on_output, on_result=on_result, limits=limits
+        )
 
     def permissions(self) -> Permissions:
         """What the bound orchestrator's policy will and will not permit this agent."""

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import ConfigError, PolicyViolation, TierUnavailable
+from ..limits import ResourceLimits
 from ..result import ExecutionResult
 from ..tiers import SecurityTier
 from .grants import (
@@ -62,6 +63,7 @@ def run_trigger(
     *,
     on_output: Callable[[str, bytes], None] | None = None,
     on_result: Callable[[ActionResult], None] | None = None,
+    limits: ResourceLimits | None = None,
 ) -> list[ActionResult]:
     """Run trigger ``name`` of a bound ``agent``: see :meth:`Agent.trigger`."""
     trigger = agent.triggers.get(name)
@@ -81,6 +83,14 @@ def run_trigger(
                     agent.tier, exc, agent=agent.name, trigger=trigger.name
                 )
                 raise
+    if limits is not None:
+        assert agent.orchestrator is not None
+        # Above a ceiling is the orchestrator's refusal, audited; below it the flags
+        # can only lower what the agent's mode gives.
+        admitted = agent.orchestrator.admit_limits(
+            agent.tier, limits, agent=agent.name, trigger=trigger.name
+        )
+        perms = dataclasses.replace(perms, limits=lowered(perms.limits, admitted, limits.network))
     env = {PAYLOAD_ENV: encoded, "SYMBI_AGENT": agent.name, "SYMBI_TRIGGER": trigger.name}
     results: list[ActionResult] = []
     last: ExecutionResult | None = None
@@ -98,6 +108,21 @@ def run_trigger(
         if isinstance(item, ExecutionResult) and not item.success:
             break
     return results
+
+
+def lowered(mode: ResourceLimits, asked: ResourceLimits, network: bool | None) -> ResourceLimits:
+    """``mode``'s limits lowered to ``asked`` wherever it asks for less, never raised;
+    ``network=False`` withdraws the network, ``True`` grants nothing ``mode`` lacks."""
+    values: dict[str, Any] = {}
+    for field in dataclasses.fields(ResourceLimits):
+        have, want = getattr(mode, field.name), getattr(asked, field.name)
+        if field.name == "network":
+            values["network"] = False if network is False else have
+        elif have is None or want is None:
+            values[field.name] = want if have is None else have
+        else:
+            values[field.name] = min(have, want)
+    return ResourceLimits(**values)
 
 
 def encode_payload(payload: Any) -> str:

@@ -302,7 +302,7 @@ class KernelMagics:
         return kernel._ok()
 
     def _magic_trigger(self, argv: list[str]) -> None:
-        """``%symbi_trigger AGENT TRIGGER [--payload JSON]``, as in IPython."""
+        """``%symbi_trigger AGENT TRIGGER [--payload JSON] [limit flags]``, as in IPython."""
         from ..agent_magics import AgentMagics, find_agent, parse_payload
         from ..agents import Emitted
         from ..magics import LiveOutput
@@ -322,7 +322,11 @@ class KernelMagics:
         out = LiveOutput(kernel._stream)
         try:
             agent.trigger(
-                args.trigger, parse_payload(args.payload), on_output=out.write, on_result=shown
+                args.trigger,
+                parse_payload(args.payload),
+                on_output=out.write,
+                on_result=shown,
+                limits=limits_from_args(args),
             )
         except KeyboardInterrupt:
             raise Interrupted("the sandboxed code was interrupted and killed") from None

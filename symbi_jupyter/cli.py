@@ -2,7 +2,8 @@
 
 Each subcommand is added by an ``_add_<name>(subparsers)`` function that registers its
 parser and sets ``func``, a callable taking the parsed arguments and returning the exit
-status. Exit status: 0 success, 1 the check failed, 2 usage error.
+status. Exit status: 0 success, 1 the check failed, 2 usage error (``run`` adds 3,
+refused, and 130, interrupted: see :mod:`.cli_run`).
 """
 
 from __future__ import annotations
@@ -236,12 +237,19 @@ def _path(value: str) -> Path:
     return Path(value)
 
 
+def _add_run(subparsers: argparse._SubParsersAction) -> None:
+    from .cli_run import add_run
+
+    add_run(subparsers)
+
+
 _SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_audit,
     _add_doctor,
     _add_setup,
     _add_image,
     _add_install_kernel,
+    _add_run,
 ]
 
 

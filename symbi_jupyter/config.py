@@ -108,6 +108,15 @@ def _string_list(value: Any) -> list[str]:
     raise _Invalid("a list of non-empty strings")
 
 
+def _env_names(value: Any) -> list[str]:
+    # As policy.check_env takes names: what a process environment can carry.
+    if isinstance(value, list) and all(
+        isinstance(v, str) and v and not set(v) & {"=", "\0", "\n"} for v in value
+    ):
+        return list(value)
+    raise _Invalid("a list of environment variable names (non-empty, without '=')")
+
+
 def _tier(value: Any) -> str:
     try:
         return SecurityTier.parse(value).value
@@ -134,6 +143,7 @@ _TABLES: dict[tuple[str, ...], _Spec] = {
         "max_disk_mb": (ORCHESTRATOR, "max_disk_mb", _positive),
         "working_directory": (ORCHESTRATOR, "working_directory", _abs_path),
         "allowed_executables": (ORCHESTRATOR, "allowed_executables", _string_list),
+        "env_passthrough": (ORCHESTRATOR, "env_passthrough", _env_names),
     },
     ("native_execution",): {
         "enabled": (ORCHESTRATOR, "allow_native_execution", _bool),
@@ -145,6 +155,7 @@ _TABLES: dict[tuple[str, ...], _Spec] = {
         "max_execution_time_seconds": (ORCHESTRATOR, "max_execution_time_seconds", _positive),
         "max_disk_mb": (ORCHESTRATOR, "max_disk_mb", _positive),
         "allowed_executables": (ORCHESTRATOR, "allowed_executables", _string_list),
+        "env_passthrough": (ORCHESTRATOR, "env_passthrough", _env_names),
     },
     ("sandbox", "firecracker"): {
         "kernel_image_path": (MICROVM, "kernel_image_path", _string),
@@ -169,12 +180,13 @@ def load_symbiont_config(path: str | os.PathLike[str]) -> Config:
 
     Read: ``[security]`` ``allow_native_execution``, ``default_sandbox_tier``;
     ``[security.native_execution]`` ``enforce_resource_limits``, ``max_memory_mb``,
-    ``max_cpu_cores``, ``max_execution_time_seconds``, ``working_directory``,
-    ``allowed_executables``; ``[native_execution]`` ``enabled`` (→
-    ``allow_native_execution``), ``default_executable`` (→ ``default_language``),
-    ``working_directory``, ``enforce_resource_limits``, ``max_memory_mb``,
-    ``max_cpu_seconds``, ``max_execution_time_seconds``, ``allowed_executables``; and
-    ``[sandbox.firecracker]`` (kept under ``MicroVMSandbox``).
+    ``max_cpu_cores``, ``max_execution_time_seconds``, ``max_disk_mb``,
+    ``working_directory``, ``allowed_executables``, ``env_passthrough``;
+    ``[native_execution]`` ``enabled`` (→ ``allow_native_execution``),
+    ``default_executable`` (→ ``default_language``), ``working_directory``,
+    ``enforce_resource_limits``, ``max_memory_mb``, ``max_cpu_seconds``,
+    ``max_execution_time_seconds``, ``max_disk_mb``, ``allowed_executables``,
+    ``env_passthrough``; and ``[sandbox.firecracker]`` (kept under ``MicroVMSandbox``).
 
     When ``[security.native_execution]`` and ``[native_execution]`` set the same trait,
     ``[native_execution]`` (Symbiont's complete form) wins. ``[security]

@@ -48,6 +48,26 @@ def test_environment_switches_native_on(monkeypatch, workdir, audit_path):
         orch.close()
 
 
+@pytest.mark.parametrize("passthrough", [True, False])
+def test_env_passthrough_from_config_toml(tmp_path, monkeypatch, workdir, audit_path, passthrough):
+    """A host variable reaches native code only when config.toml names it."""
+    monkeypatch.setenv("SYMBI_TEST_HOST_VALUE", "from the host")
+    toml = tmp_path / "config.toml"
+    toml.write_text(
+        f'[native_execution]\nenabled = true\nworking_directory = "{workdir}"\n'
+        + ('env_passthrough = ["SYMBI_TEST_HOST_VALUE"]\n' if passthrough else "")
+    )
+    monkeypatch.setenv("SYMBIONT_CONFIG", str(toml))
+    orch = SandboxOrchestrator(audit_log_path=str(audit_path))
+    try:
+        res = orch.execute_code(
+            "none", "import os; print(os.environ.get('SYMBI_TEST_HOST_VALUE', 'absent'))"
+        )
+    finally:
+        orch.close()
+    assert res.stdout == ("from the host\n" if passthrough else "absent\n")
+
+
 def test_bad_environment_value_is_config_error(monkeypatch):
     monkeypatch.setenv("SYMBIONT_NATIVE_MAX_MEMORY_MB", "lots")
     with pytest.raises(ConfigError, match="SYMBIONT_NATIVE_MAX_MEMORY_MB"):

@@ -453,16 +453,17 @@ class SandboxOrchestrator(LoggingConfigurable):
 
     def admit_limits(
         self,
-        tier: SecurityTier | str | None,
         limits: ResourceLimits | None,
+        tier: SecurityTier | str | None = None,
         **audit_fields: Any,
     ) -> ResourceLimits:
-        """``limits`` within the ceilings, unset ones filled from them, for a host that
-        refuses before it runs anything (flags that lower an agent's limits); a
-        refusal is audited at ``tier``, with ``audit_fields``, and raised."""
-        record: dict[str, Any] = {
-            "tier": str(tier.value if isinstance(tier, SecurityTier) else tier)
-        }
+        """The effective limits of ``limits`` (unset ones: the ceilings), for a host that
+        decides limits before it runs anything (flags that lower an agent's limits, the
+        symbi kernel's ``%symbi_limits``); a limit above its ceiling is refused, audited
+        (at ``tier``, with ``audit_fields``) and raised."""
+        record: dict[str, Any] = {"event": "set-limits"}
+        if tier is not None:
+            record["tier"] = str(tier.value if isinstance(tier, SecurityTier) else tier)
         try:
             return self._admit_limits(limits, record)
         except SymbiError as exc:

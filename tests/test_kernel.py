@@ -4,6 +4,7 @@ jupyter_client sessions for state, interrupts, limits and clean-up."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -180,6 +181,70 @@ def test_native_refused_in_the_kernel_explains_the_operator_switch(
         assert reply["ename"] == "PolicyViolation" and "--allow-native" in reply["evalue"]
         records = [json.loads(line) for line in audit.read_text().splitlines()]
         assert [r["outcome"] for r in records] == ["refused"] * 3
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+
+
+def _audited(tmp_path: Path) -> Path:
+    """An audit log configured for the kernels started next (jupyter_symbi_config.py)."""
+    audit = tmp_path / "audit.jsonl"
+    config_dir = Path(os.environ["JUPYTER_CONFIG_DIR"])  # isolated per test (conftest)
+    (config_dir / "jupyter_symbi_config.py").write_text(
+        f"c.SandboxOrchestrator.audit_log_path = {str(audit)!r}\n"
+    )
+    return audit
+
+
+def _records(audit: Path) -> list[dict]:
+    return [json.loads(line) for line in audit.read_text().splitlines()] if audit.exists() else []
+
+
+def test_a_refusal_in_an_ipython_kernel_is_audited(tmp_path: Path) -> None:
+    """%%symbi in ipykernel (where the live line is set up): the orchestrator refuses
+    a limit above its ceiling, and audits it, as outside a kernel."""
+    audit = _audited(tmp_path)
+    km, kc = start_new_kernel(kernel_name="python3")
+    try:
+        assert run(kc, "%load_ext symbi_jupyter")[0]["status"] == "ok"
+        code = "print('never runs')"
+        reply, outputs = run(kc, f"%%symbi --max-memory 999999\n{code}")
+        assert reply["ename"] == "PolicyViolation" and "max_memory_mb=999999" in reply["evalue"]
+        assert "never runs" not in stdout(outputs)
+        [record] = _records(audit)
+        assert record["outcome"] == "refused"
+        assert record["error"].startswith("PolicyViolation: max_memory_mb=999999 MB exceeds")
+        # the cell's body, as IPython hands it to the magic (with its final newline)
+        assert record["code_sha256"] == hashlib.sha256(f"{code}\n".encode()).hexdigest()
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+
+
+def test_a_limit_refused_in_the_symbi_kernel_is_audited(
+    tmp_path: Path, workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    audit = _audited(tmp_path)
+    _install(tmp_path)
+    for key, value in _kernel_environment(tmp_path, workdir).items():
+        monkeypatch.setenv(key, value)
+    km, kc = start_new_kernel(kernel_name="symbi")
+    try:
+        reply, _ = run(kc, "%symbi_limits --max-memory 999999")
+        assert reply["ename"] == "PolicyViolation" and "max_memory_mb=999999" in reply["evalue"]
+        reply, _ = run(kc, "%%symbi --max-memory 999999\nprint('never runs')")
+        assert reply["ename"] == "PolicyViolation"
+        limits, cell = _records(audit)
+        assert (limits["event"], limits["outcome"], limits["tier"], limits["source"]) == (
+            "set-limits",
+            "refused",
+            "None",
+            "symbi kernel",
+        )
+        assert limits["error"].startswith("PolicyViolation: max_memory_mb=999999 MB exceeds")
+        assert cell["outcome"] == "refused" and "max_memory_mb=999999" in cell["error"]
+        # what was refused changed nothing: the cells still run under the ceilings
+        assert "memory 2048 MB" in stdout(run(kc, "%symbi_session info")[1])
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=True)

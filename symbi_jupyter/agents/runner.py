@@ -88,7 +88,7 @@ def run_trigger(
         # Above a ceiling is the orchestrator's refusal, audited; below it the flags
         # can only lower what the agent's mode gives.
         admitted = agent.orchestrator.admit_limits(
-            agent.tier, limits, agent=agent.name, trigger=trigger.name
+            limits, agent.tier, agent=agent.name, trigger=trigger.name
         )
         perms = dataclasses.replace(perms, limits=lowered(perms.limits, admitted, limits.network))
     env = {PAYLOAD_ENV: encoded, "SYMBI_AGENT": agent.name, "SYMBI_TRIGGER": trigger.name}

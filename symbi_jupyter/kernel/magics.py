@@ -173,7 +173,10 @@ class KernelMagics:
         kernel = self.kernel
         args = _limits_parser().parse_args(argv)
         new = ResourceLimits() if args.reset else limits_from_args(args, kernel.limits)
-        effective = new.within(kernel.orchestrator.ceilings())  # PolicyViolation if above
+        # The orchestrator decides, and audits a refusal (a limit above its ceiling).
+        effective = kernel.orchestrator.admit_limits(
+            new, tier=kernel.current_tier.value, source="symbi kernel"
+        )
         restart = any(getattr(new, k) != getattr(kernel.limits, k) for k in SESSION_LIMITS)
         kernel.limits = new
         if kernel.worker is not None:
@@ -228,9 +231,7 @@ class KernelMagics:
                     f"wall {format_duration(totals['wall_seconds'])}, "
                     f"highest cell peak {format_bytes(totals['peak_memory_bytes'])}"
                 )
-        lines.append(
-            f"limits: {_limits_text(kernel.limits.within(kernel.orchestrator.ceilings()))}"
-        )
+        lines.append(f"limits: {_limits_text(kernel.orchestrator.admit_limits(kernel.limits))}")
         return "\n".join(lines) + "\n"
 
     def _magic_stats(self, argv: list[str]) -> None:

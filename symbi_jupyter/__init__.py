@@ -36,8 +36,9 @@ def __getattr__(name: str) -> object:
 
 
 def load_ipython_extension(ipython: object) -> None:
-    """``%load_ext symbi_jupyter``: register the %%symbi and agent magics (one
-    orchestrator for both, so %config SandboxOrchestrator... applies to both)."""
+    """``%load_ext symbi_jupyter``: register the %%symbi and agent magics. Both use the
+    default orchestrator (:func:`~.orchestrator.default_orchestrator`), as agents loaded
+    without one do, so %config SandboxOrchestrator... applies to all of them."""
     from .agent_magics import AgentMagics
     from .magics import SymbiMagics
 
@@ -48,7 +49,11 @@ def load_ipython_extension(ipython: object) -> None:
 
 
 def unload_ipython_extension(ipython: object) -> None:
-    """Stop the sandboxes' helper processes when the extension is unloaded."""
+    """Stop the sandboxes' helper processes when the extension is unloaded; a later
+    load makes a new default orchestrator from the configuration as it is then."""
+    from .orchestrator import forget_default_orchestrator
+
     magics = ipython.magics_manager.registry.get("SymbiMagics")  # type: ignore[attr-defined]
     if magics is not None:
         magics.orchestrator.close()
+    forget_default_orchestrator()

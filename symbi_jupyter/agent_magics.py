@@ -19,7 +19,7 @@ from .agents.runner import ActionResult
 from .errors import ConfigError
 from .limit_flags import limit_arguments, limits_from_args
 from .magics import LiveOutput, print_output, print_truncation_markers, user_ns
-from .orchestrator import SandboxOrchestrator
+from .orchestrator import SandboxOrchestrator, default_orchestrator
 from .result import ExecutionResult
 
 
@@ -53,7 +53,7 @@ class AgentMagics(Magics):
         **kwargs: Any,
     ) -> None:
         super().__init__(shell=shell, **kwargs)
-        self.orchestrator = orchestrator or SandboxOrchestrator(parent=self)
+        self.orchestrator = orchestrator or default_orchestrator()
         #: agents defined so far, by name; a later definition replaces an earlier one
         self.agents: dict[str, Agent] = {}
         # Agents read their modes' limits from the orchestrator's config when they

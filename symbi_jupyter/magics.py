@@ -18,7 +18,7 @@ from traitlets import Bool, Instance
 from .errors import ConfigError
 from .limit_flags import limit_arguments, limits_from_args
 from .limits import ResourceLimits
-from .orchestrator import SandboxOrchestrator
+from .orchestrator import SandboxOrchestrator, default_orchestrator
 from .render import Comparison, LiveLine, LiveUpdates, ResultDisplay, TierLadder
 from .result import ExecutionResult
 from .tiers import SecurityTier
@@ -47,9 +47,11 @@ class SymbiMagics(Magics):
     )
     orchestrator = Instance(SandboxOrchestrator)
 
-    def __init__(self, shell: Any = None, **kwargs: Any) -> None:
+    def __init__(
+        self, shell: Any = None, orchestrator: SandboxOrchestrator | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(shell=shell, **kwargs)
-        self.orchestrator = SandboxOrchestrator(parent=self)
+        self.orchestrator = orchestrator or default_orchestrator()
         self._register(self, self.orchestrator, ResultDisplay.instance())
 
     def _register(self, *configurables: Any) -> None:

@@ -7,6 +7,7 @@ import atexit
 import dataclasses
 import hashlib
 import os
+import sys
 import threading
 import time
 import weakref
@@ -502,6 +503,43 @@ def _close_at_exit(ref: weakref.ref) -> None:
     orchestrator = ref()
     if orchestrator is not None:
         orchestrator.close()
+
+
+_default: SandboxOrchestrator | None = None
+_default_lock = threading.Lock()
+
+
+def default_orchestrator() -> SandboxOrchestrator:
+    """The orchestrator of code that names none: the magics of ``%load_ext
+    symbi_jupyter`` and agents loaded without one (``agents.load(text)``).
+
+    One per process, made on first use and closed at exit (as every orchestrator is),
+    configured as :func:`~.config.load_config` layers it: Symbiont's ``config.toml``
+    from ``$SYMBIONT_CONFIG``, ``jupyter_symbi_config`` files, ``SYMBIONT_*``, and in
+    an IPython session the shell's own configuration beneath them (so the magics and
+    the agents of a notebook share one orchestrator, and ``%config`` reaches both).
+    """
+    global _default
+    with _default_lock:
+        if _default is None:
+            _default = SandboxOrchestrator(parent=_ipython_shell())
+        return _default
+
+
+def forget_default_orchestrator() -> None:
+    """Close the default orchestrator and forget it, so the next use makes a new one
+    from the configuration as it is then (``%unload_ext symbi_jupyter``)."""
+    global _default
+    with _default_lock:
+        orchestrator, _default = _default, None
+    if orchestrator is not None:
+        orchestrator.close()
+
+
+def _ipython_shell() -> Any:
+    """The running IPython shell, if any; IPython is not imported for it."""
+    ipython = sys.modules.get("IPython")
+    return ipython.get_ipython() if ipython is not None else None
 
 
 def _result_record(result: ExecutionResult) -> dict[str, Any]:

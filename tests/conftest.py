@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from IPython.core.interactiveshell import InteractiveShell
 
-from symbi_jupyter.orchestrator import SandboxOrchestrator
+from symbi_jupyter.orchestrator import SandboxOrchestrator, forget_default_orchestrator
 from symbi_jupyter.render import ResultDisplay
 
 from .helpers import need
@@ -30,6 +30,9 @@ def isolated_config(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.Te
     monkeypatch.setenv("JUPYTER_CONFIG_DIR", str(empty))
     monkeypatch.setenv("JUPYTER_CONFIG_PATH", "")
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path_factory.mktemp("state")))
+    yield
+    # Made in this configuration: the next test's may differ.
+    forget_default_orchestrator()
 
 
 @pytest.fixture

@@ -9,6 +9,8 @@ import os
 import re
 import shutil
 import socket
+import subprocess
+import sys
 import textwrap
 import threading
 import uuid
@@ -25,7 +27,7 @@ from symbi_jupyter import (
 )
 from symbi_jupyter.agents import Agent, Emitted, Ref, Run, SandboxMode, load
 from symbi_jupyter.agents.render import render_card_html, render_card_text
-from symbi_jupyter.orchestrator import SandboxOrchestrator
+from symbi_jupyter.orchestrator import SandboxOrchestrator, forget_default_orchestrator
 from symbi_jupyter.render import ResultDisplay
 
 from .helpers import need, run_cell
@@ -588,12 +590,73 @@ def test_an_agent_text_past_the_size_limit_is_refused_before_parsing():
         load(text)
 
 
-def test_unbound_agents_and_unknown_triggers(orch):
-    agent = one(SEED)
-    with pytest.raises(ConfigError, match="not bound to an orchestrator"):
-        agent.trigger("local_processing")
+def test_unknown_triggers(orch):
     with pytest.raises(ConfigError, match="no trigger 'nope'; its triggers: 'local_processing'"):
-        agent.bind(orch).trigger("nope")
+        one(SEED).bind(orch).trigger("nope")
+
+
+# agents.load(text) then trigger in a process of its own, as a script does: what ran.
+DEFAULT_RUN = """\
+import atexit, json, sys
+from symbi_jupyter import SandboxOrchestrator, agents, orchestrator
+
+TEXT = '''
+agent Probe {
+  security { tier: None sandbox: Permissive }
+  on trigger "t" { run_code("python3", "print('ran')") }
+}
+'''
+seen = {}
+
+
+def at_exit():
+    # Registered before the default orchestrator exists, so it runs after that one's
+    # own exit handler.
+    seen["sandboxes_at_exit"] = len(orchestrator._default.active_sandboxes())
+    print(json.dumps(seen), flush=True)
+
+
+atexit.register(at_exit)
+[probe] = agents.load(TEXT)
+seen["made_at_load"] = orchestrator._default is not None
+[ran] = probe.trigger("t")
+seen["default"] = [ran.stdout, ran.limits.max_memory_mb]
+seen["same"] = orchestrator.default_orchestrator() is orchestrator._default
+seen["sandboxes_after_run"] = len(orchestrator._default.active_sandboxes())
+explicit = SandboxOrchestrator(
+    allow_native_execution=True, max_memory_mb=200, working_directory=sys.argv[1]
+)
+[mine] = agents.load(TEXT, orchestrator=explicit)
+[ran] = mine.trigger("t")
+seen["explicit"] = [ran.stdout, ran.limits.max_memory_mb]
+explicit.close()
+"""
+
+
+def test_load_without_an_orchestrator_runs_through_the_default_one(tmp_path, workdir):
+    """agents.load(text) then trigger, as the seed does: the default orchestrator is
+    configured from $SYMBIONT_CONFIG (native on, a memory ceiling), made on first use,
+    closed at exit; orchestrator= wins over it."""
+    toml = tmp_path / "config.toml"
+    toml.write_text(
+        f'[native_execution]\nenabled = true\nworking_directory = "{workdir}"\n'
+        "max_memory_mb = 300\n"
+    )
+    env = {**os.environ, "SYMBIONT_CONFIG": str(toml)}
+    done = subprocess.run(
+        [sys.executable, "-c", DEFAULT_RUN, str(workdir)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout.splitlines()[-1])
+    assert seen["made_at_load"] is False  # made when the trigger needed it
+    assert seen["default"] == ["ran\n", 300]  # the Permissive 2048 MB, lowered by config.toml
+    assert seen["same"] is True
+    assert seen["explicit"] == ["ran\n", 200]
+    assert (seen["sandboxes_after_run"], seen["sandboxes_at_exit"]) == (1, 0)
 
 
 @pytest.mark.parametrize(
@@ -754,9 +817,13 @@ def test_a_directory_that_cannot_be_mounted_is_on_the_card(orch, tmp_path):
     assert not missing.allowed and missing.reason.endswith("does not exist")
 
 
-def test_unbound_card_says_the_policy_is_unknown():
+def test_an_unbound_card_shows_the_default_orchestrators_policy(monkeypatch):
     card = render_card_text(one(SEED))
-    assert card.endswith("not bound to an orchestrator: what the policy permits is not known")
+    assert "\n  policy (default orchestrator)\n    ✗ tier None: native execution" in card
+    assert ">policy (default orchestrator)</th>" in render_card_html(one(SEED))
+    forget_default_orchestrator()
+    monkeypatch.setenv("SYMBIONT_ALLOW_NATIVE_EXECUTION", "true")  # configured as the magics'
+    assert "\n    ✓ tier None: native execution is allowed" in render_card_text(one(SEED))
 
 
 # -- container tiers -----------------------------------------------------------------
@@ -883,6 +950,10 @@ def test_agent_magics_share_the_symbi_orchestrator(ip):
     symbi = ip.magics_manager.registry["SymbiMagics"]
     agents = ip.magics_manager.registry["AgentMagics"]
     assert agents.orchestrator is symbi.orchestrator
+    # agents.load(text) in the notebook too: %config reaches them
+    ip.run_line_magic("config", "SandboxOrchestrator.allow_native_execution = True")
+    [ran] = one(agent_text(body='run_code("python3", "print(7)")')).trigger("t")
+    assert ran.stdout == "7\n" and ran.tier is SecurityTier.NONE
     assert agents in ip.configurables
     ip.run_line_magic("config", "AgentMagics.show_cards = False")
     result, cap = run(ip, "%%symbi_agent\n" + SEED)

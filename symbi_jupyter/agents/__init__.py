@@ -2,8 +2,11 @@
 
     from symbi_jupyter import agents
 
-    [worker] = agents.load(text, orchestrator=orch)
+    [worker] = agents.load(text)   # or load(text, orchestrator=orch)
     results = worker.trigger("local_processing", payload={"file": "data.csv"})
+
+Without ``orchestrator=`` the agents run through the default orchestrator, configured
+as the magics' is (``$SYMBIONT_CONFIG``, Jupyter config files, ``SYMBIONT_*``).
 
 See ``agent.lark`` for the grammar, :mod:`.grants` for what capabilities and sandbox
 modes permit, and :mod:`.runner` for how a trigger runs.

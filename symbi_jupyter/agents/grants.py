@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import policy
 from ..errors import ConfigError, PolicyViolation, SymbiError, TierUnavailable
@@ -15,6 +15,9 @@ from ..limits import CEILING_TRAITS, ResourceLimits
 from ..tiers import SecurityTier
 from .model import Agent, Run, SandboxMode
 from .modes import SandboxModeLimits
+
+if TYPE_CHECKING:
+    from ..orchestrator import SandboxOrchestrator
 
 #: Where containers see the notebook directory.
 CONTAINER_NOTEBOOK_DIR = "/notebook"
@@ -46,6 +49,8 @@ class Permissions:
     limits: ResourceLimits
     #: trigger name -> one verdict per code action, in order
     actions: dict[str, list[tuple[Run, Verdict]]]
+    #: what runs the agent's actions: its own, else the default orchestrator
+    orchestrator: SandboxOrchestrator = dataclasses.field(repr=False, compare=False)
 
     def check(self, action: Run) -> None:
         """Raise :class:`PolicyViolation` if the agent's own definition forbids
@@ -60,13 +65,13 @@ class Permissions:
 
 
 def permissions(agent: Agent) -> Permissions:
-    """The :class:`Permissions` of a bound agent."""
+    """The :class:`Permissions` of ``agent`` under the orchestrator it is bound to, or,
+    if none, the default one (:func:`~..orchestrator.default_orchestrator`)."""
     orch = agent.orchestrator
     if orch is None:
-        raise ConfigError(
-            f"agent {agent.name} is not bound to an orchestrator: "
-            "load(text, orchestrator=...) or agent.bind(orchestrator)"
-        )
+        from ..orchestrator import default_orchestrator
+
+        orch = default_orchestrator()
     tier = _tier_verdict(agent.tier, orch.allow_native_execution, orch.native_refusal)
     network = _network_verdict(agent, orch.allow_network)
     mount = agent.sandbox.mount if agent.has("local_filesystem") else None
@@ -77,7 +82,7 @@ def permissions(agent: Agent) -> Permissions:
         name: [(a, _action_verdict(agent, a, orch)) for a in trigger.actions if isinstance(a, Run)]
         for name, trigger in agent.triggers.items()
     }
-    return Permissions(agent, tier, network, filesystem, mount, limits, actions)
+    return Permissions(agent, tier, network, filesystem, mount, limits, actions, orch)
 
 
 def clamp(limits: ResourceLimits, ceilings: ResourceLimits) -> ResourceLimits:

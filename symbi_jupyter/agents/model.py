@@ -177,9 +177,10 @@ class Trigger:
 
 @dataclasses.dataclass(frozen=True)
 class Agent:
-    """One agent definition, bound (or not yet) to the orchestrator that runs it.
+    """One agent definition, bound (or not) to the orchestrator that runs it.
 
-    Bind it with :meth:`bind` or ``load(text, orchestrator=...)``; then
+    Bind it with :meth:`bind` or ``load(text, orchestrator=...)``; an agent not bound
+    runs through the default orchestrator (configured as the magics' is).
     :meth:`trigger` runs a trigger's actions at the agent's tier, under its sandbox
     mode and capabilities, each through ``orchestrator.execute_code``.
     """

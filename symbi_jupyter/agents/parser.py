@@ -68,7 +68,10 @@ def load(
     directory: str | os.PathLike[str] | None = None,
 ) -> list[Agent]:
     """The agents defined in ``text`` (any number), bound to ``orchestrator`` when one
-    is given; ``directory`` is their notebook directory (default: the current one)."""
+    is given; ``directory`` is their notebook directory (default: the current one).
+    Agents loaded without one run through the default orchestrator
+    (:func:`~..orchestrator.default_orchestrator`, configured as the magics' is), made
+    when first needed."""
     agents = _Reader(text).agents()
     if orchestrator is not None:
         agents = [agent.bind(orchestrator, directory) for agent in agents]

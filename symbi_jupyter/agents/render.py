@@ -61,8 +61,10 @@ class _Card:
 
     def __init__(self, agent: Agent) -> None:
         self.agent = agent
-        self.perms: Permissions | None = permissions(agent) if agent.orchestrator else None
-        limits = self.perms.limits if self.perms else agent.sandbox.limits
+        # An unbound agent runs through the default orchestrator: its card says so.
+        self.perms: Permissions = permissions(agent)
+        self.policy_title = "policy" if agent.orchestrator else "policy (default orchestrator)"
+        limits = self.perms.limits
         self.fields: list[tuple[str, str]] = []
         if agent.metadata:
             self.fields.append(
@@ -80,17 +82,14 @@ class _Card:
             self.fields.append(("directory", agent.directory))
 
     def policy(self) -> list[Verdict]:
-        if self.perms is None:
-            return []
         return [self.perms.tier, self.perms.filesystem, self.perms.network]
 
     def triggers(self) -> list[tuple[str, list[tuple[str, Verdict | None]]]]:
         """Trigger name -> (action excerpt, its verdict; None for an emit)."""
         verdicts: dict[int, Verdict] = {}
-        if self.perms is not None:
-            for items in self.perms.actions.values():
-                for run, verdict in items:
-                    verdicts[id(run)] = verdict
+        for items in self.perms.actions.values():
+            for run, verdict in items:
+                verdicts[id(run)] = verdict
         out = []
         for name, trigger in self.agent.triggers.items():
             rows: list[tuple[str, Verdict | None]] = []
@@ -116,12 +115,8 @@ def render_card_text(agent: Agent) -> str:
                 else:
                     mark = _OK if verdict.allowed else _NO
                     lines.append(f"      {mark} {source}: {verdict.reason}")
-    policy = card.policy()
-    if policy:
-        lines.append("  policy")
-        lines += [f"    {_OK if v.allowed else _NO} {v.subject}: {v.reason}" for v in policy]
-    else:
-        lines.append("  not bound to an orchestrator: what the policy permits is not known")
+    lines.append(f"  {card.policy_title}")
+    lines += [f"    {_OK if v.allowed else _NO} {v.subject}: {v.reason}" for v in card.policy()]
     return "\n".join(lines)
 
 
@@ -144,14 +139,11 @@ def render_card_html(agent: Agent) -> str:
             for source, verdict in actions
         )
         rows.append(f"<tr><th {head}>on {esc(_value(name))}</th><td {cell}>{items}</td></tr>")
-    policy = card.policy()
-    if policy:
-        items = "".join(
-            f"<div>{_mark_html(v)} <b>{esc(v.subject)}</b>: {esc(v.reason)}</div>" for v in policy
-        )
-    else:
-        items = "<div>not bound to an orchestrator: what the policy permits is not known</div>"
-    rows.append(f"<tr><th {head}>policy</th><td {cell}>{items}</td></tr>")
+    items = "".join(
+        f"<div>{_mark_html(v)} <b>{esc(v.subject)}</b>: {esc(v.reason)}</div>"
+        for v in card.policy()
+    )
+    rows.append(f"<tr><th {head}>{esc(card.policy_title)}</th><td {cell}>{items}</td></tr>")
     return (
         f'<div class="symbi-agent" data-agent="{esc(agent.name)}" style="display:inline-block;'
         "font-family:system-ui,-apple-system,'Segoe UI',sans-serif;font-size:12px;"

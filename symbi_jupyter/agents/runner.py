@@ -78,8 +78,7 @@ def run_trigger(
             try:
                 perms.check(action)
             except PolicyViolation as exc:
-                assert agent.orchestrator is not None  # permissions() refused an unbound agent
-                agent.orchestrator.audit_refusal(
+                perms.orchestrator.audit_refusal(
                     agent.tier, exc, agent=agent.name, trigger=trigger.name
                 )
                 raise
@@ -147,8 +146,7 @@ def _run(
     env: dict[str, str],
     on_output: Callable[[str, bytes], None] | None,
 ) -> ExecutionResult:
-    orch = agent.orchestrator
-    assert orch is not None  # permissions() refused an unbound agent
+    orch = perms.orchestrator
     tier = SecurityTier.NONE if action.native else agent.tier
     env = dict(env)
     limits = perms.limits

@@ -65,7 +65,7 @@ def run_trigger(
     on_result: Callable[[ActionResult], None] | None = None,
     limits: ResourceLimits | None = None,
 ) -> list[ActionResult]:
-    """Run trigger ``name`` of a bound ``agent``: see :meth:`Agent.trigger`."""
+    """Run trigger ``name`` of ``agent``: see :meth:`Agent.trigger`."""
     trigger = agent.triggers.get(name)
     if trigger is None:
         known = ", ".join(repr(t) for t in agent.triggers) or "none"
@@ -83,10 +83,9 @@ def run_trigger(
                 )
                 raise
     if limits is not None:
-        assert agent.orchestrator is not None
         # Above a ceiling is the orchestrator's refusal, audited; below it the flags
         # can only lower what the agent's mode gives.
-        admitted = agent.orchestrator.admit_limits(
+        admitted = perms.orchestrator.admit_limits(
             limits, agent.tier, agent=agent.name, trigger=trigger.name
         )
         perms = dataclasses.replace(perms, limits=lowered(perms.limits, admitted, limits.network))

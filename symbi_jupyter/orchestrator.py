@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -34,6 +34,9 @@ def _default_audit_path() -> str:
     state = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
     return os.path.join(state, "symbi-jupyter", "audit.jsonl")
 
+
+#: The language of a run of ``argv``: a command, no interpreter in between.
+COMMAND = "command"
 
 #: Symbiont's native working directory (its config.toml default).
 SHARED_WORKING_DIRECTORY = "/tmp/symbiont-native"
@@ -273,6 +276,8 @@ class SandboxOrchestrator(LoggingConfigurable):
         on_sample: Callable[[UsageSample], None] | None = None,
         on_admitted: Callable[[SecurityTier, ResourceLimits], None] | None = None,
         volumes: tuple[str, ...] | list[str] = (),
+        argv: Sequence[str] | None = None,
+        cwd: str | None = None,
     ) -> ExecutionResult:
         """Run ``code`` at ``tier`` (``None``: the default tier) and return its result.
         ``on_output`` gets the output as it comes, ``on_sample`` each look at the
@@ -281,6 +286,13 @@ class SandboxOrchestrator(LoggingConfigurable):
         ``volumes`` mounts host directories for this run only (HOST:CONTAINER[:ro|rw],
         read-only by default; container tiers only, validated like
         ``DockerSandbox.volumes``).
+
+        Tier None only: ``argv`` runs a command without a shell instead of code in a
+        language (``code`` is then the command as written, for the audit); its
+        program ``argv[0]`` is found on the run's ``PATH`` and checked against
+        ``allowed_executables`` by real path (see :func:`policy.command_argv` for
+        splitting a command line). ``cwd`` is where the run starts, an absolute
+        directory (default: its own run directory).
 
         Raises :class:`PolicyViolation`, :class:`TierUnavailable` or
         :class:`ConfigError` when the code cannot run as asked; a limit that stops the
@@ -292,9 +304,17 @@ class SandboxOrchestrator(LoggingConfigurable):
         record: dict[str, Any] = {"code_sha256": digest, "tier": str(tier)}
         try:
             chosen = self._admit_tier(tier, record)
-            language = language or self.default_language
-            policy.language_spec(language)
+            if argv is None:
+                language = language or self.default_language
+                policy.language_spec(language)
+            else:
+                argv = _checked_argv(argv, language, executable)
+                record["argv"] = argv
+                language = COMMAND
+            if cwd is not None:
+                record["cwd"] = cwd
             effective = self._admit_limits(limits, record)
+            clean_env = policy.check_env(env or {})
             sandbox = self.sandbox(chosen)
             if volumes:
                 record["volumes"] = list(volumes)
@@ -305,13 +325,13 @@ class SandboxOrchestrator(LoggingConfigurable):
                 code=data,
                 language=language,
                 limits=effective,
-                env=policy.check_env(env or {}),
+                env=clean_env,
                 executable=executable,
                 keep_workdir=keep_workdir,
                 on_output=on_output,
                 volumes=tuple(volumes),
                 code_sha256=digest,
-                policy=self._run_policy(chosen, language, executable),
+                policy=self._run_policy(chosen, language, executable, argv, cwd, clean_env),
             )
             if on_admitted is not None:
                 on_admitted(chosen, effective)
@@ -401,10 +421,18 @@ class SandboxOrchestrator(LoggingConfigurable):
         self._audit(record, outcome="started", duration_seconds=time.monotonic() - started)
         return session
 
-    def _run_policy(self, tier: SecurityTier, language: str, executable: str | None) -> RunPolicy:
+    def _run_policy(
+        self,
+        tier: SecurityTier,
+        language: str,
+        executable: str | None,
+        argv: list[str] | None = None,
+        cwd: str | None = None,
+        env: dict[str, str] | None = None,
+    ) -> RunPolicy:
         """What the sandbox of ``tier`` is to read, decided and checked here once."""
-        decided = dataclasses.replace(
-            RunPolicy.for_language(language),
+        decided = RunPolicy(
+            *(policy.language_spec(language) if argv is None else (argv[0], "")),
             env_passthrough=tuple(self.env_passthrough),
             enforce_resource_limits=self.enforce_resource_limits,
         )
@@ -415,19 +443,47 @@ class SandboxOrchestrator(LoggingConfigurable):
                     f"{tier.display_name} choose the interpreter with the language "
                     "(python3, bash, sh, node)"
                 )
+            if argv is not None or cwd is not None:
+                raise ConfigError(
+                    f"argv and cwd apply to tier None only; at {tier.display_name} run "
+                    "a command as code in the language sh"
+                )
             return decided
         workdir = policy.validate_working_directory(self.working_directory)
-        name = executable or decided.interpreter
-        search_path = policy.executable_search_path()
-        real = policy.check_executable(name, self.allowed_executables, search_path)
+        if cwd is not None and not (os.path.isabs(cwd) and os.path.isdir(cwd)):
+            raise ConfigError(f"cwd {cwd!r} must be the absolute path of a directory")
+        if argv is not None:
+            real, found = self.command_program(argv[0], env, cwd)
+            return dataclasses.replace(
+                decided,
+                working_directory=workdir,
+                executable=real,
+                argv0=found,
+                arguments=tuple(argv[1:]),
+                start_directory=cwd,
+            )
+        real, found = self.interpreter(executable or decided.interpreter)
         # argv[0] keeps the path as found (a virtualenv's bin/python3) so the interpreter
         # finds its environment; what is executed is the checked real path.
         return dataclasses.replace(
-            decided,
-            working_directory=workdir,
-            executable=real,
-            argv0=policy.find_executable(name, search_path),
+            decided, working_directory=workdir, executable=real, argv0=found, start_directory=cwd
         )
+
+    def interpreter(self, name: str) -> tuple[str, str]:
+        """Tier None: the interpreter or executable ``name`` as a run gets it, (its real
+        path, its path as found on :func:`policy.executable_search_path`);
+        :class:`PolicyViolation` unless ``allowed_executables`` has it."""
+        search_path = policy.executable_search_path()
+        real = policy.check_executable(name, self.allowed_executables, search_path)
+        return real, policy.find_executable(name, search_path) or real
+
+    def command_program(
+        self, name: str, env: Mapping[str, str] | None = None, cwd: str | None = None
+    ) -> tuple[str, str]:
+        """Tier None: the program a command run without a shell starts, as it is found
+        (see :func:`policy.command_program`); :class:`PolicyViolation` unless
+        ``allowed_executables`` has it."""
+        return policy.command_program(name, self.allowed_executables, env or {}, cwd)
 
     def audit_refusal(
         self, tier: SecurityTier | str | None, error: SymbiError, **fields: Any
@@ -497,6 +553,23 @@ class SandboxOrchestrator(LoggingConfigurable):
             for sandbox in self._sandboxes.values():
                 sandbox.close()
             self._sandboxes.clear()
+
+
+def _checked_argv(argv: Sequence[str], language: str | None, executable: str | None) -> list[str]:
+    """``argv`` as a list of strings, each without NUL, the first not empty."""
+    if language or executable:
+        raise ConfigError(
+            "argv runs a command, not code: give no language or executable with it "
+            "(argv[0] is the program)"
+        )
+    if isinstance(argv, str | bytes) or not argv:
+        raise ConfigError(f"argv must be a non-empty list of strings, not {argv!r}")
+    for arg in argv:
+        if not isinstance(arg, str) or "\0" in arg:
+            raise ConfigError(f"argv holds {arg!r}: every argument must be a string without NUL")
+    if not argv[0]:
+        raise ConfigError("argv[0], the program to run, is empty")
+    return list(argv)
 
 
 def _close_at_exit(ref: weakref.ref) -> None:

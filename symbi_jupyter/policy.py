@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import shutil
 import stat
 import sys
@@ -120,6 +121,143 @@ def language_spec(language: str) -> tuple[str, str]:
     return spec
 
 
+# Unquoted, these make a command more than words: what a shell would do with them.
+_UNQUOTED = {
+    "|": "a pipe",
+    "&": "&& or a background job",
+    ";": "a command separator",
+    "<": "a redirection",
+    ">": "a redirection",
+    "(": "a subshell",
+    ")": "a subshell",
+    "$": "an expansion",
+    "`": "a command substitution",
+    "*": "a glob",
+    "?": "a glob",
+    "[": "a glob",
+    "\n": "a second line",
+}
+# Within double quotes a shell still expands these.
+_DOUBLE_QUOTED = {"$": "an expansion", "`": "a command substitution"}
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+#: How to run what needs a shell, where a command runs without one.
+BASH_ADVICE = (
+    'write the shell explicitly, bash -c "..." (in single quotes where the script '
+    "uses $), which runs only where bash is on SandboxOrchestrator.allowed_executables"
+)
+
+
+def _shell_syntax(text: str, meaning: str) -> PolicyViolation:
+    return PolicyViolation(
+        f"{text!r} is shell syntax ({meaning}), but the command runs without a shell, so "
+        f"that the allowlist governs what it starts; {BASH_ADVICE}"
+    )
+
+
+def command_argv(command: str) -> list[str]:
+    """Split ``command`` into an argument vector by the shell's word rules (blanks,
+    single and double quotes, backslashes), to run it without a shell: so the
+    allowlist governs what it starts. Anything more a shell would do (pipes,
+    redirections, ``;``, ``&&``, ``$`` and backquotes, globs, ``~``, comments,
+    assignments, a second line) is a :class:`PolicyViolation` that says to write the
+    shell explicitly; an unterminated quote or an empty command a :class:`ConfigError`."""
+    words: list[str] = []
+    word: list[str] = []
+    in_word = False
+    plain = True  # nothing of the word so far was quoted or escaped
+    i, n = 0, len(command)
+    while i < n:
+        c = command[i]
+        if c in " \t":
+            if in_word:
+                words.append("".join(word))
+                word, in_word, plain = [], False, True
+            i += 1
+            continue
+        if c == "\\":
+            if i + 1 == n:
+                raise ConfigError(f"the command {command!r} ends in a backslash")
+            if command[i + 1] != "\n":  # a backslash-newline continues the line
+                word.append(command[i + 1])
+                in_word, plain = True, False
+            i += 2
+            continue
+        if c == "'":
+            end = command.find("'", i + 1)
+            if end < 0:
+                raise ConfigError(f"the command {command!r} has an unterminated ' quote")
+            word.append(command[i + 1 : end])
+            i = end + 1
+        elif c == '"':
+            i = _double_quoted(command, i + 1, word)
+        elif c in _UNQUOTED:
+            raise _shell_syntax(c, _UNQUOTED[c])
+        elif c in "#~" and not in_word:
+            raise _shell_syntax(c, "a comment" if c == "#" else "the home directory")
+        elif c == "=" and not words and plain and _NAME.fullmatch("".join(word)):
+            raise _shell_syntax("".join(word) + "=", "a variable assignment")
+        else:
+            word.append(c)
+            in_word = True
+            i += 1
+            continue
+        in_word, plain = True, False  # a quoted part, even an empty one, makes a word
+    if in_word:
+        words.append("".join(word))
+    if not words:
+        raise ConfigError("the command is empty; name the program to run")
+    return words
+
+
+def _double_quoted(command: str, i: int, word: list[str]) -> int:
+    """Add the double-quoted text from ``i`` to ``word``; where it ends."""
+    n = len(command)
+    while i < n:
+        c = command[i]
+        if c == '"':
+            return i + 1
+        if c == "\\" and i + 1 < n and command[i + 1] in '$`"\\\n':
+            if command[i + 1] != "\n":
+                word.append(command[i + 1])
+            i += 2
+            continue
+        if c in _DOUBLE_QUOTED:
+            raise _shell_syntax(c, _DOUBLE_QUOTED[c])
+        word.append(c)
+        i += 1
+    raise ConfigError(f'the command {command!r} has an unterminated " quote')
+
+
+def native_path() -> str:
+    """The ``PATH`` of a native run: this Python's directory first, then the system's."""
+    return os.pathsep.join(
+        dict.fromkeys([os.path.dirname(sys.executable), "/usr/local/bin", "/usr/bin", "/bin"])
+    )
+
+
+def command_program(
+    name: str, allowed: Iterable[str], env: Mapping[str, str], start_directory: str | None
+) -> tuple[str, str]:
+    """The program a command without a shell starts, found as the run would find it:
+    a name on the run's ``PATH`` (``env``'s, else :func:`native_path`), a relative path
+    from ``start_directory``. Checked like :func:`check_executable`, against the
+    allowlist's names as found on :func:`executable_search_path`; returns (the real
+    path to execute, the path as found)."""
+    if os.sep in name and not os.path.isabs(name):
+        if start_directory is None:
+            raise PolicyViolation(
+                f"the program {name!r} is a relative path, but the run starts in a "
+                "directory of its own, which holds nothing to run; name it by its name "
+                "on PATH or by its absolute path"
+            )
+        name = os.path.normpath(os.path.join(start_directory, name))
+    entries = env.get("PATH", native_path()).split(os.pathsep)
+    run_path = os.pathsep.join(e for e in entries if os.path.isabs(e))
+    real = check_executable(name, allowed, executable_search_path(), name_path=run_path)
+    return real, find_executable(name, run_path) or real
+
+
 def executable_search_path(environ: Mapping[str, str] | None = None) -> str:
     """Where executable names are looked up: the running Python's own directory first
     (so ``python3`` is the interpreter of this environment), then ``PATH``."""
@@ -148,14 +286,18 @@ def resolve_executable(name: str, search_path: str) -> str | None:
     return os.path.realpath(found) if found else None
 
 
-def check_executable(name: str, allowed: Iterable[str], search_path: str) -> str:
-    """Resolve ``name`` and compare real paths with the allowlist's real paths, so a
+def check_executable(
+    name: str, allowed: Iterable[str], search_path: str, name_path: str | None = None
+) -> str:
+    """Resolve ``name`` (on ``name_path``, default ``search_path``) and compare real
+    paths with the allowlist's real paths (its names resolved on ``search_path``), so a
     file that merely *is called* ``python3`` (a symlink, a PATH trick) is refused.
     Returns the real path to execute."""
     allowed = list(allowed)
-    real = resolve_executable(name, search_path)
+    where = search_path if name_path is None else name_path
+    real = resolve_executable(name, where)
     if real is None:
-        raise PolicyViolation(f"executable {name!r} was not found on {search_path}")
+        raise PolicyViolation(f"executable {name!r} was not found on {where}")
     permitted = _permitted(tuple(allowed), search_path)
     if real not in permitted:
         raise PolicyViolation(

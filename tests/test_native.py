@@ -295,6 +295,48 @@ def test_executable_outside_allowlist_refused(orch):
     assert orch.execute_code(NONE, "echo ok", language="bash").stdout == "ok\n"
 
 
+def test_argv_runs_its_program_without_a_shell_where_cwd_says(orch, workdir, audit_path):
+    start = workdir / "start"
+    start.mkdir(mode=0o755)
+    tool = start / "tool.py"
+    tool.write_text("#!/bin/sh\necho tool\n")
+    tool.chmod(0o755)
+    (start / "show.py").write_text("import os, sys; print(os.getcwd(), sys.argv[1:])\n")
+    res = orch.execute_code(
+        NONE, "python3 show.py '$HOME'", argv=["python3", "show.py", "$HOME"], cwd=str(start)
+    )
+    assert res.success, res.stderr
+    assert res.stdout == f"{start} ['$HOME']\n"  # nothing expanded: no shell
+    assert res.language == "command"
+    record = json.loads(audit_path.read_text().splitlines()[-1])
+    assert (record["argv"], record["cwd"]) == (["python3", "show.py", "$HOME"], str(start))
+    # Its program is checked like an interpreter: by real path, against the allowlist.
+    orch.allowed_executables = ["bash"]
+    with pytest.raises(PolicyViolation, match=r"executable 'python3' resolves to .* not on"):
+        orch.execute_code(NONE, "python3", argv=["python3"])
+    # A relative path is found from cwd, and without one there is nothing to find.
+    with pytest.raises(PolicyViolation, match=r"'\./tool\.py' is a relative path"):
+        orch.execute_code(NONE, "./tool.py", argv=["./tool.py"])
+    with pytest.raises(PolicyViolation, match=f"executable '{tool}' resolves to {tool}, which"):
+        orch.execute_code(NONE, "./tool.py", argv=["./tool.py"], cwd=str(start))
+
+
+@pytest.mark.parametrize(
+    ("tier", "kwargs", "message"),
+    [
+        (NONE, {"argv": []}, "argv must be a non-empty list"),
+        (NONE, {"argv": "python3 x"}, "argv must be a non-empty list"),
+        (NONE, {"argv": ["python3", "a\0b"]}, "without NUL"),
+        (NONE, {"argv": ["python3"], "language": "python3"}, "give no language"),
+        (NONE, {"argv": ["python3"], "cwd": "relative"}, "absolute path of a directory"),
+        (SecurityTier.TIER1, {"argv": ["python3"]}, "tier None only"),
+    ],
+)
+def test_bad_argv_and_cwd_are_config_errors(orch, tier, kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        orch.execute_code(tier, "x", **kwargs)
+
+
 @pytest.mark.parametrize("path", ["/etc/symbi", "/usr/lib/x", "/", "relative/dir", "/proc/x"])
 def test_working_directory_blocklist(orch, path):
     orch.working_directory = path

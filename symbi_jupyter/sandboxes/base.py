@@ -52,6 +52,12 @@ class RunPolicy:
     #: tier None: that interpreter's path as found, its argv[0] (through it a
     #: virtualenv's bin/python3 finds its environment)
     argv0: str | None = None
+    #: tier None: the arguments after argv[0] of a command run without a shell, in
+    #: place of the code file (None: the interpreter runs the code file)
+    arguments: tuple[str, ...] | None = None
+    #: tier None: where the run starts (a directory of the host, a volume's); None: its
+    #: own run directory
+    start_directory: str | None = None
     #: tier None: the host environment variables a run gets
     env_passthrough: tuple[str, ...] = ()
     #: tier None: whether OS limits are applied

@@ -242,7 +242,13 @@ class NativeSandbox(Sandbox):
         spec, enforcement = run_spec(request, self.use_cgroups, worker=stdin_fd is not None)
         # The monitor makes the run directory: it stands in the environment as RUN_DIR.
         env = native_environment(request.env, pol.env_passthrough, RUN_DIR)
-        usual = filename.endswith(".py") and not request.executable and not request.env
+        usual = (
+            filename.endswith(".py")
+            and not request.executable
+            and not request.env
+            and pol.arguments is None
+            and pol.start_directory is None
+        )
         if stdin_fd is not None or not usual:
             prestart = "skip"  # runs unlike the usual one do not change what spares start
         else:
@@ -251,6 +257,8 @@ class NativeSandbox(Sandbox):
             executable=real_exe,
             argv0=pol.argv0,
             filename=filename,
+            args=None if pol.arguments is None else list(pol.arguments),
+            start_dir=pol.start_directory,
             workdir=str(workdir),
             binds=volume_binds(request.volumes, workdir),
             env=env,

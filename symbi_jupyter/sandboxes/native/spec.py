@@ -8,7 +8,6 @@ import dataclasses
 import math
 import os
 import resource
-import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -99,9 +98,7 @@ def native_environment(
     (checked by the orchestrator)."""
     host = os.environ if host is None else host
     env = {
-        "PATH": os.pathsep.join(
-            dict.fromkeys([os.path.dirname(sys.executable), "/usr/local/bin", "/usr/bin", "/bin"])
-        ),
+        "PATH": policy.native_path(),
         "HOME": run_dir,
         "TMPDIR": os.path.join(run_dir, "tmp"),
         "PYTHONPATH": str(policy.LINE_BUFFERING_DIR),

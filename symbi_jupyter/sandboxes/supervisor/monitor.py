@@ -72,10 +72,19 @@ class Monitor(Spare):
         # Before the code is written: code larger than the disk limit does not fit.
         self.disk_enforcement = self._limit_disk(req)
         req["uid"], req["gid"] = self._run_ids(req)
-        code = rundir.write_file(run_dir, req["filename"], _read_all(code_fd))
+        path = os.path.join(run_dir, req["filename"])
+        args = req.get("args")
+        names: tuple[str, ...]
+        if args is None:
+            code = rundir.write_file(run_dir, req["filename"], _read_all(code_fd))
+            argv, names = [req["argv0"], path], (req["filename"], rundir.TMP)
+        else:
+            # A command run without a shell: its own arguments, no file to write.
+            code = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+            argv, names = [req["argv0"], *args], (rundir.TMP,)
         try:
             if req.get("uid") is not None:
-                rundir.hand_over(run_dir, (req["filename"], rundir.TMP), req["uid"], req["gid"])
+                rundir.hand_over(run_dir, names, req["uid"], req["gid"])
             # Last: root has written all it writes through paths by now.
             if self.staging is not None:
                 for path, read_only in req.get("binds", ()):
@@ -83,8 +92,7 @@ class Monitor(Spare):
         except BaseException:
             os.close(code)
             raise
-        path = os.path.join(run_dir, req["filename"])
-        req.update(cwd=run_dir, argv=[req["argv0"], path], env=run_environment(req["env"], run_dir))
+        req.update(cwd=run_dir, argv=argv, env=run_environment(req["env"], run_dir))
         return prestarted, code
 
     def _apply_limits(

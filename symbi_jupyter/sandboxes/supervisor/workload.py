@@ -111,6 +111,9 @@ def exec_workload(
             os.setgid(gid)
         if uid is not None:
             os.setuid(uid)
+        if req.get("start_dir"):
+            # As the run's user: a directory closed to it stays closed.
+            os.chdir(req["start_dir"])
         prctl(PR_SET_NO_NEW_PRIVS, 1)
         if seccomp.supported():
             seccomp.install()

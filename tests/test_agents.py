@@ -549,6 +549,148 @@ def test_a_capability_the_agent_lacks_is_refused_by_name(orch, project, audit_pa
     assert [r["outcome"] for r in records] == ["refused"] * 3
 
 
+# -- what execute_native starts: the allowlist, no shell in between ------------------
+# The seed guide's Option 1: [security] and [security.native_execution] of config.toml.
+OPTION_1 = """\
+[security]
+allow_native_execution = true
+
+[security.native_execution]
+enforce_resource_limits = true
+max_memory_mb = 2048
+max_execution_time_seconds = 300
+working_directory = "{workdir}"
+allowed_executables = ["python3", "node", "bash"]
+"""
+
+
+@pytest.fixture
+def option_1(workdir, audit_path, tmp_path):
+    from symbi_jupyter.config import load_symbiont_config
+
+    path = tmp_path / "config.toml"
+    path.write_text(OPTION_1.format(workdir=workdir))
+    o = SandboxOrchestrator(config=load_symbiont_config(path), audit_log_path=str(audit_path))
+    yield o
+    o.close()
+
+
+def action_verdict(agent: Agent):
+    [[(_, verdict)]] = agent.permissions().actions.values()
+    return verdict
+
+
+def test_seed_agent_runs_under_the_seeds_option_1_allowlist(option_1, project, audit_path):
+    agent = one(SEED, option_1, project)
+    assert option_1.allowed_executables == ["python3", "node", "bash"]
+    # The card and the run agree: python3 is on the list, and python3 is what runs.
+    verdict = action_verdict(agent)
+    assert verdict.allowed, verdict.reason
+    assert '✓ execute_native("python3 process.py")' in render_card_text(agent)
+    [result] = agent.trigger("local_processing", payload={"items": [1, 2]})
+    assert result.success, result.stderr
+    assert result.stdout == "processed 2 items\n"
+    assert os.path.basename(result.executable).startswith("python3")
+    [record] = audit(audit_path)
+    assert record["argv"] == ["python3", "process.py"] and record["outcome"] == "success"
+
+
+def test_the_card_checks_the_interpreter_of_execute_and_run_code_at_tier_none(option_1, project):
+    # execute is a shell command: at tier None it needs sh, which Option 1 leaves out.
+    body = 'execute("true") run_code("node", "1")'
+    agent = one(agent_text(body=body), option_1, project)
+    [(_, shell), (_, node)] = agent.permissions().actions["t"]
+    assert not shell.allowed and "executable 'sh' resolves to" in shell.reason
+    assert node.allowed or "executable 'node' was not found" in node.reason
+    with pytest.raises(PolicyViolation) as info:
+        agent.trigger("t")
+    assert str(info.value) in shell.reason
+
+
+def test_an_sh_allowlist_does_not_let_execute_native_start_python3(orch, project, audit_path):
+    orch.allowed_executables = ["sh"]
+    agent = one(SEED, orch, project)
+    verdict = action_verdict(agent)
+    assert not verdict.allowed
+    assert "executable 'python3' resolves to" in verdict.reason
+    assert "not on the allowlist (SandboxOrchestrator.allowed_executables = ['sh']" in (
+        verdict.reason
+    )
+    with pytest.raises(PolicyViolation) as info:
+        agent.trigger("local_processing", payload={"items": []})
+    assert str(info.value) in verdict.reason  # the card said what the run says
+    assert not (project / "processed.json").exists()
+    [record] = audit(audit_path)
+    assert record["outcome"] == "refused" and "'python3'" in record["error"]
+
+
+@pytest.mark.parametrize(
+    ("command", "syntax"),
+    [
+        ("python3 process.py | tee CANARY", "'|' is shell syntax (a pipe)"),
+        ("python3 process.py > CANARY", "'>' is shell syntax (a redirection)"),
+        ("python3 process.py; touch CANARY", "';' is shell syntax (a command separator)"),
+        ("python3 process.py && touch CANARY", "'&' is shell syntax"),
+        ("python3 $(touch CANARY)", "'$' is shell syntax (an expansion)"),
+        ('python3 "`touch CANARY`"', "'`' is shell syntax (a command substitution)"),
+        ("python3 *.py", "'*' is shell syntax (a glob)"),
+        ("python3 process.py\ntouch CANARY", "'\\n' is shell syntax (a second line)"),
+    ],
+)
+def test_shell_syntax_in_execute_native_is_refused_with_the_bash_advice(
+    orch, project, audit_path, command, syntax
+):
+    agent = one(agent_text(body=f"execute_native({json.dumps(command)})"), orch, project)
+    verdict = action_verdict(agent)
+    assert not verdict.allowed and verdict.reason.startswith(syntax)
+    assert 'write the shell explicitly, bash -c "..."' in verdict.reason
+    with pytest.raises(PolicyViolation) as info:
+        agent.trigger("t", payload={"items": []})
+    assert str(info.value).endswith(verdict.reason)
+    assert not (project / "CANARY").exists() and not (project / "processed.json").exists()
+    [record] = audit(audit_path)  # refused before anything ran, and audited
+    assert record["outcome"] == "refused" and record["agent"] == "A"
+
+
+def test_bash_c_is_allowed_only_where_bash_is(orch, project):
+    # Single quotes keep the $ for bash; the pipe is bash's, written explicitly.
+    body = 'execute_native("bash -c \'echo \\"$SYMBI_AGENT\\" | tr a-z A-Z; pwd\'")'
+    orch.allowed_executables = ["bash"]
+    agent = one(agent_text(body=body), orch, project)
+    assert action_verdict(agent).allowed
+    [result] = agent.trigger("t")
+    assert result.success, result.stderr
+    assert result.stdout == f"A\n{project}\n"  # started in the notebook directory
+    orch.allowed_executables = ["python3", "sh"]
+    agent = one(agent_text(body=body), orch, project)
+    verdict = action_verdict(agent)
+    assert not verdict.allowed and "executable 'bash' resolves to" in verdict.reason
+    with pytest.raises(PolicyViolation, match=r"executable 'bash' resolves to .* not on the allow"):
+        agent.trigger("t")
+
+
+def test_execute_native_words_and_quotes_reach_the_program_as_written(orch, project, audit_path):
+    # No shell: quotes group words, and nothing in them is expanded or split again.
+    body = (
+        'execute_native("python3 -c \\"import sys; print(sys.argv[1:])\\" '
+        "'a b' \\\"c  d\\\" 'it''s' \\\\* x~ a#b\")"
+    )
+    [result] = one(agent_text(body=body), orch, project).trigger("t")
+    assert result.success, result.stderr
+    assert result.stdout == "['a b', 'c  d', 'its', '*', 'x~', 'a#b']\n"
+    # The audit says what ran: the argument vector, no shell, no code file.
+    [record] = audit(audit_path)
+    assert record["argv"][0] == "python3" and record["argv"][3:] == [
+        "a b",
+        "c  d",
+        "its",
+        "*",
+        "x~",
+        "a#b",
+    ]
+    assert (record["language"], result.language) == ("command", "command")
+
+
 def _loaded_within(text: str, seconds: float = 60.0):
     """``load(text)``'s agents or error; the bound only guards against a hang."""
     outcome: list = []

@@ -79,7 +79,11 @@ def permissions(agent: Agent) -> Permissions:
     mode_limits = SandboxModeLimits(parent=orch).limits(agent.sandbox)
     limits = dataclasses.replace(clamp(mode_limits, orch.ceilings()), network=network.allowed)
     actions = {
-        name: [(a, _action_verdict(agent, a, orch)) for a in trigger.actions if isinstance(a, Run)]
+        name: [
+            (a, _action_verdict(agent, a, orch, mount))
+            for a in trigger.actions
+            if isinstance(a, Run)
+        ]
         for name, trigger in agent.triggers.items()
     }
     return Permissions(agent, tier, network, filesystem, mount, limits, actions, orch)
@@ -199,6 +203,11 @@ def _agent_refusal(agent: Agent, action: Run) -> str | None:
             f"execute_native runs code natively (tier None), but agent {agent.name} "
             f"runs at {agent.tier.display_name}; use execute(...) to run at its tier"
         )
+    if action.native:
+        try:
+            policy.command_argv(action.code)
+        except SymbiError as exc:
+            return str(exc)
     for need in action.needs:
         if not agent.has(need):
             return (
@@ -212,7 +221,7 @@ def _agent_refusal(agent: Agent, action: Run) -> str | None:
     return None
 
 
-def _action_verdict(agent: Agent, action: Run, orch: Any) -> Verdict:
+def _action_verdict(agent: Agent, action: Run, orch: Any, mount: str | None) -> Verdict:
     refusal = _agent_refusal(agent, action)
     if refusal:
         return Verdict(action.summary, False, refusal)
@@ -226,4 +235,14 @@ def _action_verdict(agent: Agent, action: Run, orch: Any) -> Verdict:
             "refused by the policy: it needs the network, which "
             "SandboxOrchestrator.allow_network forbids",
         )
+    if agent.tier is SecurityTier.NONE:
+        # What the run will start, checked as the orchestrator will check it.
+        try:
+            if action.native:
+                cwd = notebook_directory(agent) if mount else None
+                orch.command_program(policy.command_argv(action.code)[0], None, cwd)
+            else:
+                orch.interpreter(policy.language_spec(action.language)[0])
+        except SymbiError as exc:
+            return Verdict(action.summary, False, f"refused by the policy: {exc}")
     return Verdict(action.summary, True, f"runs at {agent.tier.display_name}")

@@ -8,6 +8,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+from .. import policy
 from ..errors import ConfigError, PolicyViolation, TierUnavailable
 from ..limits import ResourceLimits
 from ..result import ExecutionResult
@@ -153,18 +154,22 @@ def _run(
         # Asked for explicitly: where the policy forbids it, the orchestrator refuses.
         limits = dataclasses.replace(limits, network=True)
     code = action.code
-    volume = None
+    # execute_native runs its command without a shell: the allowlist governs it.
+    argv = policy.command_argv(code) if action.native else None
+    volume = cwd = None
     if perms.mount:
         if tier is SecurityTier.NONE:
             # Where it is: the run reaches it past its private /tmp.
             env[NOTEBOOK_ENV] = notebook_directory(agent)
             volume = f"{env[NOTEBOOK_ENV]}:{env[NOTEBOOK_ENV]}:{perms.mount}"
+            if action.is_command:
+                cwd = env[NOTEBOOK_ENV]
         else:
             env[NOTEBOOK_ENV] = CONTAINER_NOTEBOOK_DIR
             volume = volume_spec(agent, perms.mount)
-        if action.is_command:
-            # A separate line: the command itself stays exactly as written.
-            code = f'cd "${NOTEBOOK_ENV}" || exit 126\n{code}'
+            if action.is_command:
+                # A separate line: the command itself stays exactly as written.
+                code = f'cd "${NOTEBOOK_ENV}" || exit 126\n{code}'
     if volume is not None:
         why_not = mount_refusal(orch, tier)
         if why_not:
@@ -173,10 +178,12 @@ def _run(
         tier,
         code,
         env=env,
-        language=action.language,
+        language=None if argv else action.language,
         limits=limits,
         on_output=on_output,
         volumes=(volume,) if volume else (),
+        argv=argv,
+        cwd=cwd,
     )
 
 

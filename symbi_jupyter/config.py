@@ -33,7 +33,8 @@ from typing import Any
 from traitlets.config import Config
 from traitlets.config.loader import ConfigFileNotFound, JSONFileConfigLoader, PyFileConfigLoader
 
-from .errors import ConfigError
+from . import policy
+from .errors import ConfigError, PolicyViolation
 from .tiers import SecurityTier
 
 ORCHESTRATOR = "SandboxOrchestrator"
@@ -117,6 +118,27 @@ def _env_names(value: Any) -> list[str]:
     raise _Invalid("a list of environment variable names (non-empty, without '=')")
 
 
+class _Several(dict):
+    """A value that sets several traits of its section: trait -> value."""
+
+
+def _default_executable(value: Any) -> str | _Several:
+    # Symbiont's interpreter: a language's name, or the path of its interpreter.
+    if isinstance(value, str) and value.strip().lower() in policy.LANGUAGES:
+        return value
+    if isinstance(value, str):
+        try:
+            language = policy.interpreter_language(value)
+        except ConfigError:
+            pass
+        else:
+            return _Several(default_language=language, default_executable=value)
+    raise _Invalid(
+        "a language (" + ", ".join(policy.LANGUAGES) + ") or the absolute path of "
+        "its interpreter on allowed_executables, e.g. /usr/bin/python3"
+    )
+
+
 def _tier(value: Any) -> str:
     try:
         return SecurityTier.parse(value).value
@@ -147,7 +169,7 @@ _TABLES: dict[tuple[str, ...], _Spec] = {
     },
     ("native_execution",): {
         "enabled": (ORCHESTRATOR, "allow_native_execution", _bool),
-        "default_executable": (ORCHESTRATOR, "default_language", _string),
+        "default_executable": (ORCHESTRATOR, "default_language", _default_executable),
         "working_directory": (ORCHESTRATOR, "working_directory", _abs_path),
         "enforce_resource_limits": (ORCHESTRATOR, "enforce_resource_limits", _bool),
         "max_memory_mb": (ORCHESTRATOR, "max_memory_mb", _positive),
@@ -183,10 +205,12 @@ def load_symbiont_config(path: str | os.PathLike[str]) -> Config:
     ``max_cpu_cores``, ``max_execution_time_seconds``, ``max_disk_mb``,
     ``working_directory``, ``allowed_executables``, ``env_passthrough``;
     ``[native_execution]`` ``enabled`` (→ ``allow_native_execution``),
-    ``default_executable`` (→ ``default_language``), ``working_directory``,
-    ``enforce_resource_limits``, ``max_memory_mb``, ``max_cpu_seconds``,
-    ``max_execution_time_seconds``, ``max_disk_mb``, ``allowed_executables``,
-    ``env_passthrough``; and ``[sandbox.firecracker]`` (kept under ``MicroVMSandbox``).
+    ``default_executable`` (a language → ``default_language``; the path of an
+    interpreter on the allowlist → that and ``default_executable``),
+    ``working_directory``, ``enforce_resource_limits``, ``max_memory_mb``,
+    ``max_cpu_seconds``, ``max_execution_time_seconds``, ``max_disk_mb``,
+    ``allowed_executables``, ``env_passthrough``; and ``[sandbox.firecracker]`` (kept
+    under ``MicroVMSandbox``).
 
     When ``[security.native_execution]`` and ``[native_execution]`` set the same trait,
     ``[native_execution]`` (Symbiont's complete form) wins. ``[security]
@@ -239,8 +263,30 @@ def load_symbiont_config(path: str | os.PathLike[str]) -> Config:
                         f"{_show(earlier)}; set both to the same value or remove one"
                     )
             seen[trait] = (f"[{section}] {key}", converted)
-            cfg[cfg_section][trait] = converted
+            if isinstance(converted, _Several):
+                for name, one in converted.items():
+                    cfg[cfg_section][name] = one
+            else:
+                cfg[cfg_section][trait] = converted
+    _check_default_executable(cfg, where)
     return cfg
+
+
+def _check_default_executable(cfg: Config, where: str) -> None:
+    """A default executable given by path must be on the allowlist (this file's, else
+    the default one): refused here, where the file and key can be named."""
+    section = cfg.get(ORCHESTRATOR, {})  # not cfg[...]: that would add the section
+    path = section.get("default_executable")
+    if not path:
+        return
+    allowed = section.get("allowed_executables", list(policy.DEFAULT_ALLOWED_EXECUTABLES))
+    try:
+        policy.check_executable(path, allowed, policy.executable_search_path())
+    except PolicyViolation as exc:
+        raise ConfigError(
+            f"{where}: [native_execution] default_executable = {_show(path)} is not valid: "
+            f"{exc}; expected the path of an interpreter on allowed_executables"
+        ) from None
 
 
 def config_from_environ(environ: Mapping[str, str] | None = None) -> Config:

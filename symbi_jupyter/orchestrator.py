@@ -105,7 +105,7 @@ class SandboxOrchestrator(LoggingConfigurable):
     )
     allowed_executables = List(
         Unicode(),
-        ["python3", "python", "bash", "sh", "node"],
+        list(policy.DEFAULT_ALLOWED_EXECUTABLES),
         config=True,
         help="""Interpreters tier None may run, as names (looked up on PATH, this
         Python's own directory first) or paths; compared by resolved real path.""",
@@ -114,6 +114,15 @@ class SandboxOrchestrator(LoggingConfigurable):
         "python3",
         config=True,
         help="Language of a request that names none: python3, python, bash, sh or node.",
+    )
+    default_executable = Unicode(
+        "",
+        config=True,
+        help="""Tier None: the interpreter, by absolute path, of a request that names
+        neither a language nor an executable (so in default_language, which its file
+        name must name: /usr/bin/python3 for python3); it must be on
+        allowed_executables. '': the default language's interpreter found on PATH.
+        Symbiont's [native_execution] default_executable sets it and default_language.""",
     )
     env_passthrough = List(
         Unicode(),
@@ -221,6 +230,16 @@ class SandboxOrchestrator(LoggingConfigurable):
         policy.language_spec(proposal["value"])
         return proposal["value"]
 
+    @validate("default_executable")
+    def _valid_default_executable(self, proposal: Any) -> str:
+        value = proposal["value"]
+        if value:
+            try:
+                policy.interpreter_language(value)
+            except ConfigError as exc:
+                raise ConfigError(f"SandboxOrchestrator.default_executable: {exc}") from None
+        return value
+
     # ------------------------------------------------------------------ policy
     def ceilings(self) -> ResourceLimits:
         """The operator's limits; a request may lower them, never raise them."""
@@ -305,6 +324,8 @@ class SandboxOrchestrator(LoggingConfigurable):
         try:
             chosen = self._admit_tier(tier, record)
             if argv is None:
+                if not language and not executable and chosen is SecurityTier.NONE:
+                    executable = self._default_executable()
                 language = language or self.default_language
                 policy.language_spec(language)
             else:
@@ -468,6 +489,20 @@ class SandboxOrchestrator(LoggingConfigurable):
         return dataclasses.replace(
             decided, working_directory=workdir, executable=real, argv0=found, start_directory=cwd
         )
+
+    def _default_executable(self) -> str | None:
+        """``default_executable`` where set; :class:`ConfigError` if its language is
+        not ``default_language``."""
+        if not self.default_executable:
+            return None
+        language = policy.interpreter_language(self.default_executable)
+        if policy.language_spec(language)[0] != policy.language_spec(self.default_language)[0]:
+            raise ConfigError(
+                f"SandboxOrchestrator.default_executable = {self.default_executable!r} is "
+                f"a {language} interpreter, but default_language is "
+                f"{self.default_language!r}; set them to agree"
+            )
+        return self.default_executable
 
     def interpreter(self, name: str) -> tuple[str, str]:
         """Tier None: the interpreter or executable ``name`` as a run gets it, (its real

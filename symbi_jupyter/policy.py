@@ -65,6 +65,9 @@ LANGUAGES = {
     "node": ("node", "cell.js"),
 }
 
+#: ``SandboxOrchestrator.allowed_executables`` by default.
+DEFAULT_ALLOWED_EXECUTABLES = ("python3", "python", "bash", "sh", "node")
+
 NATIVE_HOWTO = (
     "native execution (tier None) is switched off. To allow it, set any of: "
     "the trait SandboxOrchestrator.allow_native_execution = True (in ipython_config.py "
@@ -258,6 +261,20 @@ def command_program(
     return real, find_executable(name, run_path) or real
 
 
+def interpreter_language(path: str) -> str:
+    """The language of the interpreter at ``path``, an absolute path, by its file
+    name (``python3.11`` is python3); :class:`ConfigError` if it names none."""
+    name = os.path.basename(path)
+    if os.path.isabs(path) and re.fullmatch(r"python3(\.\d+)?", name):
+        return "python3"
+    if os.path.isabs(path) and name in LANGUAGES:
+        return name
+    raise ConfigError(
+        f"{path!r} is not the absolute path of an interpreter of a known language; "
+        "accepted: a path ending in " + ", ".join(LANGUAGES) + " (or python3.N)"
+    )
+
+
 def executable_search_path(environ: Mapping[str, str] | None = None) -> str:
     """Where executable names are looked up: the running Python's own directory first
     (so ``python3`` is the interpreter of this environment), then ``PATH``."""
@@ -297,6 +314,8 @@ def check_executable(
     where = search_path if name_path is None else name_path
     real = resolve_executable(name, where)
     if real is None:
+        if os.sep in name:
+            raise PolicyViolation(f"executable {name!r} does not exist or is not executable")
         raise PolicyViolation(f"executable {name!r} was not found on {where}")
     permitted = _permitted(tuple(allowed), search_path)
     if real not in permitted:

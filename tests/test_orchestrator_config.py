@@ -189,3 +189,72 @@ def test_a_session_reads_with_the_configured_bounds(workdir, audit_path):
         session.close()
     finally:
         orch.close()
+
+
+# -- [native_execution] default_executable as a path (the seed's troubleshooting) -----
+def _native_toml(tmp_path: Path, workdir: Path, default_executable: str, allowed: str) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(
+        "[native_execution]\nenabled = true\n"
+        f'working_directory = "{workdir}"\n'
+        f'default_executable = "{default_executable}"\n'
+        f"allowed_executables = {allowed}\n"
+    )
+    return path
+
+
+def test_default_executable_may_be_the_path_of_an_allowed_interpreter(
+    tmp_path, workdir, audit_path
+):
+    need_file = Path("/usr/bin/python3")
+    if not need_file.exists():
+        pytest.skip("no /usr/bin/python3 on this host")
+    cfg = load_symbiont_config(_native_toml(tmp_path, workdir, str(need_file), '["python3"]'))
+    orch = SandboxOrchestrator(config=cfg, audit_log_path=str(audit_path))
+    try:
+        assert (orch.default_language, orch.default_executable) == ("python3", str(need_file))
+        # A request naming no language runs that interpreter at tier None, not the
+        # python3 first on PATH (this virtualenv's).
+        res = orch.execute_code("none", "import sys; print(sys.executable)")
+        assert res.success, res.stderr
+        assert res.stdout == f"{need_file}\n"
+        assert sys.executable != str(need_file)
+    finally:
+        orch.close()
+
+
+@pytest.mark.parametrize(
+    ("default_executable", "allowed", "says"),
+    [
+        # bash is an interpreter, but not on this file's allowlist
+        ("/usr/bin/bash", '["python3"]', "not on the allowlist"),
+        ("/nonexistent/python3", '["python3"]', "does not exist"),
+        ("/usr/bin/perl", '["python3", "perl"]', "a language (python3, python, bash, sh, node)"),
+    ],
+)
+def test_default_executable_refused_names_file_key_and_what_is_accepted(
+    tmp_path, workdir, default_executable, allowed, says
+):
+    path = _native_toml(tmp_path, workdir, default_executable, allowed)
+    with pytest.raises(ConfigError) as info:
+        load_symbiont_config(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: [native_execution] default_executable = ")
+    assert repr(default_executable) in message and says in message
+    assert "allowed_executables" in message
+
+
+def test_default_executable_trait_must_agree_with_the_default_language(workdir, audit_path):
+    with pytest.raises(ConfigError, match=r"SandboxOrchestrator\.default_executable"):
+        SandboxOrchestrator(default_executable="relative/python3")
+    orch = SandboxOrchestrator(
+        allow_native_execution=True,
+        working_directory=str(workdir),
+        audit_log_path=str(audit_path),
+        default_executable="/usr/bin/bash",
+    )
+    try:
+        with pytest.raises(ConfigError, match="a bash interpreter, but default_language"):
+            orch.execute_code("none", "print(1)")
+    finally:
+        orch.close()

@@ -113,7 +113,7 @@ def test_a_flag_above_the_ceiling_is_refused_without_traceback(project):
 
 
 def test_a_flag_above_the_modes_limit_does_not_raise_it(project):
-    strict = SEED.replace("Permissive", "Strict").replace("python3 process.py", "true")
+    strict = SEED.replace("Permissive", "Strict").replace("python3 process.py", "python3 -c pass")
     (project / "agent.dsl").write_text(strict)
     done = cli(project, "--native", "--max-memory=1024", "--timeout=300")
     assert done.returncode == 0, done.stderr

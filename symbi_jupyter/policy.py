@@ -424,7 +424,8 @@ FORBIDDEN_MOUNTS = (
 def validate_volume(spec: str) -> tuple[str, dict[str, str]]:
     """``HOST:CONTAINER[:ro|rw]`` -> (host path, docker-py bind dict); refuses the
     Docker socket, containerd, /proc, /sys, /boot, /etc, /root, /var/lib/docker,
-    /var/lib/kubelet (and anything below them), the root itself, and any ``..``."""
+    /var/lib/kubelet (and anything below them), the root itself, any ``..``, and a
+    host path through a link."""
     parts = spec.split(":")
     if len(parts) not in (2, 3) or not parts[0] or not parts[1]:
         raise ConfigError(f"volume {spec!r} must be HOST:CONTAINER or HOST:CONTAINER:ro|rw")
@@ -444,6 +445,15 @@ def validate_volume(spec: str) -> tuple[str, dict[str, str]]:
                 raise PolicyViolation(f"volume {spec!r} reaches {forbidden}, which is refused")
         if "docker.sock" in path or "containerd" in path:
             raise PolicyViolation(f"volume {spec!r} reaches the container engine")
+    real = os.path.realpath(host)
+    if os.path.exists(host) and real != os.path.normpath(host):
+        # Bound later, by root or the engine: a link in the path now is one that
+        # whoever may write its directory (a run, through another volume) could
+        # point elsewhere by then.
+        raise ConfigError(
+            f"volume {spec!r}: {host} leads through a link (to {real}); give the "
+            "real path, and make sure only you can change its parents"
+        )
     return host, {"bind": target, "mode": mode}
 
 

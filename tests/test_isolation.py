@@ -670,3 +670,108 @@ def test_hand_back_follows_no_link_and_retires_a_uid_it_cannot_clear(tmp_path, r
     lease.release()
     with pytest.raises(OSError, match="in use"):
         identity.lease(block)
+
+
+# Flips a directory a victim will be given as a volume between a real directory and a
+# link to another one, from a run that may write its parent (a read-write volume).
+FLIPS_A_VOLUME = r"""
+import os, time
+parent, target, seconds = os.environ["ATTACK"].split("|")
+sub, real, link = (os.path.join(parent, n) for n in ("sub", "real", "link"))
+deadline, flips = time.monotonic() + float(seconds), 0
+while time.monotonic() < deadline:
+    try:
+        os.symlink(target, link)
+    except FileExistsError:
+        pass
+    os.rename(sub, real)   # the directory steps aside ...
+    os.rename(link, sub)   # ... a link to the target takes its name ...
+    os.rename(sub, link)
+    os.rename(real, sub)   # ... and the directory is back
+    flips += 1
+print("flips", flips)
+"""
+
+# What root bound for the victim: no mount of the target's directory, none over it.
+VICTIM_OF_A_FLIP = r"""
+import os
+target = os.environ["TARGET"]
+wrong = [
+    (f[3], f[4])  # the mount's root in its filesystem, where it is mounted
+    for f in (line.split() for line in open("/proc/self/mountinfo"))
+    if os.path.basename(target) in f[3] or f[4] == target
+]
+print(wrong, open(os.path.join(target, "canary")).read())
+"""
+
+
+def test_root_binds_a_volume_through_no_link_a_run_planted(orch, root_only):
+    """Root binds a tier None run's volume after the host checked its path. A run that
+    may write the volume's parent swapped the checked directory for a link in that
+    window, so that root bound another directory than the host allowed, or bound the
+    volume over a path of the link's choosing in another run. The bind now walks both
+    paths by descriptors and refuses a link."""
+    parent = Path(tempfile.mkdtemp(prefix="symbi-flip-"))
+    target = Path(tempfile.mkdtemp(prefix="symbi-flip-target-"))
+    try:
+        parent.chmod(0o777)
+        target.chmod(0o755)
+        (target / "canary").write_text("original")
+        sub = parent / "sub"
+        sub.mkdir(mode=0o777)
+        (sub / "planted").write_text("planted")
+        (sub / "canary").write_text("planted")
+        attacker = threading.Thread(
+            target=orch.execute_code,
+            args=(NONE, FLIPS_A_VOLUME),
+            kwargs={
+                "env": {"ATTACK": f"{parent}|{target}|20"},
+                "volumes": [f"{parent}:{parent}:rw"],
+                "limits": ResourceLimits(timeout_seconds=40),
+            },
+        )
+        attacker.start()
+        seen, fine = set(), 0
+        deadline = time.monotonic() + 18
+        while time.monotonic() < deadline:
+            try:
+                res = orch.execute_code(
+                    NONE,
+                    VICTIM_OF_A_FLIP,
+                    env={"SUB": str(sub), "TARGET": str(target)},
+                    volumes=[f"{sub}:{sub}:ro"],
+                )
+            except Exception:  # the host's own check met the link: refused, no run
+                continue
+            if res.success:
+                fine += 1
+                seen.add(res.stdout.strip())
+        attacker.join()
+        # Only the checked directory, bound at its own path; never the target's
+        # directory bound, nor the checked directory over the target. (What the
+        # victim finds at the name itself is the attacker's: it may write there.)
+        assert seen <= {"[] original"}, seen
+        assert fine > 0
+    finally:
+        with contextlib.suppress(OSError):
+            (parent / "link").unlink()
+        shutil.rmtree(parent, ignore_errors=True)
+        shutil.rmtree(target, ignore_errors=True)
+
+
+def test_a_native_volume_through_a_link_is_refused(orch, workdir):
+    """The host checks a volume's path once and root binds it later: a path through a
+    link is refused, naming where it leads, rather than bound wherever the link points
+    by then."""
+    from symbi_jupyter.errors import ConfigError
+
+    real = workdir.parent / f"{workdir.name}-real"
+    link = workdir.parent / f"{workdir.name}-link"
+    real.mkdir()
+    link.symlink_to(real)
+    try:
+        with pytest.raises(ConfigError, match=f"leads through a link \\(to {real}\\)"):
+            orch.execute_code(NONE, "pass", volumes=[f"{link}:{link}:ro"])
+    finally:
+        link.unlink()
+        real.rmdir()

@@ -133,7 +133,9 @@ def volume_binds(volumes: tuple[str, ...], workdir: Path) -> list[tuple[str, boo
     binds = []
     for spec in volumes:
         host, bind = policy.validate_volume(spec)
-        real = os.path.realpath(host)
+        # Its real path, as validate_volume found it (no link); not resolved again,
+        # so that a link planted since is refused by the bind, not followed.
+        real = os.path.normpath(host)
         if not os.path.isdir(real):
             raise ConfigError(f"volume {spec!r}: {host} is not a directory")
         if os.path.realpath(bind["bind"]) != real:

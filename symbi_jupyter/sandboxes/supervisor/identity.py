@@ -20,6 +20,8 @@ import os
 import stat
 from typing import Any
 
+from . import rundir
+
 #: The default block: 65536 ids at 1 900 000 000, above the ranges systemd gives to
 #: accounts, dynamic users and containers (up to 1 879 048 191) and below 2^31,
 #: which some tools read as negative.
@@ -150,11 +152,18 @@ def hand_back(top: str, uid: int, gid: int) -> bool:
     Returns whether the whole tree was seen (False past :data:`MAX_DEPTH` levels or on
     an error), so that the caller can retire the uid otherwise."""
     try:
-        top_fd = os.open(top, _DIR_FLAGS)
+        # The volume's path as checked: a link a sandbox put in it leads nowhere.
+        path_fd = rundir.open_no_links(top)
     except FileNotFoundError:
         return True  # nothing left of it, nothing owned in it
+    except (OSError, ValueError):
+        return False
+    try:
+        top_fd = os.open(".", _DIR_FLAGS, dir_fd=path_fd)
     except OSError:
         return False
+    finally:
+        os.close(path_fd)
     st = os.fstat(top_fd)
     owner = st.st_uid if st.st_uid != uid else 0
     group = st.st_gid if st.st_gid != gid else 0

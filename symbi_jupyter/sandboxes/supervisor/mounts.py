@@ -18,6 +18,7 @@ import ctypes
 import os
 import tempfile
 
+from . import rundir
 from .proctree import libc
 
 CLONE_NEWNS = 0x00020000
@@ -151,12 +152,35 @@ def host_view(staging: str, path: str) -> str:
     return path
 
 
+def _trusted_prefix(path: str) -> str:
+    """The part of a :func:`host_view` path that is root's own: the staging
+    directory's view of a hidden host directory, else ``/``."""
+    if path.startswith("/proc/self/fd/"):
+        return "/".join(path.split("/")[:6])  # /proc/self/fd/N/<view>
+    return "/"
+
+
 def bind_host(host_path: str, path: str, read_only: bool) -> None:
     """Bind ``host_path`` (a :func:`host_view`) over ``path``, so that what the run
-    writes there reaches the host."""
-    _mount(host_path, path, None, MS_BIND)
-    if read_only:
-        _mount(None, path, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
+    writes there reaches the host. Both are reached through descriptors that follow
+    no link (:func:`.rundir.open_no_links`): the host checked them before, and a run
+    that may write a parent could have swapped one for a link since."""
+    source = rundir.open_no_links(host_path, _trusted_prefix(host_path))
+    try:
+        target = rundir.open_no_links(path)
+        try:
+            _mount(f"/proc/self/fd/{source}", f"/proc/self/fd/{target}", None, MS_BIND)
+        finally:
+            os.close(target)
+    finally:
+        os.close(source)
+    flags = MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NODEV | (MS_RDONLY if read_only else 0)
+    # The new mount, as the path now leads to it (a link there fails, as above).
+    bound = rundir.open_no_links(path)
+    try:
+        _mount(None, f"/proc/self/fd/{bound}", None, flags)
+    finally:
+        os.close(bound)
 
 
 def unbind(path: str) -> None:

@@ -8,6 +8,7 @@ directory itself changes owner last, when root is done in it.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import tempfile
@@ -16,6 +17,30 @@ from .proctree import write_all
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 TMP = "tmp"
+
+
+def open_no_links(path: str, trusted: str = "/") -> int:
+    """An ``O_PATH`` descriptor of the directory ``path``, reached from ``trusted`` (a
+    prefix of it that only root can change, opened as it is) one component at a time,
+    following no link: a path another run may write can be checked by the host and
+    swapped before root uses it. Raises OSError (ENOTDIR, ELOOP) at a link."""
+    flags = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    if path != trusted and not path.startswith(trusted.rstrip("/") + "/"):
+        raise ValueError(f"{path} is not under {trusted}")
+    fd = os.open(trusted, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for part in path[len(trusted) :].split("/"):
+            if part in ("", "."):
+                continue
+            if part == "..":
+                raise OSError(errno.EINVAL, f"{path}: '..' in a resolved path")
+            step = os.open(part, flags, dir_fd=fd)
+            os.close(fd)
+            fd = step
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def make(workdir: str, prefix: str) -> str:

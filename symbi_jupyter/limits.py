@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from typing import Any
 
 from .errors import ConfigError, PolicyViolation
@@ -84,6 +85,29 @@ class ResourceLimits:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def host_cores() -> int:
+    """The CPUs this process may run on (its affinity, which a cpuset narrows), at
+    least 1."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def within_cores(
+    limits: ResourceLimits, cores: int | None, host: str = "this host"
+) -> tuple[ResourceLimits, str | None]:
+    """``limits`` with ``max_cpu_cores`` lowered to ``cores``, what ``host`` (the
+    machine that runs the sandbox) can give, and the note that says so for
+    ``enforcement``; None where nothing was lowered (or ``cores`` is unknown)."""
+    asked = limits.max_cpu_cores
+    if not cores or not asked or asked <= cores:
+        return limits, None
+    lowered = dataclasses.replace(limits, max_cpu_cores=float(cores))
+    unit = "core" if cores == 1 else "cores"
+    return lowered, f"lowered from {number(asked)} to {cores} {unit}: {host} has {cores}"
 
 
 def number(value: float | bool) -> str:

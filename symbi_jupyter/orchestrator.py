@@ -21,7 +21,7 @@ from traitlets.config import Config, LoggingConfigurable
 from . import policy
 from .audit import AuditLog
 from .errors import ConfigError, SymbiError, TierUnavailable
-from .limits import ResourceLimits
+from .limits import ResourceLimits, host_cores
 from .result import ExecutionResult
 from .sampling import UsageSample, UsageSampler
 from .sandboxes import ENTRY_POINT_GROUP, Availability, ExecutionRequest, Sandbox
@@ -202,7 +202,7 @@ class SandboxOrchestrator(LoggingConfigurable):
 
     @default("max_cpu_cores")
     def _default_cores(self) -> float:
-        return float(os.cpu_count() or 1)
+        return float(host_cores())
 
     @default("audit_log_path")
     def _default_audit(self) -> str:

@@ -57,6 +57,21 @@ def test_hello_and_stats(corch, tier):
     assert not our_containers(corch)
 
 
+def test_cores_above_the_engines_are_lowered_to_them_and_said(corch, tier):
+    """The seed's max_cpu_cores = 4.0 where the engine's host has fewer cores: the
+    engine would refuse the container ("Range of CPUs is from 0.01 to ..."); the run
+    gets the host's cores instead, and says so."""
+    cores = corch.sandbox(tier).client().info()["NCPU"]
+    corch.max_cpu_cores = 2.0 * cores
+    res = run(corch, tier, "print('ran')")
+    assert res.success, res.stderr
+    assert res.limits.max_cpu_cores == cores
+    assert res.enforcement["cpu_cores"] == (
+        f"container cgroup (CPU quota), lowered from {2 * cores} to {cores} "
+        f"core{'s' if cores > 1 else ''}: the engine's host has {cores}"
+    )
+
+
 def test_runtime_is_what_was_asked(corch, tier):
     """Tier1 runs under the engine's default runtime (runc: this host's own kernel
     answers the code); Tier2 under runsc, gVisor's kernel, never the host's in its

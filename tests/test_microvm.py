@@ -13,6 +13,7 @@ import pytest
 
 from symbi_jupyter import ResourceLimits, SecurityTier
 from symbi_jupyter.errors import TierUnavailable
+from symbi_jupyter.limits import host_cores
 from symbi_jupyter.orchestrator import SandboxOrchestrator
 from symbi_jupyter.sandboxes.base import ExecutionRequest
 from symbi_jupyter.sandboxes.microvm import MicroVMSandbox, QEMUDriver
@@ -72,6 +73,20 @@ def test_hello_in_a_microvm_with_the_hosts_figures(vm) -> None:
     assert "Tier3 (QEMU microvm · emulated (TCG))" in str(result)
     if os.access("/sys/fs/cgroup/memory", os.W_OK):  # the VMM's own memory is bounded
         assert result.enforcement["vmm_memory"].startswith("cgroup")
+
+
+def test_cores_above_the_hosts_are_lowered_to_them_and_said(vm) -> None:
+    cores = host_cores()
+    vm.max_cpu_cores = 2.0 * cores
+    result = run(vm, "import os; print(os.cpu_count())")
+    assert result.success, result.stderr
+    assert result.stdout == f"{cores}\n"
+    assert result.limits.max_cpu_cores == cores
+    plural = "s" if cores > 1 else ""
+    assert result.enforcement["cpu_cores"] == (
+        f"{cores} vCPU{plural}, lowered from {2 * cores} to {cores} core{plural}: "
+        f"this host has {cores}"
+    )
 
 
 def test_the_code_never_goes_on_the_kernel_command_line(vm) -> None:

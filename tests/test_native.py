@@ -24,6 +24,7 @@ from symbi_jupyter import (
     TierUnavailable,
 )
 from symbi_jupyter.audit import verify
+from symbi_jupyter.limits import host_cores
 from symbi_jupyter.orchestrator import SandboxOrchestrator
 from symbi_jupyter.sandboxes.native import host_tag
 
@@ -627,6 +628,28 @@ def test_cpu_cores_quota_is_applied(orch, cgroups):
     res = orch.execute_code(NONE, code, limits=ResourceLimits(max_cpu_cores=0.5))
     assert res.stdout.split()[0] == "50000"
     assert res.enforcement["cpu_cores"].startswith("cgroup")
+
+
+def test_cores_above_the_hosts_are_lowered_to_them_and_said(orch, cgroups):
+    """The seed's max_cpu_cores = 4.0 on a smaller host: the quota is the host's cores,
+    the result's limit too, and the enforcement says why."""
+    need(cgroups == 1, "reading the quota back is written for cgroup v1")
+    cores = host_cores()
+    orch.max_cpu_cores = 2.0 * cores
+    code = (
+        "for line in open('/proc/self/cgroup'):\n"
+        "    _, ctrl, path = line.strip().split(':', 2)\n"
+        "    if 'cpu' in ctrl.split(','):\n"
+        "        print(open(f'/sys/fs/cgroup/{ctrl}{path}/cpu.cfs_quota_us').read().strip())\n"
+    )
+    res = orch.execute_code(NONE, code)
+    assert res.success, res.stderr
+    assert res.stdout.split()[0] == str(cores * 100_000)
+    assert res.limits.max_cpu_cores == cores
+    assert res.enforcement["cpu_cores"] == (
+        f"cgroup v1 (CPU quota); lowered from {2 * cores} to {cores} "
+        f"core{'s' if cores > 1 else ''}: this host has {cores}"
+    )
 
 
 def test_limits_that_cannot_be_enforced_are_reported(orch):

@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 from traitlets import Bool, Int, List, Unicode
 
 from ...errors import TierUnavailable
+from ...limits import within_cores
 from ...result import ExecutionResult
 from ...setup.images.container import DEFAULT_IMAGE, build_command
 from ...tiers import SecurityTier
@@ -221,8 +222,8 @@ class DockerSandbox(Sandbox):
     def run(self, request: ExecutionRequest) -> ExecutionResult:
         client = self._ready_client()
         # The same names as at tier None, here looked up inside the image.
-        options, enforcement = container_options(
-            self, request, request.policy.interpreter, request.policy.filename
+        request, options, enforcement = self._options(
+            request, request.policy.interpreter, request.policy.filename
         )
         import docker
         import requests
@@ -248,7 +249,7 @@ class DockerSandbox(Sandbox):
             request,
             limits=dataclasses.replace(request.limits, timeout_seconds=None, max_cpu_seconds=None),
         )
-        options, enforcement = container_options(self, request, "python3", "worker.py")
+        request, options, enforcement = self._options(request, "python3", "worker.py")
         for name in ("timeout", "output", "cpu"):
             enforcement.pop(name, None)
         # The worker comes in on stdin, read by a fixed bootstrap: not through argv.
@@ -261,6 +262,18 @@ class DockerSandbox(Sandbox):
                 f"{self.tier.display_name}: could not start the worker container ({_short(exc)})"
             ) from None
         return ContainerWorker(self, prepared, request, enforcement)
+
+    def _options(
+        self, request: ExecutionRequest, interpreter: str, filename: str
+    ) -> tuple[ExecutionRequest, dict[str, Any], dict[str, str]]:
+        """The request with its CPU cores within what the engine's host has (the engine
+        refuses more), its container options, and how each limit is enforced."""
+        limits, note = within_cores(request.limits, self._info.get("NCPU"), "the engine's host")
+        request = dataclasses.replace(request, limits=limits)
+        options, enforcement = container_options(self, request, interpreter, filename)
+        if note:
+            enforcement["cpu_cores"] += f", {note}"
+        return request, options, enforcement
 
     def _limit_processes(self, count: int, options: dict, ulimits: list) -> str:
         """Under runc the container's pids cgroup counts exactly its processes."""

@@ -19,7 +19,7 @@ from typing import Any, ClassVar, cast
 from traitlets import Bool, Enum, Float, Int, Unicode
 
 from ...errors import ConfigError, TierUnavailable
-from ...limits import ResourceLimits
+from ...limits import ResourceLimits, host_cores, within_cores
 from ...result import ExecutionResult
 from ...tiers import SecurityTier
 from .._pool import ReadyPool
@@ -73,8 +73,8 @@ class MicroVMSandbox(Sandbox):
     vcpus = Int(
         0,
         config=True,
-        help="""vCPUs of each VM; 0 = the run's max_cpu_cores, rounded up and capped at
-        this host's cores (Symbiont: [sandbox.firecracker] vcpus).""",
+        help="""vCPUs of each VM; 0 = the run's max_cpu_cores, rounded up; capped at
+        this host's cores either way (Symbiont: [sandbox.firecracker] vcpus).""",
     )
     mem_mib = Int(
         0,
@@ -332,9 +332,13 @@ class MicroVMSandbox(Sandbox):
         qemu: bool,
     ) -> dict[str, str]:
         """How a VM booted by :meth:`_boot` enforces each limit, in words."""
+        cores = f"{vcpus} vCPU" + ("s" if vcpus > 1 else "")
+        _, lowered = within_cores(request.limits, host_cores())
+        if lowered and not self.vcpus:  # the limit, not the trait, chose the count
+            cores += f", {lowered}"
         return {
             "memory": f"guest memory ({mem} MiB)",
-            "cpu_cores": f"{vcpus} vCPU" + ("s" if vcpus > 1 else ""),
+            "cpu_cores": cores,
             "network": "none (no network device)",
             "processes": "RLIMIT_NPROC inside the guest",
             "file_size": "RLIMIT_FSIZE inside the guest",
@@ -407,7 +411,7 @@ class MicroVMSandbox(Sandbox):
                 f"(asked: {mem} MB): the guest kernel and python3 must fit"
             )
         vcpus = self.vcpus or max(1, math.ceil(limits.max_cpu_cores or 1))
-        vcpus = min(vcpus, os.cpu_count() or 1)
+        vcpus = min(vcpus, host_cores())
         rlimits = {
             "nproc": limits.max_processes,
             "fsize": int(limits.max_file_size_mb * MiB) if limits.max_file_size_mb else None,
@@ -493,7 +497,9 @@ class MicroVMSandbox(Sandbox):
             session.close()
         handle = cast(VMWorker, session.handle)  # what _boot_session starts
         handle.wait(timeout=30)  # the VM is gone: its console log is complete
-        return run_result(self.tier, request, streams, outcome, startup, handle)
+        # What ran: no more cores than the host's (the enforcement says so).
+        ran = dataclasses.replace(request, limits=within_cores(request.limits, host_cores())[0])
+        return run_result(self.tier, ran, streams, outcome, startup, handle)
 
     def _boot_session(self, request: ExecutionRequest) -> WorkerSession:
         """A VM booted for one run of ``request``'s size and limits, its agent ready."""

@@ -4,6 +4,7 @@ to, and a run from request to result (or a kernel's worker)."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -21,6 +22,7 @@ from traitlets import Bool, Enum, Float, Int, Unicode
 
 from ... import policy
 from ...errors import TierUnavailable
+from ...limits import host_cores, within_cores
 from ...result import ExecutionResult
 from ...tiers import SecurityTier
 from .. import supervisor
@@ -239,7 +241,12 @@ class NativeSandbox(Sandbox):
             # Any leased uid is "other" to the interpreter's files, as the block's first.
             uid = who.get("uid", who.get("identity", {}).get("first"))
             check_reachable(real_exe, uid, who.get("gid", uid), self.run_as_user or "a leased uid")
+        # A quota above the host's cores would promise what no cgroup can give.
+        lowered, cores_note = within_cores(request.limits, host_cores())
+        request = dataclasses.replace(request, limits=lowered)
         spec, enforcement = run_spec(request, self.use_cgroups, worker=stdin_fd is not None)
+        if cores_note and "cpu_cores" not in enforcement:
+            enforcement["cpu_cores"] = cores_note  # after how the monitor kept it
         # The monitor makes the run directory: it stands in the environment as RUN_DIR.
         env = native_environment(request.env, pol.env_passthrough, RUN_DIR)
         usual = (

@@ -469,7 +469,14 @@ class SandboxOrchestrator(LoggingConfigurable):
                     f"argv and cwd apply to tier None only; at {tier.display_name} run "
                     "a command as code in the language sh"
                 )
-            return decided
+            # Its files are shown read-only at every tier; one that does not exist
+            # has none, and is not made for a container's sake.
+            shared = self.working_directory
+            if os.path.isabs(shared) and not os.path.lexists(shared):
+                return decided
+            return dataclasses.replace(
+                decided, working_directory=policy.validate_working_directory(shared)
+            )
         workdir = policy.validate_working_directory(self.working_directory)
         if cwd is not None and not (os.path.isabs(cwd) and os.path.isdir(cwd)):
             raise ConfigError(f"cwd {cwd!r} must be the absolute path of a directory")

@@ -45,7 +45,8 @@ class RunPolicy:
     interpreter: str
     #: the file the code is written to
     filename: str
-    #: tier None: the checked parent of the private run directories
+    #: the checked working directory: where tier None's private run directories are,
+    #: and whose files every tier shows its runs (None: it does not exist)
     working_directory: Path | None = None
     #: tier None: the allowlisted real path that is executed
     executable: str | None = None

@@ -11,6 +11,7 @@ from ... import policy
 from ...errors import ConfigError
 from ...limits import ResourceLimits
 from ..base import ExecutionRequest
+from ..supervisor import workdir_view
 from ..supervisor.proctree import host_tag
 
 if TYPE_CHECKING:
@@ -99,10 +100,32 @@ def container_options(
     )
     if binds:
         options["volumes"] = binds
+    _show_workdir(request, options, enforcement)
     if sandbox.runtime:
         options["runtime"] = sandbox.runtime
     _container_limits(sandbox, lim, options, ulimits, enforcement)
     return options, enforcement
+
+
+def _show_workdir(
+    request: ExecutionRequest, options: dict[str, Any], enforcement: dict[str, str]
+) -> None:
+    """Bind the working directory's files (:mod:`..supervisor.workdir_view`) read-only
+    into /workspace, one mount each: the run directories beside them stay out of
+    sight, and the run's own files in /workspace stay its own. The list is part of
+    the options, so a pooled container made for another one is not taken."""
+    workdir = request.policy.working_directory
+    if workdir is None:
+        return
+    names = workdir_view.entries(str(workdir))
+    if names:
+        from docker.types import Mount
+
+        options["mounts"] = [
+            Mount(f"{WORKSPACE}/{name}", str(workdir / name), type="bind", read_only=True)
+            for name in names
+        ]
+    enforcement.update(workdir_view.note(names, f"mounted read-only in {WORKSPACE}"))
 
 
 def _run_as(sandbox: DockerSandbox) -> tuple[str, str]:

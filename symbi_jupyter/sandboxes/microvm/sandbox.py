@@ -37,6 +37,7 @@ from .oneshot import cell_source, pool_key, run_result
 from .qemu import QEMUDriver
 from .vm_worker import VMWorker
 from .vmm import VMMDriver, VMSpec
+from .workdir_copy import copy_cell
 
 MiB = 1024 * 1024
 
@@ -128,6 +129,13 @@ class MicroVMSandbox(Sandbox):
         help="""VMs booted in advance, per guest size and limits, each waiting with its
         agent ready for exactly one run (never reused), so a cell waits only for the
         agent's round trip. 0 disables the pool. Pooled VMs die with the kernel.""",
+    )
+    working_directory_copy_mb = Float(
+        8,
+        config=True,
+        help="""The most of the working directory's files a run copies into its guest,
+        in MB (the guest shares no filesystem with the host); also no more than the
+        run's disk limit. With more, none is copied, and the enforcement says so.""",
     )
     run_root = Unicode(
         "",
@@ -257,7 +265,21 @@ class MicroVMSandbox(Sandbox):
 
     # ------------------------------------------------------------------ running
     def start_worker(self, request: ExecutionRequest) -> WorkerHandle:
-        return self._start(request, one_shot=False)
+        copy, shown = self._workdir_copy(request)
+        if copy is not None:
+            # The worker's program writes the copies before the agent starts.
+            request = dataclasses.replace(request, code=copy.encode() + request.code)
+        return self._start(request, one_shot=False, shown=shown)
+
+    def _workdir_copy(self, request: ExecutionRequest) -> tuple[str | None, dict[str, str]]:
+        """The cell that copies the working directory's files into the guest, and
+        the enforcement note (:mod:`.workdir_copy`)."""
+        limit = self.working_directory_copy_mb
+        words = f"the most a run copies (MicroVMSandbox.working_directory_copy_mb = {limit:g})"
+        disk = request.limits.max_disk_mb
+        if disk and disk < limit:
+            limit, words = disk, f"the run's disk limit ({disk:g} MB)"
+        return copy_cell(request.policy.working_directory, int(limit * MiB), words)
 
     def _refuse_network(self, request: ExecutionRequest) -> None:
         """Checked before a pooled VM is taken as well as before a boot."""
@@ -267,12 +289,20 @@ class MicroVMSandbox(Sandbox):
                 "run without --network"
             )
 
-    def _start(self, request: ExecutionRequest, one_shot: bool) -> VMWorker:
+    def _start(
+        self, request: ExecutionRequest, one_shot: bool, shown: dict[str, str] | None = None
+    ) -> VMWorker:
         self._refuse_network(request)
         manifest = self.manifest()
         driver, accel, _ = self._choose(manifest)
         return self._boot(
-            driver, accel, manifest, request, timeout=self.boot_timeout_seconds, one_shot=one_shot
+            driver,
+            accel,
+            manifest,
+            request,
+            timeout=self.boot_timeout_seconds,
+            one_shot=one_shot,
+            shown=shown,
         )
 
     def _boot(
@@ -283,6 +313,7 @@ class MicroVMSandbox(Sandbox):
         request: ExecutionRequest,
         timeout: float,
         one_shot: bool = True,
+        shown: dict[str, str] | None = None,
     ) -> VMWorker:
         self._reap()
         with self._lock:
@@ -299,7 +330,10 @@ class MicroVMSandbox(Sandbox):
         qemu = not isinstance(driver, FirecrackerDriver)
         lease = self.run_identities.lease() if qemu and os.geteuid() == 0 else None
         cgroup = self._vmm_cgroup(run_dir.name.removeprefix("symbi-vm-"), mem)
-        enforcement = self._enforcement(request, mem, vcpus, cgroup, lease, qemu)
+        enforcement = {
+            **self._enforcement(request, mem, vcpus, cgroup, lease, qemu),
+            **(shown or {}),
+        }
         proc = self._spawn(driver, spec, cgroup, lease, qemu)
         worker = VMWorker(
             self, proc, spec, cgroup, request, enforcement, driver.label(accel), not qemu, lease
@@ -481,6 +515,7 @@ class MicroVMSandbox(Sandbox):
             elif message.get("type") == "error" and message.get("ename") != "SystemExit":
                 feed("stderr", "\n".join(message.get("traceback", [])) + "\n")
 
+        copy, shown = self._workdir_copy(request)
         key = pool_key(request)
         session = self._pool.take(key)
         startup = 0.0 if session is not None else None
@@ -490,6 +525,8 @@ class MicroVMSandbox(Sandbox):
         if self.pool_size > 0:
             self._pool.refill(key, self.pool_size, lambda: self._boot_session(request))
         try:
+            if copy is not None:
+                _copy_in(session, copy, request)
             outcome = session.execute(
                 cell_source(request, interpreter, filename), on_message, limits=request.limits
             )
@@ -499,7 +536,9 @@ class MicroVMSandbox(Sandbox):
         handle.wait(timeout=30)  # the VM is gone: its console log is complete
         # What ran: no more cores than the host's (the enforcement says so).
         ran = dataclasses.replace(request, limits=within_cores(request.limits, host_cores())[0])
-        return run_result(self.tier, ran, streams, outcome, startup, handle)
+        result = run_result(self.tier, ran, streams, outcome, startup, handle)
+        result.enforcement.update(shown)
+        return result
 
     def _boot_session(self, request: ExecutionRequest) -> WorkerSession:
         """A VM booted for one run of ``request``'s size and limits, its agent ready."""
@@ -514,3 +553,23 @@ class MicroVMSandbox(Sandbox):
 
     def close(self) -> None:
         self._pool.close()
+
+
+def _copy_in(session: WorkerSession, cell: str, request: ExecutionRequest) -> None:
+    """Run the cell that copies the working directory's files into the guest;
+    TierUnavailable, with the guest's reason, if it fails."""
+    said: list[str] = []
+
+    def on_message(message: dict[str, Any]) -> None:
+        if message.get("type") == "error":
+            said.append(f"{message.get('ename')}: {message.get('evalue')}")
+        elif message.get("type") == "stream":
+            said.append(str(message.get("text", "")))
+
+    outcome = session.execute(cell, on_message, limits=request.limits, silent=True)
+    if outcome.status != "ok":
+        why = outcome.session_lost or "; ".join(said) or outcome.status
+        raise TierUnavailable(
+            f"Tier3 could not copy the working directory's files into the guest ({why}); "
+            "raise the run's disk limit, or move files out of the working directory"
+        )

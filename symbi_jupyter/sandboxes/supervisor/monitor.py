@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from . import channel, mounts, rundir, seccomp
+from . import channel, mounts, rundir, seccomp, workdir_view
 from .cgroups import RunCgroup
 from .channel import StatusPipe
 from .proctree import RLIMITS, soft_hard
@@ -35,6 +35,9 @@ SYSCALLS = (
 class Monitor(Spare):
     """Owns one run. Created as a spare before any request arrives, so the slow parts
     are ready when one does; :meth:`run` then takes the request through its steps."""
+
+    #: how the run is shown the working directory's files (:mod:`.workdir_view`)
+    view_enforcement: dict[str, str]
 
     # ------------------------------------------------------------------ a run, in steps
     def _prepare(self, req: dict[str, Any], code_fd: int) -> tuple[bool, int]:
@@ -83,6 +86,7 @@ class Monitor(Spare):
             code = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
             argv, names = [req["argv0"], *args], (rundir.TMP,)
         try:
+            self.view_enforcement = self._show_workdir(run_dir, req["workdir"])
             if req.get("uid") is not None:
                 rundir.hand_over(run_dir, names, req["uid"], req["gid"])
             # Last: root has written all it writes through paths by now.
@@ -95,6 +99,18 @@ class Monitor(Spare):
         req.update(cwd=run_dir, argv=argv, env=run_environment(req["env"], run_dir))
         return prestarted, code
 
+    def _show_workdir(self, run_dir: str, workdir: str) -> dict[str, str]:
+        """Link the working directory's files into the run directory (by root, before
+        it is handed over), and say so. Listed as the host sees it: the run's own view
+        of a working directory in /tmp is an overlay, whose listing may be stale."""
+        seen = mounts.host_view(self.staging, workdir) if self.staging is not None else workdir
+        names = workdir_view.entries(seen)
+        if names:
+            rundir.link(run_dir, workdir, names)
+        return workdir_view.note(
+            names, "linked into the run directory (each written only as its mode lets the run)"
+        )
+
     def _apply_limits(
         self, req: dict[str, Any], prestarted: bool
     ) -> tuple[RunCgroup | None, dict[str, str], dict[str, str], bool]:
@@ -106,6 +122,7 @@ class Monitor(Spare):
             if seccomp.supported()
             else "not enforced: the seccomp filter is for x86-64 only",
             **self.mount_enforcement,
+            **self.view_enforcement,
         }
         enforcement["disk"] = self.disk_enforcement
         if self.home_netns is not None:

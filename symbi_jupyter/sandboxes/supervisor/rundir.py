@@ -82,6 +82,22 @@ def write_file(run_dir: str, name: str, data: bytes) -> int:
     return reader
 
 
+def link(run_dir: str, target_dir: str, names: list[str]) -> None:
+    """In ``run_dir``, a link ``name -> target_dir/name`` for each of ``names`` that
+    the run directory does not hold already (the run's own files win). Root makes
+    links and never follows them: whoever opens one does so as itself."""
+    dirfd = os.open(run_dir, _DIR_FLAGS)
+    try:
+        _check_ours(dirfd, run_dir)
+        for name in names:
+            try:
+                os.symlink(os.path.join(target_dir, name), name, dir_fd=dirfd)
+            except FileExistsError:
+                pass
+    finally:
+        os.close(dirfd)
+
+
 def hand_over(run_dir: str, names: tuple[str, ...], uid: int, gid: int) -> None:
     """Give ``names`` (files or directories in ``run_dir``) and then ``run_dir`` itself
     to ``uid:gid``. Each through its own descriptor, and the directory last: until

@@ -43,11 +43,13 @@ agent NativeWorker {
 TIER_MODEL = Path(__file__).resolve().parents[2] / "shared" / "reference" / "tier-model.md"
 TIER_MODEL_AGENTS = Path(__file__).with_name("data") / "tier-model-agents.dsl"
 
-# The seed's process.py: reads the payload, writes a file next to itself.
+# The seed's process.py: reads the payload, writes a file into the notebook directory
+# where it has one (else beside itself).
 PROCESS_PY = """\
 import json, os
 payload = json.loads(os.environ["SYMBI_PAYLOAD"])
-with open("processed.json", "w") as f:
+out = os.path.join(os.environ.get("SYMBI_NOTEBOOK_DIR", "."), "processed.json")
+with open(out, "w") as f:
     json.dump({"payload": payload, "cwd": os.getcwd()}, f)
 print("processed", len(payload["items"]), "items")
 """
@@ -95,6 +97,12 @@ def project():
     (path / "process.py").chmod(0o644)
     yield path
     shutil.rmtree(path, ignore_errors=True)
+
+
+def seed_script(workdir: Path) -> None:
+    """The seed's process.py where the seed's user puts it: in the working directory."""
+    (workdir / "process.py").write_text(PROCESS_PY)
+    (workdir / "process.py").chmod(0o644)
 
 
 def audit(path: Path) -> list[dict]:
@@ -348,16 +356,26 @@ def test_unknown_capability_lists_the_known_ones(where):
 
 
 # -- running at tier None ------------------------------------------------------------
-def test_seed_agent_end_to_end(orch, project, audit_path):
+def test_seed_agent_end_to_end(orch, project, workdir, audit_path):
+    """The seed's flow: process.py in the working directory, the seed's agent triggered.
+    Its command starts where the seed's native runner starts one, in the working
+    directory (here, the run's own directory, where its files are shown)."""
+    (project / "process.py").unlink()  # the working directory's alone
+    seed_script(workdir)
     agent = one(SEED, orch, project)
     payload = {"items": [1, 2, 3], **HOSTILE}
     [result] = agent.trigger("local_processing", payload=payload)
     assert isinstance(result, ExecutionResult) and result.success, result.stderr
     assert result.tier is SecurityTier.NONE
     assert result.stdout == "processed 3 items\n"
-    # Permissive + local_filesystem: it ran in the notebook directory, read-write.
+    # Permissive + local_filesystem: the notebook directory, read-write, in the
+    # environment; the command ran in a private directory of the working directory.
     written = json.loads((project / "processed.json").read_text())
-    assert written == {"payload": payload, "cwd": str(project)}
+    assert written["payload"] == payload
+    assert written["cwd"].startswith(f"{workdir}/run-")
+    assert sorted(p.name for p in workdir.iterdir() if not p.name.startswith("run-")) == [
+        "process.py"
+    ]
     assert not list(project.glob("CANARY"))
     [record] = audit(audit_path)
     assert (record["tier"], record["outcome"]) == ("None", "success")
@@ -380,10 +398,15 @@ def test_strict_mode_mounts_nothing_even_with_the_capability(orch, project):
     assert agent.permissions().filesystem.reason == "Strict mode mounts nothing"
 
 
-def test_moderate_at_tier_none_says_read_only_is_not_enforced(orch, project):
-    agent = one(agent_text(mode="Moderate", body='execute("pwd")'), orch, project)
+def test_moderate_at_tier_none_says_read_only_is_not_enforced(orch, project, workdir):
+    agent = one(
+        agent_text(mode="Moderate", body='execute("pwd; ls \\"$SYMBI_NOTEBOOK_DIR\\"")'),
+        orch,
+        project,
+    )
     [result] = agent.trigger("t")
-    assert result.stdout == f"{project}\n"
+    where, listed = result.stdout.splitlines()
+    assert where.startswith(f"{workdir}/run-") and listed == "process.py", result.stderr
     verdict = agent.permissions().filesystem
     assert verdict.allowed and "read-only; not enforced at tier None" in verdict.reason
 
@@ -1049,8 +1072,9 @@ def ip(ip, project: Path):
 run = run_cell
 
 
-def test_magics_define_and_trigger(ip, project):
+def test_magics_define_and_trigger(ip, project, workdir):
     ip.run_line_magic("config", "SandboxOrchestrator.allow_native_execution = True")
+    seed_script(workdir)
     cell = "%%symbi_agent -o defined\n" + SEED.replace(
         'execute_native("python3 process.py")',
         'execute_native("python3 process.py") emit("items", payload.items)',

@@ -147,7 +147,8 @@ def _filesystem_verdict(agent: Agent, mount: str | None, orch: Any) -> Verdict:
         return Verdict(
             "local_filesystem",
             True,
-            f"execute and execute_native start in the notebook directory, {access}{note}",
+            f"the notebook directory in $SYMBI_NOTEBOOK_DIR, {access}{note}; execute and "
+            "execute_native start in the run directory, with the working directory's files",
         )
     try:
         why_not = mount_refusal(orch, agent.tier)

@@ -159,7 +159,9 @@ def _run(
     volume = cwd = None
     if perms.mount:
         if tier is SecurityTier.NONE:
-            # Where it is: the run reaches it past its private /tmp.
+            # Where it is: the run reaches it past its private /tmp. Commands start
+            # in the run directory, with the working directory's files, as the seed's
+            # native runner starts in its working directory.
             env[NOTEBOOK_ENV] = notebook_directory(agent)
             volume = f"{env[NOTEBOOK_ENV]}:{env[NOTEBOOK_ENV]}:{perms.mount}"
             if action.is_command:

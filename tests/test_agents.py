@@ -603,7 +603,8 @@ def action_verdict(agent: Agent):
     return verdict
 
 
-def test_seed_agent_runs_under_the_seeds_option_1_allowlist(option_1, project, audit_path):
+def test_seed_agent_runs_under_the_seeds_option_1_allowlist(option_1, project, workdir, audit_path):
+    seed_script(workdir)
     agent = one(SEED, option_1, project)
     assert option_1.allowed_executables == ["python3", "node", "bash"]
     # The card and the run agree: python3 is on the list, and python3 is what runs.
@@ -675,7 +676,7 @@ def test_shell_syntax_in_execute_native_is_refused_with_the_bash_advice(
     assert record["outcome"] == "refused" and record["agent"] == "A"
 
 
-def test_bash_c_is_allowed_only_where_bash_is(orch, project):
+def test_bash_c_is_allowed_only_where_bash_is(orch, project, workdir):
     # Single quotes keep the $ for bash; the pipe is bash's, written explicitly.
     body = 'execute_native("bash -c \'echo \\"$SYMBI_AGENT\\" | tr a-z A-Z; pwd\'")'
     orch.allowed_executables = ["bash"]
@@ -683,7 +684,9 @@ def test_bash_c_is_allowed_only_where_bash_is(orch, project):
     assert action_verdict(agent).allowed
     [result] = agent.trigger("t")
     assert result.success, result.stderr
-    assert result.stdout == f"A\n{project}\n"  # started in the notebook directory
+    first, started = result.stdout.splitlines()
+    assert first == "A"
+    assert started.startswith(f"{workdir}/run-")  # where native runs start, as the seed's
     orch.allowed_executables = ["python3", "sh"]
     agent = one(agent_text(body=body), orch, project)
     verdict = action_verdict(agent)

@@ -42,9 +42,10 @@ def project(workdir: Path):
     path = Path("/tmp") / f"symbi-cli-{uuid.uuid4().hex[:10]}"
     path.mkdir()
     path.chmod(0o777)
-    for name, text in (("agent.dsl", SEED), ("process.py", PROCESS_PY)):
-        (path / name).write_text(text)
-        (path / name).chmod(0o644)
+    # process.py where the seed puts it: in the working directory, which runs see.
+    for where, name, text in ((path, "agent.dsl", SEED), (workdir, "process.py", PROCESS_PY)):
+        (where / name).write_text(text)
+        (where / name).chmod(0o644)
     (path / "config.toml").write_text(
         "[native_execution]\nenabled = true\nmax_memory_mb = 1536\n"
         f'working_directory = "{workdir}"\n'

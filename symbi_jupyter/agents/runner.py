@@ -156,7 +156,7 @@ def _run(
     code = action.code
     # execute_native runs its command without a shell: the allowlist governs it.
     argv = policy.command_argv(code) if action.native else None
-    volume = cwd = None
+    volume = None
     if perms.mount:
         if tier is SecurityTier.NONE:
             # Where it is: the run reaches it past its private /tmp. Commands start
@@ -164,8 +164,6 @@ def _run(
             # native runner starts in its working directory.
             env[NOTEBOOK_ENV] = notebook_directory(agent)
             volume = f"{env[NOTEBOOK_ENV]}:{env[NOTEBOOK_ENV]}:{perms.mount}"
-            if action.is_command:
-                cwd = env[NOTEBOOK_ENV]
         else:
             env[NOTEBOOK_ENV] = CONTAINER_NOTEBOOK_DIR
             volume = volume_spec(agent, perms.mount)
@@ -185,7 +183,6 @@ def _run(
         on_output=on_output,
         volumes=(volume,) if volume else (),
         argv=argv,
-        cwd=cwd,
     )
 
 

@@ -222,6 +222,21 @@ def test_tier_none_shows_none_of_too_many_and_says_so(native, shared):
     )
 
 
+def test_a_working_directory_not_of_root_or_the_host_shows_nothing(tmp_path):
+    """What a run that may write the working directory's parent could put in its place
+    (a directory of its own uid, with a process.py of its own) is shown to no run."""
+    need(os.geteuid() == 0, "making a directory of another uid needs root")
+    planted = tmp_path / "planted"
+    planted.mkdir(mode=0o755)
+    (planted / "process.py").write_text("print('planted')\n")
+    (planted / "process.py").chmod(0o644)
+    for path in (planted, planted / "process.py"):
+        os.chown(path, 12345, 12345)
+    assert workdir_view.entries(str(planted)) == []
+    os.chown(planted, 0, 0)
+    assert workdir_view.entries(str(planted)) == []  # and its files are still not root's
+
+
 # -- Tier1, Tier2 ---------------------------------------------------------------------
 @pytest.fixture
 def root_workdir():

@@ -55,6 +55,10 @@ def entries(workdir: str) -> list[str] | None:
     dirfd = os.open(workdir, _DIR_FLAGS)
     try:
         owner = os.fstat(dirfd).st_uid
+        if owner not in (0, os.geteuid()):
+            # Not the directory the host checked (a run that may write its parent
+            # could have put its own there): one run's files must not reach the next.
+            return []
         names = []
         with os.scandir(dirfd) as listing:
             for entry in listing:

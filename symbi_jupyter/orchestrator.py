@@ -66,7 +66,10 @@ class SandboxOrchestrator(LoggingConfigurable):
     max_memory_mb = Float(2048, config=True, help="Ceiling on memory per execution, in MB.")
     max_cpu_seconds = Float(300, config=True, help="Ceiling on CPU time per execution.")
     max_cpu_cores = Float(
-        config=True, help="Ceiling on CPU cores per execution (default: this host's cores)."
+        config=True,
+        help="""Ceiling on CPU cores per execution (default: this host's cores). A run
+        never gets more than the machine that runs its sandbox has: above that, it gets
+        that machine's cores, and its enforcement says so.""",
     )
     max_execution_time_seconds = Float(
         300, config=True, help="Ceiling on wall-clock time per execution, in seconds."
@@ -99,7 +102,9 @@ class SandboxOrchestrator(LoggingConfigurable):
     )
     working_directory = Unicode(
         config=True,
-        help="""Parent of the private per-run directories of tier None. Default: Symbiont's
+        help="""Where code runs (Symbiont's working_directory): its files are shown to
+        every run, at every tier (read-only in containers, copied into a microVM), and
+        tier None's private per-run directories are made in it. Default: Symbiont's
         /tmp/symbiont-native; for a user other than root where another user made that
         first, ~/.cache/symbi-jupyter/native ($XDG_CACHE_HOME).""",
     )

@@ -453,7 +453,7 @@ def test_mode_limits_are_configurable_and_still_within_the_ceilings(workdir, aud
             result.limits.timeout_seconds,
             result.limits.max_processes,
         ) == (96, 20, 256)
-        assert "96 MB" in render_card_text(agent)
+        assert "96 MiB" in render_card_text(agent)
     finally:
         orch.close()
 
@@ -931,8 +931,8 @@ def test_card_says_what_the_policy_permits(orch, project):
         "agent NativeWorker",
         '  metadata      name: "Local Development Agent" · version: "1.0.0"',
         "  tier          None (Native - No Isolation)",
-        "  sandbox       Permissive · 2048 MB memory · 300 s CPU · 300 s wall · "
-        "4 CPU cores · 256 processes · file size 100 MB · disk 1024 MB · "
+        "  sandbox       Permissive · 2048 MiB memory · 300 s CPU · 300 s wall · "
+        "4 CPU cores · 256 processes · file size 100 MiB · disk 1024 MiB · "
         "output 10.0 MiB per stream",
         "  capabilities  local_filesystem, network",
         f"  directory     {project}",
@@ -949,7 +949,7 @@ def test_card_says_what_the_policy_permits(orch, project):
     boxed_card = render_card_text(boxed)
     assert '✗ execute_native("id"): execute_native runs code natively' in boxed_card
     assert "✗ local_filesystem: no local_filesystem capability" in boxed_card
-    assert "256 MB memory" in boxed_card
+    assert "256 MiB memory" in boxed_card
     html = render_card_html(worker)
     assert html.startswith('<div class="symbi-agent" data-agent="NativeWorker"')
     assert "Local Development Agent" in html and "✗</span> <b>network</b>" in html
@@ -1195,7 +1195,7 @@ def test_trigger_limit_flags_lower_the_modes_limits(ip):
     [ran] = ip.user_ns["out"]
     assert ran.killed_by == "memory" and "ate" not in cap.stdout
     assert (ran.limits.max_memory_mb, ran.limits.timeout_seconds) == (100, 20)
-    assert "stopped: memory limit (100 MB)" in cap.outputs[0].data["text/plain"]
+    assert "stopped: memory limit (100 MiB)" in cap.outputs[0].data["text/plain"]
 
 
 def test_trigger_limit_flags_never_raise_the_modes_limits(ip, audit_path):

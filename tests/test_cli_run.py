@@ -90,10 +90,10 @@ def test_a_memory_kill_exits_non_zero_with_the_reason(project):
     done = cli(project, *SEED_FLAGS, "--max-memory=100", "--payload", '{"eat": 400}')
     assert done.returncode == 1
     assert done.stdout == "processed 0 items\n"
-    assert "[symbi] None (native) · stopped: memory limit (100 MB)" in done.stderr
+    assert "[symbi] None (native) · stopped: memory limit (100 MiB)" in done.stderr
     assert done.stderr.endswith(
         'NativeWorker.local_processing: execute_native("python3 process.py") was stopped by '
-        "the memory limit (100 MB)\n"
+        "the memory limit (100 MiB)\n"
     )
     [record] = audit()
     assert (record["outcome"], record["killed_by"]) == ("stopped", "memory")

@@ -3,6 +3,7 @@ kernel, as a front end sees it), and the memory sparkline of the HTML badge."""
 
 from __future__ import annotations
 
+import base64
 import re
 from pathlib import Path
 
@@ -63,11 +64,14 @@ def test_containers_are_sampled_too(audit_path) -> None:
         orch.close()
 
 
-def test_the_badge_draws_the_samples_as_an_inline_svg(orch) -> None:
+def test_the_badge_draws_the_samples_as_an_svg_image(orch) -> None:
     result = orch.execute_code(SecurityTier.NONE, GROWING)
     page = render_html(result, ResultDisplay(stable=False))
-    (svg,) = re.findall(r'<svg class="symbi-sparkline".*?</svg>', page)
-    points = re.search(r'points="([^"]+)"', svg).group(1).split()
+    (encoded,) = re.findall(
+        r'<img class="symbi-sparkline" src="data:image/svg\+xml;base64,([^"]+)"', page
+    )
+    svg = base64.b64decode(encoded).decode()
+    points = re.search(r'<polyline points="([^"]+)"', svg).group(1).split()
     assert len(points) == len(result.memory_samples)
     assert "<script" not in page
     stable = ResultDisplay(stable=True)

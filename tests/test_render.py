@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import json
 import re
@@ -24,6 +25,8 @@ from symbi_jupyter.render import (
 )
 from symbi_jupyter.result import KILL_REASONS, ExecutionResult
 from symbi_jupyter.tiers import SecurityTier
+
+from .lab_sanitizer import sanitize
 
 MIB = 1024 * 1024
 LIMITS = ResourceLimits(
@@ -113,7 +116,7 @@ def test_text_is_str_and_pretty():
 @pytest.mark.parametrize(
     "reason, expected",
     [
-        ("memory", "stopped: memory limit (1024 MB)"),
+        ("memory", "stopped: memory limit (1024 MiB)"),
         ("timeout", "stopped: timeout after 2 s (partial output kept)"),
         ("cpu", "stopped: CPU-time limit (300 s)"),
         ("processes", "stopped: process limit (64)"),
@@ -209,7 +212,7 @@ def test_stable_keeps_what_matters():
         enforcement={"processes": "not enforced: root"},
     )
     assert render_text(result, shown) == (
-        "[symbi] Tier1 (docker) · stopped: memory limit (1024 MB)"
+        "[symbi] Tier1 (docker) · stopped: memory limit (1024 MiB)"
         " · stdout truncated at 10.0 MiB · not enforced: processes"
     )
 
@@ -286,7 +289,7 @@ def test_html_self_contained():
 @pytest.mark.parametrize(
     "reason, words",
     [
-        ("memory", "stopped by the memory limit: the code used more than 1024 MB"),
+        ("memory", "stopped by the memory limit: the code used more than 1024 MiB"),
         ("timeout", "stopped by the wall-clock timeout after 2 s; partial output kept"),
         ("cpu", "stopped by the CPU-time limit"),
         ("processes", "stopped by the process limit"),
@@ -503,3 +506,72 @@ def test_format_duration(seconds, text):
 )
 def test_format_bytes(n, text):
     assert format_bytes(n) == text
+
+
+# -- untrusted notebooks -------------------------------------------------------------------
+SAMPLES = [[0.0, 40 * MIB], [0.25, 60 * MIB], [0.5, 120 * MIB], [0.75, 120 * MIB]]
+LIVE = ResultDisplay(stable=False)  # not the shell's, which another test may have set
+
+
+def _sparkline_document(markup: str) -> str:
+    """The SVG of the badge's one sparkline image."""
+    [image] = sanitize(markup).images
+    prefix = "data:image/svg+xml;base64,"
+    assert image["src"].startswith(prefix)
+    return base64.b64decode(image["src"][len(prefix) :]).decode()
+
+
+def test_an_untrusted_notebook_shows_the_sparkline_and_nothing_stray():
+    """JupyterLab's sanitizer removes an inline <svg> and leaves its <title> as text;
+    an <img> of it survives, with alt text and nothing else on the page."""
+    markup = render_html(make(memory_samples=SAMPLES), LIVE)
+    shown = sanitize(markup)
+    text = "".join(shown.text)
+    assert "memory over" not in text  # no stray <title>
+    assert shown.dropped == []
+    [image] = shown.images
+    assert image["alt"] == "memory over 750 ms: 4 samples, highest 120.0 MiB"
+    document = _sparkline_document(markup)
+    assert document.startswith('<svg xmlns="http://www.w3.org/2000/svg"')
+    assert "<script" not in document
+
+
+@pytest.mark.parametrize("compact", [False, True], ids=["full", "compact"])
+def test_badges_lose_nothing_to_the_sanitizer(compact):
+    """Every tag, attribute and style declaration is one JupyterLab keeps untrusted."""
+    result = make(
+        killed_by=None if compact else "memory",
+        enforcement={"network": "not enforced: not root"},
+        stdout_truncated=not compact,
+        memory_samples=SAMPLES,
+    )
+    for stable in (False, True):
+        markup = render_html(result, ResultDisplay(stable=stable), compact=compact)
+        assert sanitize(markup).dropped == []
+
+
+def test_a_flat_sparkline_has_a_baseline():
+    flat = [[0.0, 50 * MIB], [0.5, 50 * MIB], [1.0, 50 * MIB]]
+    document = _sparkline_document(render_html(make(memory_samples=flat), LIVE))
+    baseline = re.search(r'<line class="baseline" x1="1" y1="(\d+)" x2="95" y2="\1"', document)
+    assert baseline and int(baseline.group(1)) == 17  # the bottom edge of 18 px
+    # the series is a band over it, filled down to the baseline
+    polygon = re.search(r'<polygon points="([^"]+)"', document).group(1).split()
+    assert polygon[0].endswith(",17") and polygon[-1].endswith(",17")
+
+
+# -- units ----------------------------------------------------------------------------------
+def test_a_memory_kill_says_one_unit_for_the_limit_and_its_figures():
+    """'more than 100 MB' beside '100.0 MiB of 100.0 MiB' named one size two ways."""
+    limits = dataclasses.replace(LIMITS, max_memory_mb=100, max_disk_mb=512)
+    result = make(killed_by="memory", exit_code=-9, limits=limits, peak_memory_bytes=100 * MIB)
+    for rendering in (
+        render_text(result, LIVE),
+        render_html(result, LIVE),
+        render_markdown(result, LIVE),
+    ):
+        assert not re.search(r"\bMB\b", rendering)
+    assert "the code used more than 100 MiB" in render_html(result, LIVE)
+    assert "100.0 MiB of 100.0 MiB" in render_html(result, LIVE)
+    assert "stopped: memory limit (100 MiB)" in render_text(result, LIVE)
+    assert "disk 512 MiB" in render_html(result, LIVE)

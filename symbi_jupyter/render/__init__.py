@@ -17,10 +17,11 @@ from ``symbi_jupyter.render`` itself; the modules are its layout, not its interf
 from __future__ import annotations
 
 from .bundle import MIME_TYPE, VOLATILE_FIELDS, render_mimebundle
-from .html_badge import TIER_COLOURS, render_html, sparkline_svg
+from .html_badge import TIER_COLOURS, render_html, sparkline_img, sparkline_svg
 from .live import LiveLine, LiveUpdates
 from .markdown import render_markdown
 from .options import ResultDisplay
+from .summary import uneventful
 from .tables import Comparison, TierLadder, compare
 from .text import render_text
 from .words import (
@@ -52,5 +53,7 @@ __all__ = [
     "render_mimebundle",
     "render_text",
     "say_limit",
+    "sparkline_img",
     "sparkline_svg",
+    "uneventful",
 ]

@@ -29,7 +29,7 @@ VOLATILE_FIELDS = (
 
 
 def render_mimebundle(
-    result: ExecutionResult, display: ResultDisplay | None = None
+    result: ExecutionResult, display: ResultDisplay | None = None, *, compact: bool = False
 ) -> dict[str, Any]:
     """Every rendering by MIME type, plus the raw figures as
     ``application/vnd.symbi.result+json``.
@@ -38,6 +38,7 @@ def render_mimebundle(
     the notebook as streams, and a second copy of up to ``max_output_bytes`` each would
     bloat it. nbval compares every MIME type, so in stable mode the JSON leaves the
     volatile figures out too (``null``); the ``ExecutionResult`` itself keeps them all.
+    ``compact``: the one-line HTML and markdown badges (the text is one line anyway).
     """
     shown = display_options(display)
     data = result.to_dict()
@@ -46,7 +47,7 @@ def render_mimebundle(
         data.update(dict.fromkeys(VOLATILE_FIELDS))
     return {
         "text/plain": render_text(result, shown),
-        "text/html": render_html(result, shown),
-        "text/markdown": render_markdown(result, shown),
+        "text/html": render_html(result, shown, compact=compact),
+        "text/markdown": render_markdown(result, shown, compact=compact),
         MIME_TYPE: data,
     }

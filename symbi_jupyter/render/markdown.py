@@ -7,6 +7,7 @@ import html
 from ..result import ExecutionResult
 from . import summary
 from .options import ResultDisplay, display_options
+from .text import render_text
 from .words import other_limits
 
 _MD_SPECIAL = "\\`*_[]|~#"
@@ -18,9 +19,14 @@ def _md(text: str) -> str:
     return "".join("\\" + ch if ch in _MD_SPECIAL else ch for ch in text)
 
 
-def render_markdown(result: ExecutionResult, display: ResultDisplay | None = None) -> str:
-    """Bold status, then a small table of usage and limits, then notes."""
+def render_markdown(
+    result: ExecutionResult, display: ResultDisplay | None = None, *, compact: bool = False
+) -> str:
+    """Bold status, then a small table of usage and limits, then notes; with
+    ``compact``, the text line alone."""
     shown = display_options(display)
+    if compact:
+        return _md(render_text(result, shown)) + "\n"
     lines = [
         f"**\\[symbi\\] {_md(summary.tier_label(result))}: {_md(summary.status_words(result))}**"
     ]

@@ -53,7 +53,7 @@ def _stopped_limit(result: ExecutionResult) -> str | None:
 
 
 def status_short(result: ExecutionResult) -> str:
-    """The status for the text line: ``exit 0``, ``stopped: memory limit (1024 MB)``."""
+    """The status for the text line: ``exit 0``, ``stopped: memory limit (1024 MiB)``."""
     return _status(result, sentence=False)
 
 
@@ -82,6 +82,21 @@ def _status(result: ExecutionResult, *, sentence: bool) -> str:
     if reason == "memory" and limit:
         return f"stopped by {words.phrase}: the code used more than {limit}"
     return f"stopped by {words.phrase} ({limit})" if limit else f"stopped by {words.phrase}"
+
+
+def uneventful(result: ExecutionResult, short_seconds: float) -> bool:
+    """Whether a result says nothing a one-line badge would leave out: it succeeded
+    (exit 0, nothing stopped it), reached no limit, lost no output, and ran (wall
+    clock) under ``short_seconds``. What is not enforced still is said, on that line."""
+    wall = wall_seconds(result)
+    return (
+        result.success
+        and result.term_signal is None
+        and not result.limits_reached
+        and truncation(result) is None
+        and wall is not None
+        and wall < short_seconds
+    )
 
 
 # -- notes ---------------------------------------------------------------------------

@@ -12,7 +12,17 @@ def render_text(result: ExecutionResult, display: ResultDisplay | None = None) -
     """One line in the manner of ``%%timeit``, e.g.
     ``[symbi] None (native) · exit 0 · wall 31.2 ms · CPU 24.0 ms · peak 9.8 MiB``."""
     shown = display_options(display)
-    parts = [f"[symbi] {summary.tier_label(result)}", summary.status_short(result)]
+    parts = [f"[symbi] {summary.tier_label(result)}", *line_parts(result, shown)]
+    missing = summary.not_enforced(result)
+    if missing:
+        parts.append("not enforced: " + ", ".join(missing))
+    return " · ".join(parts)
+
+
+def line_parts(result: ExecutionResult, shown: ResultDisplay) -> list[str]:
+    """The text line after its tier: status, figures (not when stable) and cautions;
+    the compact HTML badge says the same."""
+    parts = [summary.status_short(result)]
     if not shown.stable:
         wall = summary.wall_seconds(result)
         if wall is not None:
@@ -29,7 +39,4 @@ def render_text(result: ExecutionResult, display: ResultDisplay | None = None) -
                 peak += f" ({method})"
             parts.append(peak)
     parts += summary.cautions(result, reached="reached")
-    missing = summary.not_enforced(result)
-    if missing:
-        parts.append("not enforced: " + ", ".join(missing))
-    return " · ".join(parts)
+    return parts

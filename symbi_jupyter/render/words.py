@@ -66,16 +66,19 @@ def _sig3(value: float) -> str:
 
 
 # -- limits --------------------------------------------------------------------------
-#: How each limit is said, by form (see :func:`say_limit`); ``{}`` is its number.
+#: How each limit is said, by form (see :func:`say_limit`); ``{}`` is its number. The
+#: ``_mb`` limits count MB as MiB (as cgroups and rlimits do): they read ``MiB``, the
+#: unit of the figures measured against them (:func:`format_bytes`), so a limit and
+#: its figure never carry two unit words for one size.
 _LIMIT_WORDS: dict[str, tuple[str, str, str]] = {
-    "max_memory_mb": ("{} MB", "{} MB memory", "memory {} MB"),
+    "max_memory_mb": ("{} MiB", "{} MiB memory", "memory {} MiB"),
     "max_cpu_seconds": ("{} s", "{} s CPU", "CPU {} s per cell"),
     "timeout_seconds": ("{} s", "{} s wall", "wall {} s per cell"),
     "max_cpu_cores": ("{}", "{} CPU core{s}", "{} cores"),
     "max_processes": ("{}", "{} processes", "{} processes"),
     "max_open_files": ("{}", "{} open files", "{} open files"),
-    "max_file_size_mb": ("{} MB", "file size {} MB", "file size {} MB"),
-    "max_disk_mb": ("{} MB", "disk {} MB", "disk {} MB"),
+    "max_file_size_mb": ("{} MiB", "file size {} MiB", "file size {} MiB"),
+    "max_disk_mb": ("{} MiB", "disk {} MiB", "disk {} MiB"),
     "max_output_bytes": ("{}", "output {} per stream", "output {} per stream"),
     "network": ("{}", "network {on}", "{no}network"),
 }
@@ -84,9 +87,9 @@ _LIMIT_FORMS = ("value", "phrase", "kernel")
 
 def say_limit(field: str, value: Any, form: str = "phrase") -> str:
     """A limit (a :class:`ResourceLimits` field and its value) in words. ``form`` is
-    ``"value"``, the value with its unit (``1024 MB``); ``"phrase"``, as in a list of
-    limits (``1024 MB memory``); or ``"kernel"``, as the symbi kernel's magics say it
-    (``memory 1024 MB``)."""
+    ``"value"``, the value with its unit (``1024 MiB``); ``"phrase"``, as in a list of
+    limits (``1024 MiB memory``); or ``"kernel"``, as the symbi kernel's magics say it
+    (``memory 1024 MiB``)."""
     text = format_bytes(value) if field == "max_output_bytes" else number(value)
     return _LIMIT_WORDS[field][_LIMIT_FORMS.index(form)].format(
         text,

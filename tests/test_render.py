@@ -16,6 +16,7 @@ from symbi_jupyter.render import (
     KILL_REASON_WORDS,
     MIME_TYPE,
     ResultDisplay,
+    TierLadder,
     format_bytes,
     format_duration,
     render_html,
@@ -24,6 +25,7 @@ from symbi_jupyter.render import (
     render_text,
 )
 from symbi_jupyter.result import KILL_REASONS, ExecutionResult
+from symbi_jupyter.sandboxes.base import Availability
 from symbi_jupyter.tiers import SecurityTier
 
 from .lab_sanitizer import sanitize
@@ -575,3 +577,94 @@ def test_a_memory_kill_says_one_unit_for_the_limit_and_its_figures():
     assert "100.0 MiB of 100.0 MiB" in render_html(result, LIVE)
     assert "stopped: memory limit (100 MiB)" in render_text(result, LIVE)
     assert "disk 512 MiB" in render_html(result, LIVE)
+
+
+# -- the tier ladder ------------------------------------------------------------------------
+#: What a Tier3 row held on a host whose KVM could not run guests: QEMU's own words.
+KVM_ASSERTION = (
+    "/dev/kvm exists but a probe VM did not boot under it (the Tier3 (Firecracker) worker "
+    "did not start: qemu-system-x86_64: ../accel/kvm/kvm-all.c:1234: kvm_init: Assertion "
+    "`ret == 0' failed.\nAborted (core dumped)); the VMM runs as a uid of its own"
+)
+
+
+def _ladder() -> TierLadder:
+    from symbi_jupyter.tiers import SecurityTier as T
+
+    return TierLadder(
+        {
+            T.NONE: Availability(True, "", {"cgroup": "v1"}),
+            T.TIER1: Availability(False, "Tier1 (Docker): no engine; run symbi-jupyter setup"),
+            T.TIER2: Availability(True, "", {"engine": "20.10", "runtimes": "runc, runsc"}),
+            T.TIER3: Availability(
+                True, "", {"vmm": "QEMU microvm · emulated (TCG)", "acceleration": KVM_ASSERTION}
+            ),
+        }
+    )
+
+
+class _Table(HTMLParser):
+    """Rows of cells, each cell as (tag, style, text outside <details>, full text)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: list[list[tuple[str, str, str, str]]] = []
+        self._cell: list | None = None
+        self._folded = 0
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "tr":
+            self.rows.append([])
+        elif tag in ("td", "th"):
+            self._cell = [tag, dict(attrs).get("style", ""), "", ""]
+        elif tag == "details":
+            self._folded += 1
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th") and self._cell is not None:
+            self.rows[-1].append(tuple(self._cell))
+            self._cell = None
+        elif tag == "details":
+            self._folded -= 1
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell[3] += data
+            if not self._folded:
+                self._cell[2] += data
+
+
+def test_the_tier_ladder_is_a_left_aligned_table_with_a_header():
+    markup = _ladder()._repr_html_()
+    table = _Table()
+    table.feed(markup)
+    header, *rows = table.rows
+    assert [(tag, text) for tag, _, text, _ in header] == [
+        ("th", "tier"),
+        ("th", "state"),
+        ("th", "notes"),
+    ]
+    assert len(rows) == 4
+    for cell in [*header, *(c for row in rows for c in row)]:
+        assert "text-align:left" in cell[1]  # JupyterLab right-aligns cells otherwise
+    assert all("white-space:nowrap" in row[0][1] for row in rows)  # names do not wrap
+    assert sanitize(markup).dropped == []
+
+
+def test_the_ladder_gives_the_gist_of_a_raw_error_and_keeps_the_full_text():
+    markup = _ladder()._repr_html_()
+    table = _Table()
+    table.feed(markup)
+    tier3 = table.rows[-1]
+    shown, full = tier3[2][2], tier3[2][3]
+    assert "✓ ready" in tier3[1][2]
+    assert shown == (
+        "vmm: QEMU microvm · emulated (TCG) · "
+        "acceleration: /dev/kvm exists but a probe VM did not boot under it"
+    )
+    assert "Assertion" in full and "core dumped" in full  # folded under "details"
+    assert table.rows[2][2][2] == "Tier1 (Docker): no engine; run symbi-jupyter setup"
+    text = str(_ladder())  # symbi-jupyter doctor: everything, in full
+    assert text.splitlines()[0].split() == ["tier", "state", "notes"]
+    assert "kvm_init: Assertion" in text and "Aborted (core dumped)" in text
+    assert "runsc" in text

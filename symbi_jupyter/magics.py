@@ -40,8 +40,8 @@ class SymbiMagics(Magics):
         True,
         config=True,
         help="""While a cell runs (from its first usage sample on), show a line with the
-        elapsed time, memory now and CPU %, updated in place and replaced by the final
-        statistics. Off under the stable rendering (ResultDisplay.stable), because
+        elapsed time, memory now and CPU %, updated in place and replaced in place by
+        the final statistics. Off under the stable rendering (ResultDisplay.stable), because
         nbval does not follow display updates: what it compares and what a saved
         notebook holds must not differ.""",
     )
@@ -117,9 +117,7 @@ class SymbiMagics(Magics):
                 language=args.language,
                 limits=limits,
                 keep_workdir=args.keep_workdir,
-                on_output=_chain(
-                    writers.write if writers else None, live.saw_output if live else None
-                ),
+                on_output=writers.write if writers else None,
                 on_sample=live.update if live else None,
                 on_admitted=live.admitted if live else None,
             )
@@ -240,54 +238,41 @@ def _write_to_sys(stream: str, text: str) -> None:
     target.flush()
 
 
-def _chain(*callbacks: Any) -> Any:
-    active = [c for c in callbacks if c is not None]
-    if not active:
-        return None
-
-    def call(*args: Any) -> None:
-        for callback in active:
-            callback(*args)
-
-    return call
-
-
 class _LiveStats(LiveUpdates):
     """The live line of one cell: displayed at the first usage sample (a cell that
-    ends sooner never shows one), updated in place, and replaced by the final result;
-    if output came after it, the result goes after the output instead (the
-    statistics always come last) and the live line is emptied."""
+    ends sooner never shows one), updated in place, and replaced in place by the final
+    result, so a saved notebook keeps no empty output; output printed after the line
+    appeared stays below it. The line has HTML only: a front end that does not follow
+    display updates (``jupyter console``) would otherwise print its first state and
+    leave it there, stale."""
 
     def __init__(self) -> None:
         # The tier and limits shown are the orchestrator's decision, known once it has
         # admitted the cell (before any sample): see admitted().
         super().__init__(None, None)  # type: ignore[arg-type]
         self.handle: Any = None
-        self.output_after = False
 
     def admitted(self, tier: SecurityTier, limits: ResourceLimits) -> None:
         self.tier, self.limits = tier, limits
 
-    def saw_output(self, stream: str, chunk: bytes) -> None:
-        if self.shown:
-            self.output_after = True
-
     def _show(self, line: LiveLine, first: bool) -> None:
+        data = {"text/html": line._repr_html_()}
         if first:
-            self.handle = display(line, display_id=True)
+            self.handle = display(data, raw=True, display_id=True)
         else:
-            self.handle.update(line)
+            self.handle.update(data, raw=True)
 
     def finish(self, result: ExecutionResult | None) -> bool:
-        """Replace the live line by ``result`` (or remove it); True if it was shown."""
+        """Replace the live line by ``result`` (or, with none, by its last state,
+        marked ended); True if it was shown."""
         if self.closed:
             return self.shown
         if not self.close():
             return False
-        if result is None or self.output_after:
-            self.handle.update({"text/plain": ""}, raw=True)
-            return False
-        self.handle.update(result)
+        if result is None:
+            self.handle.update(LiveLine(self.tier, self.limits, self.last_sample, ended=True))
+        else:
+            self.handle.update(result)
         return True
 
 

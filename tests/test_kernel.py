@@ -16,8 +16,10 @@ import uuid
 from pathlib import Path
 
 import jupyter_kernel_test
+import nbformat
 import pytest
 from jupyter_client.manager import start_new_kernel
+from nbclient import NotebookClient
 
 from symbi_jupyter.cli import main
 from symbi_jupyter.orchestrator import SandboxOrchestrator
@@ -311,10 +313,11 @@ def stderr(outputs: list[dict]) -> str:
 
 
 def stats(outputs: list[dict]) -> list[dict]:
+    """The statistics' figures: a display, or the live line's last update."""
     return [
         m["content"]["data"]["application/vnd.symbi.result+json"]
         for m in outputs
-        if m["msg_type"] == "display_data"
+        if m["msg_type"] in ("display_data", "update_display_data")
         and "application/vnd.symbi.result+json" in m["content"]["data"]
     ]
 
@@ -338,29 +341,91 @@ def test_every_cell_is_followed_by_its_stats(kernel) -> None:
     assert outputs[-1]["msg_type"] == "display_data"  # after the output
 
 
-def test_a_long_cell_shows_a_live_line_that_gives_way_to_its_stats(kernel) -> None:
+def test_a_long_cell_shows_a_live_line_that_becomes_its_stats(kernel) -> None:
     _, kc = kernel
     reply, outputs = run(kc, "import time\nx = b'1' * (64 << 20)\ntime.sleep(2)\nprint('done')")
     assert reply["status"] == "ok"
     displays = [m for m in outputs if m["msg_type"] in ("display_data", "update_display_data")]
     live = [m for m in displays if m["content"].get("transient", {}).get("display_id")]
     assert live and live[0]["msg_type"] == "display_data"
-    first = live[0]["content"]["data"]["text/plain"]
-    assert first.startswith("[symbi] None") and "running" in first and "memory" in first
+    assert "running" in live[0]["content"]["data"]["text/html"]
     assert "symbi-live" in live[0]["content"]["data"]["text/html"]
+    # no text: a console prints a display's text once, and it would stay there, stale
+    assert all("text/plain" not in m["content"]["data"] for m in live[:-1])
     assert {m["content"]["transient"]["display_id"] for m in live} == {
         live[0]["content"]["transient"]["display_id"]
     }
-    # emptied when the cell ends; the statistics follow as for any cell, last
-    assert live[-1]["msg_type"] == "update_display_data"
-    assert live[-1]["content"]["data"] == {"text/plain": ""}
-    assert displays[-1] is not live[-1] and stats([displays[-1]])
+    # when the cell ends the line becomes its statistics, with the memory sparkline
+    assert live[-1] is displays[-1] and live[-1]["msg_type"] == "update_display_data"
+    final = live[-1]["content"]["data"]
+    assert final["text/plain"].startswith("[symbi] None (native) · exit 0")
+    assert 'class="symbi-sparkline"' in final["text/html"]
+    assert len(stats(outputs)[0]["memory_samples"]) >= 2
     # a short cell, or statistics switched off: no live line
     _, outputs = run(kc, "print(1)")
     assert not [m for m in outputs if m["content"].get("transient", {}).get("display_id")]
     run(kc, "%symbi_stats off")
     _, outputs = run(kc, "time.sleep(1)")
     assert not [m for m in outputs if m["msg_type"].endswith("display_data")]
+
+
+def test_a_saved_notebook_keeps_no_empty_output(tmp_path: Path, workdir: Path, monkeypatch) -> None:
+    """nbclient saves what a front end shows: the live line used to stay behind as an
+    empty display_data, first output of every longer cell."""
+    _install(tmp_path)
+    for key, value in _kernel_environment(tmp_path, workdir).items():
+        monkeypatch.setenv(key, value)
+    cells = ["import time\ntime.sleep(1.5)\nprint('late')", "print('early')\ntime.sleep(1.5)"]
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
+    NotebookClient(nb, kernel_name="symbi", timeout=TIMEOUT).execute()
+    path = tmp_path / "saved.ipynb"
+    nbformat.write(nb, path)
+    for cell in nbformat.read(path, 4).cells:
+        assert all(o.get("data", {}).get("text/plain", "x") for o in cell.outputs), cell.outputs
+        badges = [o for o in cell.outputs if o["output_type"] == "display_data"]
+        assert len(badges) == 1 and 'class="symbi-sparkline"' in badges[0]["data"]["text/html"]
+    late, early = (cell.outputs for cell in nb.cells)
+    assert [o["output_type"] for o in late] == ["display_data", "stream"]  # in its place
+    assert [o["output_type"] for o in early] == ["stream", "display_data"]
+
+
+def test_short_uneventful_cells_get_a_one_line_badge(kernel) -> None:
+    _, kc = kernel
+    _, outputs = run(kc, "x = 41")
+    [badge] = [m["content"]["data"] for m in outputs if m["msg_type"] == "display_data"]
+    assert 'class="symbi-result symbi-compact"' in badge["text/html"]
+    assert "None · no isolation" in badge["text/html"]  # the tier in force, at a glance
+    assert "<div" not in badge["text/html"][5:]  # one element, one line
+    assert badge["text/plain"].startswith("[symbi] None (native) · exit 0 · wall ")
+    # an error, a limit reached: the full badge
+    _, outputs = run(kc, "1/0")
+    [badge] = [m["content"]["data"] for m in outputs if m["msg_type"] == "display_data"]
+    assert "symbi-compact" not in badge["text/html"] and "symbi-usage" in badge["text/html"]
+    # the trait, through the magic
+    assert "Statistics: full" in stdout(run(kc, "%symbi_stats full")[1])
+    _, outputs = run(kc, "x = 42")
+    [badge] = [m["content"]["data"] for m in outputs if m["msg_type"] == "display_data"]
+    assert "symbi-compact" not in badge["text/html"]
+
+
+def test_symbi_stats_without_argument_shows_the_setting(kernel) -> None:
+    _, kc = kernel
+    reply, outputs = run(kc, "%symbi_stats")
+    assert reply["status"] == "ok"
+    assert stdout(outputs) == (
+        "Statistics: auto: one line after an uneventful cell (success, no limit reached, "
+        "under 1 s), the full badge after others; live line: on, while a cell runs.\n"
+    )
+    run(kc, "%symbi_stats off")
+    assert stdout(run(kc, "%symbi_stats")[1]).startswith("Statistics: off")
+    assert refused(kc, "%symbi_stats sometimes")["ename"] == "KernelUsageError"
+
+
+def test_a_tier_switch_in_a_tier_named_kernel_says_where_to_look(kernel) -> None:
+    _, kc = kernel  # its kernelspec pins tier None (SYMBI_KERNEL_TIER)
+    out = stdout(run(kc, "%symbi_tier docker")[1])
+    assert "Cells now run at Tier1 (Docker)" in out
+    assert "still says None (Native - No Isolation); each cell's badge shows the tier" in out
 
 
 def test_fresh_mode_keeps_no_state(kernel) -> None:

@@ -9,6 +9,7 @@ sandbox.
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import socket
@@ -24,7 +25,7 @@ from .. import __version__
 from ..errors import SymbiError
 from ..limits import ResourceLimits
 from ..orchestrator import SandboxOrchestrator
-from ..render import ResultDisplay
+from ..render import ResultDisplay, render_mimebundle, uneventful
 from ..result import ExecutionResult
 from ..sandboxes.worker import CellOutcome, WorkerSession
 from ..tiers import SecurityTier
@@ -80,13 +81,30 @@ class SymbiKernel(Kernel):
         %symbi_session.""",
     )
     show_stats = Bool(True, config=True, help="Display each cell's statistics after its output.")
+    stats_style = Enum(
+        ["auto", "compact", "full"],
+        "auto",
+        config=True,
+        help="""The statistics of a cell: 'full', the badge with usage bars, limits and
+        the memory sparkline; 'compact', one line (tier, status, wall, CPU, peak memory;
+        what is not enforced still said); 'auto', compact for an uneventful cell and full
+        for any other. Uneventful: it succeeded (exit 0, nothing stopped it), reached no
+        limit, lost no output, and ran under compact_below_seconds of wall time (under
+        the stable rendering, which leaves the times out, the time does not count).""",
+    )
+    compact_below_seconds = Float(
+        1.0,
+        config=True,
+        help="""With stats_style 'auto': the wall time under which an uneventful cell
+        gets the one-line badge.""",
+    )
     live_stats = Bool(
         True,
         config=True,
         help="""While a cell runs (from its first usage sample on, after
         SandboxOrchestrator.sample_interval_seconds), show a line with the elapsed
-        time, memory now and CPU %, updated in place and emptied when the cell's
-        statistics come. Only with show_stats, never under the stable rendering
+        time, memory now and CPU %, updated in place and replaced in place by the
+        cell's statistics. Only with show_stats, never under the stable rendering
         (ResultDisplay.stable), which nbval compares.""",
     )
     interrupt_grace_seconds = Float(
@@ -130,6 +148,14 @@ class SymbiKernel(Kernel):
         self.send_response(
             self.iopub_socket, "display_data", {"data": data, "metadata": {}, "transient": {}}
         )
+
+    def stats_bundle(self, result: ExecutionResult) -> dict[str, Any]:
+        """A cell's statistics, one line or the full badge (:attr:`stats_style`)."""
+        compact = self.stats_style == "compact"
+        if self.stats_style == "auto":
+            stable = self.display_options.stable
+            compact = uneventful(result, math.inf if stable else self.compact_below_seconds)
+        return render_mimebundle(result, self.display_options, compact=compact)
 
     def _error(self, ename: str, evalue: str, traceback: list[str] | None = None) -> dict[str, Any]:
         content = {
@@ -225,34 +251,42 @@ class SymbiKernel(Kernel):
             ):
                 self.send_response(self.iopub_socket, kind, content)
 
+        # Samples for the badge's sparkline whenever there is a badge; the live line
+        # from them only where a front end may show it.
         live = None
         interval = self.orchestrator.sample_interval_seconds
-        if (
-            self.live_stats
-            and self.show_stats
-            and not silent
-            and interval > 0
-            and not self.display_options.stable
-        ):
-            live = KernelLiveLine(self, session.tier, session.limits, interval)
+        if self.show_stats and not silent and interval > 0:
+            show = self.live_stats and not self.display_options.stable
+            live = KernelLiveLine(self, session.tier, session.limits, interval, show)
             live.start(session.handle.usage)
+        samples = None
         try:
             outcome = session.execute(code, relay, cell_name=f"<cell-{count}>", silent=silent)
         finally:
             if live is not None:
-                live.stop()
+                samples = live.stop()
             if fresh:
                 self._close_session()
-        return self._reply(outcome, silent)
+        if outcome.result.memory_samples is None:
+            outcome.result.memory_samples = samples
+        return self._reply(outcome, silent, live)
 
-    def _reply(self, outcome: CellOutcome, silent: bool) -> dict[str, Any]:
+    def _reply(
+        self, outcome: CellOutcome, silent: bool, live: KernelLiveLine | None = None
+    ) -> dict[str, Any]:
         if outcome.session_lost:
             self._stream(
                 "stderr", f"symbi: {outcome.session_lost}. The next cell starts a new worker.\n"
             )
             self.worker = None
         if self.show_stats and not silent:
-            self._display(outcome.result)
+            bundle = self.stats_bundle(outcome.result)
+            if live is None or not live.finish(outcome.result, bundle):
+                self.send_response(
+                    self.iopub_socket,
+                    "display_data",
+                    {"data": bundle, "metadata": {}, "transient": {}},
+                )
         if outcome.status == "ok":
             return self._ok()
         reply = outcome.reply

@@ -16,16 +16,18 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import SymbiError
 from ..limit_flags import add_limit_arguments, limits_from_args
-from ..limits import ResourceLimits
+from ..limits import ResourceLimits, number
 from ..render import TierLadder, format_bytes, format_duration, say_limit
 from ..result import ExecutionResult
+from ..tiers import SecurityTier
 
 if TYPE_CHECKING:
     from ..orchestrator import SandboxOrchestrator
     from ..render import ResultDisplay
     from ..sandboxes.worker import WorkerSession
-    from ..tiers import SecurityTier
 
+#: %symbi_stats's styles (SymbiKernel.stats_style)
+STATS_STYLES = ("auto", "compact", "full")
 #: Limits that hold for a whole worker: changing one needs a new worker.
 SESSION_LIMITS = (
     "max_memory_mb",
@@ -87,6 +89,9 @@ class KernelHost(Protocol):
     tier: str
     session_mode: str
     show_stats: bool
+    stats_style: str
+    compact_below_seconds: float
+    live_stats: bool
     limits: ResourceLimits
     worker: WorkerSession | None
 
@@ -164,6 +169,14 @@ class KernelMagics:
             if had_state
             else ""
         )
+        pinned = os.environ.get("SYMBI_KERNEL_TIER")
+        if pinned and SecurityTier.parse(pinned) is not tier:
+            # Jupyter shows the kernelspec's name, which a kernel cannot change.
+            note += (
+                f" The kernel's name (toolbar, status bar) still says "
+                f"{SecurityTier.parse(pinned).display_name}; each cell's badge shows the "
+                "tier in force."
+            )
         kernel._stream(
             "stdout",
             f"Cells now run at {tier.display_name}; the next cell starts a new worker.{note}\n",
@@ -235,9 +248,36 @@ class KernelMagics:
         return "\n".join(lines) + "\n"
 
     def _magic_stats(self, argv: list[str]) -> None:
-        if argv not in (["on"], ["off"]):
-            raise KernelUsageError("%symbi_stats takes on or off")
-        self.kernel.show_stats = argv == ["on"]
+        """``%symbi_stats [on|off|auto|compact|full]``: without an argument, the setting."""
+        kernel = self.kernel
+        if len(argv) > 1 or (argv and argv[0] not in ("on", "off", *STATS_STYLES)):
+            raise KernelUsageError(
+                f"%symbi_stats takes on, off or a style ({', '.join(STATS_STYLES)}), "
+                "or nothing to show the setting"
+            )
+        if argv and argv[0] in STATS_STYLES:
+            kernel.stats_style = argv[0]
+            kernel.show_stats = True
+        elif argv:
+            kernel.show_stats = argv == ["on"]
+        kernel._stream("stdout", self._stats_setting())
+
+    def _stats_setting(self) -> str:
+        kernel = self.kernel
+        if not kernel.show_stats:
+            return "Statistics: off (%symbi_stats on shows them after each cell).\n"
+        style = {
+            "full": "the full badge after each cell",
+            "compact": "one line after each cell",
+            "auto": "one line after an uneventful cell (success, no limit reached, "
+            f"under {number(kernel.compact_below_seconds)} s), the full badge after others",
+        }[kernel.stats_style]
+        live = (
+            "on, while a cell runs"
+            if kernel.live_stats and not kernel.display_options.stable
+            else "off"
+        )
+        return f"Statistics: {kernel.stats_style}: {style}; live line: {live}.\n"
 
     def cell_magic(self, code: str) -> dict[str, Any]:
         """A cell that starts with one of :data:`CELL_MAGICS`."""

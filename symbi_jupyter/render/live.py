@@ -15,14 +15,19 @@ from .words import MIB, format_bytes, format_duration
 
 class LiveLine:
     """What ``%%symbi`` shows while a cell runs (elapsed time, memory now, CPU %),
-    updated in place and then replaced by the final statistics."""
+    updated in place and then replaced by the final statistics; ``ended``: its last
+    state, where no statistics came to replace it."""
 
-    def __init__(self, tier: SecurityTier, limits: ResourceLimits, sample: Any) -> None:
-        self.tier, self.limits, self.sample = tier, limits, sample
+    def __init__(
+        self, tier: SecurityTier, limits: ResourceLimits, sample: Any, ended: bool = False
+    ) -> None:
+        self.tier, self.limits, self.sample, self.ended = tier, limits, sample, ended
 
     def _parts(self) -> list[str]:
         s = self.sample
-        parts = [f"running {format_duration(s.elapsed_seconds)}"]
+        parts = [
+            f"{'ended after' if self.ended else 'running'} {format_duration(s.elapsed_seconds)}"
+        ]
         if s.memory_bytes is not None:
             memory = f"memory {format_bytes(s.memory_bytes)}"
             if self.limits.max_memory_mb:
@@ -63,6 +68,7 @@ class LiveUpdates:
         self.tier, self.limits = tier, limits
         self.shown = False
         self.closed = False
+        self.last_sample: Any = None
         self._last = 0.0
         self._lock = threading.Lock()
 
@@ -70,6 +76,7 @@ class LiveUpdates:
         with self._lock:
             if self.closed:
                 return
+            self.last_sample = sample
             if self.shown and sample.elapsed_seconds - self._last < self.MIN_UPDATE_SECONDS:
                 return
             self._last = sample.elapsed_seconds

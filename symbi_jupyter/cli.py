@@ -92,16 +92,20 @@ def _add_setup(subparsers: argparse._SubParsersAction) -> None:
 
 def _install_kernel(args: argparse.Namespace) -> int:
     from .errors import ConfigError
-    from .kernel.install import install
+    from .kernel.install import DEFAULT_NAME, TIER_KERNEL_NAMES, install, tier_kernel_name
 
+    tiers: list[str | None] = list(args.tier or [None])
+    if "all" in tiers:  # tier None only where native execution is allowed for it
+        tiers = [t.value for t in TIER_KERNEL_NAMES if t.value != "None" or args.allow_native]
     try:
-        where = install(
-            args.name,
-            user=args.user,
-            prefix=args.prefix,
-            tier=args.tier,
-            allow_native=args.allow_native,
-        )
+        if args.name and len(tiers) > 1:
+            raise ConfigError("--name names one kernelspec; give it with one --tier")
+        names = [args.name or (tier_kernel_name(t) if t else DEFAULT_NAME) for t in tiers]
+        for name, tier in zip(names, tiers, strict=True):
+            where = install(
+                name, user=args.user, prefix=args.prefix, tier=tier, allow_native=args.allow_native
+            )
+            print(f"installed kernelspec {name} in {where}")
     except ConfigError as exc:
         print(f"install-kernel: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -110,7 +114,6 @@ def _install_kernel(args: argparse.Namespace) -> int:
             f"install-kernel: {exc} (try --user, or --sys-prefix in a virtualenv)", file=sys.stderr
         )
         return EXIT_FAILED
-    print(f"installed kernelspec {args.name} in {where}")
     return EXIT_OK
 
 
@@ -137,7 +140,11 @@ def _add_install_kernel(subparsers: argparse._SubParsersAction) -> None:
     cmd.add_argument(
         "--tier",
         metavar="T",
-        help="the tier its cells run at (default: SandboxOrchestrator.default_sandbox_tier)",
+        action="append",
+        help="the tier its cells run at (default: SandboxOrchestrator.default_sandbox_tier); "
+        "the kernelspec is then named after it (symbi-native, symbi-docker, symbi-gvisor, "
+        "symbi-microvm). Repeat for one kernelspec per tier; 'all' for Tier1 to Tier3, "
+        "and tier None with --allow-native",
     )
     cmd.add_argument(
         "--allow-native",
@@ -146,7 +153,8 @@ def _add_install_kernel(subparsers: argparse._SubParsersAction) -> None:
         "the host under rlimits and cgroups only",
     )
     cmd.add_argument(
-        "--name", default=DEFAULT_NAME, help=f"kernelspec name (default {DEFAULT_NAME})"
+        "--name",
+        help=f"kernelspec name (default {DEFAULT_NAME}, or the tier's name with --tier)",
     )
     cmd.set_defaults(func=_install_kernel)
 

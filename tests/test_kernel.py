@@ -152,8 +152,29 @@ def test_install_kernel_allow_native_is_written_into_the_kernelspec(tmp_path: Pa
     assert (
         main(["install-kernel", "--prefix", str(tmp_path), "--tier", "none", "--allow-native"]) == 0
     )
-    spec = json.loads((tmp_path / "share/jupyter/kernels/symbi/kernel.json").read_text())
+    spec = json.loads((tmp_path / "share/jupyter/kernels/symbi-native/kernel.json").read_text())
     assert spec["env"] == {"SYMBI_KERNEL_TIER": "None", "SYMBIONT_ALLOW_NATIVE_EXECUTION": "true"}
+
+
+def test_install_kernel_tier_names_one_kernelspec_per_tier(tmp_path: Path, capsys) -> None:
+    """The toolbar shows the kernelspec's name: each tier's is named after it."""
+    argv = ["install-kernel", "--prefix", str(tmp_path), "--tier", "docker", "--tier", "gvisor"]
+    assert main(argv) == 0
+    kernels = tmp_path / "share/jupyter/kernels"
+    assert sorted(p.name for p in kernels.iterdir()) == ["symbi-docker", "symbi-gvisor"]
+    spec = json.loads((kernels / "symbi-docker/kernel.json").read_text())
+    assert spec["env"] == {"SYMBI_KERNEL_TIER": "Tier1"}
+    assert spec["display_name"] == "Python (symbi sandbox) · Tier1 (Docker)"
+    assert main(["install-kernel", "--prefix", str(tmp_path), "--tier", "all"]) == 0
+    assert sorted(p.name for p in kernels.iterdir()) == [
+        "symbi-docker",
+        "symbi-gvisor",
+        "symbi-microvm",  # tier None only with --allow-native
+    ]
+    capsys.readouterr()
+    argv += ["--name", "mine"]
+    assert main(argv) == 2
+    assert "--name names one kernelspec" in capsys.readouterr().err
 
 
 def test_native_refused_in_the_kernel_explains_the_operator_switch(

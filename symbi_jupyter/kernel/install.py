@@ -13,6 +13,21 @@ from ..tiers import SecurityTier
 
 DEFAULT_NAME = "symbi"
 DISPLAY_NAME = "Python (symbi sandbox)"
+#: The kernelspec of a tier is named after it (install-kernel --tier), so a notebook
+#: says in its metadata, and Jupyter in its launcher and toolbar, which tier it runs at.
+TIER_KERNEL_NAMES = {
+    SecurityTier.NONE: "symbi-native",
+    SecurityTier.TIER1: "symbi-docker",
+    SecurityTier.TIER2: "symbi-gvisor",
+    SecurityTier.TIER3: "symbi-microvm",
+}
+
+
+def tier_kernel_name(tier: str) -> str:
+    """The kernelspec name of a tier: ``symbi-gvisor`` for ``gvisor`` or ``Tier2``."""
+    return TIER_KERNEL_NAMES[SecurityTier.parse(tier)]
+
+
 #: kernel.json and logos, at the top of the source tree (shared data in the wheel)
 SOURCE_DIR = Path(__file__).resolve().parents[2] / "kernelspec"
 

@@ -449,6 +449,22 @@ def test_a_tier_switch_in_a_tier_named_kernel_says_where_to_look(kernel) -> None
     assert "still says None (Native - No Isolation); each cell's badge shows the tier" in out
 
 
+@pytest.mark.parametrize("cell", ["exit", "quit()", "exit(keep_kernel=True)"])
+def test_exit_and_quit_end_the_kernel_as_in_ipykernel(kernel, workdir: Path, cell: str) -> None:
+    km, kc = kernel
+    run(kc, "import subprocess\nsubprocess.Popen(['sleep', '300'])\nprint('ok')")
+    pids = _worker_pids(workdir)
+    reply, outputs = run(kc, cell)
+    assert reply["status"] == "ok" and not [m for m in outputs if m["msg_type"] == "error"]
+    keep = cell == "exit(keep_kernel=True)"
+    assert reply["payload"] == [{"source": "ask_exit", "keepkernel": keep}]
+    if keep:
+        assert km.is_alive() and stdout(run(kc, "print('still here')")[1]) == "still here\n"
+        return
+    assert wait_until(lambda: not km.is_alive())
+    assert wait_until(lambda: not any(pid_alive(p) for p in pids))
+
+
 def test_fresh_mode_keeps_no_state(kernel) -> None:
     _, kc = kernel
     _, outputs = run(kc, "%symbi_session fresh")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 import platform
+import re
 import socket
 import time
 from typing import Any
@@ -31,6 +32,9 @@ from ..sandboxes.worker import CellOutcome, WorkerSession
 from ..tiers import SecurityTier
 from .live import KernelLiveLine
 from .magics import KernelMagics
+
+#: A cell that is only this leaves the kernel, as ``exit``/``quit`` do in ipykernel.
+EXIT_CELL = re.compile(r"\s*(exit|quit)\s*(\(\s*(keep_kernel\s*=\s*(True|False))?\s*\))?\s*")
 
 #: The kernel's policy is its operator's: %config is not there to switch it from a cell.
 NATIVE_HOWTO = (
@@ -213,6 +217,9 @@ class SymbiKernel(Kernel):
     ) -> dict[str, Any]:
         if store_history:
             self.history.append((0, self.execution_count, code))
+        leaving = EXIT_CELL.fullmatch(code)
+        if leaving:
+            return self._ask_exit(keep_kernel=leaving.group(4) == "True")
         try:
             if code.lstrip().startswith("%%symbi"):
                 return self._magics.cell_magic(code.lstrip())
@@ -226,6 +233,19 @@ class SymbiKernel(Kernel):
             self.log.exception("symbi kernel: the cell failed in the kernel itself")
             self._close_session()
             return self._error("SymbiKernelError", f"{exc!r}; the worker was stopped")
+
+    def _ask_exit(self, keep_kernel: bool) -> dict[str, Any]:
+        """``exit``, ``quit``, ``exit()``: as ipykernel's ask_exit, the ``ask_exit``
+        payload (a console then quits) and, unless ``keep_kernel=True``, the kernel
+        ends: its worker and sandboxes first, then its loop."""
+        if not keep_kernel:
+            self._close_session()
+            self.orchestrator.close()
+            loop = self.io_loop
+            loop.add_callback(lambda: loop.call_later(0.1, loop.stop))
+        reply = self._ok()
+        reply["payload"] = [{"source": "ask_exit", "keepkernel": keep_kernel}]
+        return reply
 
     def _run_cell(self, code: str, silent: bool) -> dict[str, Any]:
         fresh = self.session_mode == "fresh"

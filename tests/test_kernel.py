@@ -465,6 +465,35 @@ def test_exit_and_quit_end_the_kernel_as_in_ipykernel(kernel, workdir: Path, cel
     assert wait_until(lambda: not any(pid_alive(p) for p in pids))
 
 
+def test_completion_replies_as_ipykernel_does(kernel, monkeypatch) -> None:
+    """JupyterLab's completer reads matches through _jupyter_types_experimental; a
+    reply without it gave a one-item popup of the editor's words instead of completing."""
+    _, kc = kernel
+    cells = "my_long_name = 1\nmy_lovely = 2\ndef my_function(): pass"
+    run(kc, cells)
+    km2, ipy = start_new_kernel(kernel_name="python3")
+    try:
+        ipy.execute_interactive(cells, timeout=TIMEOUT)
+        for code in ("my_lo", "my_long", "x = my_lo", "print(my_long_na", "my_fun"):
+            ours = kc.complete(code, reply=True, timeout=TIMEOUT)["content"]
+            theirs = ipy.complete(code, reply=True, timeout=TIMEOUT)["content"]
+            for key in ("status", "matches", "cursor_start", "cursor_end"):
+                assert ours[key] == theirs[key], (code, key)
+            types = ours["metadata"]["_jupyter_types_experimental"]
+            expected = theirs["metadata"]["_jupyter_types_experimental"]
+            assert [(t["start"], t["end"], t["text"]) for t in types] == [
+                (t["start"], t["end"], t["text"]) for t in expected
+            ]
+            # ipykernel's types stop at a time budget ('<unknown>' past it); ours are kept
+            assert {t["text"]: t["type"] for t in types} == {
+                name: "function" if name == "my_function" else "instance"
+                for name in ours["matches"]
+            }
+    finally:
+        ipy.stop_channels()
+        km2.shutdown_kernel(now=True)
+
+
 def test_fresh_mode_keeps_no_state(kernel) -> None:
     _, kc = kernel
     _, outputs = run(kc, "%symbi_session fresh")

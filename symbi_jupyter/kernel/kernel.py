@@ -33,6 +33,8 @@ from ..tiers import SecurityTier
 from .live import KernelLiveLine
 from .magics import KernelMagics
 
+#: The most completions passed on from the worker.
+MAX_MATCHES = 1000
 #: A cell that is only this leaves the kernel, as ``exit``/``quit`` do in ipykernel.
 EXIT_CELL = re.compile(r"\s*(exit|quit)\s*(\(\s*(keep_kernel\s*=\s*(True|False))?\s*\))?\s*")
 
@@ -320,18 +322,37 @@ class SymbiKernel(Kernel):
 
     # ------------------------------------------------------------------ introspection
     def do_complete(self, code: str, cursor_pos: int) -> dict[str, Any]:  # type: ignore[override]
-        empty = {
-            "status": "ok",
-            "matches": [],
-            "cursor_start": cursor_pos,
-            "cursor_end": cursor_pos,
-            "metadata": {},
-        }
+        """Completion from the sandboxed namespace, as ipykernel replies: the matches,
+        the span they replace, and ``_jupyter_types_experimental`` (JupyterLab's
+        completer reads the reply through it; without it, Tab opened a popup of the
+        editor's own words instead of completing). The worker's reply is checked, not
+        passed on: it is as untrusted as the cells."""
+        cursor_pos = len(code) if cursor_pos is None else min(max(cursor_pos, 0), len(code))
         session = self._introspection_session()
-        if session is None:
-            return empty
-        reply = session.request("complete", code=code, cursor_pos=cursor_pos)
-        return reply if reply.get("status") == "ok" else empty
+        reply = session.request("complete", code=code, cursor_pos=cursor_pos) if session else {}
+        matches, types = [], []
+        if reply.get("status") == "ok" and isinstance(reply.get("matches"), list):
+            found = (reply.get("metadata") or {}).get("symbi_types")
+            for i, match in enumerate(reply["matches"][:MAX_MATCHES]):
+                if isinstance(match, str) and 0 < len(match) <= 1000:
+                    matches.append(match)
+                    kind = found[i] if isinstance(found, list) and i < len(found) else None
+                    types.append(kind if isinstance(kind, str) and len(kind) <= 20 else "<unknown>")
+        start, end = reply.get("cursor_start"), reply.get("cursor_end")
+        if not (isinstance(start, int) and isinstance(end, int) and 0 <= start <= end <= len(code)):
+            start = end = cursor_pos
+        return {
+            "status": "ok",
+            "matches": matches,
+            "cursor_start": start,
+            "cursor_end": end,
+            "metadata": {
+                "_jupyter_types_experimental": [
+                    {"start": start, "end": end, "text": m, "type": t, "signature": ""}
+                    for m, t in zip(matches, types, strict=True)
+                ]
+            },
+        }
 
     def do_inspect(  # type: ignore[override]
         self, code: str, cursor_pos: int, detail_level: int = 0, omit_sections: Any = ()

@@ -137,7 +137,9 @@ def complete_reply(ns, req):
         match = completer.complete(text, state)
         if match is None:
             break
-        match = match.rstrip("(: ")  # readline decorations for callables and keywords
+        # readline decorations: "f(" for a callable, "f()" for one without parameters,
+        # "else:" for a keyword
+        match = match.removesuffix("()").rstrip("(: ")
         if match not in matches:
             matches.append(match)
     return {
@@ -145,8 +147,30 @@ def complete_reply(ns, req):
         "matches": matches,
         "cursor_start": pos - len(text),
         "cursor_end": pos,
-        "metadata": {},
+        # what each match is, for the kernel's _jupyter_types_experimental
+        "metadata": {"symbi_types": [_kind(ns, match) for match in matches]},
     }
+
+
+def _kind(ns, name):
+    """A completion's type in ipykernel's words: keyword, module, class, function or
+    instance (the object its name reaches, as rlcompleter already reached it)."""
+    import keyword
+
+    if keyword.iskeyword(name):
+        return "keyword"
+    first, *rest = name.split(".")
+    try:
+        obj = ns[first] if first in ns else getattr(builtins, first)
+        for attr in rest:
+            obj = getattr(obj, attr)
+    except Exception:
+        return "<unknown>"
+    if isinstance(obj, type(builtins)):
+        return "module"
+    if isinstance(obj, type):
+        return "class"
+    return "function" if callable(obj) else "instance"
 
 
 def inspect_reply(ns, req):

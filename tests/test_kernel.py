@@ -875,3 +875,20 @@ def test_jupyter_run_drives_the_kernel_like_any_other(tmp_path: Path, workdir: P
     out, line = done.stdout.splitlines()[:2]
     # Without root some protections are said to be not enforced, after the status.
     assert out == "42" and line.split(" · not enforced: ")[0] == "[symbi] None (native) · exit 0"
+
+
+def test_a_plain_text_front_end_shows_no_stale_live_line(tmp_path: Path, workdir: Path) -> None:
+    """`jupyter run` prints each display's text once and ignores updates, as `jupyter
+    console` does: the live line printed 'running 251 ms' there, for good."""
+    _install(tmp_path)
+    script = tmp_path / "cells.py"
+    script.write_text("import time\ntime.sleep(1.5)\nprint('done')\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "jupyter_client.runapp", "--kernel=symbi", str(script)],
+        env={**os.environ, **_kernel_environment(tmp_path, workdir)},
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "done" in done.stdout and "running" not in done.stdout

@@ -157,6 +157,13 @@ def test_the_agent_runs_as_modules_of_its_own_from_the_standard_library():
         client.close()
 
 
+def test_carets_sit_under_the_failing_code_on_a_cells_last_line(worker):
+    """A cell's last line has no newline; traceback places carets as if it had one."""
+    _, reply = worker.execute("a = 0\nb = 1 / a")
+    at = reply["traceback"].index("    b = 1 / a")
+    assert reply["traceback"][at + 1] == "        ~~^~~"
+
+
 def test_state_persists(worker):
     assert worker.execute("x = 41")[1]["status"] == "ok"
     msgs, reply = worker.execute("print(x + 1)")

@@ -32,7 +32,10 @@ _REPR_METHODS = (
 def compile_cell(code, cell):
     """``(body, last expression, hide result)`` code objects, as IPython's last_expr;
     ``cell`` is the file name its frames get."""
-    linecache.cache[cell] = (len(code), None, code.splitlines(True), cell)
+    lines = code.splitlines(True)
+    if lines and not lines[-1].endswith("\n"):
+        lines[-1] += "\n"  # as a file's: traceback places its carets on that assumption
+    linecache.cache[cell] = (len(code), None, lines, cell)
     tree = ast.parse(code, cell, "exec")
     last = hide = None
     if tree.body and isinstance(tree.body[-1], ast.Expr):

@@ -119,7 +119,7 @@ def worker(worker_file):
 def test_ready_message(worker):
     ready = worker.ready
     assert ready["type"] == "ready"
-    assert ready["protocol"] == 2
+    assert ready["protocol"] == 3
     assert ready["pid"] == worker.proc.pid
     assert ready["python"] == platform.python_version()
     assert isinstance(ready["clear_refs"], bool)
@@ -148,6 +148,7 @@ def test_the_agent_runs_as_modules_of_its_own_from_the_standard_library():
         msgs, reply = client.execute(code)
         assert reply["status"] == "ok"
         expected = ["symbi_worker", *(f"symbi_worker.{name}" for name in AGENT_MODULES)]
+        expected.append("symbi_worker.mpl_inline")  # the matplotlib backend, made at start
         assert stdout_text(msgs) == f"{sorted(expected)}\n"
         _, reply = client.request("inspect", code="display", cursor_pos=7, detail_level=1)
         text = reply["data"]["text/plain"]

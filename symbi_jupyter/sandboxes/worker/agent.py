@@ -1,9 +1,12 @@
 """The worker agent: one persistent Python namespace that runs cells on request.
 
 Stdlib only, Python 3.11: it is shipped as source into containers and guests that have
-nothing but Debian's python3. Three modules: this one (the protocol loop and the
-running of cells), :mod:`.agent_output` (the cell's streams and the display API) and
-:mod:`.agent_code` (compiling cells, completion, inspection, rich representation).
+nothing but Debian's python3. Five modules: this one (the protocol loop and the
+running of cells), :mod:`.agent_output` (the cell's streams and the display API),
+:mod:`.agent_code` (compiling cells, completion, inspection, rich representation),
+:mod:`.agent_magics` (``get_ipython()``: the magics, ``!cmd`` and ``?`` that IPython's
+syntax becomes) and :mod:`.agent_display` (a stand-in ``IPython.display``, inline
+matplotlib figures).
 :func:`.shipping.worker_source` ships them as one program that installs them as modules
 and calls :func:`main`; it reaches the sandbox through ``BOOTSTRAP`` (a length line,
 then the program, on fd 0) or, at tier None, as the file ``python3`` runs.
@@ -12,14 +15,18 @@ Protocol: JSON lines (``ensure_ascii``, compact separators) on the worker's own 
 (requests) and stdout (messages); nothing else is written there. Never pickle.
 
 Host -> worker, each with an integer ``id`` except the last two:
-  execute {code, silent, max_output_bytes, cell_name}; complete {code, cursor_pos};
+  execute {code, silent, max_output_bytes, cell_name, source, network} (``code`` as
+  IPython's input transformations left it, ``source`` as typed, with the same line
+  numbers; ``network``: whether the worker's limits give it the network, for ``%pip``);
+  complete {code, cursor_pos};
   inspect {code, cursor_pos, detail_level}; is_complete {code};
   usage (answered at once, even while a cell runs); interrupt (KeyboardInterrupt in the
   running cell, ignored when idle); shutdown (exit 0; EOF on stdin likewise).
-Worker -> host: ``{"type":"ready","protocol":1,"pid","python","clear_refs"}`` once; then
-for a request N any of ``stream``, ``display_data``, ``update_display_data``,
+Worker -> host: ``{"type":"ready","protocol":PROTOCOL,"pid","python","clear_refs"}``
+once; then for a request N any of ``stream``, ``display_data``, ``update_display_data``,
 ``clear_output``, ``execute_result``, ``error`` with ``"id":N``, and exactly one final
-``{"id":N,"type":"reply","content":{...}}``.
+``{"id":N,"type":"reply","content":{...}}`` (an execute reply's content may carry
+ipykernel's ``payload``: help for the pager).
 
 Output: fd 0 is /dev/null, fds 1 and 2 are pipes read by threads, so the output of
 child processes is captured too; ``sys.stdout``/``sys.stderr`` send messages directly.
@@ -48,6 +55,8 @@ from .agent_code import (
     mimebundle,
     safe_str,
 )
+from .agent_display import install as install_display
+from .agent_magics import Shell, UsageError
 from .agent_output import Display, NoStdin, Output, PipeReader, write_all
 
 # Run as ``python3 -I -c BOOTSTRAP``, then write the source's length in bytes (decimal), a
@@ -70,13 +79,16 @@ while not size.endswith(b"\\n"):
 exec(compile(read(int(size)), "<symbi-worker>", "exec"), {"__name__": "__main__"})
 """
 
-PROTOCOL = 2
+PROTOCOL = 3
 #: The most output held for the next cell while none runs.
 HELD_BYTES = 1024 * 1024
 TRUNCATION_MARKER = "\n... [output truncated at {} bytes]\n"
 #: The file names of the agent's own code (each module's, as it was compiled: a path,
 #: or the name worker_source() gave it): their frames are left out of a cell's traceback.
-_SELF_FILES = {f.__code__.co_filename for f in (lambda: None, mimebundle, write_all)}
+_SELF_FILES = {
+    f.__code__.co_filename
+    for f in (lambda: None, mimebundle, write_all, install_display, Shell.get_ipython)
+}
 _SIGINT = {signal.SIGINT}
 _CO_COROUTINE = 0x0080  # inspect.CO_COROUTINE, without importing inspect at start
 
@@ -144,6 +156,9 @@ class Worker:
             update_display=api.update_display,
             clear_output=api.clear_output,
         )
+        # IPython's syntax, transformed on the host, calls get_ipython(): the stand-in.
+        self.shell = Shell(self, api)
+        install_display(self.shell, api)
         self._previous_main = sys.modules.get("__main__")  # keeps the loader alive
         sys.modules["__main__"] = self.module
 
@@ -313,14 +328,18 @@ class Worker:
         user0, sys0 = _cpu_times()
         start = time.monotonic()
         self.clear_refs = self.clear_refs and _reset_hwm()
+        self.shell.network = req.get("network") is True
         error: tuple[BaseException, list[str]] | None
         try:
-            parts = compile_cell(code, cell)
+            parts = compile_cell(code, cell, req.get("source"))
         except Exception as exc:  # SyntaxError mostly: no frames worth showing
             error = exc, traceback.format_exception_only(exc)
         else:
             _, raised = self._guarded(self._run, parts, bool(req.get("silent")))
-            error = None if raised is None else (raised, format_error(raised, cell, _SELF_FILES))
+            # After every cell, as IPython's post_execute: inline figures among others.
+            _, after = self._guarded(self.shell.post_execute)
+            raised = raised or after
+            error = None if raised is None else (raised, self._error_lines(raised, cell))
         wall = time.monotonic() - start
         user1, sys1 = _cpu_times()
         peak, method = _peak_memory(self.clear_refs)
@@ -338,6 +357,9 @@ class Worker:
             "children_maxrss_bytes": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024,
             "interrupted": error is not None and isinstance(error[0], KeyboardInterrupt),
         }
+        payload = self.shell.take_payload()
+        if payload:  # help (``len?``) for the pager, as ipykernel's execute_reply has it
+            content["payload"] = payload
         if error and isinstance(error[0], SystemExit):
             # the status the code asked for, as `python3 file.py` would exit with it
             code = error[0].code
@@ -357,6 +379,14 @@ class Worker:
         with self.cell_lock:
             self.current_id = None  # the reply, sent next, ends the cell
         return content
+
+    @staticmethod
+    def _error_lines(raised, cell):
+        if isinstance(raised, UsageError):  # a magic's: one line, as IPython shows it
+            return [f"UsageError: {safe_str(raised)}\n"]
+        if isinstance(raised, SyntaxError) and raised.filename == cell:
+            return traceback.format_exception_only(raised)  # in a magic's code: as a cell's
+        return format_error(raised, cell, _SELF_FILES)
 
     def _guarded(self, fn, *args):
         """Run user code with SIGINT deliverable; return ``(value, exception)``."""

@@ -18,6 +18,10 @@ import traceback
 
 _COMPILE_FLAGS = ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
 
+#: Representations of types that have no ``_repr_*_`` methods (matplotlib's figures),
+#: added by the worker's other modules: each returns a ``{mime: data}`` dict, or None.
+FORMATTERS: list = []
+
 _REPR_METHODS = (
     ("text/html", "_repr_html_"),
     ("text/markdown", "_repr_markdown_"),
@@ -29,13 +33,16 @@ _REPR_METHODS = (
 )
 
 
-def compile_cell(code, cell):
+def compile_cell(code, cell, source=None):
     """``(body, last expression, hide result)`` code objects, as IPython's last_expr;
-    ``cell`` is the file name its frames get."""
-    lines = code.splitlines(True)
+    ``cell`` is the file name its frames get. ``source``, the cell as typed when
+    ``code`` is its transformation (with the same line numbers), is what tracebacks
+    show of it."""
+    typed = code if source is None else source
+    lines = typed.splitlines(True)
     if lines and not lines[-1].endswith("\n"):
         lines[-1] += "\n"  # as a file's: traceback places its carets on that assumption
-    linecache.cache[cell] = (len(code), None, lines, cell)
+    linecache.cache[cell] = (len(typed), None, lines, cell)
     tree = ast.parse(code, cell, "exec")
     last = hide = None
     if tree.body and isinstance(tree.body[-1], ast.Expr):
@@ -58,9 +65,20 @@ def format_error(exc, cell, own_files):
     end = len(frames)
     if isinstance(exc, KeyboardInterrupt) and True in ours[start:]:
         end = ours.index(True, start)  # it hit the worker's plumbing (a print): stop there
-    kept = [f for f, own in zip(frames[start:end], ours[start:end], strict=True) if not own]
+    kept = []
+    for i in range(start, end):
+        if ours[i]:
+            continue
+        after = next((j for j in range(i + 1, end) if not ours[j]), None)
+        if after is not None and after > i + 1 and _same_line(frames[i], frames[after]):
+            continue  # a magic's call, then the code it ran on that same line: shown once
+        kept.append(frames[i])
     error.stack = traceback.StackSummary.from_list(kept)
     return list(error.format())
+
+
+def _same_line(a, b):
+    return (a.filename, a.lineno) == (b.filename, b.lineno)
 
 
 def mimebundle(obj):
@@ -86,6 +104,11 @@ def mimebundle(obj):
                 value, metadata[mime] = value
             if value is not None:
                 data[mime] = value
+    for formatter in FORMATTERS if not data else ():
+        try:
+            data.update(formatter(obj) or {})
+        except Exception:
+            pass
     if "text/plain" not in data:
         plain = isinstance(obj, dict | list | tuple | set | frozenset)
         data["text/plain"] = pprint.pformat(obj, sort_dicts=False) if plain else repr(obj)
@@ -181,15 +204,27 @@ def inspect_reply(ns, req):
     ``ns`` (then builtins)."""
     code = req.get("code", "")
     name = _name_at(code, min(req.get("cursor_pos", len(code)), len(code)))
-    try:
-        first, *rest = name.split(".")
-        obj = ns[first] if first in ns else getattr(builtins, first)
-        for attr in rest:
-            obj = getattr(obj, attr)
-    except Exception:  # not found (or a property that raised)
+    found, obj = lookup(name, ns)
+    if not found:
         return {"status": "ok", "found": False, "data": {}, "metadata": {}}
     text = describe(name, obj, req.get("detail_level", 0))
     return {"status": "ok", "found": True, "data": {"text/plain": text}, "metadata": {}}
+
+
+def lookup(name, *namespaces):
+    """``(found, object)`` for a dotted name, from the first namespace that has its
+    first part, then builtins; attributes are read, nothing is called or evaluated."""
+    try:
+        first, *rest = name.split(".")
+        if not first.isidentifier():
+            return False, None
+        holder = next((ns for ns in namespaces if first in ns), vars(builtins))
+        obj = holder[first]
+        for attr in rest:
+            obj = getattr(obj, attr)
+    except Exception:  # not found (or a property that raised)
+        return False, None
+    return True, obj
 
 
 def _name_at(code, pos):

@@ -1,0 +1,604 @@
+"""The worker agent's ``get_ipython()``: what IPython's syntax turns into, run inside the
+sandbox with the standard library.
+
+The host passes each cell through IPython's own input transformations, so ``%timeit x``
+arrives as ``get_ipython().run_line_magic('timeit', 'x')``, ``!ls`` as
+``get_ipython().system('ls')`` and ``len?`` as ``run_line_magic('pinfo', 'len')``;
+:class:`Shell` answers those calls. It has the magics that make sense in a sandbox
+(:data:`LINE_MAGICS`, :data:`CELL_MAGICS`); any other fails with a one-line
+:class:`UsageError` naming the kernel's limit. Code a magic runs keeps the line numbers
+(and columns) of the cell as typed.
+
+Part of the worker agent (:mod:`.agent`): stdlib only, shipped as source with it by
+:func:`.shipping.worker_source`.
+"""
+
+import ast
+import linecache
+import os
+import re
+import string
+import sys
+import time
+
+from .agent_code import describe, lookup
+from .agent_display import (
+    HTML,
+    SVG,
+    Javascript,
+    Latex,
+    Markdown,
+    enable_matplotlib,
+    inline_active,
+    show_figures,
+)
+
+
+class UsageError(Exception):
+    """A magic misused, or not available in the sandbox: shown as one line, as IPython
+    shows its own UsageError."""
+
+
+#: IPython magics the sandbox does not have, with the reason it gives.
+_EXTENSIONS = "IPython extensions need IPython itself, which does not run in the sandbox"
+_NO_INPUT = "the sandbox has no interactive input (stdin is closed)"
+_HOST_HISTORY = "the cells' history is kept by the kernel on the host, not in the sandbox"
+UNAVAILABLE = {
+    "load_ext": _EXTENSIONS,
+    "reload_ext": _EXTENSIONS,
+    "unload_ext": _EXTENSIONS,
+    "autoreload": _EXTENSIONS,
+    "aimport": _EXTENSIONS,
+    "run": "run a file with !python3 FILE, or exec(open(FILE).read()) in the namespace",
+    "debug": _NO_INPUT,
+    "pdb": _NO_INPUT,
+    "config": "the kernel's settings are its operator's (jupyter_symbi_config.py), not a cell's",
+    "reset": "%symbi_session restart starts a new worker, with an empty namespace",
+    "history": _HOST_HISTORY,
+    "recall": _HOST_HISTORY,
+    "rerun": _HOST_HISTORY,
+    "save": _HOST_HISTORY,
+    "load": "%load writes into the notebook's cell, which the sandbox cannot reach",
+    "edit": "the sandbox has no editor and no front end of its own",
+    "gui": "the sandbox has no display",
+    "qtconsole": "the sandbox has no display",
+    "conda": "conda is not in the sandbox; %pip installs where the policy allows the network",
+    "mamba": "mamba is not in the sandbox; %pip installs where the policy allows the network",
+}
+_KERNEL_MAGIC = (
+    "the kernel's own magics run on the host, before the cell: put %{} on the cell's "
+    "first lines, before any code"
+)
+
+
+def _format_time(seconds, precision=3):
+    """A duration as IPython's %time and %timeit write it (``1.23 ms``, ``2min 3s``)."""
+    if seconds >= 60.0:
+        parts, left = [], seconds
+        for suffix, length in (("d", 86400), ("h", 3600), ("min", 60), ("s", 1)):
+            value = int(left / length)
+            if value > 0:
+                left %= length
+                parts.append(f"{value}{suffix}")
+            if left < 1:
+                break
+        return " ".join(parts)
+    units, scaling = ("s", "ms", "\xb5s", "ns"), (1, 1e3, 1e6, 1e9)
+    order = 3
+    if seconds > 0.0:
+        import math
+
+        order = min(-int(math.floor(math.log10(seconds)) // 3), 3)
+    return f"{seconds * scaling[order]:.{precision}g} {units[order]}"
+
+
+class TimeitResult:
+    """What ``%timeit -o`` returns, with IPython's attributes and text."""
+
+    def __init__(self, loops, repeat, best, worst, all_runs, precision):
+        self.loops, self.repeat = loops, repeat
+        self.best, self.worst, self.all_runs = best, worst, all_runs
+        self._precision = precision
+        self.timings = [t / loops for t in all_runs]
+
+    @property
+    def average(self):
+        return sum(self.timings) / len(self.timings)
+
+    @property
+    def stdev(self):
+        mean = self.average
+        return (sum((t - mean) ** 2 for t in self.timings) / len(self.timings)) ** 0.5
+
+    def __str__(self):
+        runs = f"{self.repeat} run{'' if self.repeat == 1 else 's'}"
+        loops = f"{self.loops:,} loop{'' if self.loops == 1 else 's'}"
+        mean = _format_time(self.average, self._precision)
+        std = _format_time(self.stdev, self._precision)
+        return f"{mean} \xb1 {std} per loop (mean \xb1 std. dev. of {runs}, {loops} each)"
+
+    def __repr__(self):
+        return f"<TimeitResult : {self}>"
+
+
+class SList(list):
+    """``x = !cmd``: the output's lines, with IPython's ``.s``, ``.n`` and ``.l``."""
+
+    s = property(lambda self: " ".join(self), doc="the lines joined by spaces")
+    n = property(lambda self: "\n".join(self), doc="the lines joined by newlines")
+    l = property(lambda self: list(self), doc="the lines as a plain list")  # noqa: E741
+
+
+class Events:
+    """``get_ipython().events``: the worker fires pre_execute and post_execute around
+    every cell (matplotlib registers post_execute when it finds IPython loaded)."""
+
+    NAMES = ("pre_execute", "post_execute")
+
+    def __init__(self):
+        self.callbacks: dict = {name: [] for name in self.NAMES}
+
+    def register(self, event, function):
+        if event not in self.callbacks:
+            raise KeyError(
+                f"Unknown event {event!r}: the symbi kernel's sandbox fires "
+                f"{' and '.join(self.NAMES)}"
+            )
+        self.callbacks[event].append(function)
+
+    def unregister(self, event, function):
+        self.callbacks[event].remove(function)
+
+    def trigger(self, event, *args, **kwargs):
+        for function in list(self.callbacks[event]):
+            function(*args, **kwargs)
+
+
+class _Call:
+    """Where a magic was called from: the caller's namespaces and its place in the cell."""
+
+    def __init__(self, frame, magic=None):
+        self.globals = frame.f_globals
+        self.locals = None if frame.f_locals is frame.f_globals else frame.f_locals
+        self.filename, self.lineno = frame.f_code.co_filename, frame.f_lineno
+        self.magic = magic
+
+    def namespace(self):
+        """One dict of what the caller sees (a copy when it is a function's)."""
+        if self.locals is None:
+            return self.globals
+        return {**self.globals, **self.locals}
+
+    def parse(self, code, cell=False):
+        """``code`` as an AST placed where it is in the cell as typed: a cell magic's
+        body from the next line, a line magic's argument at its own column."""
+        before = self.lineno - (not cell)  # lines of the cell before the code's first
+        typed, at = "", 0  # a line magic's line as typed, and where its code starts there
+        if not cell:
+            typed = linecache.getline(self.filename, self.lineno)
+            at = max(0, typed.find(code.split("\n", 1)[0], max(0, typed.find(self.magic or ""))))
+        column = len(typed[:at].encode())
+        try:
+            tree = ast.parse(code, self.filename, "exec")
+        except SyntaxError as exc:
+            if exc.lineno is not None:
+                if exc.lineno == 1 and exc.offset is not None and typed:
+                    exc.offset, exc.text = exc.offset + at, typed
+                    if exc.end_offset and exc.end_lineno == 1:  # 0: not known
+                        exc.end_offset += at
+                exc.lineno += before
+                if exc.end_lineno is not None:
+                    exc.end_lineno += before
+            raise
+        for node in ast.walk(tree) if column else ():
+            for line, col in (("lineno", "col_offset"), ("end_lineno", "end_col_offset")):
+                if getattr(node, line, None) == 1:  # on the magic's own line
+                    setattr(node, col, getattr(node, col) + column)
+        return ast.increment_lineno(tree, before)
+
+
+class Shell:
+    """``get_ipython()`` in the sandbox: magics, shell commands, help and events."""
+
+    def __init__(self, worker, api):
+        self._worker, self._api = worker, api
+        self.user_ns = worker.ns
+        self.events = Events()
+        #: whether this worker's limits give it the network (said by the host per cell)
+        self.network = False
+        self._payload = []
+        self.user_ns["get_ipython"] = self.get_ipython  # as IPython puts it there
+        self._initial = set(self.user_ns)  # what %who leaves out
+
+    def get_ipython(self):
+        """The running shell: the symbi kernel's stand-in for IPython's."""
+        return self
+
+    def __repr__(self):
+        return "<symbi kernel sandbox shell: IPython syntax, without IPython>"
+
+    # -- the worker's side ----------------------------------------------------------------
+
+    def take_payload(self):
+        payload, self._payload = self._payload, []
+        return payload
+
+    def post_execute(self):
+        """After every cell, failed ones included: callbacks, then open figures."""
+        self.events.trigger("post_execute")
+        if inline_active():
+            show_figures(self._api)
+
+    # -- IPython's entry points -----------------------------------------------------------
+
+    def run_line_magic(self, magic_name, line, _stack_depth=1):
+        call = _Call(sys._getframe(_stack_depth), "%" + magic_name)
+        method = getattr(self, f"line_{magic_name}", None)
+        if method is None:
+            raise UsageError(self._missing("%", magic_name))
+        return method(line, call)
+
+    def run_cell_magic(self, magic_name, line, cell):
+        call = _Call(sys._getframe(1), "%%" + magic_name)
+        method = getattr(self, f"cell_{magic_name}", None)
+        if method is None:
+            raise UsageError(self._missing("%%", magic_name))
+        return method(line, cell, call)
+
+    def magic(self, arg_s):
+        name, _, line = arg_s.lstrip("%").partition(" ")
+        return self.run_line_magic(name, line, _stack_depth=2)
+
+    def system(self, cmd):
+        """``!cmd``: through ``/bin/sh`` in the sandbox, its output streamed."""
+        cmd = self.var_expand(cmd, _Call(sys._getframe(1)))
+        self._command(["/bin/sh", "-c", cmd])
+
+    def getoutput(self, cmd, split=True):
+        """``x = !cmd``: its output (stderr included) as an :class:`SList`."""
+        cmd = self.var_expand(cmd, _Call(sys._getframe(1)))
+        out = self._command(["/bin/sh", "-c", cmd], capture=True)
+        return SList(out.splitlines()) if split else out
+
+    def var_expand(self, cmd, call=None):
+        """``$name`` and ``{expression}`` from the caller's namespace, as IPython does;
+        the command unchanged where that fails."""
+        call = call or _Call(sys._getframe(1))
+        try:
+            return _Expander().vformat(cmd, (), {**self.user_ns, **(call.locals or {})})
+        except Exception:
+            return cmd
+
+    def ev(self, expr):
+        return eval(expr, self.user_ns)
+
+    def ex(self, cmd):
+        exec(cmd, self.user_ns)
+
+    def push(self, variables):
+        self.user_ns.update(variables)
+
+    def enable_gui(self, gui=None):
+        """matplotlib asks for its backend's event loop: the inline one needs none."""
+
+    def showtraceback(self, *args, **kwargs):
+        import traceback
+
+        traceback.print_exc()
+
+    # -- magics -----------------------------------------------------------------------------
+
+    def _missing(self, prefix, name):
+        if name.startswith("symbi"):
+            return f"{prefix}{name}: {_KERNEL_MAGIC.format(name)}"
+        reason = UNAVAILABLE.get(name) or (
+            "the sandbox runs Python with a small IPython stand-in, which has "
+            + ", ".join(["%" + n for n in LINE_MAGICS] + ["%%" + n for n in CELL_MAGICS])
+        )
+        return f"{prefix}{name}: not available in the symbi kernel: {reason}"
+
+    def line_time(self, line, call):
+        """Time one run of a statement or expression: CPU and wall time, as IPython."""
+        return self._time(line, call, cell=False)
+
+    def cell_time(self, line, cell, call):
+        return self._time(cell, call, cell=True)
+
+    def _time(self, code, call, cell):
+        import resource
+
+        tree = call.parse(code, cell)
+        last = None
+        if tree.body and isinstance(tree.body[-1], ast.Expr):
+            last = compile(ast.Expression(tree.body.pop().value), call.filename, "eval")
+        body = compile(tree, call.filename, "exec")
+        before, wall = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+        exec(body, call.globals, call.locals)
+        value = None if last is None else eval(last, call.globals, call.locals)
+        wall = time.perf_counter() - wall
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        user, system = after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime
+        print(
+            f"CPU times: user {_format_time(user)}, sys: {_format_time(system)}, "
+            f"total: {_format_time(user + system)}"
+        )
+        print(f"Wall time: {_format_time(wall)}")
+        return value
+
+    def line_timeit(self, line, call):
+        """Time a statement over many loops (-n N loops, -r R runs, -p P digits, -q
+        quiet, -o return the TimeitResult), as IPython's %timeit."""
+        return self._timeit(line, None, call)
+
+    def cell_timeit(self, line, cell, call):
+        return self._timeit(line, cell, call)
+
+    def _timeit(self, line, cell, call):
+        import timeit
+
+        opts, stmt = _options(line, "tcqo", "nrp", call.magic)
+        setup = "pass"
+        if cell is not None:
+            setup, stmt = stmt or "pass", cell
+        if not stmt.strip():
+            raise UsageError(f"{call.magic}: give a statement to time")
+        call.parse(stmt, cell is not None)  # a syntax error at the line it is on
+        number, repeat, precision = opts.get("n", 0), opts.get("r", 7), opts.get("p", 3)
+        clock = time.perf_counter
+        if "t" in opts:
+            clock = time.time
+        elif "c" in opts:
+            clock = time.process_time
+        timer = timeit.Timer(stmt, setup, timer=clock, globals=call.namespace())
+        if number == 0:  # as IPython: enough loops for 0.2 s
+            for index in range(10):
+                number = 10**index
+                if timer.timeit(number) >= 0.2:
+                    break
+        runs = timer.repeat(repeat, number)
+        best, worst = min(runs) / number, max(runs) / number
+        result = TimeitResult(number, repeat, best, worst, runs, precision)
+        if "q" not in opts:
+            if worst > 4 * best and best > 0 and worst > 1e-6:
+                print(
+                    f"The slowest run took {worst / best:0.2f} times longer than the fastest. "
+                    "This could mean that an intermediate result is being cached."
+                )
+            print(result)
+        return result if "o" in opts else None
+
+    def cell_writefile(self, line, cell, call):
+        """Write the cell's body to a file (-a: append to it)."""
+        import shlex
+
+        args = shlex.split(self.var_expand(line, call))
+        append = bool({"-a", "--append"} & set(args))
+        names = [a for a in args if a not in ("-a", "--append")]
+        if len(names) != 1:
+            raise UsageError("%%writefile: give one file name, and -a to append to it")
+        filename = os.path.expanduser(names[0])
+        if os.path.exists(filename):
+            print(f"{'Appending to' if append else 'Overwriting'} {filename}")
+        else:
+            print(f"Writing {filename}")
+        with open(filename, "a" if append else "w", encoding="utf-8") as f:
+            f.write(cell)
+
+    def line_pinfo(self, line, call, detail=0):
+        """``name?``: help on an object of the namespace, as IPython's pager shows it."""
+        name = line.strip()
+        if name.startswith("%"):
+            found, obj = self._magic_method(name)
+        else:
+            found, obj = lookup(name, *filter(None, (call.locals, call.globals)))
+        if not found:
+            print(f"Object `{name}` not found.")
+            return
+        text = describe(name, obj, detail)
+        self._payload.append({"source": "page", "data": {"text/plain": text}, "start": 0})
+
+    def line_pinfo2(self, line, call):
+        """``name??``: help with the source, where it can be found."""
+        self.line_pinfo(line, call, detail=1)
+
+    def _magic_method(self, name):
+        cell = name.startswith("%%")
+        method = getattr(self, f"{'cell' if cell else 'line'}_{name.lstrip('%')}", None)
+        return method is not None, method
+
+    def line_pip(self, line, call):
+        """``python3 -m pip`` in the sandbox; installing needs the network."""
+        import importlib.util
+        import shlex
+
+        args = shlex.split(self.var_expand(line, call))
+        if importlib.util.find_spec("pip") is None:
+            raise UsageError(
+                f"%pip: pip is not installed in this sandbox's Python ({sys.executable})"
+            )
+        fetches = args[:1] in (["install"], ["download"], ["wheel"], ["index"])
+        if fetches and not self.network and "--no-index" not in args:
+            raise UsageError(
+                f"%pip {args[0]}: this sandbox has no network (the kernel's limits); "
+                "`%symbi_limits --network` gives it one where the operator's policy allows it"
+            )
+        self._command([sys.executable, "-m", "pip", *args])
+        print("Note: you may need to restart the kernel to use updated packages.")
+
+    def line_matplotlib(self, line, call):
+        """Figures inline, as PNG images (the default once matplotlib is imported)."""
+        reason = enable_matplotlib(line.strip() or None)
+        if reason:
+            raise UsageError(reason)
+
+    def line_system(self, line, call):
+        self._command(["/bin/sh", "-c", self.var_expand(line, call)])
+
+    def line_sx(self, line, call):
+        out = self._command(["/bin/sh", "-c", self.var_expand(line, call)], capture=True)
+        return SList(out.splitlines())
+
+    def line_cd(self, line, call):
+        target = os.path.expanduser(self.var_expand(line, call).strip().strip("'\"") or "~")
+        try:
+            os.chdir(target)
+        except OSError as exc:
+            raise UsageError(f"%cd: {exc.strerror}: {target}") from None
+        print(os.getcwd())
+
+    def line_pwd(self, line, call):
+        return os.getcwd()
+
+    def line_env(self, line, call):
+        line = self.var_expand(line, call).strip()
+        if not line:
+            return dict(os.environ)
+        setting = re.match(r"(\S+?)(?:\s*=\s*|\s+)(.*)$", line)
+        if setting:
+            key, value = setting.groups()
+            os.environ[key] = value
+            print(f"env: {key}={value}")
+            return None
+        if line not in os.environ:
+            raise UsageError(f"%env: the environment has no {line}")
+        return os.environ[line]
+
+    def line_who(self, line, call):
+        names = sorted(
+            name for name in self.user_ns if not name.startswith("_") and name not in self._initial
+        )
+        print("\t".join(names) if names else "Interactive namespace is empty.")
+
+    def line_lsmagic(self, line, call):
+        print("Available line magics:\n" + "  ".join("%" + n for n in LINE_MAGICS))
+        print("\nAvailable cell magics:\n" + "  ".join("%%" + n for n in CELL_MAGICS))
+        print("\nThe kernel's own magics (%symbi_tier, %%symbi, ...) run on the host.")
+
+    def cell_bash(self, line, cell, call):
+        self._command(["bash", "-c", cell])
+
+    def cell_sh(self, line, cell, call):
+        self._command(["/bin/sh", "-c", cell])
+
+    def cell_html(self, line, cell, call):
+        self._api.display(HTML(cell))
+
+    def cell_markdown(self, line, cell, call):
+        self._api.display(Markdown(cell))
+
+    def cell_latex(self, line, cell, call):
+        self._api.display(Latex(cell))
+
+    def cell_svg(self, line, cell, call):
+        self._api.display(SVG(cell))
+
+    def cell_javascript(self, line, cell, call):
+        self._api.display(Javascript(cell))
+
+    cell_js = cell_javascript
+
+    # -- shell commands ---------------------------------------------------------------------
+
+    def _command(self, argv, capture=False):
+        """Run ``argv`` in its own process group; its output goes to the cell's
+        streams (or is returned). An interrupt stops the whole group."""
+        import subprocess
+
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        try:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE if capture else None,
+                stderr=subprocess.STDOUT if capture else None,
+                start_new_session=True,
+            )
+        except FileNotFoundError:
+            raise UsageError(f"{argv[0]} is not installed in this sandbox") from None
+        try:
+            out, _ = proc.communicate()
+        except BaseException:
+            _stop(proc)
+            raise
+        self.user_ns["_exit_code"] = proc.returncode
+        return (out or b"").decode("utf-8", "replace")
+
+
+def _stop(proc):
+    """SIGINT to the command's process group, then SIGKILL to what is left of it."""
+    import signal
+
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})  # no second interrupt here
+    try:
+        for sig, grace in ((signal.SIGINT, 1.0), (signal.SIGKILL, 5.0)):
+            try:
+                os.killpg(proc.pid, sig)
+            except OSError:
+                pass
+            try:
+                proc.wait(grace)
+            except Exception:
+                pass
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
+def _options(line, flags, valued, magic):
+    """IPython-style leading options (``-n 10 -q``) of a magic's line, and the rest as
+    typed: ``flags`` take no value, ``valued`` take an integer."""
+    opts, rest = {}, line.lstrip()
+    while rest.startswith("-"):
+        match = re.match(r"-(\w)(\S*)\s*", rest)
+        if match is None:
+            break
+        letter, attached = match.groups()
+        if letter in valued:
+            rest = rest[match.end() :]
+            if not attached:
+                value = re.match(r"(\S*)\s*", rest)
+                assert value is not None  # it matches everywhere, if only the empty string
+                attached, rest = value.group(1), rest[value.end() :]
+            try:
+                opts[letter] = int(attached)
+            except ValueError:
+                raise UsageError(f"{magic} -{letter}: a whole number, not {attached!r}") from None
+        elif letter in flags and not attached:
+            opts[letter] = True
+            rest = rest[match.end() :]
+        else:
+            break  # the statement itself starts with a minus
+    return opts, rest
+
+
+class _Expander(string.Formatter):
+    """IPython's DollarFormatter: ``{expression}`` and ``$name`` (``$$`` for ``$``),
+    evaluated in the namespace; ``$`` inside single quotes is left alone."""
+
+    _dollar = re.compile(r"(.*?)\$(\$?[\w\.]+)(?=([^']*'[^']*')*[^']*$)")
+
+    def parse(self, format_string):
+        for literal, field, spec, conversion in super().parse(format_string):
+            done, text = 0, ""
+            for match in self._dollar.finditer(literal):
+                before, name = match.group(1, 2)
+                if name.startswith("$"):
+                    text += before + name
+                else:
+                    yield text + before, name, "", None
+                    text = ""
+                done = match.end()
+            yield text + literal[done:], field, spec, conversion
+
+    def vformat(self, format_string, args, kwargs):
+        out = []
+        for literal, field, spec, conversion in self.parse(format_string):
+            out.append(literal)
+            if field is not None:
+                value = eval(f"{field}:{spec}" if spec else field, dict(kwargs))
+                out.append(self.format_field(self.convert_field(value, conversion), ""))
+        return "".join(out)
+
+
+LINE_MAGICS = tuple(sorted(n[5:] for n in vars(Shell) if n.startswith("line_")))
+CELL_MAGICS = tuple(sorted(n[5:] for n in vars(Shell) if n.startswith("cell_")))

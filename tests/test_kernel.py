@@ -93,6 +93,7 @@ class TestSymbiKernelConformance(jupyter_kernel_test.KernelTests):
     code_history_pattern = "1?2*"
     supported_history_operations = ("tail", "range", "search")
     code_inspect_sample = "zip"
+    code_page_something = "zip?"
     code_clear_output = "clear_output()"
 
     @classmethod

@@ -32,6 +32,7 @@ from ..sandboxes.worker import CellOutcome, WorkerSession
 from ..tiers import SecurityTier
 from .live import KernelLiveLine
 from .magics import KernelMagics
+from .transform import transform_cell
 
 #: The most completions passed on from the worker.
 MAX_MATCHES = 1000
@@ -282,8 +283,15 @@ class SymbiKernel(Kernel):
             live = KernelLiveLine(self, session.tier, session.limits, interval, show)
             live.start(session.handle.usage)
         samples = None
+        runs = transform_cell(code)  # IPython's syntax, as plain Python for the sandbox
         try:
-            outcome = session.execute(code, relay, cell_name=f"<cell-{count}>", silent=silent)
+            outcome = session.execute(
+                runs,
+                relay,
+                cell_name=f"<cell-{count}>",
+                silent=silent,
+                source=None if runs == code else code,
+            )
         finally:
             if live is not None:
                 samples = live.stop()
@@ -309,9 +317,9 @@ class SymbiKernel(Kernel):
                     "display_data",
                     {"data": bundle, "metadata": {}, "transient": {}},
                 )
-        if outcome.status == "ok":
-            return self._ok()
         reply = outcome.reply
+        if outcome.status == "ok":
+            return {**self._ok(), "payload": _pager_payload(reply.get("payload"))}
         return {
             "status": "error",
             "execution_count": self.execution_count,
@@ -456,3 +464,22 @@ class SymbiKernel(Kernel):
         if previous is None or now <= previous[0]:
             return 0.0
         return max(0.0, 100.0 * (cpu_seconds - previous[1]) / (now - previous[0]))
+
+
+#: The most pages one cell's reply passes to the pager, and the most text of each.
+PAGER_PAGES, PAGER_TEXT = 10, 1 << 20
+
+
+def _pager_payload(payload: Any) -> list[dict[str, Any]]:
+    """The worker's help for the pager (``len?``), as ipykernel sends it: only plain
+    text pages pass, and only so many, the worker being as untrusted as its cells."""
+    pages = []
+    for item in payload[:PAGER_PAGES] if isinstance(payload, list) else ():
+        data = item.get("data") if isinstance(item, dict) else None
+        if isinstance(data, dict) and item.get("source") == "page":
+            text = data.get("text/plain")
+            if isinstance(text, str):
+                pages.append(
+                    {"source": "page", "data": {"text/plain": text[:PAGER_TEXT]}, "start": 0}
+                )
+    return pages

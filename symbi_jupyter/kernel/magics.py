@@ -124,13 +124,18 @@ class KernelMagics:
         self.kernel = kernel
 
     def line_magics(self, code: str) -> str:
-        """Run the kernel's line magics at the top of a cell; return the rest."""
+        """Run the kernel's line magics at the top of a cell; return the rest, after
+        as many blank lines (so its lines keep their numbers)."""
         lines = code.splitlines(keepends=True)
-        while lines and (lines[0].strip() == "" or lines[0].lstrip().startswith("%symbi_")):
-            line = lines.pop(0).strip()
+        done = 0
+        while done < len(lines) and (
+            lines[done].strip() == "" or lines[done].lstrip().startswith("%symbi_")
+        ):
+            line = lines[done].strip()
+            done += 1
             if line:
                 self._line_magic(line)
-        return "".join(lines)
+        return "\n" * done + "".join(lines[done:])
 
     def _line_magic(self, line: str) -> None:
         name, _, rest = line.partition(" ")

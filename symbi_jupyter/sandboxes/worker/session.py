@@ -221,10 +221,13 @@ class WorkerSession:
         limits: ResourceLimits | None = None,
         silent: bool = False,
         cell_name: str | None = None,
+        source: str | None = None,
     ) -> CellOutcome:
         """Run one cell; its messages go to ``on_message`` as they come. The cell's
         ``timeout_seconds`` and ``max_cpu_seconds`` (from ``limits``, else the
-        session's) are kept here: passing either stops the worker."""
+        session's) are kept here: passing either stops the worker. ``source`` is the
+        cell as typed where ``code`` is IPython's transformation of it: what its
+        tracebacks show."""
         limits = limits or self.limits
         if not self.alive:
             raise SessionLost(self.lost or "the worker is gone")
@@ -248,6 +251,9 @@ class WorkerSession:
                 "silent": silent,
                 "max_output_bytes": limits.max_output_bytes,
                 "cell_name": cell_name or f"<cell-{self.cells}>",
+                # for %pip's reason: the sandbox's own network isolation is what holds
+                "network": bool(limits.network),
+                **({} if source is None else {"source": source}),
             }
         )
         reply: dict[str, Any] | None = None

@@ -19,7 +19,7 @@ from symbi_jupyter.orchestrator import SandboxOrchestrator
 from symbi_jupyter.sandboxes.worker import worker_source
 from symbi_jupyter.tiers import SecurityTier
 
-from .helpers import need
+from .helpers import need, wait_until
 from .test_kernel import _install, _kernel_environment, refused, run, stdout
 from .test_worker import Client, stdout_text
 
@@ -240,6 +240,27 @@ def test_a_magics_error_points_into_the_cell_as_typed(bare) -> None:
     at = lines.index("    %time b = 1 / a")
     assert lines[at - 1].endswith("line 2, in <module>")
     assert lines[at + 1] == " " * len("    %time b = ") + "~~^~~"  # under "1 / a", as typed
+
+
+def test_an_interrupted_shell_command_is_stopped_with_its_group(bare) -> None:
+    cell = "!echo $$; sleep 60 & sleep 60"
+    rid = bare.send(type="execute", code=transform_cell(cell), source=cell, silent=False)
+    shell = int(bare.next()["text"])  # the shell's pid: its process group's id
+    bare.send(type="interrupt")
+    msgs, reply = bare.collect(rid)
+    assert reply["ename"] == "KeyboardInterrupt" and reply["interrupted"] is True
+    assert reply["wall_seconds"] < 60
+    assert wait_until(lambda: not _group_alive(shell))  # the shell and both sleeps
+    msgs, _ = execute(bare, "!echo next")
+    assert stdout_text(msgs) == "next\n"
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def test_matplotlib_figures_come_back_as_png(tmp_path) -> None:

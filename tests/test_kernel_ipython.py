@@ -73,7 +73,7 @@ def results(outputs: list[dict]) -> list[dict]:
 def test_timeit_prints_ipythons_line(kc) -> None:
     reply, outputs = run(kc, "x = 3\n%timeit -n 100 -r 3 x * 2")
     assert reply["status"] == "ok", reply
-    per_loop = r"[\d.]+ (ns|\xb5s|ms|s) \xb1 [\d.]+ (ns|\xb5s|ms|s)"
+    per_loop = r"[\d.e+]+ (ns|\xb5s|ms|s) \xb1 [\d.e+]+ (ns|\xb5s|ms|s)"  # 1e+03: as IPython
     line = rf"{per_loop} per loop \(mean \xb1 std. dev. of 3 runs, 100 loops each\)\n"
     line = r"(The slowest run took [\d.]+ times longer than the fastest\. .+\n)?" + line
     assert re.fullmatch(line, stdout(outputs)), stdout(outputs)

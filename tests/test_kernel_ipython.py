@@ -150,6 +150,8 @@ def test_what_the_sandbox_lacks_fails_in_one_line(kc) -> None:
         "UsageError: %load_ext: not available in the symbi kernel: IPython extensions "
         "need IPython itself, which does not run in the sandbox"
     ]
+    _, outputs = run(kc, "%load_ext symbi_jupyter")  # the kernel has its magics built in
+    assert "already loaded" in stdout(outputs)
     reply = refused(kc, "%nonesuch 1")
     assert reply["evalue"].startswith("%nonesuch: not available in the symbi kernel: ")
     assert "%timeit" in reply["evalue"] and "%%writefile" in reply["evalue"]

@@ -44,7 +44,6 @@ _EXTENSIONS = "IPython extensions need IPython itself, which does not run in the
 _NO_INPUT = "the sandbox has no interactive input (stdin is closed)"
 _HOST_HISTORY = "the cells' history is kept by the kernel on the host, not in the sandbox"
 UNAVAILABLE = {
-    "load_ext": _EXTENSIONS,
     "reload_ext": _EXTENSIONS,
     "unload_ext": _EXTENSIONS,
     "autoreload": _EXTENSIONS,
@@ -383,6 +382,13 @@ class Shell:
             print(f"Writing {filename}")
         with open(filename, "a" if append else "w", encoding="utf-8") as f:
             f.write(cell)
+
+    def line_load_ext(self, line, call):
+        """Only ``symbi_jupyter``, whose magics the kernel has built in (as IPython
+        answers for an extension already loaded); no other extension can load."""
+        if line.strip() != "symbi_jupyter":
+            raise UsageError(f"%load_ext: not available in the symbi kernel: {_EXTENSIONS}")
+        print("The symbi_jupyter extension is already loaded: the symbi kernel has its magics.")
 
     def line_pinfo(self, line, call, detail=0):
         """``name?``: help on an object of the namespace, as IPython's pager shows it."""

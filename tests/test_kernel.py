@@ -268,7 +268,7 @@ def test_a_limit_refused_in_the_symbi_kernel_is_audited(
         assert limits["error"].startswith("PolicyViolation: max_memory_mb=999999 MB exceeds")
         assert cell["outcome"] == "refused" and "max_memory_mb=999999" in cell["error"]
         # what was refused changed nothing: the cells still run under the ceilings
-        assert "memory 2048 MB" in stdout(run(kc, "%symbi_session info")[1])
+        assert "memory 2048 MiB" in stdout(run(kc, "%symbi_session info")[1])
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=True)

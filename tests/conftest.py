@@ -33,6 +33,9 @@ def isolated_config(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.Te
     yield
     # Made in this configuration: the next test's may differ.
     forget_default_orchestrator()
+    # A test that set the shared display's traits (stable, show_limits) sets them
+    # for itself only.
+    ResultDisplay.clear_instance()
 
 
 @pytest.fixture

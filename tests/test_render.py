@@ -477,6 +477,8 @@ def test_percent_config_magic(shell):
         assert data["text/plain"] == "[symbi] None (native) · exit 0"
     finally:
         shell.configurables.remove(shown)
+        # %config wrote it into the shared shell's configuration too.
+        shell.config.pop("ResultDisplay", None)
 
 
 # -- units ------------------------------------------------------------------------------

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import statistics
 import subprocess
 import time
 
 from symbi_jupyter import SecurityTier
+from symbi_jupyter.bench import Spread, time_cell, timed
 from symbi_jupyter.orchestrator import SandboxOrchestrator
 from symbi_jupyter.setup.images.container import DEFAULT_IMAGE
 
@@ -27,15 +27,19 @@ RUNTIME = {SecurityTier.TIER1: [], SecurityTier.TIER2: ["--runtime", "runsc"]}
 
 
 def median_ms(fn, runs: int, pause: float = 0.0) -> float:
+    """Median milliseconds of ``fn`` (a cell timed by ``time_cell``, or the CLI timed
+    with the same clock, ``timed``) after one warm-up call."""
     fn()  # warm-up
     times = []
     for _ in range(runs):
         if pause:
             time.sleep(pause)  # lets the pool refill, as the gap between cells does
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1000
+        times.append(fn())
+    return Spread.of(times).median * 1000
+
+
+def cell_seconds(orch: SandboxOrchestrator, tier: SecurityTier) -> float:
+    return time_cell(orch, tier, "pass").seconds
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,12 +71,15 @@ def main(argv: list[str] | None = None) -> int:
             "-c",
             "pass",
         ]
-        cli_ms = median_ms(lambda: subprocess.run(cli, check=True), args.runs)  # noqa: B023
+        cli_ms = median_ms(
+            lambda: timed(lambda: subprocess.run(cli, check=True))[0],  # noqa: B023
+            args.runs,
+        )
         sandbox.pool_size = 0
-        cold_ms = median_ms(lambda: orch.execute_code(tier, "pass"), args.runs)  # noqa: B023
+        cold_ms = median_ms(lambda: cell_seconds(orch, tier), args.runs)  # noqa: B023
         sandbox.pool_size = 1
         pooled_ms = median_ms(
-            lambda: orch.execute_code(tier, "pass"),  # noqa: B023
+            lambda: cell_seconds(orch, tier),  # noqa: B023
             args.runs,
             pause=1.0,
         )

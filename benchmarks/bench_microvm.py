@@ -16,17 +16,17 @@ import statistics
 import time
 
 from symbi_jupyter import SecurityTier
+from symbi_jupyter.bench import time_cell
 from symbi_jupyter.orchestrator import SandboxOrchestrator
 
 SEED_FIRECRACKER_MS = 125
 
 
 def timed(orch: SandboxOrchestrator, tier: SecurityTier) -> tuple[float, float | None]:
-    start = time.perf_counter()
-    result = orch.execute_code(tier, "print(1)")
-    elapsed = time.perf_counter() - start
+    cell = time_cell(orch, tier, "print(1)")
+    result = cell.result
     assert result.success and result.stdout == "1\n", result.stderr
-    return elapsed, result.startup_seconds
+    return cell.seconds, result.startup_seconds
 
 
 def pool_full(sandbox) -> bool:

@@ -31,16 +31,11 @@ import tempfile
 import time
 
 from symbi_jupyter import ResourceLimits, SecurityTier
+from symbi_jupyter.bench import time_cell, timed
 from symbi_jupyter.orchestrator import SandboxOrchestrator
 
 MiB = 1024 * 1024
 ALLOC = "x = b'1' * (300 * 1024 * 1024)"
-
-
-def timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def bare() -> None:
@@ -54,14 +49,14 @@ def overhead(
     """Median seconds of the bare baseline and of each orchestrator's trivial run."""
     calls = {"bare": bare}
     for name, orch in orchestrators.items():
-        calls[name] = functools.partial(orch.execute_code, SecurityTier.NONE, "pass")
+        calls[name] = functools.partial(time_cell, orch, SecurityTier.NONE, "pass")
     for _ in range(3):  # warm the page cache and start the supervisors
         for call in calls.values():
             call()
     times: dict[str, list[float]] = {name: [] for name in calls}
     for _ in range(runs):
         for name, call in calls.items():
-            times[name].append(timed(call))
+            times[name].append(timed(call)[0])
             # Idle between calls, as between cells: work one call leaves behind (the
             # next spare starting) must not land on the next call's clock.
             time.sleep(idle)
@@ -71,8 +66,8 @@ def overhead(
 def loops(orch: SandboxOrchestrator, runs: int) -> tuple[float, float]:
     """Medians of ``runs`` bare runs in a tight loop, then of ``runs`` trivial
     ``execute_code`` calls in a tight loop (each next spare still starting)."""
-    base = [timed(bare) for _ in range(runs)]
-    ours = [timed(lambda: orch.execute_code(SecurityTier.NONE, "pass")) for _ in range(runs)]
+    base = [timed(bare)[0] for _ in range(runs)]
+    ours = [time_cell(orch, SecurityTier.NONE, "pass").seconds for _ in range(runs)]
     return statistics.median(base), statistics.median(ours)
 
 

@@ -251,6 +251,12 @@ def _add_run(subparsers: argparse._SubParsersAction) -> None:
     add_run(subparsers)
 
 
+def _add_bench(subparsers: argparse._SubParsersAction) -> None:
+    from .bench.cli import add_bench
+
+    add_bench(subparsers)
+
+
 _SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_audit,
     _add_doctor,
@@ -258,6 +264,7 @@ _SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_image,
     _add_install_kernel,
     _add_run,
+    _add_bench,
 ]
 
 

@@ -1,5 +1,6 @@
 """IPython magics: ``%%symbi`` runs a cell in a sandbox, ``%symbi_tiers`` shows the
-ladder and what this host can run."""
+ladder and what this host can run, ``%symbi_bench`` measures the seed's performance
+table on this host."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from IPython.core.magic_arguments import argument, magic_arguments
 from IPython.display import display
 from traitlets import Bool, Instance
 
+from .bench.cli import bench_arguments
 from .errors import ConfigError
 from .limit_flags import limit_arguments, limits_from_args
 from .limits import ResourceLimits
@@ -168,6 +170,42 @@ class SymbiMagics(Magics):
         """Show the tier ladder with this host's availability."""
         return TierLadder(self.orchestrator.availability())
 
+    @magic_arguments()
+    @bench_arguments
+    @argument("-o", "--out", metavar="NAME", help="Store the BenchReport in NAME.")
+    @line_magic
+    def symbi_bench(self, line: str = "") -> Any:
+        """Measure the seed's performance table on this host: start-up (cold and
+        warm), throughput against tier None, memory overhead and isolation per tier,
+        beside Symbiont's claims. Runs under this orchestrator's policy (tier None
+        only where native execution is allowed); a tier that cannot run is a row
+        that says why. The full run says how long it will take before it starts.
+        """
+        from .bench.cli import report_json, run_from_args, write_files
+
+        args = _parse_posix(self.symbi_bench, line)
+        stable = ResultDisplay.instance().stable
+        progress = None if stable else _BenchProgress(self.shell)
+        try:
+            report = run_from_args(
+                self.orchestrator,
+                args,
+                progress,
+                # Under the stable rendering nothing that varies may be printed.
+                None if stable else print,
+            )
+        finally:
+            if progress is not None:
+                progress.done()
+        for words in write_files(report, args):
+            print(f"wrote {words}")
+        if args.out:
+            user_ns(self)[args.out] = report
+        if args.json == "-":
+            print(report_json(report))
+            return None
+        return report
+
 
 def user_ns(magics: Magics) -> dict[str, Any]:
     """The namespace of the shell ``magics`` run in (as magics, they run in one)."""
@@ -274,6 +312,31 @@ class _LiveStats(LiveUpdates):
         else:
             self.handle.update(result)
         return True
+
+
+class _BenchProgress:
+    """``%symbi_bench``'s progress line: in a kernel's front end one display, updated
+    in place and emptied at the end; in a terminal, stderr rewritten in place."""
+
+    def __init__(self, shell: Any) -> None:
+        from .bench.cli import TerminalProgress
+
+        self.handle: Any = None
+        self.terminal = None if getattr(shell, "kernel", None) else TerminalProgress()
+
+    def __call__(self, progress: Any) -> None:
+        if self.terminal is not None:
+            self.terminal(progress)
+        elif self.handle is None:
+            self.handle = display({"text/plain": str(progress)}, raw=True, display_id=True)
+        else:
+            self.handle.update({"text/plain": str(progress)}, raw=True)
+
+    def done(self) -> None:
+        if self.terminal is not None:
+            self.terminal.done()
+        elif self.handle is not None:
+            self.handle.update({"text/plain": ""}, raw=True)
 
 
 def print_truncation_markers(result: ExecutionResult) -> None:

@@ -67,7 +67,7 @@ class SymbiKernel(Kernel):
     banner = (
         "Python (symbi sandbox): every cell runs in a sandbox at a Symbiont security "
         "tier.\nKernel magics: %symbi_tier, %symbi_limits, %symbi_session, %symbi_stats, "
-        "%symbi_tiers, %symbi_trigger, %%symbi, %%symbi_agent."
+        "%symbi_tiers, %symbi_trigger, %symbi_bench, %%symbi, %%symbi_agent."
     )
     help_links = [{"text": "symbi-jupyter", "url": "https://github.com/symbi-jupyter"}]
 

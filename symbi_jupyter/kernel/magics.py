@@ -1,6 +1,6 @@
 """The symbi kernel's own magics: ``%symbi_tier``, ``%symbi_limits``,
-``%symbi_session``, ``%symbi_stats``, ``%symbi_tiers``, ``%symbi_trigger`` and the
-cell magics ``%%symbi`` and ``%%symbi_agent``.
+``%symbi_session``, ``%symbi_stats``, ``%symbi_tiers``, ``%symbi_trigger``,
+``%symbi_bench`` and the cell magics ``%%symbi`` and ``%%symbi_agent``.
 
 They run in the kernel process (they change what the following cells get), never in
 the sandbox; :class:`~.kernel.SymbiKernel` hands its cells' magics to its
@@ -45,6 +45,7 @@ KERNEL_MAGICS = (
     "%symbi_stats",
     "%symbi_tiers",
     "%symbi_trigger",
+    "%symbi_bench",
 )
 CELL_MAGICS = ("%%symbi", "%%symbi_agent")
 #: Limits %symbi_limits and %symbi_session say, when set (and the network always).
@@ -152,6 +153,7 @@ class KernelMagics:
                 TierLadder(self.kernel.orchestrator.availability())
             ),
             "%symbi_trigger": self._magic_trigger,
+            "%symbi_bench": self._magic_bench,
         }.get(name)
         if handler is None:
             raise KernelUsageError(
@@ -378,6 +380,67 @@ class KernelMagics:
             raise Interrupted("the sandboxed code was interrupted and killed") from None
         finally:
             out.flush()
+
+    def _magic_bench(self, argv: list[str]) -> None:
+        """``%symbi_bench [flags]``, as in IPython: the table through the kernel's
+        orchestrator, under its operator's policy."""
+        from ..bench.cli import report_json, run_from_args, write_files
+        from ..magics import SymbiMagics
+
+        kernel = self.kernel
+        args = SymbiMagics.symbi_bench.parser.parse_args(argv)
+        _no_out(args, "%symbi_bench")
+        stable = kernel.display_options.stable
+        progress = None if stable else _KernelProgress(kernel)
+        try:
+            report = run_from_args(
+                kernel.orchestrator,
+                args,
+                progress,
+                None if stable else lambda words: kernel._stream("stdout", words + "\n"),
+            )
+        except KeyboardInterrupt:
+            raise Interrupted("the bench was interrupted; its sandboxes were removed") from None
+        finally:
+            if progress is not None:
+                progress.done()
+        for words in write_files(report, args):
+            kernel._stream("stdout", f"wrote {words}\n")
+        if args.json == "-":
+            kernel._stream("stdout", report_json(report) + "\n")
+        else:
+            kernel._display(report)
+
+
+class _KernelProgress:
+    """``%symbi_bench``'s progress line in the symbi kernel: one display, updated in
+    place, emptied at the end."""
+
+    def __init__(self, kernel: Any) -> None:
+        import uuid
+
+        self.kernel = kernel
+        self.display_id = uuid.uuid4().hex
+        self.shown = False
+
+    def __call__(self, progress: Any) -> None:
+        self._send("update_display_data" if self.shown else "display_data", str(progress))
+        self.shown = True
+
+    def done(self) -> None:
+        if self.shown:
+            self._send("update_display_data", "")
+
+    def _send(self, kind: str, text: str) -> None:
+        self.kernel.send_response(
+            self.kernel.iopub_socket,
+            kind,
+            {
+                "data": {"text/plain": text},
+                "metadata": {},
+                "transient": {"display_id": self.display_id},
+            },
+        )
 
 
 def _no_out(args: Any, magic: str) -> None:

@@ -1,7 +1,7 @@
 """The tour and tier-ladder notebooks, executed, converted to HTML with nbconvert and
-rendered in headless Chromium: badges, usage bars and sparklines must be elements on
-the page, not escaped text. The HTML and a screenshot of each stay in out/browser-check/
-(CI lists that folder)."""
+rendered in headless Chromium: badges, usage bars, sparklines and the bench's chart
+must be elements on the page, not escaped text. The HTML and a screenshot of each stay
+in out/browser-check/ (CI lists that folder)."""
 
 from __future__ import annotations
 
@@ -46,6 +46,11 @@ PROBE = """<script>(() => {
     sparklines: all(document, ".symbi-sparkline").map((s) => ({
       svg: s instanceof SVGSVGElement, box: box(s),
       points: all(s, "polyline").map((p) => p.points ? p.points.numberOfItems : -1),
+    })),
+    benchCharts: all(document, ".symbi-bench-chart").map((s) => ({
+      svg: s instanceof SVGSVGElement, box: box(s),
+      bars: all(s, "rect.symbi-bench-bar").map((r) => r.width.baseVal.value),
+      claims: all(s, "line.symbi-bench-claim").length,
     })),
   };
   const out = document.createElement("script");
@@ -144,7 +149,8 @@ def test_notebook_renders_in_chromium(name: str, notebook_env: Path) -> None:
     nb = nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4)
     run_dir = notebook_env / "run"
     run_dir.mkdir()
-    ExecutePreprocessor(kernel_name="python3", timeout=120, startup_timeout=60).preprocess(
+    # 300 s a cell: notebook 01 ends with %symbi_bench --quick, every tier measured.
+    ExecutePreprocessor(kernel_name="python3", timeout=300, startup_timeout=60).preprocess(
         nb, {"metadata": {"path": str(run_dir)}}
     )
     badges_expected = sum(
@@ -198,6 +204,15 @@ def test_notebook_renders_in_chromium(name: str, notebook_env: Path) -> None:
             assert bar["box"][0] > 0, f"{name}: a bar with no width: {bar}"
             assert len(bar["fills"]) == 1, f"{name}: a bar without one fill: {bar}"
             assert re.fullmatch(r"\d+(\.\d+)?%", bar["fills"][0]), bar
+
+    charts = found["benchCharts"]
+    if name == "01-tier-ladder":
+        # %symbi_bench --quick: start-up cold and warm, and throughput, for 4 tiers.
+        assert len(charts) == 1, f"{name}: {len(charts)} bench charts on the page"
+        chart = charts[0]
+        assert chart["svg"] and min(chart["box"]) > 0, f"{name}: bench chart not SVG: {chart}"
+        assert len(chart["bars"]) == 12 and min(chart["bars"]) > 0, chart
+        assert chart["claims"] == 8, chart
 
     for spark in found["sparklines"]:
         assert spark["svg"] and min(spark["box"]) > 0, f"{name}: sparkline not SVG: {spark}"

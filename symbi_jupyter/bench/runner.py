@@ -197,6 +197,8 @@ class BenchRun:
                 self._guarded(tier, self._startup, tier)
                 self._guarded(tier, self._memory, tier)
                 self._guarded(tier, self._isolation, tier, host)
+        # Nothing made in advance may wait (and run) beside the throughput rounds.
+        self.warm.close()
         self._throughput([t for t in ready if self.figures[t].available])
         self._overheads()
         facts = host_facts(self.cold, self.figures)

@@ -15,8 +15,9 @@ progress), ``host`` (the host's facts), ``report`` (the figures and their JSON) 
 from __future__ import annotations
 
 from .measure import Spread, TimedCell, time_cell, timed
+from .plan import Progress
 from .report import SEED_CLAIMS, BenchReport, TierFigures
-from .runner import Progress, run_bench
+from .runner import run_bench
 
 __all__ = [
     "SEED_CLAIMS",

@@ -20,8 +20,8 @@ from ..errors import ConfigError, SymbiError
 from ..tiers import SecurityTier
 
 if TYPE_CHECKING:
+    from .plan import Progress
     from .report import BenchReport
-    from .runner import Progress
 
 F = TypeVar("F", bound=Callable[..., Any])
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import dataclasses
 import datetime
 import time
 from collections.abc import Callable, Iterator
@@ -14,13 +13,14 @@ from typing import Any
 
 from traitlets.config import Config
 
-from ..errors import ConfigError, SymbiError
+from ..errors import SymbiError
 from ..limits import ResourceLimits
 from ..orchestrator import SandboxOrchestrator
 from ..tiers import SecurityTier
 from . import workloads
 from .host import host_facts
 from .measure import Spread, TimedCell, time_cell
+from .plan import Plan, Progress, StepCosts, say_estimate, step_costs
 from .report import BenchReport, TierFigures
 
 #: What nothing prepared in advance means, per backend: no pool, no waiting interpreter.
@@ -32,68 +32,6 @@ COLD: dict[str, dict[str, Any]] = {
 }
 #: Wall-clock limit of each bench cell (lowered to the operator's ceiling).
 CELL_TIMEOUT_SECONDS = 120.0
-
-
-@dataclasses.dataclass(frozen=True)
-class Plan:
-    """How much a run measures: samples of each start-up path and throughput rounds
-    (``runs``), idle cells for memory, and the suite's scale."""
-
-    runs: int
-    memory_runs: int
-    scale: float
-    quick: bool
-
-    @classmethod
-    def make(cls, quick: bool, runs: int | None = None, scale: float | None = None) -> Plan:
-        runs = runs if runs is not None else (3 if quick else 10)
-        if runs < 1:
-            raise ConfigError(f"--runs must be at least 1, not {runs}")
-        scale = scale if scale is not None else (1.0 if quick else 4.0)
-        if not scale > 0:
-            raise ConfigError(f"--workload-scale must be above 0, not {scale:g}")
-        return cls(runs, min(runs, 2 if quick else 3), scale, quick)
-
-
-@dataclasses.dataclass(frozen=True)
-class Progress:
-    """Where a run is: the step, its tier, the estimated share done and time left."""
-
-    step: str
-    tier: SecurityTier | None
-    done: float
-    elapsed_seconds: float
-    left_seconds: float
-
-    def __str__(self) -> str:
-        where = f"{self.tier.value} · " if self.tier else ""
-        return (
-            f"[symbi bench] {where}{self.step} · {self.done:.0%} · "
-            f"{_clock(self.elapsed_seconds)} elapsed, about {_clock(self.left_seconds)} left"
-        )
-
-
-def _clock(seconds: float) -> str:
-    minutes, rest = divmod(max(0, round(seconds)), 60)
-    return f"{minutes}:{rest:02d}"
-
-
-def say_estimate(seconds: float) -> str:
-    """An estimate in words: ``about 40 s``, ``about 3 min``."""
-    if seconds < 90:
-        return f"about {max(5, round(seconds / 5) * 5)} s"
-    return f"about {round(seconds / 60)} min"
-
-
-# Rough seconds per step on a 2-core machine (this project's measurements), for the
-# estimate and the progress line only: (cold start-up, suite at scale 1, warm cell).
-_COSTS = {
-    SecurityTier.NONE: (0.03, 0.15, 0.03),
-    SecurityTier.TIER1: (0.4, 0.5, 0.1),
-    SecurityTier.TIER2: (0.7, 1.5, 0.2),
-    SecurityTier.TIER3: (3.5, 2.5, 0.2),
-}
-_TIER3_KVM_COLD = 0.6
 
 
 def derived(
@@ -136,7 +74,7 @@ class BenchRun:
         timeout = min(CELL_TIMEOUT_SECONDS, base.max_execution_time_seconds)
         self.limits = ResourceLimits(timeout_seconds=timeout)
         self._started = time.monotonic()
-        self._weights: dict[SecurityTier, tuple[float, float, float]] = {}
+        self._weights: dict[SecurityTier, StepCosts] = {}
         self._total = self._done = 0.0
 
     # ------------------------------------------------------------------ plan
@@ -160,22 +98,11 @@ class BenchRun:
 
     def estimate(self, ready: list[SecurityTier]) -> float:
         """Seconds the measurements of ``ready`` should take on a 2-core machine."""
-        p = self.plan
-        total = 0.0
-        for tier in ready:
-            cold, suite, warm = _COSTS[tier]
-            if tier is SecurityTier.TIER3 and "KVM" in (self.figures[tier].detail or ""):
-                cold = _TIER3_KVM_COLD
-            # Each warm sample waits for its replacement to be made (about a cold start).
-            weights = (
-                cold + 0.2,  # one cold start-up sample
-                warm + cold * 1.5 + 0.1,  # one warm sample and the wait after it
-                cold + suite * p.scale + 0.05,  # one throughput round
-            )
-            self._weights[tier] = weights
-            total += p.runs * sum(weights) + (p.memory_runs + 1) * (cold + 0.3) + warm + cold
-        self._total = total
-        return total
+        tier3 = self.figures.get(SecurityTier.TIER3)
+        kvm = tier3 is not None and (tier3.detail or "").endswith("KVM")
+        self._weights = {tier: step_costs(tier, self.plan, kvm) for tier in ready}
+        self._total = sum(self._weights[tier].total for tier in ready)
+        return self._total
 
     def _step(self, step: str, tier: SecurityTier | None, cost: float) -> None:
         if self.progress is not None:
@@ -241,10 +168,10 @@ class BenchRun:
 
     def _startup(self, tier: SecurityTier) -> None:
         fig = self.figures[tier]
-        cold_cost, warm_cost, _ = self._weights[tier]
+        costs = self._weights[tier]
         cold: list[float] = []
         for i in range(self.plan.runs):
-            self._step(f"start-up, cold {i + 1}/{self.plan.runs}", tier, cold_cost)
+            self._step(f"start-up, cold {i + 1}/{self.plan.runs}", tier, costs.cold)
             timed = self._cell(self.cold, tier, workloads.TRIVIAL)
             if self._failed(tier, "start-up (cold)", timed):
                 return
@@ -259,7 +186,7 @@ class BenchRun:
         prepared = 0
         attempts = 3
         for i in range(self.plan.runs):
-            self._step(f"start-up, warm {i + 1}/{self.plan.runs}", tier, warm_cost)
+            self._step(f"start-up, warm {i + 1}/{self.plan.runs}", tier, costs.warm)
             for attempt in range(attempts):
                 time.sleep(pause * (attempt + 1))
                 timed = self._cell(self.warm, tier, workloads.TRIVIAL)
@@ -283,7 +210,7 @@ class BenchRun:
 
     def _memory(self, tier: SecurityTier) -> None:
         fig = self.figures[tier]
-        cost = _COSTS[tier][0] + 0.3
+        cost = self._weights[tier].idle
         peaks: list[float] = []
         methods = set()
         for i in range(self.plan.memory_runs):
@@ -304,7 +231,7 @@ class BenchRun:
 
     def _isolation(self, tier: SecurityTier, host: dict[str, Any]) -> None:
         fig = self.figures[tier]
-        self._step("isolation", tier, _COSTS[tier][0] + 0.3)
+        self._step("isolation", tier, self._weights[tier].idle)
         timed = self._cell(self.cold, tier, workloads.isolation_code(host))
         if self._failed(tier, "isolation", timed):
             return
@@ -323,7 +250,7 @@ class BenchRun:
                 if not fig.available:
                     continue
                 step = f"throughput {round_ + 1}/{self.plan.runs}"
-                self._step(step, tier, self._weights[tier][2])
+                self._step(step, tier, self._weights[tier].round)
                 try:
                     timed = self._cell(self.cold, tier, code)
                 except SymbiError as exc:

@@ -6,10 +6,10 @@ For each tier: start-up (a trivial cell, cold and warm), throughput against tier
 tier None's) and isolation (notebook 01's experiments), every figure through the
 orchestrator's public ``execute_code``. Split by what each module holds: ``measure``
 (one way to time a cell, which ``benchmarks/`` uses too), ``workloads`` with ``suite``
-and ``probe`` (the cells, shipped as source), ``runner`` (a run, its estimate and
-progress), ``host`` (the host's facts), ``report`` (the figures and their JSON) and
-``cli`` (the flags, shared by the command and the magics). The renderings are in
-``render/bench.py``.
+and ``probe`` (the cells, shipped as source), ``plan`` (what a run measures, its
+estimate and progress), ``runner`` (a run), ``host`` (the host's facts), ``report``
+(the figures and their JSON) and ``cli`` (the flags, shared by the command and the
+magics). The renderings are in ``render/bench.py`` and ``render/bench_chart.py``.
 """
 
 from __future__ import annotations

@@ -302,6 +302,7 @@ class SandboxOrchestrator(LoggingConfigurable):
         volumes: tuple[str, ...] | list[str] = (),
         argv: Sequence[str] | None = None,
         cwd: str | None = None,
+        first_line: int = 1,
     ) -> ExecutionResult:
         """Run ``code`` at ``tier`` (``None``: the default tier) and return its result.
         ``on_output`` gets the output as it comes, ``on_sample`` each look at the
@@ -309,7 +310,9 @@ class SandboxOrchestrator(LoggingConfigurable):
         ``on_admitted`` the tier and effective limits once the request is admitted.
         ``volumes`` mounts host directories for this run only (HOST:CONTAINER[:ro|rw],
         read-only by default; container tiers only, validated like
-        ``DockerSandbox.volumes``).
+        ``DockerSandbox.volumes``). ``first_line`` is the line ``code`` starts on in
+        what the user typed (2 for the body of a ``%%symbi`` cell): the sandbox's
+        messages (tracebacks, warnings) then give its line numbers as typed.
 
         Tier None only: ``argv`` runs a command without a shell instead of code in a
         language (``code`` is then the command as written, for the audit); its
@@ -326,7 +329,10 @@ class SandboxOrchestrator(LoggingConfigurable):
         digest = hashlib.sha256(data).hexdigest()
         started = time.monotonic()
         record: dict[str, Any] = {"code_sha256": digest, "tier": str(tier)}
+        samples = None
         try:
+            if type(first_line) is not int or first_line < 1:
+                raise ConfigError(f"first_line={first_line!r}: give a line number, 1 or more")
             chosen = self._admit_tier(tier, record)
             if argv is None:
                 if not language and not executable and chosen is SecurityTier.NONE:
@@ -348,7 +354,8 @@ class SandboxOrchestrator(LoggingConfigurable):
                     raise TierUnavailable(f"{chosen.display_name} cannot mount host directories")
             request = ExecutionRequest(
                 tier=chosen,
-                code=data,
+                # The lines before it, blank: the code's own line numbers as typed.
+                code=b"\n" * (first_line - 1) + data,
                 language=language,
                 limits=effective,
                 env=clean_env,

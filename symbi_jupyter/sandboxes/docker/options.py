@@ -13,6 +13,7 @@ from ...limits import ResourceLimits
 from ..base import ExecutionRequest
 from ..supervisor import workdir_view
 from ..supervisor.proctree import host_tag
+from ..supervisor.workload import code_arguments
 
 if TYPE_CHECKING:
     from .sandbox import DockerSandbox
@@ -26,9 +27,11 @@ WORKSPACE = "/workspace"
 #: Where the launcher writes the line-buffering sitecustomize (see policy.py).
 LINE_BUFFERING_DIR = f"{WORKSPACE}/.symbi"
 # Reads the code from stdin into a file, then runs it: the code never touches argv.
-# First it writes the line-buffering sitecustomize module (see policy.py) to $3.
+# First it writes the line-buffering sitecustomize module (see policy.py) to $3; the
+# interpreter ($2) gets the arguments after the fourth (code_arguments).
 LAUNCHER = (
-    'mkdir -p "$3" && printf "%s" "$4" > "$3/sitecustomize.py" && cat > "$1" && exec "$2" "$1"'
+    'mkdir -p "$3" && printf "%s" "$4" > "$3/sitecustomize.py" && cat > "$1" && '
+    'interpreter=$2 && shift 4 && exec "$interpreter" "$@"'
 )
 
 
@@ -75,6 +78,7 @@ def container_options(
             interpreter,
             LINE_BUFFERING_DIR,
             policy.line_buffering_module(),
+            *code_arguments(f"{WORKSPACE}/{filename}"),
         ],
         user=f"{uid}:{gid or uid}",
         working_dir=WORKSPACE,

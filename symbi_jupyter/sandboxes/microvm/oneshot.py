@@ -8,6 +8,7 @@ from ...tiers import SecurityTier
 from .._evidence import Evidence, assemble, killed_by
 from .._streams import CappedStream
 from ..base import ExecutionRequest
+from ..supervisor.workload import code_arguments
 from ..worker import CellOutcome
 from .vm_worker import VMWorker, guest_oom
 
@@ -29,17 +30,20 @@ def pool_key(request: ExecutionRequest) -> tuple:
 
 def cell_source(request: ExecutionRequest, interpreter: str, filename: str) -> str:
     """What the worker runs for a one-shot request: Python code as it is (the guest's
-    own figures cover it), any other language from a file, with its exit status."""
+    own figures cover it; the worker names its frames ``filename``, as the other tiers
+    do), any other language from a file, with its exit status: Python through the cell
+    runner, as in a container."""
     text = request.code.decode("utf-8", "surrogateescape")
     env = dict(request.env)
     if interpreter.startswith("python") and not env:
         return text
+    path = f"/workspace/{filename}"
     return (
         "import os, subprocess, sys\n"
-        f"path = '/workspace/{filename}'\n"
-        f"open(path, 'wb').write({request.code!r})\n"
+        f"open({path!r}, 'wb').write({request.code!r})\n"
         f"env = dict(os.environ, **{env!r})\n"
-        f"sys.exit(subprocess.call([{interpreter!r}, path], env=env))\n"
+        f"sys.exit(subprocess.call({[interpreter, *code_arguments(path)]!r}, "
+        "env=env, cwd='/workspace'))\n"
     )
 
 

@@ -528,7 +528,10 @@ class MicroVMSandbox(Sandbox):
             if copy is not None:
                 _copy_in(session, copy, request)
             outcome = session.execute(
-                cell_source(request, interpreter, filename), on_message, limits=request.limits
+                cell_source(request, interpreter, filename),
+                on_message,
+                limits=request.limits,
+                cell_name=filename,
             )
         finally:
             session.close()

@@ -273,6 +273,7 @@ class NativeSandbox(Sandbox):
             gid=who.get("gid"),
             identity=who.get("identity"),
             prestart=prestart,
+            cell=stdin_fd is None,  # else a kernel's worker
             # A worker is interrupted through its channel; stopping it is a kill.
             interrupt_grace=0 if stdin_fd is not None else self.interrupt_grace_seconds,
             remove_cwd=not request.keep_workdir,

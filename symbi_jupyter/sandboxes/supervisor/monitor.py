@@ -24,7 +24,7 @@ from .channel import StatusPipe
 from .proctree import RLIMITS, soft_hard
 from .spare import Spare
 from .watch import exit_report, stop_run, watch_run
-from .workload import prestarted_ready, profile_of, run_environment
+from .workload import code_arguments, prestarted_ready, profile_of, run_environment
 
 SYSCALLS = (
     "seccomp (refused: new user namespaces, ptrace, bpf, the keyring, io_uring, "
@@ -80,7 +80,9 @@ class Monitor(Spare):
         names: tuple[str, ...]
         if args is None:
             code = rundir.write_file(run_dir, req["filename"], _read_all(code_fd))
-            argv, names = [req["argv0"], path], (req["filename"], rundir.TMP)
+            # A cell as at every tier; a kernel's worker (its own code) on its path.
+            argv = [req["argv0"], *(code_arguments(path) if req.get("cell") else [path])]
+            names = (req["filename"], rundir.TMP)
         else:
             # A command run without a shell: its own arguments, no file to write.
             code = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)

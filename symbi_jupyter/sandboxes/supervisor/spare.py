@@ -191,11 +191,7 @@ class Spare:
         uid, gid = self._run_ids(profile)
         run_dir = self._make_run_dir(profile["workdir"])
         path = os.path.join(run_dir, profile["filename"])
-        os.close(
-            rundir.write_file(
-                run_dir, profile["filename"], bootstrap_source(profile, path, uid, gid)
-            )
-        )
+        os.close(rundir.write_file(run_dir, profile["filename"], bootstrap_source(uid, gid)))
         self.workload_pid, self.channel, self.startup_fds = start_prestarted(
             profile, run_dir, path, self.cgroup, self.home_netns
         )

@@ -29,11 +29,13 @@ if TYPE_CHECKING:
 # directory. NUL cannot occur in a real environment value.
 RUN_DIR = "\0run_dir\0"
 PRESTARTED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "prestarted.py")
+CELL_RUNNER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cellrun.py")
 # A started interpreter takes a request only if these are what it was started with.
 PROFILE_KEYS = (
     "executable",
     "argv0",
     "filename",
+    "cell",
     "workdir",
     "env",
     "uid",
@@ -47,6 +49,23 @@ PROFILE_KEYS = (
 def profile_of(req: dict[str, Any]) -> dict[str, Any]:
     """What a started interpreter must have been made for to take ``req``."""
     return {key: req.get(key) for key in PROFILE_KEYS}
+
+
+def cell_runner() -> str:
+    """The cell runner's ``-c`` program (``cellrun.py``, then the call that runs the
+    cell whose path follows it on the command line)."""
+    with open(CELL_RUNNER) as f:
+        return f.read() + "\n_symbi_cell()\n"
+
+
+def code_arguments(path: str) -> list[str]:
+    """The interpreter's arguments that run the code file at ``path``, in its working
+    directory, at every tier: Python (``.py``) through the cell runner, which names
+    the cell's frames by the file's name (``cell.py``); another interpreter on the
+    file's name. Either way no directory shows in the code's messages."""
+    if path.endswith(".py"):
+        return ["-c", cell_runner(), path]
+    return [os.path.basename(path)]
 
 
 def run_environment(template: dict[str, str], run_dir: str) -> dict[str, str]:
@@ -179,13 +198,15 @@ def start_prestarted(
     return pid, ours, (out_r, err_r)
 
 
-def bootstrap_source(profile: dict[str, Any], path: str, uid: int | None, gid: int | None) -> bytes:
-    """The started interpreter's code file until the request: the bootstrap, and the
-    call that makes it wait (then drop to ``uid:gid``)."""
+def bootstrap_source(uid: int | None, gid: int | None) -> bytes:
+    """The started interpreter's code file until the request: the bootstrap, the cell
+    runner it runs the cell with, and the call that makes it wait (then drop to
+    ``uid:gid``)."""
     with open(PRESTARTED) as f:
         source = f.read()
-    argv = [profile["argv0"], path]
-    source += f"\n_symbi_prestarted({uid!r}, {gid!r}, {profile['executable']!r}, {argv!r})\n"
+    with open(CELL_RUNNER) as f:
+        source += "\n\n" + f.read()
+    source += f"\n_symbi_prestarted({uid!r}, {gid!r})\n"
     return source.encode()
 
 

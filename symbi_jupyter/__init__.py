@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .errors import ConfigError, PolicyViolation, SymbiError, TierUnavailable
+from .errors import ConfigError, Interrupted, PolicyViolation, SymbiError, TierUnavailable
 from .limits import ResourceLimits
 from .result import ExecutionResult
 from .tiers import SecurityTier
@@ -12,6 +12,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ConfigError",
     "ExecutionResult",
+    "Interrupted",
     "PolicyViolation",
     "ResourceLimits",
     "SandboxOrchestrator",

@@ -16,9 +16,16 @@ from traitlets import Bool, Instance, Unicode
 
 from .agents import Agent, Emitted, SandboxModeLimits, load
 from .agents.runner import ActionResult
-from .errors import ConfigError
+from .errors import ConfigError, Interrupted, SymbiError
 from .limit_flags import limit_arguments, limits_from_args
-from .magics import LiveOutput, print_output, print_truncation_markers, user_ns
+from .magics import (
+    LiveOutput,
+    no_raise_error_argument,
+    print_output,
+    print_truncation_markers,
+    show_refusal,
+    user_ns,
+)
 from .orchestrator import SandboxOrchestrator, default_orchestrator
 from .result import ExecutionResult
 
@@ -103,6 +110,7 @@ class AgentMagics(Magics):
     @limit_arguments
     @argument("-o", "--out", metavar="NAME", help="Store the list of results in NAME.")
     @argument("--quiet", action="store_true", help="Do not display the statistics.")
+    @no_raise_error_argument
     @line_magic
     def symbi_trigger(self, line: str = "") -> None:
         """Run a trigger of an agent defined with %%symbi_agent: each action at the
@@ -113,6 +121,14 @@ class AgentMagics(Magics):
         mode for this run, never raise them; above the operator's ceiling they are
         refused."""
         args = parse_magic_line(self.symbi_trigger, line)
+        try:
+            self._trigger(args)
+        except SymbiError as exc:
+            if not args.no_raise_error:
+                raise
+            show_refusal(exc)
+
+    def _trigger(self, args: Any) -> None:
         agent = find_agent(self.agents, args.agent)
         payload = parse_payload(args.payload)
         writers = LiveOutput() if self.stream_output else None
@@ -139,7 +155,7 @@ class AgentMagics(Magics):
                 limits=limits_from_args(args),
             )
         except KeyboardInterrupt:
-            raise KeyboardInterrupt("the sandboxed code was interrupted and killed") from None
+            raise Interrupted("the sandboxed run was stopped") from None
         finally:
             if writers:
                 writers.flush()

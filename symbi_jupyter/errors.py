@@ -1,11 +1,17 @@
 """Exceptions raised by symbi-jupyter.
 
 A limit that stops the code is not an exception: it is an :class:`ExecutionResult`
-with ``success=False`` and ``killed_by`` set. These exceptions mean the code was
-never run (or could not be run as asked).
+with ``success=False`` and ``killed_by`` set. The :class:`SymbiError` exceptions mean
+the code was never run (or could not be run as asked); :class:`Interrupted`, that the
+user stopped it.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .result import ExecutionResult
 
 
 class SymbiError(Exception):
@@ -28,3 +34,18 @@ class TierUnavailable(SymbiError):
 
 class ConfigError(SymbiError):
     """A bad configuration value, file, environment variable or tier name."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """The stop button (SIGINT) stopped a sandboxed run, whose output so far and
+    statistics were shown; ``result`` is that run's :class:`ExecutionResult`. Still a
+    KeyboardInterrupt, so that it stops what runs the cell (Run All, a loop of
+    ``run_cell_magic`` calls)."""
+
+    def __init__(self, message: str, result: ExecutionResult | None = None) -> None:
+        super().__init__(message)
+        self.result = result
+
+    def _render_traceback_(self) -> list[str]:
+        # One line: the sandbox's output already says where the code was stopped.
+        return [f"\x1b[0;31m{type(self).__name__}\x1b[0m: {self}"]

@@ -17,13 +17,28 @@ from IPython.display import display
 from traitlets import Bool, Instance
 
 from .bench.cli import bench_arguments
-from .errors import ConfigError
+from .errors import ConfigError, Interrupted, SymbiError
 from .limit_flags import limit_arguments, limits_from_args
 from .limits import ResourceLimits
 from .orchestrator import SandboxOrchestrator, default_orchestrator
 from .render import Comparison, LiveLine, LiveUpdates, ResultDisplay, TierLadder
 from .result import ExecutionResult
 from .tiers import SecurityTier
+
+#: ``--no-raise-error`` of ``%%symbi`` and ``%symbi_trigger``.
+no_raise_error_argument = argument(
+    "--no-raise-error",
+    dest="no_raise_error",
+    action="store_true",
+    help="Show a refusal (PolicyViolation, TierUnavailable, ConfigError) on stderr "
+    "instead of raising it, as %%%%script --no-raise-error shows a failure: the cell "
+    "then succeeds (a notebook that shows a refusal runs clean under papermill).",
+)
+
+
+def show_refusal(exc: SymbiError) -> None:
+    """A refusal as the cell's stderr: the one line it shows when raised."""
+    print(*exc._render_traceback_(), sep="\n", file=sys.stderr)
 
 
 @magics_class
@@ -93,14 +108,16 @@ class SymbiMagics(Magics):
     @argument("-o", "--out", metavar="NAME", help="Store the ExecutionResult in NAME.")
     @argument("--quiet", action="store_true", help="Do not display the statistics.")
     @argument("--keep-workdir", action="store_true", help="Keep the run directory.")
+    @no_raise_error_argument
     @cell_magic
     def symbi(self, line: str, cell: str) -> None:
         """Run the cell's code in a sandbox at a Symbiont security tier.
 
         The output streams while the code runs; the statistics (exit status, what
-        stopped it, wall time, CPU, peak memory of the limit) follow.
+        stopped it, wall time, CPU, peak memory of the limit) follow, also after an
+        interrupt, which ends the cell with one line (:class:`Interrupted`).
         """
-        args, tier, limits, env = parse_symbi_flags(self.symbi, line)
+        args = parse_posix(self.symbi, line)
         writers = LiveOutput() if self.stream_output else None
         show = self.show_stats and not args.quiet
         # Only a kernel's front end can update a display in place; a terminal would
@@ -112,6 +129,7 @@ class SymbiMagics(Magics):
             else None
         )
         try:
+            _, tier, limits, env = symbi_flags(args)
             result = self.orchestrator.execute_code(
                 tier,
                 cell,
@@ -122,17 +140,25 @@ class SymbiMagics(Magics):
                 on_output=writers.write if writers else None,
                 on_sample=live.update if live else None,
                 on_admitted=live.admitted if live else None,
+                first_line=2,  # the body's, below the %%symbi line
             )
         except KeyboardInterrupt as exc:
             partial = exc.args[0] if exc.args else None
-            if isinstance(partial, ExecutionResult):
-                if writers is None:
-                    print_output(partial)
-                if args.out:
-                    user_ns(self)[args.out] = partial
+            if not isinstance(partial, ExecutionResult):
+                partial = None
+            if partial is not None:
+                self._finish(partial, args, writers, live, show)
+            elif live:
+                live.finish(None)
+            # One line, no traceback of ours: the output above says where it stopped.
+            raise Interrupted("the sandboxed run was stopped", partial) from None
+        except SymbiError as exc:
             if live:
-                live.finish(partial if isinstance(partial, ExecutionResult) else None)
-            raise KeyboardInterrupt("the sandboxed code was interrupted and killed") from None
+                live.finish(None)
+            if not args.no_raise_error:
+                raise
+            show_refusal(exc)
+            return
         except BaseException:
             if live:
                 live.finish(None)
@@ -142,9 +168,22 @@ class SymbiMagics(Magics):
                 writers.flush()
             # Sandboxes are made on first use; %config must reach them too.
             self._register(*self.orchestrator.active_sandboxes())
+        self._finish(result, args, writers, live, show)
+
+    def _finish(
+        self,
+        result: ExecutionResult,
+        args: Any,
+        writers: LiveOutput | None,
+        live: _LiveStats | None,
+        show: bool,
+    ) -> None:
+        """The end of a run, interrupted or not: its output (if not streamed), its
+        result stored (``-o``) and its statistics, last."""
         if writers is None:
             print_output(result)
         else:
+            writers.flush()
             print_truncation_markers(result)
         if args.out:
             user_ns(self)[args.out] = result
@@ -183,7 +222,7 @@ class SymbiMagics(Magics):
         """
         from .bench.cli import report_json, run_from_args, write_files
 
-        args = _parse_posix(self.symbi_bench, line)
+        args = parse_posix(self.symbi_bench, line)
         stable = ResultDisplay.instance().stable
         progress = None if stable else _BenchProgress(self.shell)
         try:
@@ -218,14 +257,21 @@ def parse_symbi_flags(
 ) -> tuple[Any, SecurityTier | str | None, ResourceLimits, dict[str, str]]:
     """``%%symbi`` flags as (parsed arguments, tier, limits, env); the symbi kernel
     parses its own ``%%symbi`` cells with this too."""
-    args = _parse_posix(magic, line)
+    return symbi_flags(parse_posix(magic, line))
+
+
+def symbi_flags(
+    args: Any,
+) -> tuple[Any, SecurityTier | str | None, ResourceLimits, dict[str, str]]:
+    """Parsed ``%%symbi`` arguments as (arguments, tier, limits, env); ConfigError for
+    flags that contradict one another or bad values."""
     if args.native and args.tier and SecurityTier.parse(args.tier) is not SecurityTier.NONE:
         raise ConfigError(f"--native contradicts --tier {args.tier}")
     tier = SecurityTier.NONE if args.native else args.tier
     return args, tier, limits_from_args(args), _parse_env(args.env)
 
 
-def _parse_posix(magic: Any, line: str) -> Any:
+def parse_posix(magic: Any, line: str) -> Any:
     """Parse flags with shell quoting (``--env "B=x y"`` gives ``B=x y``), unlike
     IPython's default splitting which keeps the quotes."""
     try:

@@ -381,7 +381,13 @@ class SandboxOrchestrator(LoggingConfigurable):
             raise
         except KeyboardInterrupt as exc:
             interrupted = exc.args[0] if exc.args else None
-            extra = _result_record(interrupted) if isinstance(interrupted, ExecutionResult) else {}
+            extra = {}
+            if isinstance(interrupted, ExecutionResult):
+                # The run so far, as a finished run's result (its badge shows it).
+                interrupted.interrupted = "ended"
+                interrupted.code_sha256 = digest
+                interrupted.memory_samples = samples
+                extra = _result_record(interrupted)
             self._audit(
                 record, outcome="interrupted", **extra, duration_seconds=time.monotonic() - started
             )

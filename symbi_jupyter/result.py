@@ -24,6 +24,11 @@ KILL_REASONS = (
     "signal",
     "protocol",
 )
+# What an interrupt (the stop button, SIGINT) left, as ExecutionResult.interrupted:
+# "kept", the cell stopped and its session kept its state (the symbi kernel); "ended",
+# the run ended with it (a one-shot run, whose sandbox is gone anyway); "lost", the cell
+# did not stop in time and its session was stopped, its state lost.
+INTERRUPT_OUTCOMES = ("kept", "ended", "lost")
 
 
 @dataclasses.dataclass
@@ -73,6 +78,9 @@ class ExecutionResult:
     #: ...), as it reported them: shown labelled so, never used for enforcement and
     #: never written to the audit log as fact; None where it reported none
     sandbox_reported: dict[str, float] | None = None
+    #: an interrupt (the stop button) stopped the run: what it left, one of
+    #: INTERRUPT_OUTCOMES ("kept": the session and its state live on); None if none did
+    interrupted: str | None = None
 
     @property
     def success(self) -> bool:

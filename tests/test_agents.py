@@ -1173,6 +1173,9 @@ def test_trigger_errors(ip):
     )
     result, cap = run(ip, "%symbi_trigger Docked t")
     assert isinstance(result.error_in_exec, PolicyViolation) and "Traceback" not in cap.stdout
+    # --no-raise-error: the refusal is the cell's stderr, and the cell succeeds
+    result, cap = run(ip, "%symbi_trigger Docked t --no-raise-error")
+    assert result.success and "PolicyViolation" in cap.stderr and cap.stdout == ""
 
 
 # A Permissive agent (2048 MB) whose action takes 300 MB.

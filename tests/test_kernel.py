@@ -686,7 +686,7 @@ def test_an_interrupted_trigger_is_stopped_and_said(kernel) -> None:
     )
     reply = interrupted(km, kc, "%symbi_trigger Echo say --payload '{\"x\": 1}'")
     assert reply["content"]["ename"] == "Interrupted"
-    assert "interrupted" in reply["content"]["evalue"]
+    assert reply["content"]["evalue"] == "the sandboxed run was stopped"
     reply, outputs = run(kc, "print('next')")
     assert reply["status"] == "ok", reply
     assert stdout(outputs) == "next\n", outputs

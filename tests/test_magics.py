@@ -82,7 +82,8 @@ def test_exec_env_quiet_keep(ip):
     assert cap.stdout == "1|x y\n" and not cap.outputs  # --quiet: no stats
     result, cap = run(ip, "%%symbi --native --keep-workdir --quiet -o r\nprint(1)")
     kept = Path(ip.user_ns["r"].workdir)
-    assert kept.is_dir() and (kept / "cell.py").read_text() == "print(1)\n"
+    # A blank first line stands for the %%symbi line: the file's line numbers are the cell's.
+    assert kept.is_dir() and (kept / "cell.py").read_text() == "\nprint(1)\n"
 
 
 def test_stopped_runs_render_why(ip):
@@ -117,6 +118,27 @@ def test_bad_input_is_one_line(ip, cell, error):
     assert len([ln for ln in cap.stdout.splitlines() if ln.strip()]) == 1
 
 
+def test_no_raise_error_shows_a_refusal_as_the_cells_stderr(ip, audit_path):
+    """For a notebook that shows a refusal and must run clean (papermill fails a run on
+    any error output, whatever its tags): the cell succeeds, the refusal is its stderr,
+    in the line it shows when raised, and is audited as ever."""
+    result, cap = run(ip, "%%symbi --tier none --no-raise-error\nprint('hi')")
+    assert result.success and result.error_in_exec is None
+    assert cap.stdout == "" and not cap.outputs
+    (line,) = cap.stderr.splitlines()
+    assert line.startswith("\x1b[0;31mPolicyViolation\x1b[0m: native execution (tier None)")
+    assert "allow_native_execution" in line
+    assert '"outcome":"refused"' in audit_path.read_text()
+    # A cell the policy admits runs as usual; bad flags are still errors.
+    allow(ip)
+    result, cap = run(ip, "%%symbi --tier none --no-raise-error\nprint('hi')")
+    assert result.success and cap.stdout.startswith("hi\n") and cap.stderr == ""
+    result, _ = run(ip, "%%symbi --tier nope --no-raise-error\n1")
+    assert result.success  # a ConfigError is a refusal too
+    result, _ = run(ip, "%%symbi --bogus --no-raise-error\n1")
+    assert type(result.error_in_exec).__name__ == "UsageError"
+
+
 @pytest.mark.parametrize("line", ["--bogus", "--max-memory lots", "--timeout", "--env 'A=1"])
 def test_bad_flags_are_usage_errors(ip, line):
     allow(ip)
@@ -144,6 +166,7 @@ def test_help_lists_every_flag(ip):
         "--out",
         "--quiet",
         "--keep-workdir",
+        "--no-raise-error",
     ):
         assert flag in doc
 

@@ -53,13 +53,14 @@ def test_intake_takes_no_boolean_for_a_request_id() -> None:
 
 
 def test_a_cell_cannot_say_it_was_interrupted(orch) -> None:
-    """``killed_by == "signal"`` only for an interrupt the host sent: a cell raising
+    """``interrupted`` only for an interrupt the host sent: a cell raising
     KeyboardInterrupt itself (or forging ``interrupted`` in a reply) is an error."""
     session = orch.open_session(SecurityTier.NONE)
     try:
         outcome = session.execute("raise KeyboardInterrupt", lambda message: None)
         assert outcome.status == "error" and outcome.reply["interrupted"] is True
         assert outcome.result.killed_by is None and not outcome.session_lost
+        assert outcome.result.interrupted is None
     finally:
         session.close()
 

@@ -63,7 +63,7 @@ class KernelUsageError(SymbiError):
 
 
 class Interrupted(SymbiError):
-    """A kernel magic's sandboxed run was interrupted (and killed)."""
+    """A kernel magic's sandboxed run was interrupted (and stopped)."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -301,12 +301,13 @@ class KernelMagics:
 
     def _symbi_cell(self, flags: str, body: str) -> dict[str, Any]:
         """``%%symbi [flags]``: one cell through the orchestrator, as in IPython."""
-        from ..magics import LiveOutput, SymbiMagics, parse_symbi_flags
+        from ..magics import LiveOutput, SymbiMagics, parse_posix, symbi_flags
 
         kernel = self.kernel
-        args, tier, limits, env = parse_symbi_flags(SymbiMagics.symbi, flags)
+        args = parse_posix(SymbiMagics.symbi, flags)
         out = LiveOutput(kernel._stream)
         try:
+            _, tier, limits, env = symbi_flags(args)
             result = kernel.orchestrator.execute_code(
                 tier,
                 body,
@@ -314,9 +315,20 @@ class KernelMagics:
                 language=args.language,
                 limits=limits,
                 on_output=out.write,
+                first_line=2,  # the body's, below the %%symbi line
             )
-        except KeyboardInterrupt:
-            return kernel._error("KeyboardInterrupt", "the sandboxed code was interrupted")
+        except KeyboardInterrupt as exc:
+            out.flush()
+            partial = exc.args[0] if exc.args else None
+            if isinstance(partial, ExecutionResult) and not args.quiet:
+                kernel._display(partial)
+            return kernel._error("Interrupted", "the sandboxed run was stopped")
+        except SymbiError as exc:
+            if not args.no_raise_error:
+                raise
+            out.flush()
+            kernel._stream("stderr", f"{type(exc).__name__}: {exc}\n")
+            return kernel._ok()
         finally:
             out.flush()
         if not args.quiet:
@@ -377,7 +389,7 @@ class KernelMagics:
                 limits=limits_from_args(args),
             )
         except KeyboardInterrupt:
-            raise Interrupted("the sandboxed code was interrupted and killed") from None
+            raise Interrupted("the sandboxed run was stopped") from None
         finally:
             out.flush()
 

@@ -73,6 +73,9 @@ def render_html(
     colour = TIER_COLOURS.get(tier, "#616161") if tier else "#616161"
     tier_value = tier.value if tier else str(result.tier)
     status_style = "font-weight:600" if result.success else f"color:{_STOP_COLOUR};font-weight:600"
+    if result.interrupted in ("kept", "ended"):
+        # The user's own stop, nothing lost by it.
+        status_style = f"color:{_WARN_COLOUR};font-weight:600"
 
     out = [
         f'<div class="symbi-result" data-tier="{esc(tier_value)}" style="{_BOX};'

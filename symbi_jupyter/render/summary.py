@@ -10,7 +10,14 @@ from ..limits import number
 from ..result import ExecutionResult
 from ..tiers import SecurityTier
 from .options import ResultDisplay
-from .words import KILL_REASON_WORDS, MIB, format_bytes, format_duration, limit_text
+from .words import (
+    INTERRUPT_WORDS,
+    KILL_REASON_WORDS,
+    MIB,
+    format_bytes,
+    format_duration,
+    limit_text,
+)
 
 
 # -- tier ----------------------------------------------------------------------------
@@ -63,6 +70,9 @@ def status_words(result: ExecutionResult) -> str:
 
 
 def _status(result: ExecutionResult, *, sentence: bool) -> str:
+    if result.interrupted:
+        # Whatever signal ended the process: the user's interrupt, and what it left.
+        return INTERRUPT_WORDS.get(result.interrupted, "interrupted")
     reason = result.killed_by
     if reason == "signal" or (reason is None and result.term_signal is not None):
         return _signal_text(result.term_signal)

@@ -33,6 +33,14 @@ KILL_REASON_WORDS: dict[str, KillWords] = {
     "protocol": KillWords("protocol violation", "a protocol violation by the worker", None),
 }
 
+#: ``ExecutionResult.interrupted`` -> the status it gives; never "killed" where the
+#: session and its state were kept.
+INTERRUPT_WORDS: dict[str, str] = {
+    "kept": "interrupted; state kept",
+    "ended": "interrupted",
+    "lost": "interrupted; it did not stop, so its session was stopped: state lost",
+}
+
 
 # -- units ---------------------------------------------------------------------------
 def format_duration(seconds: float) -> str:

@@ -541,6 +541,8 @@ class MicroVMSandbox(Sandbox):
         ran = dataclasses.replace(request, limits=within_cores(request.limits, host_cores())[0])
         result = run_result(self.tier, ran, streams, outcome, startup, handle)
         result.enforcement.update(shown)
+        if outcome.result.interrupted:
+            raise KeyboardInterrupt(result)  # as at the other tiers: the stop button
         return result
 
     def _boot_session(self, request: ExecutionRequest) -> WorkerSession:

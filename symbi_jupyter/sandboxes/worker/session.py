@@ -373,13 +373,15 @@ class WorkerSession:
             stderr_truncated="stderr" in truncated,
             stdout_bytes=output.counts["stdout"],
             stderr_bytes=output.counts["stderr"],
-            # The worker's word counts only for an interrupt the host asked for.
-            killed_by="signal"
+            # Stopped by the interrupt the host sent (the worker's word counts for no
+            # other), and nothing was killed: the session and its state live on.
+            interrupted="kept"
             if self._interrupt_sent and reply.get("interrupted") is True
             else None,
             limits_reached=["output"] if truncated else [],
         )
-        self._account(result, "success" if status == "ok" else "failed")
+        outcome = "success" if status == "ok" else "failed"
+        self._account(result, "interrupted" if result.interrupted else outcome)
         return CellOutcome(status, result, reply)
 
     def _stopped(
@@ -419,6 +421,8 @@ class WorkerSession:
             peak_memory_bytes=ended.peak_memory_bytes if ended else None,
             memory_method=ended.memory_method if ended else None,
             limits_reached=[killed_by] if killed_by and killed_by != "signal" else [],
+            # It ignored the interrupt past its grace period: the state went with it.
+            interrupted="lost" if why == "signal" else None,
         )
         if cpu is not None and _cpu(before):
             # The sandbox's CPU since it started; the cell's is the part after `before`.

@@ -66,7 +66,7 @@ def _setup(args: argparse.Namespace) -> int:
     from .setup.host import SetupError, setup
 
     try:
-        setup(build_image=not args.no_image, tier3=not args.no_tier3)
+        setup(build_image=not args.no_image, tier3=not args.no_tier3, scientific=args.scientific)
     except SetupError as exc:
         print(f"setup: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -86,6 +86,12 @@ def _add_setup(subparsers: argparse._SubParsersAction) -> None:
         "--no-tier3",
         action="store_true",
         help="do not install QEMU nor build the microVM artefacts",
+    )
+    setup.add_argument(
+        "--scientific",
+        action="store_true",
+        help="also build the scientific profile's image and guest (numpy, pandas, "
+        "matplotlib; see image build --profile) beside the default minimal ones",
     )
     setup.set_defaults(func=_setup)
 
@@ -160,20 +166,21 @@ def _add_install_kernel(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _image_build(args: argparse.Namespace) -> int:
-    from .setup.images.container import ImageError, build_image
+    from .setup.images.container import ImageError, build_image, profile_image
 
     if args.tier3:
         return _image_build_tier3(args)
     offline = True if args.offline else (False if args.online else None)
     try:
-        how = build_image(args.tag, dockerfile=args.dockerfile, offline=offline)
+        tag = args.tag or profile_image(args.profile)
+        how = build_image(tag, profile=args.profile, dockerfile=args.dockerfile, offline=offline)
     except ImageError as exc:
         print(f"image build: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except Exception as exc:  # the engine is missing or refused: say so in one line
         print(f"image build: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    print(f"built {args.tag} {how}")
+    print(f"built {tag} {how}")
     return EXIT_OK
 
 
@@ -181,7 +188,9 @@ def _image_build_tier3(args: argparse.Namespace) -> int:
     from .setup.images.microvm import MicroVMImageError, build_artifacts
 
     try:
-        build_artifacts(args.output, kernel=args.kernel, check=not args.no_check)
+        build_artifacts(
+            args.output, profile=args.profile, kernel=args.kernel, check=not args.no_check
+        )
     except MicroVMImageError as exc:
         print(f"image build --tier3: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -189,7 +198,8 @@ def _image_build_tier3(args: argparse.Namespace) -> int:
 
 
 def _add_image(subparsers: argparse._SubParsersAction) -> None:
-    from .setup.images.container import DEFAULT_IMAGE, PACKAGES
+    from .sandboxes.microvm import default_artifacts_dir
+    from .setup.images.container import DEFAULT_IMAGE, PACKAGES, PROFILES, profile_image
 
     image = subparsers.add_parser("image", help="the container tiers' sandbox image")
     image.set_defaults(func=_needs_subcommand(image))
@@ -201,7 +211,19 @@ def _add_image(subparsers: argparse._SubParsersAction) -> None:
         f"{', '.join(PACKAGES)}. Offline (mmdebstrap + docker import) when no registry is "
         "reachable, else from the packaged Dockerfile.",
     )
-    build.add_argument("--tag", default=DEFAULT_IMAGE, help=f"image tag (default {DEFAULT_IMAGE})")
+    build.add_argument(
+        "--profile",
+        choices=PROFILES,
+        default="minimal",
+        help="minimal: python3's standard library only (default); scientific: plus "
+        f"Debian's {', '.join(PROFILES['scientific'])}, for plots inline "
+        f"(tag {profile_image('scientific')}; with --tier3, the guest goes to "
+        f"{default_artifacts_dir('scientific')}). Select it per operator with "
+        "DockerSandbox.image and MicroVMSandbox.artifacts_dir",
+    )
+    build.add_argument(
+        "--tag", help=f"image tag (default {DEFAULT_IMAGE}, or the profile's tag above)"
+    )
     build.add_argument("--dockerfile", type=_path, help="build from this Dockerfile instead")
     mode = build.add_mutually_exclusive_group()
     mode.add_argument("--offline", action="store_true", help="always use mmdebstrap")

@@ -198,7 +198,7 @@ def fake_build(monkeypatch: pytest.MonkeyPatch):
     return calls
 
 
-def _stub_tarball(work: Path) -> Path:
+def _stub_tarball(work: Path, profile: str = "minimal") -> Path:
     tarball = work / "rootfs.tar"
     tarball.write_bytes(b"")
     return tarball
@@ -220,7 +220,7 @@ def test_failed_rebuild_keeps_the_old_set(fake_build, monkeypatch, tmp_path: Pat
     out = tmp_path / "microvm"
     before = mi.build_artifacts(out, check=False, say=lambda line: None)
 
-    def broken(work: Path) -> Path:
+    def broken(work: Path, profile: str = "minimal") -> Path:
         raise mi.MicroVMImageError("mmdebstrap failed")
 
     monkeypatch.setattr(mi, "_debootstrap", broken)

@@ -35,9 +35,12 @@ class SetupError(Exception):
     """Setup cannot go on; the message says what to do."""
 
 
-def setup(*, build_image: bool = True, tier3: bool = True, say: Say = print) -> None:
+def setup(
+    *, build_image: bool = True, tier3: bool = True, scientific: bool = False, say: Say = print
+) -> None:
     """Install, start and check everything the container tiers need; with ``tier3``,
-    also QEMU and the microVM artefacts."""
+    also QEMU and the microVM artefacts; with ``scientific``, also the scientific
+    profile's image (and guest, with ``tier3``) beside the default ones."""
     if os.geteuid() != 0:
         raise SetupError(
             "symbi-jupyter setup installs Debian packages and starts the Docker daemon, so "
@@ -52,12 +55,23 @@ def setup(*, build_image: bool = True, tier3: bool = True, say: Say = print) -> 
     ensure_runtime_config(say)
     ensure_daemon(say)
     if build_image:
-        from .images.container import ensure_image
+        from .images.container import ensure_image, profile_image
 
         ensure_image(say=say)
+        if scientific:
+            ensure_image(profile_image("scientific"), profile="scientific", say=say)
     if tier3:
         ensure_tier3(say)
+        if scientific:
+            ensure_tier3(say, profile="scientific")
     say("setup: done; `symbi-jupyter doctor` shows what each tier can do here")
+    if not scientific:
+        say(
+            "setup: numpy, pandas and matplotlib in the sandbox: symbi-jupyter setup "
+            "--scientific (or image build --profile scientific, and --tier3 --profile "
+            "scientific), then set DockerSandbox.image and MicroVMSandbox.artifacts_dir "
+            "(see README, 'Plotting')"
+        )
 
 
 def tier3_packages() -> tuple[str, ...]:
@@ -66,13 +80,14 @@ def tier3_packages() -> tuple[str, ...]:
     return TIER3_APT_PACKAGES + tuple(p for p in BUILD_APT_PACKAGES if p not in APT_PACKAGES)
 
 
-def ensure_tier3(say: Say) -> None:
-    """Build the microVM artefacts unless a current set is there (the kernel build is
-    cached, so a rebuild after an upgrade of this package takes about half a minute)."""
+def ensure_tier3(say: Say, profile: str = "minimal") -> None:
+    """Build ``profile``'s microVM artefacts unless a current set is there (the kernel
+    build is cached, so a rebuild after an upgrade of this package takes about half a
+    minute)."""
     from .images.microvm import MicroVMImageError, ensure_artifacts
 
     try:
-        ensure_artifacts(say=say)
+        ensure_artifacts(profile=profile, say=say)
     except MicroVMImageError as exc:
         raise SetupError(f"microVM artefacts: {exc}") from None
 

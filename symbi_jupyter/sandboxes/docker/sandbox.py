@@ -51,7 +51,9 @@ class DockerSandbox(Sandbox):
         config=True,
         help="""Image the cells run in. The default is built locally by
         `symbi-jupyter image build` (no registry needed); any image with /bin/sh, cat
-        and the interpreter works.""",
+        and the interpreter works. For numpy, pandas and matplotlib (figures inline),
+        build symbi-jupyter/sandbox:bookworm-scientific with `symbi-jupyter image build
+        --profile scientific` and name it here (it is about 3 times larger).""",
     )
     user = Unicode(
         "",
@@ -146,7 +148,7 @@ class DockerSandbox(Sandbox):
         import docker
 
         try:
-            client.images.get(self.image)
+            image = client.images.get(self.image)
         except docker.errors.ImageNotFound:
             return Availability(
                 False,
@@ -154,7 +156,9 @@ class DockerSandbox(Sandbox):
                 f"with: {build_command()}",
                 details,
             )
-        details["image"] = self.image
+        # The profile it was built with (image build --profile), where its label says.
+        profile = (image.labels or {}).get("org.symbi-jupyter.profile")
+        details["image"] = self.image + (f" (profile {profile})" if profile else "")
         return Availability(True, "", details)
 
     def close(self) -> None:

@@ -12,13 +12,15 @@ MIN_GUEST_MIB = 128
 PORT_NAME = "symbi.agent"
 
 
-def default_artifacts_dir() -> Path:
+def default_artifacts_dir(profile: str = "minimal") -> Path:
     """Where ``image build --tier3`` puts the guest unless told otherwise:
-    ``/var/lib/symbi-jupyter/microvm`` for root, else under ``$XDG_DATA_HOME``."""
+    ``/var/lib/symbi-jupyter/microvm`` for root, else under ``$XDG_DATA_HOME``; another
+    profile's guest (``--profile scientific``) beside it, as ``microvm-scientific``."""
+    name = "microvm" if profile == "minimal" else f"microvm-{profile}"
     if os.geteuid() == 0:
-        return Path("/var/lib/symbi-jupyter/microvm")
+        return Path("/var/lib/symbi-jupyter") / name
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / "symbi-jupyter" / "microvm"
+    return Path(base) / "symbi-jupyter" / name
 
 
 def host_tsc_khz() -> int:

@@ -52,7 +52,9 @@ class MicroVMSandbox(Sandbox):
         config=True,
         help="""Directory of the guest built by `symbi-jupyter image build --tier3`
         (its manifest.json names the files). '' = the build's default directory
-        (/var/lib/symbi-jupyter/microvm as root, else ~/.local/share/symbi-jupyter/microvm).""",
+        (/var/lib/symbi-jupyter/microvm as root, else ~/.local/share/symbi-jupyter/microvm).
+        The guest with numpy, pandas and matplotlib (`image build --tier3 --profile
+        scientific`) is built beside it, in microvm-scientific: name that directory here.""",
     )
     kernel_image_path = Unicode(
         "",
@@ -162,6 +164,8 @@ class MicroVMSandbox(Sandbox):
         (with the command that builds it) when something is missing."""
         base = self._artifacts()
         build = "symbi-jupyter image build --tier3 (as root: symbi-jupyter setup)"
+        if base == default_artifacts_dir("scientific"):
+            build = "symbi-jupyter image build --tier3 --profile scientific"
         try:
             manifest = json.loads((base / "manifest.json").read_text())
         except (OSError, ValueError):
@@ -258,6 +262,8 @@ class MicroVMSandbox(Sandbox):
             {
                 "vmm": driver.label(accel),
                 "acceleration": why,
+                # Which guest: its directory and the profile it was built with.
+                "guest": f"{self._artifacts()} (profile {manifest.get('profile', 'minimal')})",
                 "kernel": str(manifest["kernel"]),
                 "rootfs": str(manifest["rootfs"]),
             },

@@ -23,15 +23,49 @@ DEFAULT_IMAGE = "symbi-jupyter/sandbox:bookworm"
 SUITE = "bookworm"
 #: Debian packages on top of the essential set (bash, coreutils, dash, ...).
 PACKAGES = ("python3", "procps")
+#: What each profile adds to :data:`PACKAGES`. ``minimal`` is the default: the plotting
+#: stack makes the image several times larger, which most sandboxes do not need.
+#: python3-munkres satisfies python3-fonttools's "python3-scipy | python3-munkres": without
+#: it apt takes SciPy, whose Pythran brings gcc, g++ and Boost's headers (1.2 GB in all).
+PROFILES: dict[str, tuple[str, ...]] = {
+    "minimal": (),
+    "scientific": ("python3-numpy", "python3-pandas", "python3-matplotlib", "python3-munkres"),
+}
+DEFAULT_PROFILE = "minimal"
 #: symbi_jupyter/data, two packages up from this file.
 DOCKERFILE = Path(__file__).parents[2] / "data" / "Dockerfile"
-IMAGE_CHANGES = (
-    "WORKDIR /workspace",
-    "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-    "ENV LANG=C.UTF-8",
-    f"LABEL org.symbi-jupyter.packages={','.join(PACKAGES)}",
-    'CMD ["python3"]',
-)
+
+
+def profile_packages(profile: str = DEFAULT_PROFILE) -> tuple[str, ...]:
+    """The Debian packages of ``profile``'s image, on top of the essential set."""
+    try:
+        return PACKAGES + PROFILES[profile]
+    except KeyError:
+        raise ImageError(
+            f"unknown profile {profile!r}: choose one of {', '.join(PROFILES)}"
+        ) from None
+
+
+def profile_image(profile: str = DEFAULT_PROFILE) -> str:
+    """The tag ``image build --profile`` gives ``profile``'s image by default."""
+    profile_packages(profile)  # a bad name fails here, with the choices
+    return DEFAULT_IMAGE if profile == DEFAULT_PROFILE else f"{DEFAULT_IMAGE}-{profile}"
+
+
+def image_changes(profile: str = DEFAULT_PROFILE) -> list[str]:
+    """``docker import``'s Dockerfile instructions; the labels say what is inside."""
+    return [
+        "WORKDIR /workspace",
+        "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "ENV LANG=C.UTF-8",
+        # matplotlib writes its font cache under $HOME or MPLCONFIGDIR; the sandbox's
+        # root filesystem is read-only and /tmp is its writable tmpfs.
+        "ENV MPLCONFIGDIR=/tmp/matplotlib",
+        f"LABEL org.symbi-jupyter.packages={','.join(profile_packages(profile))}",
+        f"LABEL org.symbi-jupyter.profile={profile}",
+        'CMD ["python3"]',
+    ]
+
 
 Say = Callable[[str], None]
 
@@ -79,7 +113,9 @@ def image_present(client: Any, tag: str) -> bool:
         return False
 
 
-def ensure_image(tag: str = DEFAULT_IMAGE, *, say: Say = print) -> None:
+def ensure_image(
+    tag: str = DEFAULT_IMAGE, *, profile: str = DEFAULT_PROFILE, say: Say = print
+) -> None:
     import docker
 
     client = docker.from_env()
@@ -89,32 +125,37 @@ def ensure_image(tag: str = DEFAULT_IMAGE, *, say: Say = print) -> None:
             return
     finally:
         client.close()
-    build_image(tag, say=say)
+    build_image(tag, profile=profile, say=say)
 
 
 def build_image(
-    tag: str = DEFAULT_IMAGE,
+    tag: str | None = None,
     *,
+    profile: str = DEFAULT_PROFILE,
     dockerfile: Path | None = None,
     offline: bool | None = None,
     say: Say = print,
 ) -> str:
-    """Build ``tag``; returns how it was built. ``offline=None`` decides by whether a
-    registry is reachable; a given ``dockerfile`` always builds from it."""
+    """Build ``tag`` (default: :func:`profile_image`) with ``profile``'s packages; returns
+    how it was built. ``offline=None`` decides by whether a registry is reachable; a given
+    ``dockerfile`` always builds from it."""
     import docker
+
+    packages = profile_packages(profile)
+    tag = tag or profile_image(profile)
 
     client = docker.from_env()
     try:
         if dockerfile is None and offline is None:
             offline = not registry_reachable()
         if dockerfile is not None or not offline:
-            return _from_dockerfile(client, tag, dockerfile or DOCKERFILE, say)
-        return _offline(client, tag, say)
+            return _from_dockerfile(client, tag, dockerfile or DOCKERFILE, profile, say)
+        return _offline(client, tag, profile, packages, say)
     finally:
         client.close()
 
 
-def _offline(client: Any, tag: str, say: Say) -> str:
+def _offline(client: Any, tag: str, profile: str, packages: tuple[str, ...], say: Say) -> str:
     if shutil.which("mmdebstrap") is None:
         raise ImageError(
             "mmdebstrap is needed to build the image offline: apt-get install -y mmdebstrap "
@@ -123,12 +164,12 @@ def _offline(client: Any, tag: str, say: Say) -> str:
     stages = Stages(["rootfs", "import", "check"], say)
     with tempfile.TemporaryDirectory(prefix="symbi-image-") as tmp:
         rootfs = Path(tmp) / "rootfs.tar"
-        stages.next(f"mmdebstrap --variant=essential {SUITE} + {', '.join(PACKAGES)}")
+        stages.next(f"mmdebstrap --variant=essential {SUITE} + {', '.join(packages)}")
         proc = subprocess.run(
             [
                 "mmdebstrap",
                 "--variant=essential",
-                f"--include={','.join(PACKAGES)}",
+                f"--include={','.join(packages)}",
                 "--quiet",
                 SUITE,
                 str(rootfs),
@@ -141,40 +182,53 @@ def _offline(client: Any, tag: str, say: Say) -> str:
         stages.next(f"docker import ({rootfs.stat().st_size / 2**20:.0f} MiB)")
         repository, _, version = tag.rpartition(":") if ":" in tag else (tag, "", "latest")
         client.api.import_image_from_file(
-            str(rootfs), repository=repository, tag=version, changes=list(IMAGE_CHANGES)
+            str(rootfs), repository=repository, tag=version, changes=image_changes(profile)
         )
     stages.next("python3 inside")
-    version = _check(client, tag)
+    version = _check(client, tag, profile)
     stages.finish(f"{tag}: {version}")
     return "offline (mmdebstrap + docker import)"
 
 
-def _from_dockerfile(client: Any, tag: str, dockerfile: Path, say: Say) -> str:
+def _from_dockerfile(client: Any, tag: str, dockerfile: Path, profile: str, say: Say) -> str:
     import docker
 
     stages = Stages(["build", "check"], say)
     stages.next(f"docker build -f {dockerfile}")
     try:
         client.images.build(
-            path=str(dockerfile.parent), dockerfile=dockerfile.name, tag=tag, rm=True
+            path=str(dockerfile.parent),
+            dockerfile=dockerfile.name,
+            tag=tag,
+            rm=True,
+            buildargs={"PACKAGES": " ".join(PROFILES[profile]), "PROFILE": profile},
         )
     except docker.errors.BuildError as exc:
         raise ImageError(f"docker build failed: {exc}") from None
     stages.next("python3 inside")
-    version = _check(client, tag)
+    version = _check(client, tag, profile)
     stages.finish(f"{tag}: {version}")
     return f"from {dockerfile}"
 
 
-def _check(client: Any, tag: str) -> str:
+#: What ``_check`` runs in a new image: the Python version, and the profile's modules.
+_CHECKS = {
+    "minimal": "import sys; print('python', sys.version.split()[0])",
+    "scientific": "import sys, numpy, pandas, matplotlib; print('python', "
+    "sys.version.split()[0] + ', numpy', numpy.__version__ + ', pandas', pandas.__version__ "
+    "+ ', matplotlib', matplotlib.__version__)",
+}
+
+
+def _check(client: Any, tag: str, profile: str = DEFAULT_PROFILE) -> str:
     out = client.containers.run(
         tag,
-        ["python3", "-c", "import sys; print(sys.version.split()[0])"],
+        ["python3", "-c", _CHECKS[profile]],
         remove=True,
         network_mode="none",
         labels={"symbi-jupyter.build-check": "1"},
     )
-    return "python " + out.decode().strip()
+    return out.decode().strip()
 
 
 def build_command() -> str:

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from ...sandboxes.microvm import default_artifacts_dir
-from .container import SUITE, Say, Stages
+from .container import SUITE, ImageError, Say, Stages
 from .microvm_check import NOBODY, boot_check
 from .microvm_common import (
     AGENT_PORT,
@@ -72,7 +72,7 @@ from .microvm_kernel import (
 )
 from .microvm_kernel import source_kernel as _source_kernel
 from .microvm_manifest import FORMAT, guest_fingerprint, is_current, read_manifest, write_manifest
-from .microvm_rootfs import DPKG_EXCLUDES, ROOTFS_PACKAGES, python_version
+from .microvm_rootfs import DPKG_EXCLUDES, ROOTFS_PACKAGES, python_version, rootfs_packages
 from .microvm_rootfs import debootstrap as _debootstrap
 from .microvm_rootfs import rootfs_image as _rootfs_image
 
@@ -123,6 +123,7 @@ __all__ = [
     "parse_config",
     "python_version",
     "read_manifest",
+    "rootfs_packages",
     "write_manifest",
 ]
 
@@ -148,6 +149,7 @@ BUILD_APT_PACKAGES = (
 def build_artifacts(
     output: Path | str | None = None,
     *,
+    profile: str = "minimal",
     kernel: str = "source",
     cache_dir: Path | str | None = None,
     jobs: int | None = None,
@@ -157,12 +159,17 @@ def build_artifacts(
     """Build the artefacts into ``output`` (replacing what is there); return the manifest.
 
     ``kernel`` is ``"source"`` (build from linux-source-6.1, cached) or ``"debian"``
-    (Debian's cloud kernel plus an initramfs). ``check`` boots the result once
-    through the Tier3 sandbox (:func:`boot_check`).
+    (Debian's cloud kernel plus an initramfs). ``profile`` chooses the rootfs's packages
+    (:data:`.container.PROFILES`) and the default ``output``. ``check`` boots the result
+    once through the Tier3 sandbox (:func:`boot_check`).
     """
     if kernel not in KERNEL_CHOICES:
         raise MicroVMImageError(f"kernel must be one of {', '.join(KERNEL_CHOICES)}")
-    output = Path(output or default_artifacts_dir()).absolute()
+    try:
+        packages = rootfs_packages(profile)
+    except ImageError as exc:
+        raise MicroVMImageError(str(exc)) from None
+    output = Path(output or default_artifacts_dir(profile)).absolute()
     cache = Path(cache_dir or default_cache_dir())
     _require_tools(kernel)
     _check_replaceable(output)
@@ -176,11 +183,11 @@ def build_artifacts(
             info = _source_kernel(new, cache, jobs or _cpus(), stages)
         else:
             info = _debian_kernel(new, work, stages)
-        stages.next(f"mmdebstrap --variant=essential {SUITE} + {', '.join(ROOTFS_PACKAGES)}")
-        tarball = _debootstrap(work)
+        stages.next(f"mmdebstrap --variant=essential {SUITE} + {', '.join(packages)}")
+        tarball = _debootstrap(work, profile)
         stages.next(f"ext4 image ({tarball.stat().st_size / 2**20:.0f} MiB of files)")
         python = _rootfs_image(tarball, work, new / ROOTFS)
-        manifest = write_manifest(new, info, python)
+        manifest = write_manifest(new, info, python, profile)
         if check:
             stages.next("boot it under QEMU")
             say(f"  {boot_check(new)}")
@@ -193,14 +200,16 @@ def build_artifacts(
     return manifest
 
 
-def ensure_artifacts(output: Path | str | None = None, *, say: Say = print) -> dict[str, Any]:
-    """Build the artefacts unless ``output`` holds a current, complete set."""
-    output = Path(output or default_artifacts_dir())
+def ensure_artifacts(
+    output: Path | str | None = None, *, profile: str = "minimal", say: Say = print
+) -> dict[str, Any]:
+    """Build ``profile``'s artefacts unless ``output`` holds a current, complete set."""
+    output = Path(output or default_artifacts_dir(profile))
     manifest = read_manifest(output)
     if manifest is not None and is_current(manifest):
         say(f"microvm: artefacts present in {output} (kernel {manifest['kernel_version']})")
         return manifest
-    return build_artifacts(output, say=say)
+    return build_artifacts(output, profile=profile, say=say)
 
 
 def _cpus() -> int:

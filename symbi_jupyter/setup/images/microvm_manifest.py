@@ -62,7 +62,9 @@ def is_current(manifest: dict[str, Any]) -> bool:
     return all(manifest.get(k) == v for k, v in guest_fingerprint().items())
 
 
-def write_manifest(directory: Path, kernel: dict[str, Any], python: str) -> dict[str, Any]:
+def write_manifest(
+    directory: Path, kernel: dict[str, Any], python: str, profile: str = "minimal"
+) -> dict[str, Any]:
     """Write ``manifest.json`` for the artefacts in ``directory``; return it."""
     manifest = {
         "kernel": KERNEL,
@@ -75,6 +77,8 @@ def write_manifest(directory: Path, kernel: dict[str, Any], python: str) -> dict
         "kernel_source": kernel["source"],
         "kernel_version": kernel["version"],
         "python": python,
+        # Which packages the rootfs has (image build --profile): doctor names it.
+        "profile": profile,
         "agent_port": AGENT_PORT,
         "init": GUEST_INIT,
         **guest_fingerprint(),

@@ -1,5 +1,6 @@
-"""The microVM guest's root filesystem: Debian's essential set plus python3
-(``mmdebstrap``), the guest init and the worker bootstrap, as a read-only ext4 image."""
+"""The microVM guest's root filesystem: Debian's essential set plus python3 and the
+profile's packages (``mmdebstrap``), the guest init and the worker bootstrap, as a
+read-only ext4 image."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 
 from ...sandboxes.worker import BOOTSTRAP
 from .container import PACKAGES as IMAGE_PACKAGES
-from .container import SUITE
+from .container import SUITE, profile_packages
 from .microvm_common import GUEST_DIR, INIT_SCRIPT, MicroVMImageError, run_tool
 
 #: ``mount`` is not Essential in bookworm; the init needs it.
@@ -25,13 +26,19 @@ DPKG_EXCLUDES = (
 )
 
 
-def debootstrap(work: Path) -> Path:
-    """The root filesystem's files, as a tarball in ``work``."""
+def rootfs_packages(profile: str = "minimal") -> tuple[str, ...]:
+    """The guest's packages on top of the essential set: the image's, and ``mount``."""
+    return (*profile_packages(profile), "mount")
+
+
+def debootstrap(work: Path, profile: str = "minimal") -> Path:
+    """The root filesystem's files (``profile``'s packages on the essential set), as a
+    tarball in ``work``."""
     tarball = work / "rootfs.tar"
     argv = [
         "mmdebstrap",
         "--variant=essential",
-        f"--include={','.join(ROOTFS_PACKAGES)}",
+        f"--include={','.join(rootfs_packages(profile))}",
         "--quiet",
         *(f"--dpkgopt={o}" for o in DPKG_EXCLUDES),
         SUITE,

@@ -168,6 +168,7 @@ def test_matplotlib_inline_or_its_reason(kc) -> None:
     if results(outputs) == [{"text/plain": "True"}]:
         reply = refused(kc, "%matplotlib inline")
         assert "matplotlib is not installed in this sandbox" in reply["evalue"]
+        assert "image build --profile scientific" in reply["evalue"], "names the command"
         return
     reply, outputs = run(
         kc, "%matplotlib inline\nimport matplotlib.pyplot as plt\nplt.plot([1, 3])"

@@ -24,8 +24,10 @@ INLINE_BACKEND = "module://symbi_worker.mpl_inline"
 #: Why the sandbox cannot draw a figure, when it has no matplotlib.
 NO_MATPLOTLIB = (
     "matplotlib is not installed in this sandbox's Python (the default Tier1-3 images "
-    "have only the standard library: build one with the plotting stack, see "
-    "`symbi-jupyter image build --help`; at tier None install it into the kernel's Python)"
+    "have only the standard library: build the ones with numpy, pandas and matplotlib "
+    "with `symbi-jupyter image build --profile scientific` (add --tier3 for the guest) and "
+    "select them with DockerSandbox.image and MicroVMSandbox.artifacts_dir; at tier None "
+    "install it into the kernel's Python)"
 )
 #: What the stand-in ``IPython.display`` leaves out, with the reason it gives.
 _NOT_IN_SHIM = frozenset(

@@ -19,10 +19,11 @@ import pytest
 from jupyter_client.manager import start_new_kernel
 
 from symbi_jupyter.orchestrator import SandboxOrchestrator
-from symbi_jupyter.sandboxes.microvm import default_artifacts_dir
+from symbi_jupyter.sandboxes.microvm import MicroVMSandbox, default_artifacts_dir
 from symbi_jupyter.setup.images.container import (
     DEFAULT_IMAGE,
     ImageError,
+    build_command,
     profile_image,
     profile_packages,
 )
@@ -151,6 +152,18 @@ def test_the_default_stays_minimal() -> None:
         "scientific: plus Debian's python3-numpy, python3-pandas, python3-matplotlib" in help_text
     )
     assert "--scientific" in cli_help("setup")
+
+
+def test_a_missing_variant_names_its_build_command() -> None:
+    root = "" if os.geteuid() == 0 else "  (needs root)"
+    assert build_command() == "symbi-jupyter image build" + root
+    assert build_command(IMAGE) == "symbi-jupyter image build --profile scientific" + root
+    assert "--tag my/own:1 (or build or pull" in build_command("my/own:1")
+    missing = MicroVMSandbox(artifacts_dir=str(GUEST.with_name("nothing-here")))
+    assert "image build --tier3 (as root" in missing.availability().reason
+    if not (GUEST / "manifest.json").exists():
+        reason = MicroVMSandbox(artifacts_dir=str(GUEST)).availability().reason
+        assert "image build --tier3 --profile scientific" in reason
 
 
 def cli_help(*command: str) -> str:

@@ -153,7 +153,7 @@ class DockerSandbox(Sandbox):
             return Availability(
                 False,
                 f"{self.tier.display_name}: the image {self.image} is missing; build it "
-                f"with: {build_command()}",
+                f"with: {build_command(self.image)}",
                 details,
             )
         # The profile it was built with (image build --profile), where its label says.
@@ -327,7 +327,7 @@ class DockerSandbox(Sandbox):
         except docker.errors.ImageNotFound:
             self._ready = False
             raise TierUnavailable(
-                f"the image {self.image} is missing; build it with: {build_command()}"
+                f"the image {self.image} is missing; build it with: {build_command(self.image)}"
             ) from None
         except docker.errors.APIError as exc:
             raise TierUnavailable(f"the engine refused the container: {_short(exc)}") from None

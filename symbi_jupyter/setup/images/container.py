@@ -231,6 +231,13 @@ def _check(client: Any, tag: str, profile: str = DEFAULT_PROFILE) -> str:
     return out.decode().strip()
 
 
-def build_command() -> str:
-    """What to run to get the default image, for error messages."""
-    return "symbi-jupyter image build" + ("" if os.geteuid() == 0 else "  (needs root)")
+def build_command(tag: str = DEFAULT_IMAGE) -> str:
+    """What to run to get the image ``tag``, for error messages: a profile's tag names
+    its profile."""
+    profile = next((p for p in PROFILES if profile_image(p) == tag), None)
+    command = "symbi-jupyter image build"
+    if profile is None:  # an image of the operator's: ours under its name, or theirs
+        command += f" --tag {tag} (or build or pull that image yourself)"
+    elif profile != DEFAULT_PROFILE:
+        command += f" --profile {profile}"
+    return command + ("" if os.geteuid() == 0 else "  (needs root)")

@@ -27,6 +27,8 @@ from typing import Any
 import nbformat
 import pytest
 
+from symbi_jupyter.render import MIME_TYPE
+
 from .helpers import need, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -655,3 +657,114 @@ def test_symbi_kernel_from_the_launcher_keeps_state_plots_and_restarts(lab, driv
             f"all else passed, but no matplotlib plot was checked: the Tier1 image {image} "
             "has no matplotlib (the kernel said: No module named 'matplotlib')"
         )
+
+
+#: Executed by nbclient in the server's environment (full rendering, as a colleague's
+#: notebook has it): a short cell's badge, a 3 s cell's badge with its sparkline, and
+#: the tier table.
+SHARED_CELLS = [
+    "%load_ext symbi_jupyter",
+    "%%symbi --native\nprint('short')",
+    "%%symbi --native\nimport time\nblock = bytearray(40 * 2**20)\ntime.sleep(3)\nprint('slow')",
+    "%symbi_tiers",
+]
+EXECUTE = """import sys, nbformat
+from nbclient import NotebookClient
+nb = nbformat.read(sys.argv[1], as_version=4)
+NotebookClient(nb, kernel_name="python3", timeout=300, startup_timeout=120).execute()
+nbformat.write(nb, sys.argv[1])
+"""
+
+#: Per output of every code cell: its text as shown, and its sparklines' sizes (and,
+#: for an <img>, whether the browser decoded it).
+READ_OUTPUTS = """
+return [...document.querySelectorAll(
+    '.jp-NotebookPanel:not(.lm-mod-hidden) .jp-CodeCell .jp-OutputArea-output')].map((o) => ({
+  text: o.innerText,
+  badges: o.querySelectorAll('.symbi-result').length,
+  sparklines: [...o.querySelectorAll('.symbi-sparkline')].map((s) => {
+    const r = s.getBoundingClientRect();
+    return {tag: s.tagName.toLowerCase(), width: r.width, height: r.height,
+            decoded: s.tagName === 'IMG' ? s.complete && s.naturalWidth > 0 : true};
+  }),
+}));
+"""
+
+
+def _trusted(browser: Any) -> bool | None:
+    """What the status bar's trust item says: 'Notebook trusted', 'Notebook not
+    trusted: 0 of 4 code cells trusted.' (None: not shown yet)."""
+    item = _visible(browser, ".jp-StatusItem-trust")
+    words = (item.get_attribute("title") or "") if item else ""
+    if not words.startswith("Notebook"):
+        return None
+    return "not trusted" not in words
+
+
+def test_an_untrusted_notebook_shows_badges_as_a_trusted_one_does(lab, driver) -> None:
+    """A notebook executed elsewhere, opened fresh (untrusted: JupyterLab sanitizes its
+    HTML) shows every output as the same notebook trusted (signed with `jupyter trust`):
+    the same text, nothing stray such as an SVG <title>, no markup as text, and the
+    sparkline drawn (decoded, with an area)."""
+    untrusted = write_notebook(lab, "shared.ipynb", "python3", SHARED_CELLS)
+    done = subprocess.run(
+        [sys.executable, "-c", EXECUTE, str(untrusted)],
+        env=lab.env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    nb = nbformat.read(untrusted, as_version=4)
+    badges = sum(
+        MIME_TYPE in output.get("data", {}) for cell in nb.cells for output in cell.outputs
+    )
+    assert badges == 2, f"{badges} badges in the executed notebook"
+    # Trust is by the notebook's digest: the signed copy must differ from the other.
+    nb.metadata["copy"] = "trusted"
+    trusted = lab.root / "shared-trusted.ipynb"
+    nbformat.write(nb, trusted)
+    signed = subprocess.run(
+        [sys.executable, "-m", "jupyter", "trust", str(trusted)],
+        env=lab.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert signed.returncode == 0, signed.stderr
+
+    seen = {}
+    for name in ("shared-trusted.ipynb", "shared.ipynb"):
+        open_notebook(driver, lab, name)
+        _wait(
+            driver,
+            lambda d: sum(o["badges"] for o in d.execute_script(READ_OUTPUTS)) >= badges,
+            f"the badges of {name}",
+        )
+        _wait(
+            driver,
+            lambda d: all(
+                s["decoded"] for o in d.execute_script(READ_OUTPUTS) for s in o["sparklines"]
+            ),
+            f"the sparklines of {name} decoded",
+        )
+        # The status bar's shield says which it is, so the comparison compares something.
+        wanted = name == "shared-trusted.ipynb"
+        _wait(
+            driver,
+            lambda d, wanted=wanted: _trusted(d) is wanted,
+            f"{name} shown as {'trusted' if wanted else 'not trusted'}",
+        )
+        seen[name] = driver.execute_script(READ_OUTPUTS)
+        shot(driver, name.removesuffix(".ipynb"))
+    trusted_view, untrusted_view = seen["shared-trusted.ipynb"], seen["shared.ipynb"]
+    assert any(o["sparklines"] for o in trusted_view), f"no sparkline to compare: {trusted_view}"
+    assert len(untrusted_view) == len(trusted_view)
+    for mine, theirs in zip(untrusted_view, trusted_view, strict=True):
+        assert mine["text"] == theirs["text"], "untrusted output differs from trusted"
+        assert mine["badges"] == theirs["badges"], (mine, theirs)
+        assert len(mine["sparklines"]) == len(theirs["sparklines"]), (mine, theirs)
+        for spark in mine["sparklines"]:
+            assert spark["width"] > 0 and spark["height"] > 0 and spark["decoded"], spark
+        shown = [m for m in ("<svg", "<title", "<div", "&lt;") if m in mine["text"]]
+        assert not shown, f"markup shows as text: {shown} in {mine['text']!r}"

@@ -272,6 +272,9 @@ def driver(lab: Lab) -> Iterator[webdriver.Chrome]:
         "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
     ):
         options.add_argument(arg)
+    # This run's screenshots only (CI lists the folder).
+    for old in ARTEFACTS.glob("lab-*.png"):
+        old.unlink()
     # Debian's chromedriver, never one Selenium Manager would download.
     service = webdriver.ChromeService(executable_path=shutil.which("chromedriver"))
     browser = webdriver.Chrome(options=options, service=service)
@@ -409,34 +412,51 @@ def _index_of(cell: WebElement, selector: str) -> list[int]:
     ]
 
 
-def test_symbi_cell_live_line_updates_in_place_then_gives_way_to_the_badge(lab, driver) -> None:
-    """ipykernel with %load_ext symbi_jupyter: a 6 s %%symbi cell shows one live line,
-    updated in place (its words change, its place does not), and at the end it gives
-    way to the badge (in its place or after the output), all the output kept."""
-    code = (
-        "%%symbi --native\nimport time\nfor i in range(12):\n"
-        "    print('tick', i, flush=True)\n    time.sleep(0.5)\nprint('done')"
-    )
-    write_notebook(lab, "live.ipynb", "python3", ["%load_ext symbi_jupyter", code])
-    open_notebook(driver, lab, "live.ipynb")
-    run_and_wait(driver, 0)
-    run_cell(driver, 1)
+TICKS = (
+    "import time\nfor i in range(12):\n    print('tick', i, flush=True)\n    time.sleep(0.5)\n"
+    "print('done')"
+)
+
+
+@pytest.mark.parametrize(
+    "kernel, notebook",
+    [
+        ("python3", ["%load_ext symbi_jupyter", f"%%symbi --native\n{TICKS}"]),
+        ("symbi-docker", [TICKS]),
+    ],
+    ids=["ipykernel-symbi-magic", "symbi-kernel-tier1"],
+)
+def test_the_live_line_updates_in_place_then_gives_way_to_the_badge(
+    lab, driver, kernel: str, notebook: list[str]
+) -> None:
+    """A 6 s cell, run with %%symbi in ipykernel or in the Tier1 symbi kernel, shows one
+    live line, updated in place (its words change, its place does not); at the end it
+    gives way to the badge (in its place, or after the output), all the output kept
+    and no empty output left."""
+    if kernel == "symbi-docker":
+        require_tier("docker")
+    write_notebook(lab, f"live-{kernel}.ipynb", kernel, notebook)
+    open_notebook(driver, lab, f"live-{kernel}.ipynb")
+    for index in range(len(notebook) - 1):
+        run_and_wait(driver, index)
+    last = len(notebook) - 1
+    run_cell(driver, last)
     seen: dict[str, set] = {"texts": set(), "places": set(), "counts": set()}
 
     def watch(d: Any) -> bool:
-        cell = cells(d)[1]
+        cell = cells(d)[last]
         places = _index_of(cell, ".symbi-live")
         seen["counts"].add(len(places))
         if places:
             seen["places"].add(places[0])
             seen["texts"].add(cell.find_element(By.CSS_SELECTOR, ".symbi-live").text)
             if len(seen["texts"]) == 2:
-                shot(d, "live-line")
+                shot(d, f"live-line-{kernel}")
         return re.fullmatch(r"\[\d+\]:", prompt(cell)) is not None
 
     _wait(driver, watch, "end of the %%symbi cell")
-    cell = cells(driver)[1]
-    shot(driver, "live-line-badge")
+    cell = cells(driver)[last]
+    shot(driver, f"live-line-{kernel}-badge")
     assert seen["counts"] <= {0, 1}, f"more than one live line at once: {seen}"
     assert len(seen["texts"]) >= 2, f"the live line never changed: {seen}"
     assert len(seen["places"]) == 1, f"the live line moved: {seen}"
@@ -478,36 +498,47 @@ def require_tier(tier: str) -> None:
     need(report.ok, report.reason, tier=tier)
 
 
-@pytest.mark.parametrize("tier", ["none", "docker"])
-def test_the_interrupt_button_stops_a_sleeping_symbi_cell(lab, driver, tier: str) -> None:
-    """ipykernel, %%symbi: the toolbar's interrupt button stops `time.sleep(60)` within
-    INTERRUPT_SECONDS; the output printed before stays; no process of the run is left
-    (found by a file only the run holds open, seen through /proc as root); the next
-    %%symbi cell runs."""
+@pytest.mark.parametrize(
+    "kernel, tier", [("python3", "none"), ("python3", "docker"), ("symbi-docker", "docker")]
+)
+def test_the_interrupt_button_stops_a_sleeping_cell(lab, driver, kernel: str, tier: str) -> None:
+    """The toolbar's interrupt button stops `time.sleep(60)` within INTERRUPT_SECONDS,
+    in a %%symbi cell (ipykernel) or in the Tier1 symbi kernel; the output printed
+    before stays; nothing of the cell keeps running: no process holds the file it
+    opened (seen through /proc as root; in ipykernel it is held until the run's
+    process ends, in the symbi kernel until the cell's `with` ends, the session
+    living on); the next cell runs (in the symbi kernel, with the session's state)."""
     require_tier(tier)
     marker = f"symbi-lab-{uuid.uuid4().hex[:12]}"
-    code = (
-        f"%%symbi --tier {tier}\nimport time\nheld = open('/tmp/{marker}', 'w')\n"
-        "print('started', flush=True)\ntime.sleep(60)\nprint('not reached')"
-    )
-    name = f"interrupt-{tier}.ipynb"
-    write_notebook(
-        lab,
-        name,
-        "python3",
-        ["%load_ext symbi_jupyter", code, f"%%symbi --tier {tier}\nprint('again')"],
-    )
+    if kernel == "python3":
+        notebook = [
+            "%load_ext symbi_jupyter",
+            f"%%symbi --tier {tier}\nimport time\nheld = open('/tmp/{marker}', 'w')\n"
+            "print('started', flush=True)\ntime.sleep(60)\nprint('not reached')",
+            f"%%symbi --tier {tier}\nprint('again')",
+        ]
+        expected = "again"
+    else:
+        notebook = [
+            "x = 41",
+            f"import time\nwith open('/tmp/{marker}', 'w'):\n    print('started', flush=True)\n"
+            "    time.sleep(60)\n    print('not reached')",
+            "print('again', x)",
+        ]
+        expected = "again 41"
+    name = f"interrupt-{kernel}-{tier}.ipynb"
+    write_notebook(lab, name, kernel, notebook)
     open_notebook(driver, lab, name)
     run_and_wait(driver, 0)
     run_cell(driver, 1)
     _wait(driver, lambda d: "started" in output_text(cells(d)[1]), "'started' from the cell")
     assert wait_until(lambda: holders(marker), 30), "the check cannot see the run's process"
-    shot(driver, f"interrupt-{tier}-running")
+    shot(driver, f"interrupt-{kernel}-{tier}-running")
 
     toolbar_button(driver, "interrupt").click()
     finished(driver, 1, INTERRUPT_SECONDS)
     cell = cells(driver)[1]
-    shot(driver, f"interrupt-{tier}-stopped")
+    shot(driver, f"interrupt-{kernel}-{tier}-stopped")
     printed = stdout_text(cell)  # a traceback may quote the cell's source
     assert "started" in printed and "reached" not in printed, printed
     left = holders(marker)
@@ -515,7 +546,7 @@ def test_the_interrupt_button_stops_a_sleeping_symbi_cell(lab, driver, tier: str
 
     wait_idle(driver)
     again = run_and_wait(driver, 2)
-    assert "again" in output_text(again)
+    assert expected in stdout_text(again), output_text(again)
 
 
 @pytest.fixture(autouse=True)

@@ -8,6 +8,7 @@ the only time asserted is that an interrupt stops a cell within INTERRUPT_SECOND
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import re
@@ -227,8 +228,15 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         "no chromedriver on PATH (Debian: apt-get install chromium-driver)",
         "browser",
     )
-    need(_importable("jupyterlab"), "no JupyterLab (pip install -e '.[test]')", tier="browser")
-    base = Path(tempfile_dir(tmp_path_factory))
+    need(
+        importlib.util.find_spec("jupyterlab") is not None,
+        "no JupyterLab (pip install -e '.[test]')",
+        tier="browser",
+    )
+    # The notebooks' directory: one the unprivileged run user of tier None can
+    # traverse (pytest's are 0700 under root).
+    base = tmp_path_factory.mktemp("lab")
+    base.chmod(0o711)
     server = Lab(base)
     try:
         server.start()
@@ -240,20 +248,6 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         assert not left, f"kernels left running after the server stopped: {left}"
-
-
-def tempfile_dir(factory: pytest.TempPathFactory) -> Path:
-    """A directory the unprivileged run user of tier None can traverse (pytest's
-    are 0700 under root), for the notebooks' working directory."""
-    path = factory.mktemp("lab")
-    path.chmod(0o711)
-    return path
-
-
-def _importable(name: str) -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(name) is not None
 
 
 # ---------------------------------------------------------------------------- browser
@@ -532,7 +526,10 @@ def test_the_interrupt_button_stops_a_sleeping_cell(lab, driver, kernel: str, ti
     run_and_wait(driver, 0)
     run_cell(driver, 1)
     _wait(driver, lambda d: "started" in output_text(cells(d)[1]), "'started' from the cell")
-    assert wait_until(lambda: holders(marker), 30), "the check cannot see the run's process"
+    if not wait_until(lambda: holders(marker), 30):
+        # Only root sees the descriptors of a run under another uid.
+        assert os.geteuid() != 0, "the check cannot see the run's process"
+        pytest.skip("the run's process is not visible to this user (run as root to check)")
     shot(driver, f"interrupt-{kernel}-{tier}-running")
 
     toolbar_button(driver, "interrupt").click()
@@ -684,7 +681,11 @@ def test_symbi_kernel_from_the_launcher_keeps_state_plots_and_restarts(lab, driv
     if no_matplotlib:
         from symbi_jupyter import SandboxOrchestrator, SecurityTier
 
-        image = SandboxOrchestrator().sandbox(SecurityTier.TIER1).image
+        orch = SandboxOrchestrator()
+        try:
+            image = orch.sandbox(SecurityTier.TIER1).image
+        finally:
+            orch.close()
         pytest.skip(
             f"all else passed, but no matplotlib plot was checked: the Tier1 image {image} "
             "has no matplotlib (the kernel said: No module named 'matplotlib')"

@@ -170,6 +170,14 @@ def _server_environment(base: Path) -> dict[str, str]:
         SYMBIONT_ALLOW_NATIVE_EXECUTION="true",
         SYMBIONT_NATIVE_MAX_CPU_CORES="1",
     )
+    # The operator's choice of the image with matplotlib, where it was built (setup
+    # --scientific, as CI does): the launcher's Tier1 kernel then plots.
+    scientific = _scientific_image()
+    if scientific:
+        (base / "config").mkdir(parents=True, exist_ok=True)
+        (base / "config" / "jupyter_symbi_config.json").write_text(
+            json.dumps({"DockerSandbox": {"image": scientific}})
+        )
     for name, settings in SETTINGS.items():
         path = base / "lab-settings" / name
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -191,6 +199,20 @@ def _server_environment(base: Path) -> dict[str, str]:
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, f"{command}: {done.stderr}"
     return env
+
+
+def _scientific_image() -> str | None:
+    """The scientific profile's image, where this engine has it."""
+    from symbi_jupyter.setup.images.container import profile_image
+
+    tag = profile_image("scientific")
+    try:
+        import docker
+
+        docker.from_env().images.get(tag)
+    except Exception:  # no engine, or no such image: the plot check says so
+        return None
+    return tag
 
 
 def _pids_with(needle: str) -> list[int]:

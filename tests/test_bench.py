@@ -29,6 +29,7 @@ from symbi_jupyter.render import ResultDisplay
 from symbi_jupyter.render.bench import render_bench_html, render_bench_text
 
 from .helpers import need
+from .test_kernel import run
 
 TINY = ["--quick", "--runs", "1", "--workload-scale", "0.05"]
 FIGURE = re.compile(r"\d+(\.\d+)? (ms|s|B|KiB|MiB|GiB)\b")
@@ -300,19 +301,7 @@ def test_the_stable_rendering_keeps_the_structure_and_leaves_the_figures_out(
 
 # ---------------------------------------------------------------------- real kernels
 def _run(kc: Any, code: str, timeout: float = 300) -> tuple[dict, list[dict]]:
-    msg_id = kc.execute(code)
-    reply = kc.get_shell_msg(timeout=timeout)
-    while reply["parent_header"].get("msg_id") != msg_id:
-        reply = kc.get_shell_msg(timeout=timeout)
-    outputs = []
-    while True:
-        msg = kc.get_iopub_msg(timeout=timeout)
-        if msg["parent_header"].get("msg_id") != msg_id:
-            continue
-        if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
-            break
-        outputs.append(msg)
-    return reply["content"], outputs
+    return run(kc, code, timeout)
 
 
 def _progress_shown_then_emptied(outputs: list[dict]) -> None:

@@ -47,6 +47,40 @@ def _install(prefix: Path) -> None:
     assert main(["install-kernel", "--prefix", str(prefix)]) == 0
 
 
+@contextlib.contextmanager
+def symbi_kernel(tier: str, config: dict | None = None):
+    """A client of a new symbi kernel at ``tier``, installed in a prefix of its own,
+    with no host configuration but ``config`` (jupyter_symbi_config) and the
+    statistics display off; shut down and cleaned up after."""
+    prefix = Path(tempfile.mkdtemp(prefix="symbi-kernel-"))
+    workdir = Path("/tmp") / f"symbi-kw-{uuid.uuid4().hex[:8]}"
+    workdir.mkdir(mode=0o711)
+    _install(prefix)
+    (prefix / "config").mkdir()
+    if config is not None:
+        (prefix / "config" / "jupyter_symbi_config.json").write_text(json.dumps(config))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SYMBIONT_")}
+    env |= _kernel_environment(prefix, workdir, tier)
+    env |= {"JUPYTER_CONFIG_DIR": str(prefix / "config"), "JUPYTER_CONFIG_PATH": ""}
+    saved = os.environ.get("JUPYTER_PATH")
+    os.environ["JUPYTER_PATH"] = env["JUPYTER_PATH"]  # where the kernelspec is found
+    try:
+        km, client = start_new_kernel(kernel_name="symbi", env=env)
+    finally:
+        if saved is None:
+            del os.environ["JUPYTER_PATH"]
+        else:
+            os.environ["JUPYTER_PATH"] = saved
+    try:
+        assert run(client, "%symbi_stats off", timeout=180)[0]["status"] == "ok"
+        yield client
+    finally:
+        client.stop_channels()
+        km.shutdown_kernel(now=False)
+        shutil.rmtree(prefix, ignore_errors=True)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
 class _Environ:
     """Set environment variables for a class of tests (unittest-style setUpClass)."""
 

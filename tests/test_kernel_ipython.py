@@ -7,12 +7,9 @@ import os
 import re
 import shutil
 import sys
-import tempfile
-import uuid
 from pathlib import Path
 
 import pytest
-from jupyter_client.manager import start_new_kernel
 
 from symbi_jupyter.kernel.transform import transform_cell
 from symbi_jupyter.orchestrator import SandboxOrchestrator
@@ -20,7 +17,7 @@ from symbi_jupyter.sandboxes.worker import worker_source
 from symbi_jupyter.tiers import SecurityTier
 
 from .helpers import need, wait_until
-from .test_kernel import _install, _kernel_environment, refused, run, stdout
+from .test_kernel import refused, run, stdout, symbi_kernel
 from .test_worker import Client, stdout_text
 
 TIERS = {"none": SecurityTier.NONE, "docker": SecurityTier.TIER1}
@@ -37,30 +34,8 @@ def kc(request):
         availability = probe.availability()[TIERS[tier]]
         probe.close()
         need(availability.ok, availability.reason, tier=tier)
-    prefix = Path(tempfile.mkdtemp(prefix="symbi-ipython-"))
-    workdir = Path("/tmp") / f"symbi-ipy-{uuid.uuid4().hex[:8]}"
-    workdir.mkdir(mode=0o711)
-    _install(prefix)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SYMBIONT_")}
-    env |= _kernel_environment(prefix, workdir, tier)
-    env |= {"JUPYTER_CONFIG_DIR": str(prefix / "config"), "JUPYTER_CONFIG_PATH": ""}
-    saved = os.environ.get("JUPYTER_PATH")
-    os.environ["JUPYTER_PATH"] = env["JUPYTER_PATH"]  # where the kernelspec is found
-    try:
-        km, client = start_new_kernel(kernel_name="symbi", env=env)
-    finally:
-        if saved is None:
-            del os.environ["JUPYTER_PATH"]
-        else:
-            os.environ["JUPYTER_PATH"] = saved
-    try:
-        assert run(client, "%symbi_stats off", timeout=180)[0]["status"] == "ok"
+    with symbi_kernel(tier, None) as client:
         yield client
-    finally:
-        client.stop_channels()
-        km.shutdown_kernel(now=False)
-        shutil.rmtree(prefix, ignore_errors=True)
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def results(outputs: list[dict]) -> list[dict]:

@@ -5,18 +5,13 @@ inline as PNG images, and have numpy and pandas."""
 from __future__ import annotations
 
 import base64
-import json
 import os
-import shutil
 import struct
 import subprocess
 import sys
-import tempfile
-import uuid
 from pathlib import Path
 
 import pytest
-from jupyter_client.manager import start_new_kernel
 
 from symbi_jupyter.orchestrator import SandboxOrchestrator
 from symbi_jupyter.sandboxes.microvm import MicroVMSandbox, default_artifacts_dir
@@ -31,7 +26,7 @@ from symbi_jupyter.setup.images.microvm import MicroVMImageError, build_artifact
 from symbi_jupyter.tiers import SecurityTier
 
 from .helpers import need
-from .test_kernel import _install, _kernel_environment, run, stdout
+from .test_kernel import run, stdout, symbi_kernel
 
 TIERS = {"docker": SecurityTier.TIER1, "gvisor": SecurityTier.TIER2}
 TIERS |= {"microvm": SecurityTier.TIER3}
@@ -51,32 +46,8 @@ def kc(request):
     probe.close()
     build = BUILD + (" --tier3" if tier == "microvm" else "")
     need(availability.ok, f"{availability.reason} (the scientific variant: {build})", tier=tier)
-    prefix = Path(tempfile.mkdtemp(prefix="symbi-sci-"))
-    workdir = Path("/tmp") / f"symbi-sci-{uuid.uuid4().hex[:8]}"
-    workdir.mkdir(mode=0o711)
-    _install(prefix)
-    (prefix / "config").mkdir()
-    (prefix / "config" / "jupyter_symbi_config.json").write_text(json.dumps(CONFIG))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SYMBIONT_")}
-    env |= _kernel_environment(prefix, workdir, tier)
-    env |= {"JUPYTER_CONFIG_DIR": str(prefix / "config"), "JUPYTER_CONFIG_PATH": ""}
-    saved = os.environ.get("JUPYTER_PATH")
-    os.environ["JUPYTER_PATH"] = env["JUPYTER_PATH"]  # where the kernelspec is found
-    try:
-        km, client = start_new_kernel(kernel_name="symbi", env=env)
-    finally:
-        if saved is None:
-            del os.environ["JUPYTER_PATH"]
-        else:
-            os.environ["JUPYTER_PATH"] = saved
-    try:
-        assert run(client, "%symbi_stats off", timeout=180)[0]["status"] == "ok"
+    with symbi_kernel(tier, CONFIG) as client:
         yield client
-    finally:
-        client.stop_channels()
-        km.shutdown_kernel(now=False)
-        shutil.rmtree(prefix, ignore_errors=True)
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _traitlets_config():

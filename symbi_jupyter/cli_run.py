@@ -64,20 +64,25 @@ def add_run(subparsers: argparse._SubParsersAction) -> None:
     )
     limits = cmd.add_argument_group("limits", "lower the agent's sandbox mode limits")
     add_limit_arguments(limits)
+    add_config_argument(cmd)
+    cmd.set_defaults(func=run)
+
+
+def add_config_argument(cmd: argparse.ArgumentParser) -> None:
+    """``--config config.toml``, as the commands that run code take it."""
     cmd.add_argument(
         "--config",
         metavar="config.toml",
         help="a Symbiont config.toml, over $SYMBIONT_CONFIG and the Jupyter config "
         "files; SYMBIONT_* variables still win",
     )
-    cmd.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """The ``run`` command: the exit status of the trigger's run."""
     orch = None
     try:
-        orch = _orchestrator(args.config)
+        orch = configured_orchestrator(args.config)
         return _run(args, orch)
     except PolicyViolation as exc:
         return _said(exc, EXIT_REFUSED)
@@ -135,7 +140,9 @@ def _run(args: argparse.Namespace, orch: SandboxOrchestrator) -> int:
     return EXIT_FAILED
 
 
-def _orchestrator(config: str | None) -> SandboxOrchestrator:
+def configured_orchestrator(config: str | None) -> SandboxOrchestrator:
+    """An orchestrator configured as the magics' is, with ``config`` (a config.toml)
+    over it where given."""
     from .config import load_symbiont_config
     from .orchestrator import SandboxOrchestrator
 

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from ..cli_run import add_config_argument, configured_orchestrator
 from ..errors import ConfigError, SymbiError
 from ..tiers import SecurityTier
 
@@ -200,26 +201,16 @@ def add_bench(subparsers: argparse._SubParsersAction) -> None:
         "a tier that cannot run is a row that says why.",
     )
     add_bench_arguments(cmd)
-    cmd.add_argument(
-        "--config",
-        metavar="config.toml",
-        help="a Symbiont config.toml, over $SYMBIONT_CONFIG and the Jupyter config "
-        "files; SYMBIONT_* variables still win",
-    )
+    add_config_argument(cmd)
     cmd.set_defaults(func=bench)
 
 
 def bench(args: argparse.Namespace) -> int:
     """The ``bench`` command."""
-    from ..config import load_symbiont_config
-    from ..orchestrator import SandboxOrchestrator
-
     orch = None
     progress = TerminalProgress()
     try:
-        orch = SandboxOrchestrator(
-            config=load_symbiont_config(args.config) if args.config else None
-        )
+        orch = configured_orchestrator(args.config)
         report = run_from_args(
             orch,
             args,

@@ -21,7 +21,14 @@ from .errors import ConfigError, Interrupted, SymbiError
 from .limit_flags import limit_arguments, limits_from_args
 from .limits import ResourceLimits
 from .orchestrator import SandboxOrchestrator, default_orchestrator
-from .render import Comparison, LiveLine, LiveUpdates, ResultDisplay, TierLadder
+from .render import (
+    Comparison,
+    LiveLine,
+    LiveUpdates,
+    ResultDisplay,
+    TierLadder,
+    follows_display_updates,
+)
 from .result import ExecutionResult
 from .tiers import SecurityTier
 
@@ -120,12 +127,14 @@ class SymbiMagics(Magics):
         args = parse_posix(self.symbi, line)
         writers = LiveOutput() if self.stream_output else None
         show = self.show_stats and not args.quiet
-        # Only a kernel's front end can update a display in place; a terminal would
-        # print every update.
-        in_kernel = getattr(self.shell, "kernel", None) is not None
         live = (
             _LiveStats()
-            if (show and self.live_stats and in_kernel and not ResultDisplay.instance().stable)
+            if (
+                show
+                and self.live_stats
+                and _front_end_follows_updates(self.shell)
+                and not ResultDisplay.instance().stable
+            )
             else None
         )
         try:
@@ -224,7 +233,11 @@ class SymbiMagics(Magics):
 
         args = parse_posix(self.symbi_bench, line)
         stable = ResultDisplay.instance().stable
-        progress = None if stable else _BenchProgress(self.shell)
+        progress = None
+        if not stable and (
+            getattr(self.shell, "kernel", None) is None or _front_end_follows_updates(self.shell)
+        ):
+            progress = _BenchProgress(self.shell)
         try:
             report = run_from_args(
                 self.orchestrator,
@@ -320,6 +333,19 @@ def _write_to_sys(stream: str, text: str) -> None:
     target = sys.stdout if stream == "stdout" else sys.stderr
     target.write(text)
     target.flush()
+
+
+def _front_end_follows_updates(shell: Any) -> bool:
+    """In a kernel, whether the cell's front end keeps a display current (a terminal
+    IPython has none: it would print every update)."""
+    kernel = getattr(shell, "kernel", None)
+    if kernel is None:
+        return False
+    try:
+        parent = kernel.get_parent()
+    except Exception:  # an ipykernel without get_parent (before 6.21)
+        parent = getattr(shell, "parent_header", None) or {}
+    return follows_display_updates(parent.get("metadata"))
 
 
 class _LiveStats(LiveUpdates):

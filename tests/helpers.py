@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from pathlib import Path
 
 import pytest
 from IPython.utils.capture import capture_output
+from nbclient import NotebookClient
 
 from symbi_jupyter.sandboxes.identities import RunIdentities
 
@@ -64,3 +66,31 @@ def run_cell(ip, cell: str):
     with capture_output() as cap:
         result = ip.run_cell(cell)
     return result, cap
+
+
+def execute_from_cell(kc, code: str, cell_id: str | None = "cell-1", **options) -> str:
+    """``kc.execute(code)`` as a notebook front end (JupyterLab, VS Code) sends it,
+    naming its cell: the symbi front ends show a live line only to such a front end.
+    ``cell_id=None``: as ``jupyter console`` or nbclient send it."""
+    content = {
+        "code": code,
+        "silent": False,
+        "store_history": True,
+        "user_expressions": {},
+        "allow_stdin": False,
+        "stop_on_error": True,
+        **options,
+    }
+    metadata = {"cellId": cell_id} if cell_id else {}
+    msg = kc.session.msg("execute_request", content, metadata=metadata)
+    kc.shell_channel.send(msg)
+    return msg["header"]["msg_id"]
+
+
+class NotebookFrontEnd(NotebookClient):
+    """nbclient, its requests naming their cells as a notebook front end's do."""
+
+    async def async_start_new_kernel_client(self):  # type: ignore[override]
+        kc = await super().async_start_new_kernel_client()
+        kc.execute = functools.partial(execute_from_cell, kc)
+        return kc

@@ -15,7 +15,7 @@ from jupyter_client.manager import start_new_kernel
 from symbi_jupyter import SandboxOrchestrator, SecurityTier
 from symbi_jupyter.cli import main
 
-from .helpers import need, run_cell
+from .helpers import execute_from_cell, need, run_cell
 
 TIMEOUT = 60
 RESULT = "application/vnd.symbi.result+json"
@@ -23,14 +23,14 @@ RESULT = "application/vnd.symbi.result+json"
 
 def run(kc, code: str) -> tuple[dict, list[dict]]:
     """Execute ``code``; its reply content and its iopub messages."""
-    msg_id = kc.execute(code)
+    msg_id = execute_from_cell(kc, code)
     return _reply(kc, msg_id), _outputs(kc, msg_id)
 
 
 def interrupted(km, kc, code: str) -> tuple[dict, list[dict]]:
     """Execute ``code``, interrupt the kernel once the sandbox has printed 'sleeping'
     (the code is running there), and return the reply and every iopub message."""
-    msg_id = kc.execute(code)
+    msg_id = execute_from_cell(kc, code)
     before = []
     while True:
         msg = kc.get_iopub_msg(timeout=TIMEOUT)

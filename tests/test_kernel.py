@@ -19,7 +19,6 @@ import jupyter_kernel_test
 import nbformat
 import pytest
 from jupyter_client.manager import start_new_kernel
-from nbclient import NotebookClient
 
 from symbi_jupyter.cli import main
 from symbi_jupyter.orchestrator import SandboxOrchestrator
@@ -27,7 +26,7 @@ from symbi_jupyter.sandboxes.docker import HOST_LABEL
 from symbi_jupyter.sandboxes.supervisor.proctree import host_tag, pid_alive
 from symbi_jupyter.tiers import SecurityTier
 
-from .helpers import leased, need, wait_until
+from .helpers import NotebookFrontEnd, execute_from_cell, leased, need, wait_until
 
 TIMEOUT = 60
 
@@ -335,9 +334,12 @@ def kernel(tmp_path: Path, workdir: Path, monkeypatch: pytest.MonkeyPatch):
     km.shutdown_kernel(now=False)
 
 
-def run(kc, code: str, timeout: float = TIMEOUT) -> tuple[dict, list[dict]]:
-    """Execute ``code``; return the reply content and the cell's iopub messages."""
-    msg_id = kc.execute(code)
+def run(
+    kc, code: str, timeout: float = TIMEOUT, cell_id: str | None = "cell-1"
+) -> tuple[dict, list[dict]]:
+    """Execute ``code`` as a notebook front end sends it (``cell_id=None``: as a
+    console does); return the reply content and the cell's iopub messages."""
+    msg_id = execute_from_cell(kc, code, cell_id)
     reply = kc.get_shell_msg(timeout=timeout)
     while reply["parent_header"].get("msg_id") != msg_id:
         reply = kc.get_shell_msg(timeout=timeout)
@@ -425,6 +427,19 @@ def test_a_long_cell_shows_a_live_line_that_becomes_its_stats(kernel) -> None:
     assert not [m for m in outputs if m["msg_type"].endswith("display_data")]
 
 
+def test_a_console_gets_the_statistics_of_a_long_cell(kernel) -> None:
+    """``jupyter console`` names no cell and ignores display updates: the live line,
+    replaced in place by the statistics, left it none for a longer cell."""
+    _, kc = kernel
+    run(kc, "%symbi_stats on")
+    reply, outputs = run(kc, "import time\ntime.sleep(2)\nprint('done')", cell_id=None)
+    assert reply["status"] == "ok"
+    assert not [m for m in outputs if m["msg_type"] == "update_display_data"]
+    displays = [m for m in outputs if m["msg_type"] == "display_data"]
+    assert len(displays) == 1 and displays[0] is outputs[-1]
+    assert displays[0]["content"]["data"]["text/plain"].startswith("[symbi] None (native)")
+
+
 def test_a_saved_notebook_keeps_no_empty_output(tmp_path: Path, workdir: Path, monkeypatch) -> None:
     """nbclient saves what a front end shows: the live line used to stay behind as an
     empty display_data, first output of every longer cell."""
@@ -433,7 +448,7 @@ def test_a_saved_notebook_keeps_no_empty_output(tmp_path: Path, workdir: Path, m
         monkeypatch.setenv(key, value)
     cells = ["import time\ntime.sleep(1.5)\nprint('late')", "print('early')\ntime.sleep(1.5)"]
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
-    NotebookClient(nb, kernel_name="symbi", timeout=TIMEOUT).execute()
+    NotebookFrontEnd(nb, kernel_name="symbi", timeout=TIMEOUT).execute()
     path = tmp_path / "saved.ipynb"
     nbformat.write(nb, path)
     for cell in nbformat.read(path, 4).cells:
@@ -550,7 +565,7 @@ def test_the_host_environment_is_not_visible(kernel, monkeypatch) -> None:
 def interrupted(km, kc, code: str) -> dict:
     """Execute ``code``, interrupt the kernel once the sandbox has printed 'sleeping'
     (the code is really running there), and return the cell's reply."""
-    msg_id = kc.execute(code)
+    msg_id = execute_from_cell(kc, code)
     while True:
         msg = kc.get_iopub_msg(timeout=TIMEOUT)
         if msg["msg_type"] == "stream" and "sleeping" in msg["content"]["text"]:

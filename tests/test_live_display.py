@@ -16,7 +16,7 @@ from symbi_jupyter import ResourceLimits, SecurityTier
 from symbi_jupyter.render import LiveLine, ResultDisplay, render_html, render_mimebundle
 from symbi_jupyter.sampling import UsageSample
 
-from .helpers import need
+from .helpers import NotebookFrontEnd, need
 
 GROWING = (
     "import time\n"
@@ -89,9 +89,12 @@ def test_the_live_line_says_elapsed_memory_and_cpu() -> None:
     assert 'class="symbi-live"' in line._repr_html_()
 
 
-def _run_notebook(cells: list[str], monkeypatch, stable: bool, workdir: Path):
-    """Execute cells in a real python3 kernel; return the notebook and every iopub
-    message the kernel sent for them."""
+def _run_notebook(
+    cells: list[str], monkeypatch, stable: bool, workdir: Path, front_end=NotebookFrontEnd
+):
+    """Execute cells in a real python3 kernel (from a notebook front end, or as
+    ``front_end=NotebookClient``, like a console, naming no cell); return the notebook
+    and every iopub message the kernel sent for them."""
     if stable:
         monkeypatch.setenv("SYMBI_JUPYTER_STABLE_OUTPUT", "1")
     setup = (
@@ -101,7 +104,7 @@ def _run_notebook(cells: list[str], monkeypatch, stable: bool, workdir: Path):
     )
     nb = new_notebook(cells=[new_code_cell(setup), *(new_code_cell(c) for c in cells)])
     messages: list[dict] = []
-    client = NotebookClient(nb, kernel_name="python3", timeout=120)
+    client = front_end(nb, kernel_name="python3", timeout=120)
     original = client.process_message
 
     def spy(msg, cell, cell_index):
@@ -159,3 +162,18 @@ def test_nbformat_round_trip_of_a_result_with_samples(orch, tmp_path: Path) -> N
     path = tmp_path / "n.ipynb"
     nbformat.write(nb, path)
     nbformat.validate(nbformat.read(path, 4))
+
+
+def test_a_front_end_naming_no_cell_gets_no_live_line_and_the_statistics(
+    monkeypatch, workdir: Path
+) -> None:
+    """``jupyter console`` (and papermill) name no cell, and a console ignores display
+    updates: the statistics that replaced the live line in place never reached it."""
+    nb, messages = _run_notebook(
+        ["%%symbi --tier none\n" + GROWING], monkeypatch, False, workdir, NotebookClient
+    )
+    assert [m for m in messages if m["msg_type"] == "update_display_data"] == []
+    assert "symbi-live" not in str(messages)
+    (final,) = nb.cells[1].outputs
+    assert final["output_type"] == "display_data"
+    assert final["data"]["text/plain"].startswith("[symbi] None (native) · exit 0")

@@ -26,7 +26,7 @@ from .. import __version__
 from ..errors import SymbiError
 from ..limits import ResourceLimits
 from ..orchestrator import SandboxOrchestrator
-from ..render import ResultDisplay, render_mimebundle, uneventful
+from ..render import ResultDisplay, follows_display_updates, render_mimebundle, uneventful
 from ..result import ExecutionResult
 from ..sandboxes.worker import CellOutcome, WorkerSession
 from ..tiers import SecurityTier
@@ -112,7 +112,9 @@ class SymbiKernel(Kernel):
         SandboxOrchestrator.sample_interval_seconds), show a line with the elapsed
         time, memory now and CPU %, updated in place and replaced in place by the
         cell's statistics. Only with show_stats, never under the stable rendering
-        (ResultDisplay.stable), which nbval compares.""",
+        (ResultDisplay.stable), which nbval compares, and only for a front end that
+        keeps displays current (its requests name their cell, as notebook front ends'
+        do); ``jupyter console`` and papermill get the statistics at the end.""",
     )
     interrupt_grace_seconds = Float(
         3.0,
@@ -132,6 +134,8 @@ class SymbiKernel(Kernel):
         self.worker: WorkerSession | None = None
         self.history: list[tuple[int, int, str]] = []
         self._cpu_sample: tuple[float, float] | None = None
+        #: whether the running cell's front end keeps displays current (live line)
+        self.follows_updates = False
         #: agents defined with %%symbi_agent, by name
         self.agents: dict[str, Any] = {}
         #: the handlers of the kernel magics (%symbi_tier, %%symbi, ...)
@@ -216,8 +220,12 @@ class SymbiKernel(Kernel):
         store_history: bool = True,
         user_expressions: dict | None = None,
         allow_stdin: bool = False,
+        *,
+        cell_meta: dict | None = None,
+        cell_id: str | None = None,
         **kwargs: Any,
     ) -> dict[str, Any]:
+        self.follows_updates = follows_display_updates(self.get_parent().get("metadata"))
         if store_history:
             self.history.append((0, self.execution_count, code))
         leaving = EXIT_CELL.fullmatch(code)
@@ -279,7 +287,7 @@ class SymbiKernel(Kernel):
         live = None
         interval = self.orchestrator.sample_interval_seconds
         if self.show_stats and not silent and interval > 0:
-            show = self.live_stats and not self.display_options.stable
+            show = self.live_stats and self.follows_updates and not self.display_options.stable
             live = KernelLiveLine(self, session.tier, session.limits, interval, show)
             live.start(session.handle.usage)
         samples = None

@@ -93,6 +93,7 @@ class KernelHost(Protocol):
     stats_style: str
     compact_below_seconds: float
     live_stats: bool
+    follows_updates: bool
     limits: ResourceLimits
     worker: WorkerSession | None
 
@@ -403,7 +404,7 @@ class KernelMagics:
         args = SymbiMagics.symbi_bench.parser.parse_args(argv)
         _no_out(args, "%symbi_bench")
         stable = kernel.display_options.stable
-        progress = None if stable else _KernelProgress(kernel)
+        progress = None if stable or not kernel.follows_updates else _KernelProgress(kernel)
         try:
             report = run_from_args(
                 kernel.orchestrator,

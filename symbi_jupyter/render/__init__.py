@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from .bundle import MIME_TYPE, VOLATILE_FIELDS, render_mimebundle
 from .html_badge import TIER_COLOURS, render_html, sparkline_img, sparkline_svg
-from .live import LiveLine, LiveUpdates
+from .live import LiveLine, LiveUpdates, follows_display_updates
 from .markdown import render_markdown
 from .options import ResultDisplay
 from .summary import uneventful
@@ -45,6 +45,7 @@ __all__ = [
     "ResultDisplay",
     "TierLadder",
     "compare",
+    "follows_display_updates",
     "format_bytes",
     "format_duration",
     "limit_phrases",

@@ -13,6 +13,17 @@ from .summary import tier_words
 from .words import MIB, format_bytes, format_duration
 
 
+def follows_display_updates(request_metadata: Any) -> bool:
+    """Whether the front end that sent an execute request keeps a display current.
+
+    Notebook front ends (JupyterLab, Notebook 7, VS Code) name the cell they run
+    (``cellId``) and follow ``update_display_data``; ``jupyter console`` and headless
+    runners (nbclient, papermill) name none, and a console ignores updates, so a live
+    line would leave it either a stale first state or, replaced in place, no statistics
+    at all. Those get the statistics as an ordinary display at the end."""
+    return isinstance(request_metadata, dict) and bool(request_metadata.get("cellId"))
+
+
 class LiveLine:
     """What ``%%symbi`` shows while a cell runs (elapsed time, memory now, CPU %),
     updated in place and then replaced by the final statistics; ``ended``: its last

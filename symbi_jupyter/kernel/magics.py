@@ -1,10 +1,11 @@
 """The symbi kernel's own magics: ``%symbi_tier``, ``%symbi_limits``,
-``%symbi_session``, ``%symbi_stats``, ``%symbi_tiers``, ``%symbi_trigger``,
-``%symbi_bench`` and the cell magics ``%%symbi`` and ``%%symbi_agent``.
+``%symbi_session``, ``%symbi_stats``, ``%symbi_tiers`` and ``%config``, here; those
+that run sandboxed code (``%%symbi``, ``%%symbi_agent``, ``%symbi_trigger``,
+``%symbi_bench``) in :mod:`.run_magics`.
 
 They run in the kernel process (they change what the following cells get), never in
 the sandbox; :class:`~.kernel.SymbiKernel` hands its cells' magics to its
-:class:`KernelMagics`, which reaches the kernel through :class:`KernelHost`.
+:class:`KernelMagics`, which reaches the kernel through :class:`~.host.KernelHost`.
 """
 
 from __future__ import annotations
@@ -12,32 +13,21 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
-from typing import TYPE_CHECKING, Any, Protocol
 
-from ..errors import SymbiError
 from ..limit_flags import add_limit_arguments, limits_from_args
 from ..limits import ResourceLimits, number
 from ..render import TierLadder, format_bytes, format_duration, say_limit
-from ..result import ExecutionResult
 from ..tiers import SecurityTier
-
-if TYPE_CHECKING:
-    from ..orchestrator import SandboxOrchestrator
-    from ..render import ResultDisplay
-    from ..sandboxes.worker import WorkerSession
+from .host import (
+    CELL_MAGICS,
+    SESSION_LIMITS,
+    KernelHost,
+    KernelUsageError,
+)
+from .run_magics import RunMagics
 
 #: %symbi_stats's styles (SymbiKernel.stats_style)
 STATS_STYLES = ("auto", "compact", "full")
-#: Limits that hold for a whole worker: changing one needs a new worker.
-SESSION_LIMITS = (
-    "max_memory_mb",
-    "max_cpu_cores",
-    "max_processes",
-    "max_file_size_mb",
-    "max_disk_mb",
-    "network",
-)
-
 KERNEL_MAGICS = (
     "%symbi_tier",
     "%symbi_limits",
@@ -47,7 +37,6 @@ KERNEL_MAGICS = (
     "%symbi_trigger",
     "%symbi_bench",
 )
-CELL_MAGICS = ("%%symbi", "%%symbi_agent")
 #: Limits %symbi_limits and %symbi_session say, when set (and the network always).
 _SHOWN_LIMITS = (
     "max_memory_mb",
@@ -58,12 +47,19 @@ _SHOWN_LIMITS = (
 )
 
 
-class KernelUsageError(SymbiError):
-    """A kernel magic was given bad arguments."""
+#: What ``%load_ext symbi_jupyter`` says in the kernel, as IPython for a loaded one.
+LOADED = "The symbi_jupyter extension is already loaded: the symbi kernel has its magics.\n"
 
 
-class Interrupted(SymbiError):
-    """A kernel magic's sandboxed run was interrupted (and stopped)."""
+def _kernel_line(line: str) -> bool:
+    """A line the kernel runs itself, before the cell: its own magics, ``%config``
+    and loading this very extension (a notebook written for ipykernel)."""
+    words = line.split()
+    return bool(words) and (
+        words[0].startswith("%symbi_")
+        or words[0] == "%config"
+        or words == ["%load_ext", "symbi_jupyter"]
+    )
 
 
 class _Parser(argparse.ArgumentParser):
@@ -83,56 +79,22 @@ def _limits_parser() -> _Parser:
     return parser
 
 
-class KernelHost(Protocol):
-    """What :class:`KernelMagics` uses of its kernel (:class:`~.kernel.SymbiKernel`):
-    the settings the magics change, the worker, the streams and the replies."""
-
-    tier: str
-    session_mode: str
-    show_stats: bool
-    stats_style: str
-    compact_below_seconds: float
-    live_stats: bool
-    follows_updates: bool
-    limits: ResourceLimits
-    worker: WorkerSession | None
-
-    @property
-    def orchestrator(self) -> SandboxOrchestrator: ...
-    @property
-    def display_options(self) -> ResultDisplay: ...
-    @property
-    def agents(self) -> dict[str, Any]: ...
-    @property
-    def execution_count(self) -> int: ...
-    @property
-    def current_tier(self) -> SecurityTier: ...
-
-    def _stream(self, name: str, text: str) -> None: ...
-    def _display(self, obj: Any) -> None: ...
-    def _error(
-        self, ename: str, evalue: str, traceback: list[str] | None = None
-    ) -> dict[str, Any]: ...
-    def _ok(self) -> dict[str, Any]: ...
-    def _check_allowed(self, tier: SecurityTier | str | None) -> SecurityTier: ...
-    def _close_session(self) -> None: ...
-
-
-class KernelMagics:
+class KernelMagics(RunMagics):
     """The magics' handlers, for one kernel (:class:`KernelHost`), which provides the
     session, streams and replies."""
 
     def __init__(self, kernel: KernelHost) -> None:
+        from .config_magic import KernelConfig
+
         self.kernel = kernel
+        self._config = KernelConfig(kernel)
 
     def line_magics(self, code: str) -> str:
         """Run the kernel's line magics at the top of a cell; return the rest, after
         as many blank lines (so its lines keep their numbers)."""
         lines = code.splitlines(keepends=True)
         done = 0
-        while done < len(lines) and (
-            lines[done].strip() == "" or lines[done].lstrip().startswith("%symbi_")
-        ):
+        while done < len(lines) and (lines[done].strip() == "" or _kernel_line(lines[done])):
             line = lines[done].strip()
             done += 1
             if line:
@@ -141,6 +103,12 @@ class KernelMagics:
 
     def _line_magic(self, line: str) -> None:
         name, _, rest = line.partition(" ")
+        if name == "%config":
+            self._config(rest)
+            return
+        if name == "%load_ext":
+            self.kernel._stream("stdout", LOADED)
+            return
         try:
             argv = shlex.split(rest)
         except ValueError as exc:
@@ -286,182 +254,6 @@ class KernelMagics:
             else "off"
         )
         return f"Statistics: {kernel.stats_style}: {style}; live line: {live}.\n"
-
-    def cell_magic(self, code: str) -> dict[str, Any]:
-        """A cell that starts with one of :data:`CELL_MAGICS`."""
-        first, _, body = code.partition("\n")
-        name, _, flags = first.partition(" ")
-        if name == "%%symbi_agent":
-            return self._agent_cell(flags, body)
-        if name != "%%symbi":
-            raise KernelUsageError(
-                f"unknown cell magic {name}; the kernel has {', '.join(CELL_MAGICS)} "
-                "(other cells run as Python in the sandbox)"
-            )
-        return self._symbi_cell(flags, body)
-
-    def _symbi_cell(self, flags: str, body: str) -> dict[str, Any]:
-        """``%%symbi [flags]``: one cell through the orchestrator, as in IPython."""
-        from ..magics import LiveOutput, SymbiMagics, parse_posix, symbi_flags
-
-        kernel = self.kernel
-        args = parse_posix(SymbiMagics.symbi, flags)
-        out = LiveOutput(kernel._stream)
-        try:
-            _, tier, limits, env = symbi_flags(args)
-            result = kernel.orchestrator.execute_code(
-                tier,
-                body,
-                env=env,
-                language=args.language,
-                limits=limits,
-                on_output=out.write,
-                first_line=2,  # the body's, below the %%symbi line
-            )
-        except KeyboardInterrupt as exc:
-            out.flush()
-            partial = exc.args[0] if exc.args else None
-            if isinstance(partial, ExecutionResult) and not args.quiet:
-                kernel._display(partial)
-            return kernel._error("Interrupted", "the sandboxed run was stopped")
-        except SymbiError as exc:
-            if not args.no_raise_error:
-                raise
-            out.flush()
-            kernel._stream("stderr", f"{type(exc).__name__}: {exc}\n")
-            return kernel._ok()
-        finally:
-            out.flush()
-        if not args.quiet:
-            kernel._display(result)
-        if result.success:
-            return kernel._ok()
-        return {
-            "status": "error",
-            "execution_count": kernel.execution_count,
-            "ename": "SandboxedCodeFailed",
-            "evalue": str(result),
-            "traceback": [],
-        }
-
-    # ------------------------------------------------------------------ agents
-    def _agent_cell(self, flags: str, body: str) -> dict[str, Any]:
-        """``%%symbi_agent``: define agents, as in IPython; their actions run through
-        this kernel's orchestrator, under its operator's policy."""
-        from ..agent_magics import AgentMagics, parse_magic_line
-        from ..agents import load
-
-        kernel = self.kernel
-        args = parse_magic_line(AgentMagics.symbi_agent, flags)
-        _no_out(args, "%%symbi_agent")
-        agents = load(body, orchestrator=kernel.orchestrator, directory=os.getcwd())
-        for agent in agents:
-            kernel.agents[agent.name] = agent
-        if not args.quiet:
-            for agent in agents:
-                kernel._display(agent)
-        return kernel._ok()
-
-    def _magic_trigger(self, argv: list[str]) -> None:
-        """``%symbi_trigger AGENT TRIGGER [--payload JSON] [limit flags]``, as in IPython."""
-        from ..agent_magics import AgentMagics, find_agent, parse_payload
-        from ..agents import Emitted
-        from ..magics import LiveOutput
-
-        kernel = self.kernel
-        args = AgentMagics.symbi_trigger.parser.parse_args(argv)
-        _no_out(args, "%symbi_trigger")
-        agent = find_agent(kernel.agents, args.agent)
-
-        def shown(item: Any) -> None:
-            if isinstance(item, ExecutionResult):
-                if kernel.show_stats and not args.quiet:
-                    kernel._display(item)
-            elif isinstance(item, Emitted):
-                kernel._display(item)
-
-        out = LiveOutput(kernel._stream)
-        try:
-            agent.trigger(
-                args.trigger,
-                parse_payload(args.payload),
-                on_output=out.write,
-                on_result=shown,
-                limits=limits_from_args(args),
-            )
-        except KeyboardInterrupt:
-            raise Interrupted("the sandboxed run was stopped") from None
-        finally:
-            out.flush()
-
-    def _magic_bench(self, argv: list[str]) -> None:
-        """``%symbi_bench [flags]``, as in IPython: the table through the kernel's
-        orchestrator, under its operator's policy."""
-        from ..bench.cli import report_json, run_from_args, write_files
-        from ..magics import SymbiMagics
-
-        kernel = self.kernel
-        args = SymbiMagics.symbi_bench.parser.parse_args(argv)
-        _no_out(args, "%symbi_bench")
-        stable = kernel.display_options.stable
-        progress = None if stable or not kernel.follows_updates else _KernelProgress(kernel)
-        try:
-            report = run_from_args(
-                kernel.orchestrator,
-                args,
-                progress,
-                None if stable else lambda words: kernel._stream("stdout", words + "\n"),
-            )
-        except KeyboardInterrupt:
-            raise Interrupted("the bench was interrupted; its sandboxes were removed") from None
-        finally:
-            if progress is not None:
-                progress.done()
-        for words in write_files(report, args):
-            kernel._stream("stdout", f"wrote {words}\n")
-        if args.json == "-":
-            kernel._stream("stdout", report_json(report) + "\n")
-        else:
-            kernel._display(report)
-
-
-class _KernelProgress:
-    """``%symbi_bench``'s progress line in the symbi kernel: one display, updated in
-    place, emptied at the end."""
-
-    def __init__(self, kernel: Any) -> None:
-        import uuid
-
-        self.kernel = kernel
-        self.display_id = uuid.uuid4().hex
-        self.shown = False
-
-    def __call__(self, progress: Any) -> None:
-        self._send("update_display_data" if self.shown else "display_data", str(progress))
-        self.shown = True
-
-    def done(self) -> None:
-        if self.shown:
-            self._send("update_display_data", "")
-
-    def _send(self, kind: str, text: str) -> None:
-        self.kernel.send_response(
-            self.kernel.iopub_socket,
-            kind,
-            {
-                "data": {"text/plain": text},
-                "metadata": {},
-                "transient": {"display_id": self.display_id},
-            },
-        )
-
-
-def _no_out(args: Any, magic: str) -> None:
-    if args.out:
-        raise KernelUsageError(
-            f"{magic} -o: the symbi kernel's variables live in the sandbox, which the "
-            "kernel does not write to; use the displayed results"
-        )
 
 
 def _limits_text(limits: ResourceLimits) -> str:

@@ -51,7 +51,8 @@ UNAVAILABLE = {
     "run": "run a file with !python3 FILE, or exec(open(FILE).read()) in the namespace",
     "debug": _NO_INPUT,
     "pdb": _NO_INPUT,
-    "config": "the kernel's settings are its operator's (jupyter_symbi_config.py), not a cell's",
+    "config": "the kernel runs %config itself, before the cell: put it on the cell's first "
+    "lines, before any code (a cell may make the operator's policy stricter, never looser)",
     "reset": "%symbi_session restart starts a new worker, with an empty namespace",
     "history": _HOST_HISTORY,
     "recall": _HOST_HISTORY,

@@ -38,16 +38,19 @@ def records(audit: Path) -> list[dict]:
 
 def test_a_cell_may_lower_a_ceiling_and_put_it_back(audited) -> None:
     kc, _ = audited
-    run(kc, "x = 'kept until the ceiling changes'")
+    run(kc, "x = 'kept'")
     reply, outputs = run(kc, "%config SandboxOrchestrator.max_file_size_mb = 1")
     assert reply["status"] == "ok", reply
-    # the worker's own file limit was the old one: it restarts, and says so
-    assert "starts a new one, without the old state" in stdout(outputs)
+    # the running worker keeps its limits and its state, and the kernel says so
+    assert "the running one keeps the limits it started with" in stdout(outputs)
+    assert stdout(run(kc, "print(x)")[1]) == "kept\n"
+    reply, outputs = run(kc, "%%symbi --tier none\n" + WRITE_2_MB)
+    assert "wrote" not in stdout(outputs)
+    run(kc, "%symbi_session restart")
     reply, outputs = run(kc, WRITE_2_MB)
     assert reply["status"] == "error" and "wrote" not in stdout(outputs)
-    assert stdout(run(kc, "print('x' in dir())")[1]) == "False\n"
     assert run(kc, "%config SandboxOrchestrator.max_file_size_mb = 10")[0]["status"] == "ok"
-    reply, outputs = run(kc, WRITE_2_MB)
+    reply, outputs = run(kc, "%%symbi --tier none\n" + WRITE_2_MB)
     assert reply["status"] == "ok" and stdout(outputs) == f"wrote {2 << 20}\n"
 
 
@@ -94,7 +97,7 @@ def test_switching_native_execution_off_stops_the_native_worker(audited) -> None
     kc, _ = audited
     run(kc, "z = 1")
     reply, outputs = run(kc, "%config SandboxOrchestrator.allow_native_execution = False")
-    assert reply["status"] == "ok" and "the worker was stopped" in stdout(outputs)
+    assert reply["status"] == "ok" and "is off: the worker was stopped" in stdout(outputs)
     assert refused(kc, "print(1)")["ename"] == "PolicyViolation"
     assert run(kc, "%config SandboxOrchestrator.allow_native_execution = True")[0]["status"] == (
         "ok"
@@ -110,7 +113,12 @@ def test_symbi_out_puts_the_results_figures_in_the_session(audited) -> None:
         kc, "print(first.exit_code, first.success, first.stdout, first.limits.max_memory_mb)"
     )
     assert stdout(outputs) == "0 True hello\n 256.0\n"
+    _, outputs = run(kc, "print(repr(first), sorted(first.enforcement) != [], 'first' in dir())")
+    assert stdout(outputs).startswith("[symbi] None (native) · exit 0")
+    assert stdout(outputs).endswith(" True True\n")
+    assert stdout(run(kc, "print('__symbi_store' in dir())")[1]) == "False\n"
     reply, _ = run(kc, "%%symbi --tier none --timeout 1 -o slow\nwhile True: pass")
+    assert reply["status"] == "ok"  # as in IPython: a limit is a result, not an error
     assert stdout(run(kc, "print(slow.killed_by, slow.timed_out)")[1]) == "timeout True\n"
     assert "not a Python name" in refused(kc, "%%symbi -o 2x\nprint(1)")["evalue"]
     run(kc, "%symbi_session fresh")

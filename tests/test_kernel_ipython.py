@@ -136,6 +136,14 @@ def test_what_the_sandbox_lacks_fails_in_one_line(kc) -> None:
     assert "no network" in reply["evalue"] or "pip is not installed" in reply["evalue"]
     reply = refused(kc, "x = 1\n%symbi_tier docker")
     assert "first lines" in reply["evalue"]
+    # a notebook written for ipykernel drives the orchestrator from its cells
+    reply = refused(kc, "get_ipython().run_cell_magic('symbi', '--tier none', 'print(1)')")
+    assert reply["evalue"].startswith("%%symbi: the kernel's own magics run on the host")
+    assert "code in the sandbox cannot call them: put %%symbi on" in reply["evalue"]
+    reply = refused(kc, "from symbi_jupyter import SandboxOrchestrator")
+    assert reply["ename"] == "ModuleNotFoundError"
+    assert "a sandbox does not start sandboxes" in reply["evalue"]
+    assert "ipykernel (python3)" in reply["evalue"]
 
 
 def test_matplotlib_inline_or_its_reason(kc) -> None:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from traitlets import TraitError
 
 from ..errors import ConfigError, PolicyViolation
-from ..limits import number
+from ..limits import ResourceLimits, number
 from ..tiers import SecurityTier
 from .host import SESSION_LIMITS
 
@@ -113,18 +113,27 @@ class KernelConfig:
         except TraitError as exc:
             raise ConfigError(f"%config SandboxOrchestrator.{name}: {exc}") from None
         self._follow_ceiling()
-        if kernel.worker is not None and kernel.worker.alive:
-            native = kernel.current_tier is SecurityTier.NONE
-            if name == "allow_native_execution" and not value and native:
-                kernel._close_session()
-                kernel._stream("stdout", "Native execution is off: the worker was stopped.\n")
-            elif _session_limits(kernel) != before:
-                kernel._close_session()
-                kernel._stream(
-                    "stdout",
-                    f"SandboxOrchestrator.{name} holds for a whole worker: the next cell "
-                    "starts a new one, without the old state.\n",
-                )
+        worker = kernel.worker
+        if worker is None or not worker.alive:
+            return
+        after = _session_limits(kernel)
+        native = kernel.current_tier is SecurityTier.NONE
+        if (name == "allow_native_execution" and not value and native) or (
+            before.network and not after.network
+        ):
+            # A switch turned off takes effect now: its worker goes.
+            kernel._close_session()
+            kernel._stream(
+                "stdout", f"SandboxOrchestrator.{name} is off: the worker was stopped.\n"
+            )
+        elif _held(before) != _held(after):
+            # A ceiling: the session's state is not thrown away for it unasked.
+            kernel._stream(
+                "stdout",
+                f"SandboxOrchestrator.{name} now bounds %%symbi cells and the next worker; "
+                "the running one keeps the limits it started with (its variables with "
+                "it): %symbi_session restart applies it to the session now.\n",
+            )
 
     def _follow_ceiling(self) -> None:
         """A lowered ceiling also lowers the kernel's own limits (``%symbi_limits``)
@@ -200,9 +209,13 @@ def _above(asked: Any, ceiling: Any) -> bool:
     return bool(asked > ceiling)
 
 
-def _session_limits(kernel: KernelHost) -> Any:
-    effective = kernel.orchestrator.admit_limits(kernel.limits)
-    return tuple(getattr(effective, field) for field in SESSION_LIMITS)
+def _session_limits(kernel: KernelHost) -> ResourceLimits:
+    return kernel.orchestrator.admit_limits(kernel.limits)
+
+
+def _held(limits: ResourceLimits) -> tuple[Any, ...]:
+    """The limits a worker holds from its start to its end."""
+    return tuple(getattr(limits, field) for field in SESSION_LIMITS)
 
 
 def _say(value: Any) -> str:

@@ -17,6 +17,25 @@ from ..limit_flags import limits_from_args
 from ..result import ExecutionResult
 from .host import CELL_MAGICS, Interrupted, KernelHost, KernelUsageError
 
+#: What ``-o NAME`` runs in the session: the result as data, in a function so that
+#: nothing but NAME is left in the namespace.
+STORE = """\
+def __symbi_store(text):
+    import json, types
+
+    class ExecutionResult(types.SimpleNamespace):
+        \"\"\"The figures of a %%symbi run (symbi_jupyter's ExecutionResult).\"\"\"
+
+        def __repr__(self):
+            return self.summary
+
+    data = json.loads(text)
+    data["limits"] = types.SimpleNamespace(**data["limits"])
+    return ExecutionResult(**data)
+{name} = __symbi_store({data})
+del __symbi_store
+"""
+
 
 class RunMagics:
     """The handlers of the magics that run sandboxed code, for :class:`.magics.
@@ -78,25 +97,15 @@ class RunMagics:
             kernel._display(result)
         if args.out:
             self._store(args.out, result)
-        if result.success:
-            return kernel._ok()
-        return {
-            "status": "error",
-            "execution_count": kernel.execution_count,
-            "ename": "SandboxedCodeFailed",
-            "evalue": str(result),
-            "traceback": [],
-        }
+        # As in IPython: code that failed or met a limit is a result, not an error.
+        return kernel._ok()
 
     def _store(self, name: str, result: ExecutionResult) -> None:
         """``-o NAME``: the result's fields (``NAME.exit_code``, ``NAME.limits.
-        max_memory_mb``, ...) as plain data in the session's namespace, where the
-        kernel's variables live; the sandbox gets its own output and figures back."""
-        data = json.dumps(result.to_dict())
-        code = (
-            f"{name} = __import__('json').loads({data!r}, "
-            "object_hook=lambda d: __import__('types').SimpleNamespace(**d))"
-        )
+        max_memory_mb``, ``NAME.enforcement[...]``) as plain data in the session's
+        namespace, where the kernel's variables live; it shows as the result does."""
+        data = json.dumps({**result.to_dict(), "summary": str(result)})
+        code = STORE.format(name=name, data=repr(data))
         outcome = self.kernel._open_session().execute(code, lambda message: None, silent=True)
         if outcome.status != "ok":
             raise KernelUsageError(

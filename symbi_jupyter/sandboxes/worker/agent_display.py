@@ -306,6 +306,14 @@ class _ShimLoader(importlib.abc.Loader):
         module.__getattr__ = _not_in_shim(name)
 
 
+#: Why ``import symbi_jupyter`` fails in the sandbox, in one line.
+NO_ORCHESTRATOR = (
+    "symbi_jupyter is not available inside the symbi kernel's sandbox: a sandbox does "
+    "not start sandboxes. Run a notebook that drives the orchestrator from its cells "
+    "with ipykernel (python3) and %load_ext symbi_jupyter"
+)
+
+
 class ImportHook(importlib.abc.MetaPathFinder):
     """First on ``sys.meta_path``: serves the IPython stand-in where the sandbox has no
     IPython, and patches the real modules named in ``patches`` right after they load."""
@@ -315,6 +323,10 @@ class ImportHook(importlib.abc.MetaPathFinder):
         self.loader = _ShimLoader(shim)
 
     def find_spec(self, fullname, path=None, target=None):
+        if fullname.partition(".")[0] == "symbi_jupyter":
+            # Also where tier None's interpreter could load it: the same answer at
+            # every tier.
+            raise ModuleNotFoundError(NO_ORCHESTRATOR, name=fullname)
         if fullname not in self.shim and fullname not in self.patches:
             return None
         spec = self._real_spec(fullname, path, target)

@@ -66,8 +66,8 @@ UNAVAILABLE = {
     "mamba": "mamba is not in the sandbox; %pip installs where the policy allows the network",
 }
 _KERNEL_MAGIC = (
-    "the kernel's own magics run on the host, before the cell: put %{} on the cell's "
-    "first lines, before any code"
+    "the kernel's own magics run on the host, before the cell, and code in the sandbox "
+    "cannot call them: put {} on the cell's first lines, before any code"
 )
 
 
@@ -290,7 +290,7 @@ class Shell:
 
     def _missing(self, prefix, name):
         if name.startswith("symbi"):
-            return f"{prefix}{name}: {_KERNEL_MAGIC.format(name)}"
+            return f"{prefix}{name}: {_KERNEL_MAGIC.format(prefix + name)}"
         reason = UNAVAILABLE.get(name) or (
             "the sandbox runs Python with a small IPython stand-in, which has "
             + ", ".join(["%" + n for n in LINE_MAGICS] + ["%%" + n for n in CELL_MAGICS])

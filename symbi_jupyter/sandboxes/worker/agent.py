@@ -46,6 +46,7 @@ import traceback
 import types
 import uuid
 
+from .agent_calls import Call, UsageError
 from .agent_code import (
     compile_cell,
     complete_reply,
@@ -56,8 +57,9 @@ from .agent_code import (
     safe_str,
 )
 from .agent_display import install as install_display
-from .agent_magics import Shell, UsageError
+from .agent_magics import Shell
 from .agent_output import Display, NoStdin, Output, PipeReader, write_all
+from .agent_timing import TimingMagics
 
 # Run as ``python3 -I -c BOOTSTRAP``, then write the source's length in bytes (decimal), a
 # newline and the source (worker_source()) to the process's stdin; os.read consumes
@@ -87,7 +89,15 @@ TRUNCATION_MARKER = "\n... [output truncated at {} bytes]\n"
 #: or the name worker_source() gave it): their frames are left out of a cell's traceback.
 _SELF_FILES = {
     f.__code__.co_filename
-    for f in (lambda: None, mimebundle, write_all, install_display, Shell.get_ipython)
+    for f in (
+        lambda: None,
+        mimebundle,
+        write_all,
+        install_display,
+        Call.parse,
+        TimingMagics.line_time,
+        Shell.get_ipython,
+    )
 }
 _SIGINT = {signal.SIGINT}
 _CO_COROUTINE = 0x0080  # inspect.CO_COROUTINE, without importing inspect at start

@@ -13,14 +13,12 @@ Part of the worker agent (:mod:`.agent`): stdlib only, shipped as source with it
 :func:`.shipping.worker_source`.
 """
 
-import ast
-import linecache
 import os
 import re
 import string
 import sys
-import time
 
+from .agent_calls import Call, UsageError
 from .agent_code import describe, lookup
 from .agent_display import (
     HTML,
@@ -32,12 +30,7 @@ from .agent_display import (
     inline_active,
     show_figures,
 )
-
-
-class UsageError(Exception):
-    """A magic misused, or not available in the sandbox: shown as one line, as IPython
-    shows its own UsageError."""
-
+from .agent_timing import TimingMagics
 
 #: IPython magics the sandbox does not have, with the reason it gives.
 _EXTENSIONS = "IPython extensions need IPython itself, which does not run in the sandbox"
@@ -69,56 +62,6 @@ _KERNEL_MAGIC = (
     "the kernel's own magics run on the host, before the cell, and code in the sandbox "
     "cannot call them: put {} on the cell's first lines, before any code"
 )
-
-
-def _format_time(seconds, precision=3):
-    """A duration as IPython's %time and %timeit write it (``1.23 ms``, ``2min 3s``)."""
-    if seconds >= 60.0:
-        parts, left = [], seconds
-        for suffix, length in (("d", 86400), ("h", 3600), ("min", 60), ("s", 1)):
-            value = int(left / length)
-            if value > 0:
-                left %= length
-                parts.append(f"{value}{suffix}")
-            if left < 1:
-                break
-        return " ".join(parts)
-    units, scaling = ("s", "ms", "\xb5s", "ns"), (1, 1e3, 1e6, 1e9)
-    order = 3
-    if seconds > 0.0:
-        import math
-
-        order = min(-int(math.floor(math.log10(seconds)) // 3), 3)
-    return f"{seconds * scaling[order]:.{precision}g} {units[order]}"
-
-
-class TimeitResult:
-    """What ``%timeit -o`` returns, with IPython's attributes and text."""
-
-    def __init__(self, loops, repeat, best, worst, all_runs, precision):
-        self.loops, self.repeat = loops, repeat
-        self.best, self.worst, self.all_runs = best, worst, all_runs
-        self._precision = precision
-        self.timings = [t / loops for t in all_runs]
-
-    @property
-    def average(self):
-        return sum(self.timings) / len(self.timings)
-
-    @property
-    def stdev(self):
-        mean = self.average
-        return (sum((t - mean) ** 2 for t in self.timings) / len(self.timings)) ** 0.5
-
-    def __str__(self):
-        runs = f"{self.repeat} run{'' if self.repeat == 1 else 's'}"
-        loops = f"{self.loops:,} loop{'' if self.loops == 1 else 's'}"
-        mean = _format_time(self.average, self._precision)
-        std = _format_time(self.stdev, self._precision)
-        return f"{mean} \xb1 {std} per loop (mean \xb1 std. dev. of {runs}, {loops} each)"
-
-    def __repr__(self):
-        return f"<TimeitResult : {self}>"
 
 
 class SList(list):
@@ -154,50 +97,7 @@ class Events:
             function(*args, **kwargs)
 
 
-class _Call:
-    """Where a magic was called from: the caller's namespaces and its place in the cell."""
-
-    def __init__(self, frame, magic=None):
-        self.globals = frame.f_globals
-        self.locals = None if frame.f_locals is frame.f_globals else frame.f_locals
-        self.filename, self.lineno = frame.f_code.co_filename, frame.f_lineno
-        self.magic = magic
-
-    def namespace(self):
-        """One dict of what the caller sees (a copy when it is a function's)."""
-        if self.locals is None:
-            return self.globals
-        return {**self.globals, **self.locals}
-
-    def parse(self, code, cell=False):
-        """``code`` as an AST placed where it is in the cell as typed: a cell magic's
-        body from the next line, a line magic's argument at its own column."""
-        before = self.lineno - (not cell)  # lines of the cell before the code's first
-        typed, at = "", 0  # a line magic's line as typed, and where its code starts there
-        if not cell:
-            typed = linecache.getline(self.filename, self.lineno)
-            at = max(0, typed.find(code.split("\n", 1)[0], max(0, typed.find(self.magic or ""))))
-        column = len(typed[:at].encode())
-        try:
-            tree = ast.parse(code, self.filename, "exec")
-        except SyntaxError as exc:
-            if exc.lineno is not None:
-                if exc.lineno == 1 and exc.offset is not None and typed:
-                    exc.offset, exc.text = exc.offset + at, typed
-                    if exc.end_offset and exc.end_lineno == 1:  # 0: not known
-                        exc.end_offset += at
-                exc.lineno += before
-                if exc.end_lineno is not None:
-                    exc.end_lineno += before
-            raise
-        for node in ast.walk(tree) if column else ():
-            for line, col in (("lineno", "col_offset"), ("end_lineno", "end_col_offset")):
-                if getattr(node, line, None) == 1:  # on the magic's own line
-                    setattr(node, col, getattr(node, col) + column)
-        return ast.increment_lineno(tree, before)
-
-
-class Shell:
+class Shell(TimingMagics):
     """``get_ipython()`` in the sandbox: magics, shell commands, help and events."""
 
     def __init__(self, worker, api):
@@ -232,14 +132,14 @@ class Shell:
     # -- IPython's entry points -----------------------------------------------------------
 
     def run_line_magic(self, magic_name, line, _stack_depth=1):
-        call = _Call(sys._getframe(_stack_depth), "%" + magic_name)
+        call = Call(sys._getframe(_stack_depth), "%" + magic_name)
         method = getattr(self, f"line_{magic_name}", None)
         if method is None:
             raise UsageError(self._missing("%", magic_name))
         return method(line, call)
 
     def run_cell_magic(self, magic_name, line, cell):
-        call = _Call(sys._getframe(1), "%%" + magic_name)
+        call = Call(sys._getframe(1), "%%" + magic_name)
         method = getattr(self, f"cell_{magic_name}", None)
         if method is None:
             raise UsageError(self._missing("%%", magic_name))
@@ -251,19 +151,19 @@ class Shell:
 
     def system(self, cmd):
         """``!cmd``: through ``/bin/sh`` in the sandbox, its output streamed."""
-        cmd = self.var_expand(cmd, _Call(sys._getframe(1)))
+        cmd = self.var_expand(cmd, Call(sys._getframe(1)))
         self._command(["/bin/sh", "-c", cmd])
 
     def getoutput(self, cmd, split=True):
         """``x = !cmd``: its output (stderr included) as an :class:`SList`."""
-        cmd = self.var_expand(cmd, _Call(sys._getframe(1)))
+        cmd = self.var_expand(cmd, Call(sys._getframe(1)))
         out = self._command(["/bin/sh", "-c", cmd], capture=True)
         return SList(out.splitlines()) if split else out
 
     def var_expand(self, cmd, call=None):
         """``$name`` and ``{expression}`` from the caller's namespace, as IPython does;
         the command unchanged where that fails."""
-        call = call or _Call(sys._getframe(1))
+        call = call or Call(sys._getframe(1))
         try:
             return _Expander().vformat(cmd, (), {**self.user_ns, **(call.locals or {})})
         except Exception:
@@ -296,76 +196,6 @@ class Shell:
             + ", ".join(["%" + n for n in LINE_MAGICS] + ["%%" + n for n in CELL_MAGICS])
         )
         return f"{prefix}{name}: not available in the symbi kernel: {reason}"
-
-    def line_time(self, line, call):
-        """Time one run of a statement or expression: CPU and wall time, as IPython."""
-        return self._time(line, call, cell=False)
-
-    def cell_time(self, line, cell, call):
-        return self._time(cell, call, cell=True)
-
-    def _time(self, code, call, cell):
-        import resource
-
-        tree = call.parse(code, cell)
-        last = None
-        if tree.body and isinstance(tree.body[-1], ast.Expr):
-            last = compile(ast.Expression(tree.body.pop().value), call.filename, "eval")
-        body = compile(tree, call.filename, "exec")
-        before, wall = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-        exec(body, call.globals, call.locals)
-        value = None if last is None else eval(last, call.globals, call.locals)
-        wall = time.perf_counter() - wall
-        after = resource.getrusage(resource.RUSAGE_SELF)
-        user, system = after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime
-        print(
-            f"CPU times: user {_format_time(user)}, sys: {_format_time(system)}, "
-            f"total: {_format_time(user + system)}"
-        )
-        print(f"Wall time: {_format_time(wall)}")
-        return value
-
-    def line_timeit(self, line, call):
-        """Time a statement over many loops (-n N loops, -r R runs, -p P digits, -q
-        quiet, -o return the TimeitResult), as IPython's %timeit."""
-        return self._timeit(line, None, call)
-
-    def cell_timeit(self, line, cell, call):
-        return self._timeit(line, cell, call)
-
-    def _timeit(self, line, cell, call):
-        import timeit
-
-        opts, stmt = _options(line, "tcqo", "nrp", call.magic)
-        setup = "pass"
-        if cell is not None:
-            setup, stmt = stmt or "pass", cell
-        if not stmt.strip():
-            raise UsageError(f"{call.magic}: give a statement to time")
-        call.parse(stmt, cell is not None)  # a syntax error at the line it is on
-        number, repeat, precision = opts.get("n", 0), opts.get("r", 7), opts.get("p", 3)
-        clock = time.perf_counter
-        if "t" in opts:
-            clock = time.time
-        elif "c" in opts:
-            clock = time.process_time
-        timer = timeit.Timer(stmt, setup, timer=clock, globals=call.namespace())
-        if number == 0:  # as IPython: enough loops for 0.2 s
-            for index in range(10):
-                number = 10**index
-                if timer.timeit(number) >= 0.2:
-                    break
-        runs = timer.repeat(repeat, number)
-        best, worst = min(runs) / number, max(runs) / number
-        result = TimeitResult(number, repeat, best, worst, runs, precision)
-        if "q" not in opts:
-            if worst > 4 * best and best > 0 and worst > 1e-6:
-                print(
-                    f"The slowest run took {worst / best:0.2f} times longer than the fastest. "
-                    "This could mean that an intermediate result is being cached."
-                )
-            print(result)
-        return result if "o" in opts else None
 
     def cell_writefile(self, line, cell, call):
         """Write the cell's body to a file (-a: append to it)."""
@@ -551,33 +381,6 @@ def _stop(proc):
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
-def _options(line, flags, valued, magic):
-    """IPython-style leading options (``-n 10 -q``) of a magic's line, and the rest as
-    typed: ``flags`` take no value, ``valued`` take an integer."""
-    opts, rest = {}, line.lstrip()
-    while rest.startswith("-"):
-        match = re.match(r"-(\w)(\S*)\s*", rest)
-        if match is None:
-            break
-        letter, attached = match.groups()
-        if letter in valued:
-            rest = rest[match.end() :]
-            if not attached:
-                value = re.match(r"(\S*)\s*", rest)
-                assert value is not None  # it matches everywhere, if only the empty string
-                attached, rest = value.group(1), rest[value.end() :]
-            try:
-                opts[letter] = int(attached)
-            except ValueError:
-                raise UsageError(f"{magic} -{letter}: a whole number, not {attached!r}") from None
-        elif letter in flags and not attached:
-            opts[letter] = True
-            rest = rest[match.end() :]
-        else:
-            break  # the statement itself starts with a minus
-    return opts, rest
-
-
 class _Expander(string.Formatter):
     """IPython's DollarFormatter: ``{expression}`` and ``$name`` (``$$`` for ``$``),
     evaluated in the namespace; ``$`` inside single quotes is left alone."""
@@ -607,5 +410,5 @@ class _Expander(string.Formatter):
         return "".join(out)
 
 
-LINE_MAGICS = tuple(sorted(n[5:] for n in vars(Shell) if n.startswith("line_")))
-CELL_MAGICS = tuple(sorted(n[5:] for n in vars(Shell) if n.startswith("cell_")))
+LINE_MAGICS = tuple(sorted(n[5:] for n in dir(Shell) if n.startswith("line_")))
+CELL_MAGICS = tuple(sorted(n[5:] for n in dir(Shell) if n.startswith("cell_")))

@@ -7,7 +7,15 @@ from pathlib import Path
 
 #: The worker agent's modules, in this directory; shipped in this order, each importing
 #: only those before it.
-AGENT_MODULES = ("agent_code", "agent_output", "agent_display", "agent_magics", "agent")
+AGENT_MODULES = (
+    "agent_code",
+    "agent_output",
+    "agent_display",
+    "agent_calls",
+    "agent_timing",
+    "agent_magics",
+    "agent",
+)
 
 
 def worker_source() -> bytes:

@@ -7,6 +7,7 @@ import contextlib
 import ctypes
 import os
 import queue
+import shutil
 import signal
 import socket
 import subprocess
@@ -14,10 +15,11 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from ..supervisor.cgroups import RunCgroup
+from ...errors import TierUnavailable
+from ..supervisor.cgroups import VM_PARENT, RunCgroup, stale_groups
 from ..supervisor.identity import Lease
-from ..supervisor.proctree import PR_SET_NO_NEW_PRIVS
-from .vmm import VMSpec
+from ..supervisor.proctree import PR_SET_NO_NEW_PRIVS, host_tag, pid_alive
+from .vmm import VMMDriver, VMSpec
 
 _PR_SET_PDEATHSIG = 1
 
@@ -152,3 +154,51 @@ def kvm_groups() -> list[int]:
         if st.st_mode & 0o060 == 0o060 and st.st_gid != 0:
             return [st.st_gid]
     return []
+
+
+def spawn(
+    tier_name: str,
+    driver: VMMDriver,
+    spec: VMSpec,
+    cgroup: RunCgroup | None,
+    lease: Lease | None,
+    qemu: bool,
+) -> subprocess.Popen:
+    """Start the VMM for ``spec``; if it cannot start, nothing of the run is left
+    (its directory, cgroup and uid) and TierUnavailable says why."""
+    passed: list[int] = []
+    try:
+        if qemu:
+            passed = open_for_vmm(spec)
+        return launch(
+            driver.command(spec),
+            cgroup,
+            spec.run_dir,
+            stdio=not qemu,
+            lease=lease,
+            pass_fds=passed,
+        )
+    except OSError as exc:
+        shutil.rmtree(spec.run_dir, ignore_errors=True)
+        if cgroup is not None:
+            cgroup.remove()
+        if lease is not None:
+            lease.release()
+        raise TierUnavailable(f"{tier_name}: cannot start {driver.name}: {exc}") from None
+    finally:
+        for fd in passed:
+            os.close(fd)  # the VMM has its own copies
+
+
+def reap_dead_kernels(root: Path, log: Any) -> None:
+    """Remove the VM run directories under ``root`` and the VMM cgroups of kernels (of
+    this pid namespace) that died; their VMs died with them (PDEATHSIG)."""
+    namespace = host_tag().split("-")[0]
+    for path in root.glob(f"symbi-vm-{namespace}-*"):
+        pid = path.name.removeprefix("symbi-vm-").split("-")[1]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+            log.warning("removed %s left by a dead kernel", path)
+    for group in stale_groups(VM_PARENT):
+        RunCgroup(1, {"memory": group}).remove()
+        log.warning("removed %s left by a dead kernel", group)

@@ -3,6 +3,8 @@ the pooled VM that fits it, and its :class:`ExecutionResult`."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from ...result import ExecutionResult
 from ...tiers import SecurityTier
 from .._evidence import Evidence, assemble, killed_by
@@ -11,6 +13,30 @@ from ..base import ExecutionRequest
 from ..supervisor.workload import code_arguments
 from ..worker import CellOutcome
 from .vm_worker import VMWorker, guest_oom
+
+
+class OneShotOutput:
+    """A one-shot run's streams: its worker's messages, kept up to the output cap and
+    passed on as they come (an error's traceback on stderr, as a script shows it)."""
+
+    def __init__(self, request: ExecutionRequest) -> None:
+        cap = request.limits.max_output_bytes or 10 * 1024 * 1024
+        self.request = request
+        self.streams = {
+            "stdout": CappedStream("stdout", cap),
+            "stderr": CappedStream("stderr", cap),
+        }
+
+    def feed(self, name: str, text: str) -> None:
+        kept = self.streams[name].feed(text.encode("utf-8", "surrogateescape"))
+        if kept and self.request.on_output:
+            self.request.on_output(name, kept)
+
+    def on_message(self, message: dict[str, Any]) -> None:
+        if message.get("type") == "stream":
+            self.feed(message.get("name", "stdout"), message.get("text", ""))
+        elif message.get("type") == "error" and message.get("ename") != "SystemExit":
+            self.feed("stderr", "\n".join(message.get("traceback", [])) + "\n")
 
 
 def pool_key(request: ExecutionRequest) -> tuple:

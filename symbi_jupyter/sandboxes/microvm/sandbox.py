@@ -23,21 +23,20 @@ from ...limits import ResourceLimits, host_cores, within_cores
 from ...result import ExecutionResult
 from ...tiers import SecurityTier
 from .._pool import ReadyPool
-from .._streams import CappedStream
 from ..base import Availability, ExecutionRequest, OutputCallback, Sandbox, WorkerHandle
-from ..supervisor.cgroups import VM_PARENT, RunCgroup, stale_groups, v1_memory_group
-from ..supervisor.identity import Lease
-from ..supervisor.proctree import host_tag, pid_alive
+from ..supervisor.cgroups import VM_PARENT, RunCgroup, v1_memory_group
+from ..supervisor.proctree import host_tag
 from ..worker import WorkerSession, worker_source
+from .enforcement import enforcement as enforcement_words
 from .firecracker import FirecrackerDriver
 from .guest import MIN_GUEST_MIB, default_artifacts_dir, host_tsc_khz
 from .kvm_probe import kvm_works
-from .launch import launch, open_for_vmm
-from .oneshot import cell_source, pool_key, run_result
+from .launch import reap_dead_kernels, spawn
+from .oneshot import OneShotOutput, cell_source, pool_key, run_result
 from .qemu import QEMUDriver
 from .vm_worker import VMWorker
 from .vmm import VMMDriver, VMSpec
-from .workdir_copy import copy_cell
+from .workdir_copy import copy_cell, copy_in
 
 MiB = 1024 * 1024
 
@@ -337,10 +336,19 @@ class MicroVMSandbox(Sandbox):
         lease = self.run_identities.lease() if qemu and os.geteuid() == 0 else None
         cgroup = self._vmm_cgroup(run_dir.name.removeprefix("symbi-vm-"), mem)
         enforcement = {
-            **self._enforcement(request, mem, vcpus, cgroup, lease, qemu),
+            **enforcement_words(
+                request,
+                mem,
+                vcpus,
+                vcpus_fixed=bool(self.vcpus),
+                vmm_overhead_mb=self.vmm_memory_overhead_mb,
+                cgroup=cgroup,
+                lease=lease,
+                qemu=qemu,
+            ),
             **(shown or {}),
         }
-        proc = self._spawn(driver, spec, cgroup, lease, qemu)
+        proc = spawn(self.tier.display_name, driver, spec, cgroup, lease, qemu)
         worker = VMWorker(
             self, proc, spec, cgroup, request, enforcement, driver.label(accel), not qemu, lease
         )
@@ -361,76 +369,6 @@ class MicroVMSandbox(Sandbox):
             worker.stop()
             raise
         return worker
-
-    def _enforcement(
-        self,
-        request: ExecutionRequest,
-        mem: int,
-        vcpus: int,
-        cgroup: RunCgroup | None,
-        lease: Lease | None,
-        qemu: bool,
-    ) -> dict[str, str]:
-        """How a VM booted by :meth:`_boot` enforces each limit, in words."""
-        cores = f"{vcpus} vCPU" + ("s" if vcpus > 1 else "")
-        _, lowered = within_cores(request.limits, host_cores())
-        if lowered and not self.vcpus:  # the limit, not the trait, chose the count
-            cores += f", {lowered}"
-        return {
-            "memory": f"guest memory ({mem} MiB)",
-            "cpu_cores": cores,
-            "network": "none (no network device)",
-            "processes": "RLIMIT_NPROC inside the guest",
-            "file_size": "RLIMIT_FSIZE inside the guest",
-            "disk": "one tmpfs inside the guest for /workspace, /tmp and /dev/shm"
-            + (f" ({request.limits.max_disk_mb:g} MB in all)" if request.limits.max_disk_mb else "")
-            + ", the root read-only",
-            "open_files": "RLIMIT_NOFILE inside the guest",
-            "vmm_memory": f"cgroup ({mem + self.vmm_memory_overhead_mb} MiB)"
-            if cgroup
-            else "not enforced: no writable memory cgroup",
-            "vmm_privileges": "a uid of its own, no capabilities, seccomp (-sandbox on)"
-            if lease
-            else "seccomp (-sandbox on), as this user"
-            if qemu
-            else "not deprivileged: Firecracker as this user (root where "
-            "MicroVMSandbox.allow_privileged_vmm allows it), without its jailer",
-        }
-
-    def _spawn(
-        self,
-        driver: VMMDriver,
-        spec: VMSpec,
-        cgroup: RunCgroup | None,
-        lease: Lease | None,
-        qemu: bool,
-    ) -> subprocess.Popen:
-        """Start the VMM for ``spec``; if it cannot start, nothing of the run is left
-        (its directory, cgroup and uid) and TierUnavailable says why."""
-        passed: list[int] = []
-        try:
-            if qemu:
-                passed = open_for_vmm(spec)
-            return launch(
-                driver.command(spec),
-                cgroup,
-                spec.run_dir,
-                stdio=not qemu,
-                lease=lease,
-                pass_fds=passed,
-            )
-        except OSError as exc:
-            shutil.rmtree(spec.run_dir, ignore_errors=True)
-            if cgroup is not None:
-                cgroup.remove()
-            if lease is not None:
-                lease.release()
-            raise TierUnavailable(
-                f"{self.tier.display_name}: cannot start {driver.name}: {exc}"
-            ) from None
-        finally:
-            for fd in passed:
-                os.close(fd)  # the VMM has its own copies
 
     def vm_spec(
         self,
@@ -488,38 +426,15 @@ class MicroVMSandbox(Sandbox):
         return v1_memory_group(VM_PARENT, name, (mem + self.vmm_memory_overhead_mb) * MiB)
 
     def _reap(self) -> None:
-        """Remove the run directories and cgroups of kernels (of this pid namespace)
-        that died; their VMs died with them (PDEATHSIG)."""
-        if self._reaped:
-            return
-        self._reaped = True
-        namespace = host_tag().split("-")[0]
-        root = Path(self.run_root or tempfile.gettempdir())
-        for path in root.glob(f"symbi-vm-{namespace}-*"):
-            pid = path.name.removeprefix("symbi-vm-").split("-")[1]
-            if pid.isdigit() and not pid_alive(int(pid)):
-                shutil.rmtree(path, ignore_errors=True)
-                self.log.warning("removed %s left by a dead kernel", path)
-        for group in stale_groups(VM_PARENT):
-            RunCgroup(1, {"memory": group}).remove()
-            self.log.warning("removed %s left by a dead kernel", group)
+        """Once, at the first boot: what kernels that died left behind."""
+        if not self._reaped:
+            self._reaped = True
+            reap_dead_kernels(Path(self.run_root or tempfile.gettempdir()), self.log)
 
     def run(self, request: ExecutionRequest) -> ExecutionResult:
         interpreter, filename = request.policy.interpreter, request.policy.filename
         self._refuse_network(request)
-        cap = request.limits.max_output_bytes or 10 * MiB
-        streams = {"stdout": CappedStream("stdout", cap), "stderr": CappedStream("stderr", cap)}
-
-        def feed(name: str, text: str) -> None:
-            kept = streams[name].feed(text.encode("utf-8", "surrogateescape"))
-            if kept and request.on_output:
-                request.on_output(name, kept)
-
-        def on_message(message: dict[str, Any]) -> None:
-            if message.get("type") == "stream":
-                feed(message.get("name", "stdout"), message.get("text", ""))
-            elif message.get("type") == "error" and message.get("ename") != "SystemExit":
-                feed("stderr", "\n".join(message.get("traceback", [])) + "\n")
+        output = OneShotOutput(request)
 
         copy, shown = self._workdir_copy(request)
         key = pool_key(request)
@@ -532,10 +447,10 @@ class MicroVMSandbox(Sandbox):
             self._pool.refill(key, self.pool_size, lambda: self._boot_session(request))
         try:
             if copy is not None:
-                _copy_in(session, copy, request)
+                copy_in(session, copy, request)
             outcome = session.execute(
                 cell_source(request, interpreter, filename),
-                on_message,
+                output.on_message,
                 limits=request.limits,
                 cell_name=filename,
             )
@@ -545,7 +460,7 @@ class MicroVMSandbox(Sandbox):
         handle.wait(timeout=30)  # the VM is gone: its console log is complete
         # What ran: no more cores than the host's (the enforcement says so).
         ran = dataclasses.replace(request, limits=within_cores(request.limits, host_cores())[0])
-        result = run_result(self.tier, ran, streams, outcome, startup, handle)
+        result = run_result(self.tier, ran, output.streams, outcome, startup, handle)
         result.enforcement.update(shown)
         if outcome.result.interrupted:
             raise KeyboardInterrupt(result)  # as at the other tiers: the stop button
@@ -564,23 +479,3 @@ class MicroVMSandbox(Sandbox):
 
     def close(self) -> None:
         self._pool.close()
-
-
-def _copy_in(session: WorkerSession, cell: str, request: ExecutionRequest) -> None:
-    """Run the cell that copies the working directory's files into the guest;
-    TierUnavailable, with the guest's reason, if it fails."""
-    said: list[str] = []
-
-    def on_message(message: dict[str, Any]) -> None:
-        if message.get("type") == "error":
-            said.append(f"{message.get('ename')}: {message.get('evalue')}")
-        elif message.get("type") == "stream":
-            said.append(str(message.get("text", "")))
-
-    outcome = session.execute(cell, on_message, limits=request.limits, silent=True)
-    if outcome.status != "ok":
-        why = outcome.session_lost or "; ".join(said) or outcome.status
-        raise TierUnavailable(
-            f"Tier3 could not copy the working directory's files into the guest ({why}); "
-            "raise the run's disk limit, or move files out of the working directory"
-        )

@@ -18,8 +18,12 @@ import base64
 import os
 import stat
 from pathlib import Path
+from typing import Any
 
+from ...errors import TierUnavailable
+from ..base import ExecutionRequest
 from ..supervisor import workdir_view
+from ..worker import WorkerSession
 
 GUEST_DIR = "/workspace"
 #: The most files (and directories) one run copies.
@@ -149,3 +153,23 @@ def _size(count: int) -> str:
     if count < MiB:
         return f"{count / 1024:.1f} KiB"
     return f"{count / MiB:.1f} MiB"
+
+
+def copy_in(session: WorkerSession, cell: str, request: ExecutionRequest) -> None:
+    """Run the cell that copies the working directory's files into the guest;
+    TierUnavailable, with the guest's reason, if it fails."""
+    said: list[str] = []
+
+    def on_message(message: dict[str, Any]) -> None:
+        if message.get("type") == "error":
+            said.append(f"{message.get('ename')}: {message.get('evalue')}")
+        elif message.get("type") == "stream":
+            said.append(str(message.get("text", "")))
+
+    outcome = session.execute(cell, on_message, limits=request.limits, silent=True)
+    if outcome.status != "ok":
+        why = outcome.session_lost or "; ".join(said) or outcome.status
+        raise TierUnavailable(
+            f"Tier3 could not copy the working directory's files into the guest ({why}); "
+            "raise the run's disk limit, or move files out of the working directory"
+        )

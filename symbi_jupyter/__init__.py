@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from .errors import ConfigError, Interrupted, PolicyViolation, SymbiError, TierUnavailable
+from .errors import (
+    ConfigError,
+    Interrupted,
+    MapInterrupted,
+    PolicyViolation,
+    SymbiError,
+    TierUnavailable,
+)
 from .limits import ResourceLimits
 from .result import ExecutionResult
 from .tiers import SecurityTier
@@ -13,6 +20,7 @@ __all__ = [
     "ConfigError",
     "ExecutionResult",
     "Interrupted",
+    "MapInterrupted",
     "PolicyViolation",
     "ResourceLimits",
     "SandboxOrchestrator",

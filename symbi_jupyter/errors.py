@@ -49,3 +49,14 @@ class Interrupted(KeyboardInterrupt):
     def _render_traceback_(self) -> list[str]:
         # One line: the sandbox's output already says where the code was stopped.
         return [f"\x1b[0;31m{type(self).__name__}\x1b[0m: {self}"]
+
+
+class MapInterrupted(Interrupted):
+    """The stop button stopped an ``orch.map``: its running items were stopped and
+    the rest never started. ``results`` holds, in input order, each item's
+    :class:`ExecutionResult` (finished, or stopped: ``interrupted="ended"``), or None
+    for an item that never started."""
+
+    def __init__(self, message: str, results: list[ExecutionResult | None]) -> None:
+        super().__init__(message)
+        self.results = results

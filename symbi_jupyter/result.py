@@ -81,6 +81,10 @@ class ExecutionResult:
     #: an interrupt (the stop button) stopped the run: what it left, one of
     #: INTERRUPT_OUTCOMES ("kept": the session and its state live on); None if none did
     interrupted: str | None = None
+    #: the code never ran: why, as ``"PolicyViolation: ..."`` (a refusal or a backend
+    #: error). Only an item of ``orch.map`` carries one, where one item's refusal must
+    #: not stop the others; a single run raises the error instead
+    error: str | None = None
 
     @property
     def success(self) -> bool:

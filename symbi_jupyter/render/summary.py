@@ -70,6 +70,8 @@ def status_words(result: ExecutionResult) -> str:
 
 
 def _status(result: ExecutionResult, *, sentence: bool) -> str:
+    if result.error:
+        return f"not run: {result.error}"
     if result.interrupted:
         # Whatever signal ended the process: the user's interrupt, and what it left.
         return INTERRUPT_WORDS.get(result.interrupted, "interrupted")

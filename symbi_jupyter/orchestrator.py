@@ -11,9 +11,9 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from importlib.metadata import entry_points
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from traitlets import Bool, Float, Int, List, Unicode, default, validate
 from traitlets.config import Config, LoggingConfigurable
@@ -28,6 +28,9 @@ from .sandboxes import ENTRY_POINT_GROUP, Availability, ExecutionRequest, Sandbo
 from .sandboxes.base import OutputCallback, RunPolicy, WorkerHandle
 from .sandboxes.worker import WorkerSession, worker_source
 from .tiers import SecurityTier
+
+if TYPE_CHECKING:
+    from . import fanout
 
 
 def _default_audit_path() -> str:
@@ -171,12 +174,28 @@ class SandboxOrchestrator(LoggingConfigurable):
         one ends the worker.""",
     )
 
+    map_concurrency = Int(
+        0,
+        config=True,
+        help="""How many items of a map (:meth:`map`) run at once on this host when
+        the call names no number. 0: decided per map: one per core (one per two cores
+        at Tier3, where each item boots a VM), and no more than the host's memory
+        holds at the items' memory limit.""",
+    )
+
     worker_max_depth = Int(
         64,
         config=True,
         help="""How deeply the JSON of one protocol message from a kernel's worker may
         nest, from 8 to 512; a deeper one ends the worker.""",
     )
+
+    @validate("map_concurrency")
+    def _valid_map_concurrency(self, proposal: Any) -> int:
+        value = proposal["value"]
+        if value < 0:
+            raise ConfigError(f"map_concurrency must be 0 (decided per host) or more, not {value}")
+        return int(value)
 
     @validate("worker_max_depth")
     def _valid_depth(self, proposal: Any) -> int:
@@ -402,6 +421,53 @@ class SandboxOrchestrator(LoggingConfigurable):
             duration_seconds=time.monotonic() - started,
         )
         return result
+
+    def map(
+        self,
+        items: Iterable[fanout.Item],
+        tier: SecurityTier | str | None = None,
+        limits: ResourceLimits | None = None,
+        env: Mapping[str, str] | None = None,
+        language: str | None = None,
+        *,
+        progress: bool | None = None,
+        concurrency: int | None = None,
+    ) -> list[ExecutionResult]:
+        """Run many snippets at ``tier`` and return their results in input order.
+
+        ``items``: code strings, or ``(code, env)`` pairs whose ``env`` is added to
+        the shared ``env``. At most ``concurrency`` run at once (default:
+        ``map_concurrency``, else decided from this host). ``progress``: a tqdm bar
+        (a widget in a notebook, text on stderr elsewhere); default on, off under
+        the stable rendering.
+
+        A refusal that holds for every item (the tier, limits above a ceiling, the
+        language, a tier this host cannot run, a bad argument) is raised once,
+        audited, before anything runs. Otherwise each item is a run of
+        :meth:`execute_code`, audited as such, and fails alone: a limit that stops
+        it is in its result, and an error that kept it from running (a refusal of
+        its own env, a backend failure) gives a result with ``success`` False and the
+        reason in ``error``. The stop button stops every running item and starts no
+        other, then raises :class:`~.errors.MapInterrupted` with the results so far.
+        """
+        from .fanout import run_map
+
+        return run_map(
+            self._fanout_executor(),
+            items,
+            tier,
+            limits,
+            env,
+            language,
+            progress=progress,
+            concurrency=concurrency,
+        )
+
+    def _fanout_executor(self) -> fanout.Executor:
+        """Where :meth:`map` runs its items: here, on this host."""
+        from .fanout import Executor
+
+        return Executor(self)
 
     def open_session(
         self,

@@ -85,6 +85,9 @@ class ExecutionResult:
     #: error). Only an item of ``orch.map`` carries one, where one item's refusal must
     #: not stop the others; a single run raises the error instead
     error: str | None = None
+    #: where it ran: None on this host; on a cluster (SandboxOrchestrator.cluster_address),
+    #: the node as ``ADDRESS/NODE_ID`` (its address and its Ray node id)
+    node: str | None = None
 
     @property
     def success(self) -> bool:

@@ -83,6 +83,7 @@ def render_html(
         "<div>",
         tier_pill_html(tier, tier_value, result.sandbox_detail),
         f'<span style="{status_style}">{esc(summary.status_words(result))}</span>',
+        _node_html(result),
         "</div>",
     ]
     for row in summary.usage(result, shown):
@@ -117,8 +118,17 @@ def _compact_html(result: ExecutionResult, shown: ResultDisplay) -> str:
         f'<div class="symbi-result symbi-compact" data-tier="{esc(tier_value)}" '
         f'style="{_BOX};border-left:4px solid {colour};padding:0 8px;white-space:nowrap">'
         f"{tier_pill_html(tier, tier_value, result.sandbox_detail)}"
-        f'<span style="opacity:0.85">{esc(" · ".join(parts))}</span>{warning}</div>'
+        f'<span style="opacity:0.85">{esc(" · ".join(parts))}</span>{_node_html(result)}'
+        f"{warning}</div>"
     )
+
+
+def _node_html(result: ExecutionResult) -> str:
+    """' · on node ADDRESS/ID' after the status, for a run on a cluster node."""
+    where = summary.node_words(result)
+    if where is None:
+        return ""
+    return f'<span style="opacity:0.75"> · {html.escape(where)}</span>'
 
 
 def _html_usage_row(row: summary.Usage) -> str:

@@ -30,11 +30,21 @@ def tier_of(result: ExecutionResult) -> SecurityTier | None:
 
 
 def tier_label(result: ExecutionResult) -> str:
-    """The result's tier in words, with its sandbox detail."""
+    """The result's tier in words, with its sandbox detail, and the cluster node it
+    ran on where it ran on one."""
     tier = tier_of(result)
-    if tier is None:
-        return str(result.tier)
-    return tier_words(tier, result.sandbox_detail)
+    label = str(result.tier) if tier is None else tier_words(tier, result.sandbox_detail)
+    where = node_words(result)
+    return f"{label} {where}" if where else label
+
+
+def node_words(result: ExecutionResult) -> str | None:
+    """'on node 10.0.0.7/3f9a2c1b' (the node id shortened), or None for a run on this
+    host."""
+    if not result.node:
+        return None
+    address, _, node_id = result.node.partition("/")
+    return f"on node {address}/{node_id[:8]}" if node_id else f"on node {address}"
 
 
 def tier_words(tier: SecurityTier, detail: str | None = None) -> str:

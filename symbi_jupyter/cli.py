@@ -3,7 +3,8 @@
 Each subcommand is added by an ``_add_<name>(subparsers)`` function that registers its
 parser and sets ``func``, a callable taking the parsed arguments and returning the exit
 status. Exit status: 0 success, 1 the check failed, 2 usage error (``run`` adds 3,
-refused, and 130, interrupted: see :mod:`.cli_run`).
+refused, and 130, interrupted: see :mod:`.cli_run`; ``node`` and ``cluster`` add 3,
+refused: see :mod:`.cluster.commands`).
 """
 
 from __future__ import annotations
@@ -279,6 +280,18 @@ def _add_bench(subparsers: argparse._SubParsersAction) -> None:
     add_bench(subparsers)
 
 
+def _add_node(subparsers: argparse._SubParsersAction) -> None:
+    from .cluster.commands import add_node
+
+    add_node(subparsers)
+
+
+def _add_cluster(subparsers: argparse._SubParsersAction) -> None:
+    from .cluster.commands import add_cluster
+
+    add_cluster(subparsers)
+
+
 _SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_audit,
     _add_doctor,
@@ -287,6 +300,8 @@ _SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_install_kernel,
     _add_run,
     _add_bench,
+    _add_node,
+    _add_cluster,
 ]
 
 

@@ -51,6 +51,7 @@ ENV_VARIABLES = (
     "SYMBIONT_NATIVE_MAX_MEMORY_MB",
     "SYMBIONT_NATIVE_MAX_CPU_CORES",
     "SYMBIONT_NATIVE_WORKING_DIR",
+    "SYMBIONT_CLUSTER_ADDRESS",
 )
 
 _TRUE = frozenset({"true", "1", "yes", "on"})
@@ -139,6 +140,17 @@ def _default_executable(value: Any) -> str | _Several:
     )
 
 
+def _cluster_address(value: Any) -> str:
+    from .cluster import check_address
+
+    if isinstance(value, str):
+        try:
+            return check_address(value)
+        except ConfigError:
+            pass
+    raise _Invalid("the head's HOST:PORT, e.g. 127.0.0.1:6379")
+
+
 def _tier(value: Any) -> str:
     try:
         return SecurityTier.parse(value).value
@@ -187,6 +199,9 @@ _TABLES: dict[tuple[str, ...], _Spec] = {
         "rootfs_read_only": (MICROVM, "rootfs_read_only", _bool),
         "firecracker_binary": (MICROVM, "firecracker_binary", _string),
     },
+    ("cluster",): {
+        "address": (ORCHESTRATOR, "cluster_address", _cluster_address),
+    },
 }
 
 # Keys of Symbiont's own complete config.toml example that live in [security] but are
@@ -209,8 +224,9 @@ def load_symbiont_config(path: str | os.PathLike[str]) -> Config:
     interpreter on the allowlist → that and ``default_executable``),
     ``working_directory``, ``enforce_resource_limits``, ``max_memory_mb``,
     ``max_cpu_seconds``, ``max_execution_time_seconds``, ``max_disk_mb``,
-    ``allowed_executables``, ``env_passthrough``; and ``[sandbox.firecracker]`` (kept
-    under ``MicroVMSandbox``).
+    ``allowed_executables``, ``env_passthrough``; ``[sandbox.firecracker]`` (kept
+    under ``MicroVMSandbox``); and ``[cluster]`` ``address`` (→ ``cluster_address``,
+    the head of a Ray cluster that runs the executions).
 
     When ``[security.native_execution]`` and ``[native_execution]`` set the same trait,
     ``[native_execution]`` (Symbiont's complete form) wins. ``[security]
@@ -295,8 +311,9 @@ def config_from_environ(environ: Mapping[str, str] | None = None) -> Config:
     ``SYMBIONT_ALLOW_NATIVE_EXECUTION`` (true/false, 1/0, yes/no, on/off, any case),
     ``SYMBIONT_DEFAULT_SANDBOX_TIER`` (any tier name), ``SYMBIONT_NATIVE_MAX_MEMORY_MB``
     and ``SYMBIONT_NATIVE_MAX_CPU_CORES`` (positive numbers),
-    ``SYMBIONT_NATIVE_WORKING_DIR`` (an absolute path). An empty variable counts as
-    unset. ``SYMBIONT_ENV`` and ``SYMBIONT_ALLOW_UNISOLATED`` belong to the policy module.
+    ``SYMBIONT_NATIVE_WORKING_DIR`` (an absolute path), ``SYMBIONT_CLUSTER_ADDRESS``
+    (the head's HOST:PORT). An empty variable counts as unset. ``SYMBIONT_ENV`` and
+    ``SYMBIONT_ALLOW_UNISOLATED`` belong to the policy module.
     """
     env = os.environ if environ is None else environ
     cfg = Config()
@@ -340,6 +357,13 @@ def config_from_environ(environ: Mapping[str, str] | None = None) -> Config:
         if not os.path.isabs(raw):
             raise bad(name, raw, "expected an absolute path")
         orch.working_directory = raw
+
+    name = "SYMBIONT_CLUSTER_ADDRESS"
+    if (raw := get(name)) is not None:
+        try:
+            orch.cluster_address = _cluster_address(raw)
+        except _Invalid as exc:
+            raise bad(name, raw, f"expected {exc}") from None
 
     if not orch:
         del cfg[ORCHESTRATOR]

@@ -20,7 +20,7 @@ from traitlets.config import Config, LoggingConfigurable
 
 from . import policy
 from .audit import AuditLog
-from .errors import ConfigError, SymbiError, TierUnavailable
+from .errors import ConfigError, PolicyViolation, SymbiError, TierUnavailable
 from .limits import ResourceLimits, host_cores
 from .result import ExecutionResult
 from .sampling import UsageSample, UsageSampler
@@ -183,6 +183,18 @@ class SandboxOrchestrator(LoggingConfigurable):
         holds at the items' memory limit.""",
     )
 
+    cluster_address = Unicode(
+        "",
+        config=True,
+        help="""The head of a Ray cluster (HOST:PORT) that runs the executions: each goes
+        to a node whose agent advertises its tier, chosen by Ray's scheduler; its output
+        streams back, and its result says the node (ExecutionResult.node). This
+        orchestrator's policy applies first, the node's own after it: the stricter of
+        the two holds. '' (default): everything runs on this host. Also set by
+        [cluster] address in Symbiont's config.toml and SYMBIONT_CLUSTER_ADDRESS.
+        Needs Ray: pip install 'symbi-jupyter[cluster]'.""",
+    )
+
     worker_max_depth = Int(
         64,
         config=True,
@@ -204,6 +216,12 @@ class SandboxOrchestrator(LoggingConfigurable):
             raise ConfigError(f"worker_max_depth must be from 8 to 512, not {value}")
         return int(value)
 
+    @validate("cluster_address")
+    def _valid_cluster_address(self, proposal: Any) -> str:
+        from .cluster import check_address
+
+        return check_address(proposal["value"]) if proposal["value"] else ""
+
     @validate("worker_max_message_mb")
     def _valid_message_size(self, proposal: Any) -> float:
         value = proposal["value"]
@@ -220,6 +238,8 @@ class SandboxOrchestrator(LoggingConfigurable):
         super().__init__(config=load_config(config), **kwargs)
         self._sandboxes: dict[SecurityTier, Sandbox] = {}
         self._lock = threading.Lock()
+        self._audited = threading.local()
+        self._cluster: Any = None  # cluster.client.ClusterClient, made on first use
         # Pooled containers and helper processes go with the interpreter, whether or
         # not anyone calls close() (a kernel shutting down does not).
         atexit.register(_close_at_exit, weakref.ref(self))
@@ -349,6 +369,7 @@ class SandboxOrchestrator(LoggingConfigurable):
         started = time.monotonic()
         record: dict[str, Any] = {"code_sha256": digest, "tier": str(tier)}
         samples = None
+        dispatched = False
         try:
             if type(first_line) is not int or first_line < 1:
                 raise ConfigError(f"first_line={first_line!r}: give a line number, 1 or more")
@@ -366,36 +387,67 @@ class SandboxOrchestrator(LoggingConfigurable):
                 record["cwd"] = cwd
             effective = self._admit_limits(limits, record)
             clean_env = policy.check_env(env or {})
-            sandbox = self.sandbox(chosen)
-            if volumes:
-                record["volumes"] = list(volumes)
-                if not sandbox.supports_volumes:
-                    raise TierUnavailable(f"{chosen.display_name} cannot mount host directories")
-            request = ExecutionRequest(
-                tier=chosen,
-                # The lines before it, blank: the code's own line numbers as typed.
-                code=b"\n" * (first_line - 1) + data,
-                language=language,
-                limits=effective,
-                env=clean_env,
-                executable=executable,
-                keep_workdir=keep_workdir,
-                on_output=on_output,
-                volumes=tuple(volumes),
-                code_sha256=digest,
-                policy=self._run_policy(chosen, language, executable, argv, cwd, clean_env),
-            )
-            if on_admitted is not None:
-                on_admitted(chosen, effective)
-            sampler = None
-            if self.sample_interval_seconds > 0:
-                sampler = UsageSampler(self.sample_interval_seconds, on_sample)
-                request.on_started = sampler.started
-            try:
-                result = sandbox.run(request)
-            finally:
-                samples = sampler.stop() if sampler else None
+            if self.cluster_address:
+                # This side's policy has been applied above; the node applies its own.
+                from .cluster.client import check_portable
+
+                check_portable(executable, keep_workdir, volumes, argv, cwd)
+                dispatched = True
+                result = self._cluster_client().execute(
+                    chosen,
+                    data,
+                    env=clean_env,
+                    language=language,
+                    limits=limits,
+                    ceilings=self.ceilings(),
+                    record=record,
+                    first_line=first_line,
+                    on_output=on_output,
+                    on_sample=on_sample,
+                    on_admitted=on_admitted,
+                )
+                samples = result.memory_samples
+            else:
+                sandbox = self.sandbox(chosen)
+                if volumes:
+                    record["volumes"] = list(volumes)
+                    if not sandbox.supports_volumes:
+                        raise TierUnavailable(
+                            f"{chosen.display_name} cannot mount host directories"
+                        )
+                request = ExecutionRequest(
+                    tier=chosen,
+                    # The lines before it, blank: the code's own line numbers as typed.
+                    code=b"\n" * (first_line - 1) + data,
+                    language=language,
+                    limits=effective,
+                    env=clean_env,
+                    executable=executable,
+                    keep_workdir=keep_workdir,
+                    on_output=on_output,
+                    volumes=tuple(volumes),
+                    code_sha256=digest,
+                    policy=self._run_policy(chosen, language, executable, argv, cwd, clean_env),
+                )
+                if on_admitted is not None:
+                    on_admitted(chosen, effective)
+                sampler = None
+                if self.sample_interval_seconds > 0:
+                    sampler = UsageSampler(self.sample_interval_seconds, on_sample)
+                    request.on_started = sampler.started
+                try:
+                    result = sandbox.run(request)
+                finally:
+                    samples = sampler.stop() if sampler else None
         except SymbiError as exc:
+            if self.cluster_address and not dispatched and isinstance(exc, PolicyViolation):
+                # Said apart from the node's refusals: this side refused.
+                exc = PolicyViolation(
+                    f"refused by this client's policy, before dispatch to the cluster at "
+                    f"{self.cluster_address}: {exc}"
+                )
+                self._audit_refused(record, exc, duration_seconds=time.monotonic() - started)
+                raise exc from None
             self._audit_refused(record, exc, duration_seconds=time.monotonic() - started)
             raise
         except KeyboardInterrupt as exc:
@@ -405,7 +457,8 @@ class SandboxOrchestrator(LoggingConfigurable):
                 # The run so far, as a finished run's result (its badge shows it).
                 interrupted.interrupted = "ended"
                 interrupted.code_sha256 = digest
-                interrupted.memory_samples = samples
+                if not dispatched:  # a node's result carries its own
+                    interrupted.memory_samples = samples
                 extra = _result_record(interrupted)
             self._audit(
                 record, outcome="interrupted", **extra, duration_seconds=time.monotonic() - started
@@ -490,6 +543,13 @@ class SandboxOrchestrator(LoggingConfigurable):
         }
         started = time.monotonic()
         try:
+            if self.cluster_address:
+                # Not run here in its place: that would leave the cluster's policy.
+                raise ConfigError(
+                    f"SandboxOrchestrator.cluster_address is {self.cluster_address!r}, and "
+                    "kernel sessions do not run on a cluster in this version; unset it "
+                    "(SYMBIONT_CLUSTER_ADDRESS, [cluster] address) for this kernel"
+                )
             chosen = self._admit_tier(tier, record)
             effective = self._admit_limits(limits, record)
             sandbox = self.sandbox(chosen)
@@ -669,9 +729,27 @@ class SandboxOrchestrator(LoggingConfigurable):
         return effective
 
     def _audit(self, record: dict[str, Any], **fields: Any) -> None:
+        self._audited.record = None
         if not self.audit_log_path:
             return
-        AuditLog(self.audit_log_path, fsync=self.audit_fsync).append({**record, **fields})
+        written = AuditLog(self.audit_log_path, fsync=self.audit_fsync).append({**record, **fields})
+        self._audited.record = written
+
+    def last_audit_record(self) -> dict[str, Any] | None:
+        """The audit record this thread's last execution, refusal or session start
+        wrote, as written (with its ``hash``); None if auditing is off. A cluster
+        node's agent returns its hash to the client, whose own record names it."""
+        return getattr(self._audited, "record", None)
+
+    def _cluster_client(self) -> Any:
+        """The dispatch to :attr:`cluster_address` (made on first use; Ray is
+        imported then, and only then)."""
+        from .cluster.client import ClusterClient
+
+        with self._lock:
+            if self._cluster is None or self._cluster.address != self.cluster_address:
+                self._cluster = ClusterClient(self.cluster_address)
+            return self._cluster
 
     def close(self) -> None:
         """Stop the sandboxes' helper processes."""

@@ -1,0 +1,331 @@
+"""The node agent: a long-lived Ray actor on each node, pinned there, holding the
+node's own :class:`SandboxOrchestrator` (configured by the node's operator files, as
+``symbi-jupyter run`` configures one), and :func:`run_on_node`, the task a client's
+request becomes.
+
+A client never picks a node: :func:`run_on_node` needs one unit of the tier's
+resource, so Ray's scheduler starts it on a node that advertises the tier and has a
+slot free; there it hands the request to that node's agent. The agent runs it under
+the stricter of both policies (the client's ceilings came with the request; the
+node's orchestrator applies its own, audits the run in the node's chain, and refuses
+what its operator does not allow), and streams the output, the usage samples and the
+result back as they come.
+
+A run outlives neither its client nor an interrupt: Ray's cancellation of the task,
+the death of the client's job (checked in Ray's job table every second) or the
+client's stop button stop the sandbox through the orchestrator's own stop path, the
+one SIGINT takes (:class:`~symbi_jupyter.sandboxes._sigint.StopSwitch`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from ..errors import PolicyViolation, SymbiError, TierUnavailable
+from ..limits import CEILING_TRAITS, ResourceLimits
+from ..result import ExecutionResult
+from ..sandboxes._sigint import StopSwitch
+from ..tiers import SecurityTier
+from . import NAMESPACE, agent_name
+
+#: Seconds between two looks at whether a run's client is still there.
+WATCH_SECONDS = 1.0
+
+#: Seconds the agent goes on without an answer from Ray's job table before it takes
+#: the client (and the head) for gone.
+LOST_SECONDS = 30.0
+
+#: One streamed item: (kind, ...); see NodeAgent.execute.
+Event = tuple[Any, ...]
+
+#: The kinds of event that end a run's stream.
+FINAL = frozenset({"done", "interrupted", "refused", "failed"})
+
+
+def stricter(
+    asked: ResourceLimits | None, client: ResourceLimits, node: ResourceLimits
+) -> ResourceLimits:
+    """The limits a node runs a request with: what the client asked for as it is (the
+    node's orchestrator refuses an ask above the node's ceiling), every limit it left
+    unset the lower of the client's and the node's ceilings."""
+    asked = asked or ResourceLimits()
+    limits: dict[str, Any] = {}
+    for name in CEILING_TRAITS:
+        value = getattr(asked, name)
+        if value is None and name != "network":  # the network stays opt-in
+            ceilings = [c for c in (getattr(client, name), getattr(node, name)) if c is not None]
+            value = min(ceilings) if ceilings else None
+        limits[name] = value
+    return ResourceLimits(**limits)
+
+
+class _Run:
+    """One request on this node: its events on their way out, and its stop switch."""
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        self.events: queue.SimpleQueue[Event] = queue.SimpleQueue()
+        self.switch = StopSwitch()
+        self.finished = threading.Event()
+        self.stopped_because: str | None = None
+
+    def put(self, event: Event) -> None:
+        self.events.put(event)
+
+    def end(self, event: Event) -> None:
+        self.finished.set()
+        self.events.put(event)
+
+    def take(self, timeout: float) -> list[Event]:
+        """What has come, at least one event unless ``timeout`` passes first."""
+        try:
+            batch = [self.events.get(timeout=timeout)]
+        except queue.Empty:
+            return []
+        while True:  # batched: a flood of output is a few messages, not one per chunk
+            try:
+                batch.append(self.events.get_nowait())
+            except queue.Empty:
+                return batch
+
+    def stop(self, why: str) -> None:
+        if self.stopped_because is None:
+            self.stopped_because = why
+            self.switch.stop()
+
+
+class NodeAgent:
+    """The agent of one node (made a Ray actor by :func:`start_agent`)."""
+
+    def __init__(
+        self,
+        config: str | None,
+        node_id: str,
+        address: str,
+        tiers: dict[str, int],
+    ) -> None:
+        from ..cli_run import configured_orchestrator
+
+        self.orchestrator = configured_orchestrator(config)
+        # This orchestrator runs here: a node that dispatched to a cluster itself
+        # (SYMBIONT_CLUSTER_ADDRESS inherited by the node) would loop.
+        self.orchestrator.cluster_address = ""
+        self.node_id = node_id
+        self.address = address
+        self.label = f"{address}/{node_id}"
+        self.tiers = {SecurityTier.parse(name): slots for name, slots in tiers.items()}
+        self._runs: dict[str, _Run] = {}
+        self._lock = threading.Lock()
+        self._jobs: dict[str, tuple[float, bool]] = {}  # job -> (when looked, alive)
+        self._unanswered_since: float | None = None
+
+    def info(self) -> dict[str, Any]:
+        """What this node offers and under which policy."""
+        orch = self.orchestrator
+        return {
+            "node_id": self.node_id,
+            "address": self.address,
+            "label": self.label,
+            "tiers": {tier.value: slots for tier, slots in self.tiers.items()},
+            "ceilings": orch.ceilings(),
+            "allow_native_execution": orch.allow_native_execution,
+            "audit_log_path": orch.audit_log_path,
+            "pid": os.getpid(),
+            "runs": len(self._runs),
+        }
+
+    def execute(self, request: dict[str, Any]) -> Iterator[list[Event]]:
+        """Run ``request`` and stream its events, in batches, as they come:
+        ``("admitted", tier, limits, node)``, ``("output", stream, bytes)``,
+        ``("sample", UsageSample)``, and last one of ``("done", result, hash)``,
+        ``("interrupted", result | None, hash)``, ``("refused", error class,
+        message, hash)`` or ``("failed", message)``; ``hash`` is the node's audit
+        record of it (None if the node audits nothing)."""
+        import ray
+
+        run = _Run(request["run_id"])
+        with self._lock:
+            self._runs[run.run_id] = run
+        worker = threading.Thread(
+            target=self._work, args=(run, request), name=f"symbi-run-{run.run_id}", daemon=True
+        )
+        worker.start()
+        context = ray.get_runtime_context()
+        try:
+            while True:
+                batch = run.take(timeout=WATCH_SECONDS)
+                if batch:
+                    yield batch
+                    if batch[-1][0] in FINAL:  # the last event of a run is its last
+                        return
+                if context.is_canceled():
+                    run.stop("the client cancelled it")
+                elif not self._client_alive(request["job_id"]):
+                    run.stop("its client went away")
+        finally:
+            # However the stream ends (even closed unread), nothing of the run stays.
+            run.stop("its stream ended")
+            worker.join()
+            run.switch.close()
+            with self._lock:
+                self._runs.pop(run.run_id, None)
+
+    def interrupt(self, run_id: str) -> bool:
+        """The client's stop button: stop the run as SIGINT would; False if it is not
+        (or no longer) running here."""
+        with self._lock:
+            run = self._runs.get(run_id)
+        if run is None:
+            return False
+        run.stop("interrupted by its client")
+        return True
+
+    def shutdown(self) -> int:
+        """Stop every run and the orchestrator's helpers (pooled containers, the
+        native supervisor): what ``cluster down`` asks before it stops Ray. Returns
+        the number of runs stopped."""
+        with self._lock:
+            runs = list(self._runs.values())
+        for run in runs:
+            run.stop("the node is shutting down")
+        for run in runs:
+            run.finished.wait(timeout=30)
+        self.orchestrator.close()
+        return len(runs)
+
+    # ------------------------------------------------------------------ internals
+    def _work(self, run: _Run, request: dict[str, Any]) -> None:
+        """Run the request through this node's orchestrator, in this thread, whose
+        stop button is the run's switch."""
+        orch = self.orchestrator
+        with run.switch.installed():
+            try:
+                tier = SecurityTier.parse(request["tier"])
+                if tier not in self.tiers:
+                    error = TierUnavailable(f"this node does not offer {tier.display_name}")
+                    orch.audit_refusal(tier, error, client_job=request["job_id"])
+                    raise error
+                result = orch.execute_code(
+                    tier,
+                    request["code"],
+                    env=request["env"],
+                    language=request["language"],
+                    limits=stricter(request["limits"], request["ceilings"], orch.ceilings()),
+                    first_line=request["first_line"],
+                    on_output=lambda name, chunk: run.put(("output", name, chunk)),
+                    on_sample=lambda sample: run.put(("sample", sample)),
+                    on_admitted=lambda chosen, limits: run.put(
+                        ("admitted", chosen.value, limits, self.label)
+                    ),
+                )
+                result.node = self.label
+                run.end(("done", result, _hash(orch.last_audit_record())))
+            except KeyboardInterrupt as exc:
+                partial = exc.args[0] if exc.args else None
+                if isinstance(partial, ExecutionResult):
+                    partial.node = self.label
+                else:
+                    partial = None
+                run.end(("interrupted", partial, _hash(orch.last_audit_record())))
+            except SymbiError as exc:
+                side = "policy" if isinstance(exc, PolicyViolation) else "host"
+                message = f"node {self.label} refused it ({side} of the node): {exc}"
+                run.end(("refused", type(exc).__name__, message, _hash(orch.last_audit_record())))
+            except BaseException as exc:
+                run.end(("failed", f"node {self.label}: {type(exc).__name__}: {exc}"))
+
+    def _client_alive(self, job_id: str) -> bool:
+        """Whether the client's job is alive, by Ray's job table (looked at most once
+        per WATCH_SECONDS per job); after LOST_SECONDS without an answer, no."""
+        now = time.monotonic()
+        looked = self._jobs.get(job_id)
+        if looked is not None and now - looked[0] < WATCH_SECONDS:
+            return looked[1]
+        import ray
+
+        try:
+            # Ray has no public way to learn that a caller died; its job table has.
+            worker: Any = ray._private.worker.global_worker
+            gcs = worker.gcs_client
+            jobs = gcs.get_all_job_info(
+                job_or_submission_id=job_id,
+                skip_submission_job_info_field=True,
+                skip_is_running_tasks_field=True,
+                timeout=5,
+            )
+        except Exception:
+            self._unanswered_since = self._unanswered_since or now
+            return now - self._unanswered_since < LOST_SECONDS
+        self._unanswered_since = None
+        alive = any(key.hex() == job_id and not data.is_dead for key, data in jobs.items())
+        self._jobs[job_id] = (now, alive)
+        return alive
+
+
+def _hash(record: dict[str, Any] | None) -> str | None:
+    return None if record is None else record.get("hash")
+
+
+_agents: dict[str, Any] = {}
+
+
+def run_on_node(request: dict[str, Any]) -> Iterator[list[Event]]:
+    """The task a request becomes: started by Ray on a node with a free slot of the
+    tier, it hands the request to that node's agent and relays its events."""
+    import ray
+
+    node_id = ray.get_runtime_context().get_node_id()
+    agent = _agents.get(node_id)
+    if agent is None:
+        try:
+            agent = ray.get_actor(agent_name(node_id), namespace=NAMESPACE)
+        except ValueError:
+            yield [("failed", f"node {node_id} advertises the tier but its agent is not running")]
+            return
+        _agents[node_id] = agent
+    stream = agent.execute.options(num_returns="streaming").remote(request)
+    for ref in stream:
+        yield ray.get(ref)
+
+
+def start_agent(
+    node_id: str,
+    address: str,
+    tiers: dict[str, int],
+    config: str | None,
+) -> Any:
+    """Start the detached agent of node ``node_id`` there (hard node affinity), under
+    its name in the project's namespace, and return its handle once it answers."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    slots = sum(tiers.values())
+    actor = ray.remote(NodeAgent).options(
+        name=agent_name(node_id),
+        namespace=NAMESPACE,
+        lifetime="detached",
+        num_cpus=0,
+        # Every slot's run, its relay's interrupt, and the odd info() or shutdown().
+        max_concurrency=2 * slots + 4,
+        max_restarts=-1,
+        scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
+    )
+    agent: Any = actor.remote(config, node_id, address, tiers)
+    ray.get(agent.info.remote(), timeout=120)
+    return agent
+
+
+def describe(info: dict[str, Any]) -> str:
+    """One line about a node's agent, for ``node start`` and ``cluster status``."""
+    tiers = ", ".join(f"{name} x{slots}" for name, slots in info["tiers"].items()) or "no tier"
+    ceilings = dataclasses.asdict(info["ceilings"])
+    return (
+        f"node {info['label']}: {tiers}; memory ceiling {ceilings['max_memory_mb']:g} MB, "
+        f"time ceiling {ceilings['timeout_seconds']:g} s; agent pid {info['pid']}"
+    )

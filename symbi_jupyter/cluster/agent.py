@@ -143,10 +143,11 @@ class NodeAgent:
     def execute(self, request: dict[str, Any]) -> Iterator[list[Event]]:
         """Run ``request`` and stream its events, in batches, as they come:
         ``("admitted", tier, limits, node)``, ``("output", stream, bytes)``,
-        ``("sample", UsageSample)``, and last one of ``("done", result, hash)``,
-        ``("interrupted", result | None, hash)``, ``("refused", error class,
-        message, hash)`` or ``("failed", message)``; ``hash`` is the node's audit
-        record of it (None if the node audits nothing)."""
+        ``("sample", UsageSample)``, and last one of ``("done", result, node,
+        hash)``, ``("interrupted", result | None, node, hash)``, ``("refused", error
+        class, message, node, hash)`` or ``("failed", message)``; ``node`` is this
+        node (ADDRESS/NODE_ID), ``hash`` the hash of the node's audit record of the
+        run (None if the node audits nothing)."""
         import ray
 
         run = _Run(request["run_id"])
@@ -225,18 +226,19 @@ class NodeAgent:
                     ),
                 )
                 result.node = self.label
-                run.end(("done", result, _hash(orch.last_audit_record())))
+                run.end(("done", result, self.label, _hash(orch.last_audit_record())))
             except KeyboardInterrupt as exc:
                 partial = exc.args[0] if exc.args else None
                 if isinstance(partial, ExecutionResult):
                     partial.node = self.label
                 else:
                     partial = None
-                run.end(("interrupted", partial, _hash(orch.last_audit_record())))
+                run.end(("interrupted", partial, self.label, _hash(orch.last_audit_record())))
             except SymbiError as exc:
                 side = "policy" if isinstance(exc, PolicyViolation) else "host"
                 message = f"node {self.label} refused it ({side} of the node): {exc}"
-                run.end(("refused", type(exc).__name__, message, _hash(orch.last_audit_record())))
+                record = orch.last_audit_record()
+                run.end(("refused", type(exc).__name__, message, self.label, _hash(record)))
             except BaseException as exc:
                 run.end(("failed", f"node {self.label}: {type(exc).__name__}: {exc}"))
 

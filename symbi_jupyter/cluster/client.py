@@ -199,12 +199,11 @@ class _Follower:
 
     def _final(self, event: Event) -> ExecutionResult:
         kind = event[0]
+        self.node = self.record["node"] = event[-2]
         self.record["node_audit_hash"] = event[-1]
         if kind == "refused":
             raise _ERRORS.get(event[1], SymbiError)(event[2])
         result: ExecutionResult | None = event[1]
-        if result is not None:
-            self.node = self.record["node"] = result.node
         if kind == "interrupted":
             raise KeyboardInterrupt(*([result] if result is not None else []))
         assert result is not None  # a finished run has its result

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
+import signal
 import socket
 import sys
 import threading
@@ -25,6 +26,7 @@ from . import INSTALL_HINT, MIN_RAY_VERSION, NAMESPACE, auth
 
 _connect_lock = threading.Lock()
 _connected: str | None = None
+_sigterm: Any = None  # this process's SIGTERM handler before ray.init replaced it
 
 
 def import_ray() -> ModuleType:
@@ -88,6 +90,8 @@ def connect(address: str, *, temp_dir: str | None = None) -> Any:
             )
         use_token()
         probe(address)
+        global _sigterm
+        _sigterm = signal.getsignal(signal.SIGTERM)
         try:
             with loopback_kept():
                 ray.init(
@@ -113,6 +117,8 @@ def disconnect() -> None:
 
             ray.shutdown()
             _connected = None
+            if _sigterm is not None and threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGTERM, _sigterm)
 
 
 def use_token() -> None:

@@ -1,0 +1,386 @@
+"""Sandboxes on a Ray cluster, against a real one on 127.0.0.1 started by the project's
+own `symbi-jupyter cluster up`: a head offering tier None and Tier1, a node offering
+Tier1 and Tier2 under a lower memory ceiling, one CPU each, torn down at the end."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from symbi_jupyter.errors import ConfigError, PolicyViolation, TierUnavailable
+from symbi_jupyter.limits import ResourceLimits
+from symbi_jupyter.orchestrator import SandboxOrchestrator
+from symbi_jupyter.result import ExecutionResult
+from symbi_jupyter.tiers import SecurityTier
+
+from .helpers import need, run_cell, wait_until
+
+ROOT = Path(__file__).resolve().parent.parent
+
+#: The node's memory ceiling, below the client's default of 2048 MB.
+NODE_MEMORY_MB = 256
+
+
+@dataclasses.dataclass
+class Cluster:
+    address: str
+    env: dict[str, str]
+    state: dict
+    state_dir: Path
+
+    @property
+    def token(self) -> str:
+        return self.state["token"]
+
+    @property
+    def head(self) -> str:
+        return self.label(0)
+
+    @property
+    def node2(self) -> str:
+        return self.label(1)
+
+    def label(self, index: int) -> str:
+        return f"127.0.0.1/{self.state['nodes'][index]['node_id']}"
+
+    def node_audit(self) -> dict[str, dict]:
+        """The nodes' audit records (their shared state directory), by hash."""
+        path = self.state_dir / "symbi-jupyter" / "audit.jsonl"
+        records = [json.loads(line) for line in path.read_text().splitlines()]
+        return {r["hash"]: r for r in records}
+
+    def cli(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "symbi_jupyter.cli", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+
+def _node_env(state_dir: Path, jupyter_dir: Path) -> dict[str, str]:
+    """The environment the nodes start in: this checkout's code, no SYMBIONT_* or
+    Jupyter configuration of the host's, their own state directory."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SYMBIONT_", "RAY_"))}
+    env.update(
+        PYTHONPATH=str(ROOT),
+        XDG_STATE_HOME=str(state_dir),
+        JUPYTER_CONFIG_DIR=str(jupyter_dir),
+        JUPYTER_CONFIG_PATH="",
+    )
+    return env
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory):
+    need(
+        importlib.util.find_spec("ray") is not None,
+        "Ray is not installed (pip install 'symbi-jupyter[cluster]')",
+        tier="cluster",
+    )
+    probe = SandboxOrchestrator(audit_log_path="")
+    try:
+        for tier, name in ((SecurityTier.TIER1, "docker"), (SecurityTier.TIER2, "gvisor")):
+            found = probe.sandbox(tier).availability()
+            need(found.ok, found.reason, tier=name)
+    finally:
+        probe.close()
+    base = tmp_path_factory.mktemp("cluster")
+    head_config = base / "head.toml"
+    head_config.write_text("[native_execution]\nenabled = true\n")
+    node_config = base / "node2.toml"
+    node_config.write_text(f"[native_execution]\nmax_memory_mb = {NODE_MEMORY_MB}\n")
+    (base / "jupyter").mkdir()
+    env = _node_env(base / "state", base / "jupyter")
+    saved = {
+        k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH", "RAY_CLIENT_MODE")
+    }
+    made = Cluster("", env, {}, base / "state")
+    up = made.cli(
+        "cluster", "up", "--nodes", "2", "--tiers", "none,docker", "--tiers", "docker,gvisor",
+        "--config", str(head_config), "--config", str(node_config), "--slots", "2",
+    )  # fmt: skip
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        state_file = base / "state" / "symbi-jupyter" / "cluster" / "local.json"
+        made.state = json.loads(state_file.read_text())
+        made.address = made.state["address"]
+        yield made
+    finally:
+        from symbi_jupyter.cluster import rayctl
+
+        rayctl.disconnect()
+        made.cli("cluster", "down")
+        for key, value in saved.items():  # what connecting set in this process
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@pytest.fixture
+def client(cluster: Cluster, monkeypatch: pytest.MonkeyPatch, audit_path: Path):
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", cluster.token)
+    o = SandboxOrchestrator(
+        cluster_address=cluster.address,
+        allow_native_execution=True,
+        audit_log_path=str(audit_path),
+    )
+    yield o
+    o.close()
+
+
+def last_record(audit_path: Path) -> dict:
+    return json.loads(audit_path.read_text().splitlines()[-1])
+
+
+def test_placement_by_tier_and_res_node(client, cluster, audit_path):
+    native = client.execute_code("none", "print('on the head')")
+    assert native.success and native.stdout == "on the head\n"
+    assert native.node == cluster.head  # the only node offering tier None
+    gvisor = client.execute_code("tier2", "print('on node 2')")
+    assert gvisor.success and gvisor.stdout == "on node 2\n"
+    assert gvisor.node == cluster.node2  # the only node offering Tier2
+    docker = client.execute_code("docker", "print(1)")
+    assert docker.node in (cluster.head, cluster.node2)
+    assert f"on node 127.0.0.1/{gvisor.node.split('/')[1][:8]}" in str(gvisor)
+    assert gvisor.to_dict()["node"] == cluster.node2
+    # The client's record names the node and the hash of the node's own record.
+    record = last_record(audit_path)
+    assert record["node"] == docker.node and record["cluster"] == cluster.address
+    node_record = cluster.node_audit()[record["node_audit_hash"]]
+    assert node_record["code_sha256"] == record["code_sha256"] == docker.code_sha256
+    assert node_record["outcome"] == record["outcome"] == "success"
+
+
+def test_live_output_comes_before_the_result(client, cluster, audit_path):
+    """The first line arrives while the run still sleeps: the stop button (SIGINT,
+    sent on seeing it) stops the run on its node, whose result has the line and not
+    the one after the sleep."""
+    seen: list[bytes] = []
+
+    def on_output(name: str, chunk: bytes) -> None:
+        seen.append(chunk)
+        if b"first" in chunk:
+            threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT)).start()
+
+    code = "import time\nprint('first', flush=True)\ntime.sleep(120)\nprint('never')\n"
+    with pytest.raises(KeyboardInterrupt) as caught:
+        client.execute_code("none", code, on_output=on_output)
+    result = caught.value.args[0]
+    assert isinstance(result, ExecutionResult)
+    assert b"first\n" in b"".join(seen)
+    assert "first" in result.stdout and "never" not in result.stdout
+    assert result.interrupted == "ended" and result.node == cluster.head
+    record = last_record(audit_path)
+    assert record["outcome"] == "interrupted"
+    assert cluster.node_audit()[record["node_audit_hash"]]["outcome"] == "interrupted"
+
+
+def test_symbi_magic_runs_on_the_cluster(ip, cluster, monkeypatch):
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", cluster.token)
+    ip.run_line_magic("config", f"SandboxOrchestrator.cluster_address = '{cluster.address}'")
+    result, cap = run_cell(ip, "%%symbi --tier gvisor -o r\nprint('hello from a node')")
+    assert result.success, result.error_in_exec
+    assert cap.stdout.startswith("hello from a node\n")
+    assert ip.user_ns["r"].node == cluster.node2
+    where = f"on node 127.0.0.1/{cluster.state['nodes'][1]['node_id'][:8]}"
+    assert any(where in shown.data.get("text/plain", "") for shown in cap.outputs)
+
+
+def test_the_stricter_ceiling_holds_and_a_refusal_names_its_side(client, cluster, audit_path):
+    # Nothing asked: the lower of the two ceilings, the node's.
+    assert client.max_memory_mb > NODE_MEMORY_MB
+    res = client.execute_code("tier2", "print(1)")
+    assert res.limits.max_memory_mb == NODE_MEMORY_MB
+    # A client whose own ceiling is lower still: its own.
+    client.max_memory_mb = 128
+    assert client.execute_code("tier2", "print(1)").limits.max_memory_mb == 128
+    client.max_memory_mb = 2048
+    # Above the node's ceiling, within the client's: the node refuses, and says so.
+    with pytest.raises(PolicyViolation) as refused:
+        client.execute_code("tier2", "print(1)", limits=ResourceLimits(max_memory_mb=512))
+    assert f"node {cluster.node2} refused it" in str(refused.value)
+    assert f"ceiling of {NODE_MEMORY_MB}" in str(refused.value)
+    record = last_record(audit_path)
+    assert record["outcome"] == "refused" and record["node"] == cluster.node2
+    assert cluster.node_audit()[record["node_audit_hash"]]["outcome"] == "refused"
+    # Above the client's own ceiling: refused here, before any node sees it.
+    with pytest.raises(PolicyViolation) as mine:
+        client.execute_code("tier2", "print(1)", limits=ResourceLimits(max_memory_mb=4096))
+    assert "refused by this client's policy" in str(mine.value)
+    assert "node_audit_hash" not in last_record(audit_path)
+
+
+def test_a_tier_no_node_offers_names_what_the_cluster_offers(client, cluster):
+    with pytest.raises(TierUnavailable) as missing:
+        client.execute_code("tier3", "print(1)")
+    said = str(missing.value)
+    assert cluster.address in said and "offers Tier3" in said
+    assert "None (Native" in said and "Tier1 (Docker) (4 slots)" in said
+    assert "Tier2 (gVisor) (2 slots)" in said
+
+
+def test_a_node_agent_refuses_a_tier_its_node_does_not_offer(client, cluster):
+    """Past Ray's placement (a request handed to an agent directly): the node's own
+    check still holds."""
+    from symbi_jupyter.cluster import NAMESPACE, agent_name
+
+    ray = client._cluster_client().ray()
+    node_id = cluster.state["nodes"][1]["node_id"]
+    agent = ray.get_actor(agent_name(node_id), namespace=NAMESPACE)
+    request = {
+        "run_id": secrets.token_hex(8),
+        "job_id": ray.get_runtime_context().get_job_id(),
+        "tier": "None",
+        "code": b"print(1)",
+        "env": {},
+        "language": "python3",
+        "limits": None,
+        "ceilings": client.ceilings(),
+        "first_line": 1,
+    }
+    events = [e for ref in agent.execute.options(num_returns="streaming").remote(request)
+              for e in ray.get(ref)]  # fmt: skip
+    assert events[-1][0] == "refused" and events[-1][1] == "TierUnavailable"
+    assert f"node {cluster.node2}" in events[-1][2] and "does not offer None" in events[-1][2]
+
+
+CLIENT = """
+import sys
+from symbi_jupyter.orchestrator import SandboxOrchestrator
+orch = SandboxOrchestrator(cluster_address=sys.argv[1], allow_native_execution=True,
+                           audit_log_path="")
+try:
+    orch.execute_code("none", sys.argv[2],
+                      on_output=lambda name, chunk: print(chunk.decode(), end="", flush=True))
+except Exception as exc:
+    print(f"{type(exc).__name__}: {exc}", flush=True)
+"""
+
+
+def _client(cluster: Cluster, code: str, **env: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-c", CLIENT, cluster.address, code],
+        env={**cluster.env, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+
+
+def test_a_client_without_the_token_is_refused(cluster, tmp_path):
+    wrong = tmp_path / "wrong_token"
+    wrong.write_text(secrets.token_hex(32))
+    wrong.chmod(0o600)
+    refused = _client(cluster, "print(1)", RAY_AUTH_TOKEN_PATH=str(wrong))
+    said = refused.communicate(timeout=120)[0]
+    assert said.startswith("ConfigError: ") and "refused this client's token" in said
+    missing = _client(cluster, "print(1)", RAY_AUTH_TOKEN_PATH=str(tmp_path / "none"))
+    said = missing.communicate(timeout=120)[0]
+    assert said.startswith("ConfigError: no cluster token at ")
+    # Ray itself, asked without a token (its own client, token mode off), refuses.
+    raw = subprocess.run(
+        [
+            sys.executable, "-c",
+            "import sys, ray._raylet as r\n"
+            "try:\n    r.GcsClient(address=sys.argv[1], cluster_id=None)\n"
+            "except Exception as exc:\n    print(type(exc).__name__)",
+            cluster.address,
+        ],
+        env={**cluster.env, "RAY_AUTH_MODE": "disabled", "HOME": str(tmp_path)},
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert raw.stdout.strip() == "AuthenticationError"
+    # With the token, the same client runs.
+    allowed = _client(cluster, "print('in')", RAY_AUTH_TOKEN_PATH=cluster.token)
+    assert allowed.communicate(timeout=120)[0] == "in\n"
+
+
+def test_a_client_that_goes_away_leaves_no_run(cluster):
+    """Killed mid-run, its node stops the sandbox by the stop path: the node's record
+    of the run says interrupted, long before the code would have ended."""
+    code = f"# {secrets.token_hex(8)}\nimport time\nprint('started', flush=True)\ntime.sleep(120)\n"
+    proc = _client(cluster, code, RAY_AUTH_TOKEN_PATH=cluster.token)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "started\n"
+    finally:
+        proc.kill()
+        proc.wait()
+    digest = __import__("hashlib").sha256(code.encode()).hexdigest()
+
+    def stopped() -> bool:
+        records = cluster.node_audit().values()
+        return any(r.get("code_sha256") == digest and r.get("outcome") for r in records)
+
+    assert wait_until(stopped, 60)
+    outcome = [r for r in cluster.node_audit().values() if r.get("code_sha256") == digest]
+    assert [r["outcome"] for r in outcome] == ["interrupted"]
+
+
+def test_cluster_status_names_each_node_and_its_tiers(cluster):
+    shown = cluster.cli("cluster", "status")
+    assert shown.returncode == 0, shown.stderr
+    assert f"node {cluster.head}: None x2, Tier1 x2" in shown.stdout
+    assert f"node {cluster.node2}: Tier1 x2, Tier2 x2; memory ceiling {NODE_MEMORY_MB} MB" in (
+        shown.stdout
+    )
+
+
+def test_cluster_down_leaves_no_ray_process_and_no_container(cluster):
+    """Last: the module's cluster goes down here (its fixture then finds nothing)."""
+    from symbi_jupyter.cluster import rayctl
+    from symbi_jupyter.cluster.processes import processes_of
+    from symbi_jupyter.sandboxes.docker.options import HOST_LABEL, LABEL
+    from symbi_jupyter.sandboxes.supervisor.proctree import host_tag
+
+    owners = {host_tag(n["agent_pid"]) for n in cluster.state["nodes"]}
+    rayctl.disconnect()
+    down = cluster.cli("cluster", "down")
+    assert down.returncode == 0, down.stdout + down.stderr
+    root = cluster.state["root"]
+    assert processes_of(root) == set()
+    pgrep = subprocess.run(["pgrep", "-f", root], capture_output=True, text=True)
+    assert pgrep.stdout == ""
+    host, port = cluster.address.rsplit(":", 1)
+    with pytest.raises(OSError):
+        socket.create_connection((host, int(port)), timeout=2).close()
+    import docker
+
+    left = docker.from_env().containers.list(all=True, filters={"label": LABEL})
+    assert not [c.short_id for c in left if c.labels.get(HOST_LABEL) in owners]
+    assert not Path(root).exists()
+    assert cluster.cli("cluster", "status").returncode == 1
+
+
+def test_a_cluster_address_is_checked_where_it_is_set(tmp_path):
+    """Needs no cluster: the trait, config.toml's [cluster] address and
+    SYMBIONT_CLUSTER_ADDRESS take HOST:PORT only."""
+    from symbi_jupyter.config import config_from_environ, load_symbiont_config
+
+    with pytest.raises(ConfigError, match=r"\(ray://\) are not supported"):
+        SandboxOrchestrator(cluster_address="ray://head:10001")
+    with pytest.raises(ConfigError, match="HOST:PORT"):
+        config_from_environ({"SYMBIONT_CLUSTER_ADDRESS": "head"})
+    cfg = config_from_environ({"SYMBIONT_CLUSTER_ADDRESS": "10.0.0.7:6379"})
+    assert SandboxOrchestrator(config=cfg).cluster_address == "10.0.0.7:6379"
+    toml = tmp_path / "config.toml"
+    toml.write_text('[cluster]\naddress = "head.example:6379"\n')
+    assert SandboxOrchestrator(config=load_symbiont_config(toml)).cluster_address == (
+        "head.example:6379"
+    )
+    toml.write_text('[cluster]\naddress = "head"\n')
+    with pytest.raises(ConfigError, match=r"\[cluster\] address = 'head' is not valid"):
+        load_symbiont_config(toml)

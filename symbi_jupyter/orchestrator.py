@@ -376,7 +376,8 @@ class SandboxOrchestrator(LoggingConfigurable):
             chosen = self._admit_tier(tier, record)
             if argv is None:
                 if not language and not executable and chosen is SecurityTier.NONE:
-                    executable = self._default_executable()
+                    # On a cluster, the interpreter is the node's to choose.
+                    executable = None if self.cluster_address else self._default_executable()
                 language = language or self.default_language
                 policy.language_spec(language)
             else:

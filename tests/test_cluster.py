@@ -384,3 +384,99 @@ def test_a_cluster_address_is_checked_where_it_is_set(tmp_path):
     toml.write_text('[cluster]\naddress = "head"\n')
     with pytest.raises(ConfigError, match=r"\[cluster\] address = 'head' is not valid"):
         load_symbiont_config(toml)
+
+
+# -- without a cluster -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tier", ["none", "docker"])
+def test_a_stop_switch_stops_a_run_of_another_thread(orch, tier):
+    """What a node's agent stops a run with: a thread's stop button, pressed from
+    another thread once the run has printed, ends it as SIGINT ends the main thread's."""
+    from symbi_jupyter.sandboxes._sigint import StopSwitch
+
+    if tier == "docker":
+        found = orch.sandbox(SecurityTier.TIER1).availability()
+        need(found.ok, found.reason, tier="docker")
+    switch = StopSwitch()
+    outcome: list[BaseException | ExecutionResult] = []
+
+    def on_output(name: str, chunk: bytes) -> None:
+        if b"first" in chunk:
+            switch.stop()
+
+    def run() -> None:
+        with switch.installed():
+            try:
+                outcome.append(
+                    orch.execute_code(
+                        tier,
+                        "import time\nprint('first', flush=True)\ntime.sleep(120)\nprint('never')",
+                        on_output=on_output,
+                    )
+                )
+            except BaseException as exc:
+                outcome.append(exc)
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    worker.join(timeout=90)
+    switch.close()
+    assert not worker.is_alive()
+    [stopped] = outcome
+    assert isinstance(stopped, KeyboardInterrupt)
+    result = stopped.args[0]
+    assert isinstance(result, ExecutionResult) and result.interrupted == "ended"
+    assert "first" in result.stdout and "never" not in result.stdout
+
+
+def test_node_start_refuses_a_tier_that_does_not_work_here(tmp_path):
+    """Checked before Ray starts: tier None where the operator does not allow native
+    execution, and a tier that is no tier."""
+    env = _node_env(tmp_path / "state", tmp_path)
+    cli = [sys.executable, "-m", "symbi_jupyter.cli", "node", "start", "--port", "0"]
+    refused = subprocess.run([*cli, "--tiers", "none"], env=env, capture_output=True, text=True)
+    assert refused.returncode == 3, refused.stderr
+    assert "None (Native - No Isolation) cannot run on this node" in refused.stderr
+    assert "allow_native_execution" in refused.stderr
+    bogus = subprocess.run([*cli, "--tiers", "tier9"], env=env, capture_output=True, text=True)
+    assert bogus.returncode == 2 and "unknown security tier 'tier9'" in bogus.stderr
+    assert not (tmp_path / "state" / "symbi-jupyter" / "cluster").exists()  # no token made
+
+
+def test_without_ray_a_cluster_names_the_extra(tmp_path):
+    """Ray missing, as the import sees it (Ray is installed here, so the subprocess
+    hides it: the one fault this file fakes)."""
+    code = (
+        "import sys\nsys.modules['ray'] = None\n"
+        "from symbi_jupyter.orchestrator import SandboxOrchestrator\n"
+        "o = SandboxOrchestrator(cluster_address='127.0.0.1:6379', audit_log_path='')\n"
+        "try:\n    o.execute_code('tier1', 'print(1)')\n"
+        "except Exception as exc:\n    print(f'{type(exc).__name__}: {exc}')\n"
+    )
+    env = _node_env(tmp_path / "state", tmp_path)
+    said = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert said.stdout.startswith("TierUnavailable: a cluster needs Ray")
+    assert "pip install 'symbi-jupyter[cluster]'" in said.stdout
+
+
+def test_a_cluster_that_is_not_there_is_said_at_once(tmp_path):
+    need(importlib.util.find_spec("ray") is not None, "Ray is not installed", tier="cluster")
+    token = tmp_path / "token"
+    token.write_text(secrets.token_hex(32))
+    token.chmod(0o600)
+    with socket.socket() as free:  # a port nothing listens on
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    code = (
+        "import sys\nfrom symbi_jupyter.orchestrator import SandboxOrchestrator\n"
+        "o = SandboxOrchestrator(cluster_address=sys.argv[1], audit_log_path='')\n"
+        "try:\n    o.execute_code('tier1', 'print(1)')\n"
+        "except Exception as exc:\n    print(f'{type(exc).__name__}: {exc}')\n"
+    )
+    env = {**_node_env(tmp_path / "state", tmp_path), "RAY_AUTH_TOKEN_PATH": str(token)}
+    said = subprocess.run(
+        [sys.executable, "-c", code, f"127.0.0.1:{port}"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert said.stdout.startswith(f"TierUnavailable: no Ray cluster answers at 127.0.0.1:{port}")

@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -142,7 +143,7 @@ def down(say: Callable[[str], None] = print) -> bool:
         agent_pids |= _shut_agents(state)
     left: set[int] = set()
     for node in reversed(state["nodes"]):  # the head last
-        left |= processes.stop(processes.processes_of(node["temp_dir"]))
+        left |= processes.stop_all(node["temp_dir"])
     containers = _remove_containers(agent_pids)
     if containers:
         say(f"removed {len(containers)} container(s) the agents left: {', '.join(containers)}")
@@ -219,6 +220,10 @@ def _remove_containers(agent_pids: set[int]) -> list[str]:
 
 
 def _forget(state: dict[str, Any]) -> None:
-    shutil.rmtree(state["root"], ignore_errors=True)
+    for _ in range(5):  # a daemon's last log line may land while the tree goes
+        shutil.rmtree(state["root"], ignore_errors=True)
+        if not os.path.exists(state["root"]):
+            break
+        time.sleep(0.2)
     with contextlib.suppress(FileNotFoundError):
         state_path().unlink()

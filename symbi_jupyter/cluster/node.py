@@ -133,7 +133,7 @@ def start_node(
             address = Path(directory, "ray_current_cluster").read_text().strip()
         return _start_agent(address, directory, plan, config, say)
     except BaseException:
-        processes.stop(processes.processes_of(directory))
+        processes.stop_all(directory)
         raise
 
 

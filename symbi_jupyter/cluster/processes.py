@@ -52,6 +52,19 @@ def stop(pids: set[int], grace: float = 2.0) -> set[int]:
     return {pid for pid in pids if pid_alive(pid)}
 
 
+def stop_all(directory: str, rounds: int = 5) -> set[int]:
+    """Stop every process of ``directory`` (:func:`processes_of`), again while new ones
+    appear (a worker a dying daemon was starting); returns those left, if any."""
+    for _ in range(rounds):
+        found = processes_of(directory)
+        if not found:
+            return set()
+        left = stop(found)
+        if left:
+            return left
+    return processes_of(directory)
+
+
 def _ancestry() -> set[int]:
     """This process and its ancestors (a test runner's command line may name the
     directory too)."""

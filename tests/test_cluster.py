@@ -330,6 +330,49 @@ def test_a_client_that_goes_away_leaves_no_run(cluster):
     assert [r["outcome"] for r in outcome] == ["interrupted"]
 
 
+def test_a_cancelled_task_leaves_no_run(client, cluster):
+    """Ray's own cancellation of the task a request became (what the client does on a
+    stop before the run has started, or a second stop) reaches the node's agent,
+    which stops the sandbox."""
+    from symbi_jupyter.cluster import resource_name
+    from symbi_jupyter.cluster.agent import run_on_node
+
+    ray = client._cluster_client().ray()
+    code = f"# {secrets.token_hex(8)}\nimport time\nprint('started', flush=True)\ntime.sleep(120)\n"
+    request = {
+        "run_id": secrets.token_hex(8),
+        "job_id": ray.get_runtime_context().get_job_id(),
+        "tier": "None",
+        "code": code.encode(),
+        "env": {},
+        "language": "python3",
+        "limits": None,
+        "ceilings": client.ceilings(),
+        "first_line": 1,
+    }
+    task = ray.remote(run_on_node).options(
+        num_returns="streaming", num_cpus=0, resources={resource_name(SecurityTier.NONE): 1}
+    )
+    stream = task.remote(request)
+    seen = []
+    for ref in stream:
+        seen += ray.get(ref)
+        if any(e[0] == "output" and b"started" in e[2] for e in seen):
+            break
+    ray.cancel(stream)
+    digest = __import__("hashlib").sha256(code.encode()).hexdigest()
+
+    def ended() -> list[str]:
+        return [
+            r["outcome"]
+            for r in cluster.node_audit().values()
+            if r.get("code_sha256") == digest and "outcome" in r
+        ]
+
+    assert wait_until(ended, 60)
+    assert ended() == ["interrupted"]
+
+
 def test_cluster_status_names_each_node_and_its_tiers(cluster):
     shown = cluster.cli("cluster", "status")
     assert shown.returncode == 0, shown.stderr

@@ -20,6 +20,7 @@ one SIGINT takes (:class:`~symbi_jupyter.sandboxes._sigint.StopSwitch`).
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import queue
 import threading
@@ -33,6 +34,8 @@ from ..result import ExecutionResult
 from ..sandboxes._sigint import StopSwitch
 from ..tiers import SecurityTier
 from . import NAMESPACE, agent_name
+
+logger = logging.getLogger(__name__)
 
 #: Seconds between two looks at whether a run's client is still there.
 WATCH_SECONDS = 1.0
@@ -95,8 +98,9 @@ class _Run:
                 return batch
 
     def stop(self, why: str) -> None:
-        if self.stopped_because is None:
+        if self.stopped_because is None and not self.finished.is_set():
             self.stopped_because = why
+            logger.info("stopping run %s: %s", self.run_id, why)
             self.switch.stop()
 
 

@@ -117,17 +117,20 @@ class ClusterClient:
         }
         if _task is None:
             _task = ray.remote(run_on_node)
-        stream = _task.options(
-            num_returns="streaming",
-            num_cpus=0,
-            resources={resource_name(tier): 1},
-            # A run is never repeated behind its caller's back.
-            max_retries=0,
-        ).remote(request)
         follow = _Follower(self.address, record, on_output, on_sample, on_admitted)
+        stream = None
         try:
+            stream = _task.options(
+                num_returns="streaming",
+                num_cpus=0,
+                resources={resource_name(tier): 1},
+                # A run is never repeated behind its caller's back.
+                max_retries=0,
+            ).remote(request)
             return follow.events(ray, stream)
         except KeyboardInterrupt:
+            if stream is None:
+                raise
             return follow.interrupted(ray, stream, request["run_id"])
 
 

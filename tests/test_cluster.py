@@ -433,23 +433,23 @@ def test_a_cluster_address_is_checked_where_it_is_set(tmp_path):
 
 
 @pytest.mark.parametrize("tier", ["none", "docker"])
-def test_a_stop_switch_stops_a_run_of_another_thread(orch, tier):
+def test_a_stop_button_stops_a_run_of_another_thread(orch, tier):
     """What a node's agent stops a run with: a thread's stop button, pressed from
     another thread once the run has printed, ends it as SIGINT ends the main thread's."""
-    from symbi_jupyter.sandboxes._sigint import StopSwitch
+    from symbi_jupyter.sandboxes._sigint import StopButton
 
     if tier == "docker":
         found = orch.sandbox(SecurityTier.TIER1).availability()
         need(found.ok, found.reason, tier="docker")
-    switch = StopSwitch()
+    switch = StopButton()
     outcome: list[BaseException | ExecutionResult] = []
 
     def on_output(name: str, chunk: bytes) -> None:
         if b"first" in chunk:
-            switch.stop()
+            switch.press()
 
     def run() -> None:
-        with switch.installed():
+        with switch.applied():
             try:
                 outcome.append(
                     orch.execute_code(
@@ -464,7 +464,6 @@ def test_a_stop_switch_stops_a_run_of_another_thread(orch, tier):
     worker = threading.Thread(target=run)
     worker.start()
     worker.join(timeout=90)
-    switch.close()
     assert not worker.is_alive()
     [stopped] = outcome
     assert isinstance(stopped, KeyboardInterrupt)

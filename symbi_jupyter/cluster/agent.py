@@ -14,7 +14,7 @@ result back as they come.
 A run outlives neither its client nor an interrupt: Ray's cancellation of the task,
 the death of the client's job (checked in Ray's job table every second) or the
 client's stop button stop the sandbox through the orchestrator's own stop path, the
-one SIGINT takes (:class:`~symbi_jupyter.sandboxes._sigint.StopSwitch`).
+one SIGINT takes (:class:`~symbi_jupyter.sandboxes._sigint.StopButton`).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from typing import Any
 from ..errors import PolicyViolation, SymbiError, TierUnavailable
 from ..limits import CEILING_TRAITS, ResourceLimits
 from ..result import ExecutionResult
-from ..sandboxes._sigint import StopSwitch
+from ..sandboxes._sigint import StopButton
 from ..tiers import SecurityTier
 from . import NAMESPACE, agent_name
 
@@ -69,12 +69,12 @@ def stricter(
 
 
 class _Run:
-    """One request on this node: its events on their way out, and its stop switch."""
+    """One request on this node: its events on their way out, and its stop button."""
 
     def __init__(self, run_id: str) -> None:
         self.run_id = run_id
         self.events: queue.SimpleQueue[Event] = queue.SimpleQueue()
-        self.switch = StopSwitch()
+        self.button = StopButton()
         self.finished = threading.Event()
         self.stopped_because: str | None = None
 
@@ -101,7 +101,7 @@ class _Run:
         if self.stopped_because is None and not self.finished.is_set():
             self.stopped_because = why
             logger.info("stopping run %s: %s", self.run_id, why)
-            self.switch.stop()
+            self.button.press()
 
 
 class NodeAgent:
@@ -177,7 +177,6 @@ class NodeAgent:
             # However the stream ends (even closed unread), nothing of the run stays.
             run.stop("its stream ended")
             worker.join()
-            run.switch.close()
             with self._lock:
                 self._runs.pop(run.run_id, None)
 
@@ -207,9 +206,9 @@ class NodeAgent:
     # ------------------------------------------------------------------ internals
     def _work(self, run: _Run, request: dict[str, Any]) -> None:
         """Run the request through this node's orchestrator, in this thread, whose
-        stop button is the run's switch."""
+        stop button is the run's."""
         orch = self.orchestrator
-        with run.switch.installed():
+        with run.button.applied():
             try:
                 tier = SecurityTier.parse(request["tier"])
                 if tier not in self.tiers:

@@ -32,7 +32,7 @@ import os
 import pwd
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 GENESIS = "0" * 64
 
@@ -64,6 +64,10 @@ def record_hash(record: Mapping[str, Any]) -> str:
     """The ``hash`` a record must carry: over everything but ``hash`` itself."""
     body = {k: v for k, v in record.items() if k != "hash"}
     return hashlib.sha256(canonical_json(body).encode("utf-8")).hexdigest()
+
+
+if TYPE_CHECKING:
+    from .result import ExecutionResult
 
 
 class AuditLog:
@@ -410,3 +414,18 @@ def _jsonable(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return _jsonable(dataclasses.asdict(value))
     return str(value)
+
+
+def result_record(result: ExecutionResult) -> dict[str, Any]:
+    """What the audit log keeps of a run's result: the host's figures, never its output."""
+    return {
+        "exit_code": result.exit_code,
+        "killed_by": result.killed_by,
+        "timed_out": result.timed_out,
+        "wall_seconds": result.wall_seconds,
+        "cpu_user_seconds": result.cpu_user_seconds,
+        "cpu_system_seconds": result.cpu_system_seconds,
+        "peak_memory_bytes": result.peak_memory_bytes,
+        "memory_method": result.memory_method,
+        "language": result.language,
+    }

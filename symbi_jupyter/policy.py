@@ -11,7 +11,7 @@ import re
 import shutil
 import stat
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from .errors import ConfigError, PolicyViolation
@@ -474,3 +474,20 @@ LINE_BUFFERING_DIR = Path(__file__).parent / "sandboxes" / "linebuffer"
 
 def line_buffering_module() -> str:
     return (LINE_BUFFERING_DIR / "sitecustomize.py").read_text()
+
+
+def checked_argv(argv: Sequence[str], language: str | None, executable: str | None) -> list[str]:
+    """``argv`` as a list of strings, each without NUL, the first not empty."""
+    if language or executable:
+        raise ConfigError(
+            "argv runs a command, not code: give no language or executable with it "
+            "(argv[0] is the program)"
+        )
+    if isinstance(argv, str | bytes) or not argv:
+        raise ConfigError(f"argv must be a non-empty list of strings, not {argv!r}")
+    for arg in argv:
+        if not isinstance(arg, str) or "\0" in arg:
+            raise ConfigError(f"argv holds {arg!r}: every argument must be a string without NUL")
+    if not argv[0]:
+        raise ConfigError("argv[0], the program to run, is empty")
+    return list(argv)

@@ -57,6 +57,7 @@ from .agent_code import (
     safe_str,
 )
 from .agent_display import install as install_display
+from .agent_figures import cpu_times, peak_memory, reset_hwm, usage
 from .agent_magics import Shell
 from .agent_output import Display, NoStdin, Output, PipeReader, write_all
 from .agent_timing import TimingMagics
@@ -103,35 +104,6 @@ _SIGINT = {signal.SIGINT}
 _CO_COROUTINE = 0x0080  # inspect.CO_COROUTINE, without importing inspect at start
 
 
-def _proc_status(*keys):
-    """Values in bytes of ``/proc/self/status`` fields such as VmRSS (None if absent)."""
-    found = dict.fromkeys(keys)
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key in found:
-                    found[key] = int(value.split()[0]) * 1024
-    except OSError:
-        pass
-    return [found[k] for k in keys]
-
-
-def _reset_hwm():
-    """Reset VmHWM to the current RSS (Linux >= 4.0); False where not allowed."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _cpu_times():
-    me, kids = (resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
-    return me.ru_utime + kids.ru_utime, me.ru_stime + kids.ru_stime
-
-
 def _discard_pending_sigint():
     while signal.sigtimedwait(_SIGINT, 0) is not None:
         pass
@@ -155,7 +127,7 @@ class Worker:
         self.held: dict[str, list[str]] = {"stdout": [], "stderr": []}
         self.held_bytes = 0
         self.loop = None
-        self.clear_refs = _reset_hwm()
+        self.clear_refs = reset_hwm()
         self._redirect_fds()
         self.module = types.ModuleType("__main__")
         self.ns = self.module.__dict__
@@ -335,9 +307,9 @@ class Worker:
             held, self.held, self.held_bytes = self.held, {"stdout": [], "stderr": []}, 0
         for name, texts in held.items():
             self.stream(name, "".join(texts))
-        user0, sys0 = _cpu_times()
+        user0, sys0 = cpu_times()
         start = time.monotonic()
-        self.clear_refs = self.clear_refs and _reset_hwm()
+        self.clear_refs = self.clear_refs and reset_hwm()
         self.shell.network = req.get("network") is True
         error: tuple[BaseException, list[str]] | None
         try:
@@ -351,8 +323,8 @@ class Worker:
             raised = raised or after
             error = None if raised is None else (raised, self._error_lines(raised, cell))
         wall = time.monotonic() - start
-        user1, sys1 = _cpu_times()
-        peak, method = _peak_memory(self.clear_refs)
+        user1, sys1 = cpu_times()
+        peak, method = peak_memory(self.clear_refs)
         self._finish_output()
         with self.state:
             self.busy = False
@@ -473,21 +445,6 @@ class Worker:
 
 def _protocol_error(text):
     return {"status": "error", "ename": "ProtocolError", "evalue": text, "traceback": []}
-
-
-def _peak_memory(hwm_was_reset):
-    """``(bytes, method)``: this cell's peak RSS, else the session's peak so far."""
-    if hwm_was_reset:
-        (hwm,) = _proc_status("VmHWM")
-        if hwm is not None:
-            return hwm, "worker-hwm"
-    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return (maxrss * 1024, "worker-maxrss-session") if maxrss else (None, None)
-
-
-def usage():
-    rss, hwm = _proc_status("VmRSS", "VmHWM")
-    return {"memory_bytes": rss, "peak_memory_bytes": hwm, "cpu_seconds": sum(_cpu_times())}
 
 
 def _guard(worker, fn):

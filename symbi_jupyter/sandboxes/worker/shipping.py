@@ -14,6 +14,7 @@ AGENT_MODULES = (
     "agent_calls",
     "agent_timing",
     "agent_magics",
+    "agent_figures",
     "agent",
 )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import time
 import uuid
 from pathlib import Path
@@ -16,6 +17,13 @@ from symbi_jupyter.orchestrator import SandboxOrchestrator, forget_default_orche
 from symbi_jupyter.render import ResultDisplay
 
 from .helpers import need
+
+# The tests press the stop button as a terminal does, with SIGINT to this process. A
+# shell starts a background job (`bash scripts/test.sh &`) with SIGINT ignored, and
+# Python then installs no handler of its own: those presses would be lost, and the
+# tests would see runs that were never stopped.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True)

@@ -299,17 +299,16 @@ class SandboxOrchestrator(OrchestratorSettings):
         }
         started = time.monotonic()
         try:
-            if self.cluster_address:
-                # Not run here in its place: that would leave the cluster's policy.
-                raise ConfigError(
-                    f"SandboxOrchestrator.cluster_address is {self.cluster_address!r}, and "
-                    "kernel sessions do not run on a cluster in this version; unset it "
-                    "(SYMBIONT_CLUSTER_ADDRESS, [cluster] address) for this kernel"
-                )
             chosen = self._admit_tier(tier, record)
             effective = self._admit_limits(limits, record)
-            sandbox = self.sandbox(chosen)
             clean_env = policy.check_env(env or {})
+            if self.cluster_address:
+                # This side's policy has been applied; the node applies its own, and
+                # the session lives there (never here in its place).
+                return self._remote_session(
+                    chosen, limits, clean_env, interrupt_grace_seconds, record, started
+                )
+            sandbox = self.sandbox(chosen)
             decided = self._run_policy(chosen, "python3", None)
 
             def start(on_output: OutputCallback) -> WorkerHandle:
@@ -339,6 +338,30 @@ class SandboxOrchestrator(OrchestratorSettings):
         except SymbiError as exc:
             self._audit_refused(record, exc, duration_seconds=time.monotonic() - started)
             raise
+        self._audit(record, outcome="started", duration_seconds=time.monotonic() - started)
+        return session
+
+    def _remote_session(
+        self,
+        tier: SecurityTier,
+        limits: ResourceLimits | None,
+        env: dict[str, str],
+        interrupt_grace_seconds: float,
+        record: dict[str, Any],
+        started: float,
+    ) -> WorkerSession:
+        """:meth:`open_session` on a node of the cluster (see :mod:`.cluster.remote`)."""
+        from .cluster.remote import RemoteSession
+
+        session = RemoteSession(
+            self._cluster_client(),
+            tier,
+            limits=limits,
+            ceilings=self.ceilings(),
+            env=env,
+            interrupt_grace_seconds=interrupt_grace_seconds,
+            record=record,
+        )
         self._audit(record, outcome="started", duration_seconds=time.monotonic() - started)
         return session
 

@@ -9,7 +9,8 @@ slot free; there it hands the request to that node's agent. The agent runs it un
 the stricter of both policies (the client's ceilings came with the request; the
 node's orchestrator applies its own, audits the run in the node's chain, and refuses
 what its operator does not allow), and streams the output, the usage samples and the
-result back as they come.
+result back as they come. A client's kernel session lives in the agent too
+(:mod:`.sessions`).
 
 A run outlives neither its client nor an interrupt: Ray's cancellation of the task,
 the death of the client's job (checked in Ray's job table every second) or the
@@ -34,6 +35,7 @@ from ..result import ExecutionResult
 from ..sandboxes._sigint import StopButton
 from ..tiers import SecurityTier
 from . import NAMESPACE, agent_name
+from .sessions import SessionHost
 
 logger = logging.getLogger(__name__)
 
@@ -128,6 +130,7 @@ class NodeAgent:
         self._lock = threading.Lock()
         self._jobs: dict[str, tuple[float, bool]] = {}  # job -> (when looked, alive)
         self._unanswered_since: float | None = None
+        self.sessions = SessionHost(self)
 
     def info(self) -> dict[str, Any]:
         """What this node offers and under which policy."""
@@ -142,6 +145,7 @@ class NodeAgent:
             "audit_log_path": orch.audit_log_path,
             "pid": os.getpid(),
             "runs": len(self._runs),
+            "sessions": len(self.sessions),
         }
 
     def execute(self, request: dict[str, Any]) -> Iterator[list[Event]]:
@@ -190,6 +194,30 @@ class NodeAgent:
         run.stop("interrupted by its client")
         return True
 
+    # A client's kernel session (see .sessions): each call takes the session's id.
+    def open_session(self, request: dict[str, Any]) -> tuple[Any, ...]:
+        return self.sessions.open(request)
+
+    def session_execute(self, session_id: str, cell: dict[str, Any]) -> Iterator[list[Event]]:
+        yield from self.sessions.execute(session_id, cell)
+
+    def session_interrupt(self, session_id: str) -> bool:
+        return self.sessions.interrupt(session_id)
+
+    def session_request(
+        self, session_id: str, kind: str, timeout: float, fields: dict[str, Any]
+    ) -> dict[str, Any]:
+        return self.sessions.request(session_id, kind, timeout, fields)
+
+    def session_usage(self, session_id: str) -> dict[str, Any]:
+        return self.sessions.usage(session_id)
+
+    def session_lost(self, session_id: str) -> str | None:
+        return self.sessions.alive(session_id)
+
+    def session_close(self, session_id: str) -> bool:
+        return self.sessions.close(session_id)
+
     def shutdown(self) -> int:
         """Stop every run and the orchestrator's helpers (pooled containers, the
         native supervisor): what ``cluster down`` asks before it stops Ray. Returns
@@ -200,6 +228,7 @@ class NodeAgent:
             run.stop("the node is shutting down")
         for run in runs:
             run.finished.wait(timeout=30)
+        self.sessions.close_all("the node is shutting down")
         self.orchestrator.close()
         return len(runs)
 
@@ -316,8 +345,9 @@ def start_agent(
         namespace=NAMESPACE,
         lifetime="detached",
         num_cpus=0,
-        # Every slot's run, its relay's interrupt, and the odd info() or shutdown().
-        max_concurrency=2 * slots + 4,
+        # Every slot's run or session cell, its relay's interrupt and usage probes,
+        # and the odd info() or shutdown().
+        max_concurrency=3 * slots + 4,
         max_restarts=-1,
         scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
     )

@@ -4,7 +4,6 @@ Tier1 and Tier2 under a lower memory ceiling, one CPU each, torn down at the end
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import json
 import os
@@ -24,63 +23,12 @@ from symbi_jupyter.orchestrator import SandboxOrchestrator
 from symbi_jupyter.result import ExecutionResult
 from symbi_jupyter.tiers import SecurityTier
 
+from .cluster_fixtures import Cluster
+from .cluster_fixtures import node_env as _node_env
 from .helpers import need, run_cell, wait_until
-
-ROOT = Path(__file__).resolve().parent.parent
 
 #: The node's memory ceiling, below the client's default of 2048 MB.
 NODE_MEMORY_MB = 256
-
-
-@dataclasses.dataclass
-class Cluster:
-    address: str
-    env: dict[str, str]
-    state: dict
-    state_dir: Path
-
-    @property
-    def token(self) -> str:
-        return self.state["token"]
-
-    @property
-    def head(self) -> str:
-        return self.label(0)
-
-    @property
-    def node2(self) -> str:
-        return self.label(1)
-
-    def label(self, index: int) -> str:
-        return f"127.0.0.1/{self.state['nodes'][index]['node_id']}"
-
-    def node_audit(self) -> dict[str, dict]:
-        """The nodes' audit records (their shared state directory), by hash."""
-        path = self.state_dir / "symbi-jupyter" / "audit.jsonl"
-        records = [json.loads(line) for line in path.read_text().splitlines()]
-        return {r["hash"]: r for r in records}
-
-    def cli(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, "-m", "symbi_jupyter.cli", *args],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-
-
-def _node_env(state_dir: Path, jupyter_dir: Path) -> dict[str, str]:
-    """The environment the nodes start in: this checkout's code, no SYMBIONT_* or
-    Jupyter configuration of the host's, their own state directory."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SYMBIONT_", "RAY_"))}
-    env.update(
-        PYTHONPATH=str(ROOT),
-        XDG_STATE_HOME=str(state_dir),
-        JUPYTER_CONFIG_DIR=str(jupyter_dir),
-        JUPYTER_CONFIG_PATH="",
-    )
-    return env
 
 
 @pytest.fixture(scope="module")

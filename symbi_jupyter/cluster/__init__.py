@@ -13,6 +13,8 @@ when a cluster is used. The modules:
              node's operator files; runs requests under the stricter of both policies
 ``client``   a client's dispatch: the task that needs the tier's resource, the
              streamed output, the result
+``remote``   a client's kernel session on a node (what ``open_session`` returns)
+``sessions`` the node side of those sessions, held by the agent
 ``local``    ``symbi-jupyter cluster up|down|status``: a trial cluster on 127.0.0.1
 ``commands`` the command-line glue of ``node`` and ``cluster``
 """

@@ -17,6 +17,7 @@ removes it when the job ends) and the agent closes the sessions of a dead job.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import time
 import uuid
@@ -227,36 +228,45 @@ class RemoteSession(WorkerSession):
         }
         started = time.monotonic()
         stream = self.agent.session_execute.options(num_returns="streaming").remote(self.id, cell)
-        ref = None
+        ref, pending = None, collections.deque[Any]()
         while True:
+            # SIGINT may land anywhere in here (ipykernel raises it during a request):
+            # wherever it does, the node is asked to interrupt and the stream goes on.
             try:
+                while pending:
+                    ended = self._handle(pending.popleft(), on_message, started)
+                    if ended is not None:
+                        return ended
                 if ref is None:
                     ref = next(stream)
-                batch = self.ray.get(ref)
+                pending.extend(self.ray.get(ref))
                 ref = None
             except StopIteration:
                 break
             except KeyboardInterrupt:
                 self.interrupt()  # the node interrupts it, then stops it past its grace
-                continue
             except RayError as exc:
                 return self._lost_cell(self._node_lost(exc), time.monotonic() - started)
-            for event in batch:
-                if event[0] == "message":
-                    on_message(event[1])
-                elif event[0] == "outcome":
-                    outcome: CellOutcome = event[1]
-                    state = event[2]
-                    self.cells, self.totals = state["cells"], state["totals"]
-                    if state["lost"] is not None:
-                        self._lose(state["lost"])
-                    return outcome
-                elif event[0] == "lost":
-                    return self._lost_cell(self._lose_with(event[1]), time.monotonic() - started)
         return self._lost_cell(
             self._lose_with(f"node {self.node} ended the cell without a result"),
             time.monotonic() - started,
         )
+
+    def _handle(
+        self, event: tuple[Any, ...], on_message: MessageCallback, started: float
+    ) -> CellOutcome | None:
+        """One event of a cell's stream; the cell's outcome with the last one."""
+        if event[0] == "message":
+            on_message(event[1])
+            return None
+        if event[0] == "outcome":
+            state = event[2]
+            self.cells, self.totals = state["cells"], state["totals"]
+            if state["lost"] is not None:
+                self._lose(state["lost"])
+            outcome: CellOutcome = event[1]
+            return outcome
+        return self._lost_cell(self._lose_with(event[1]), time.monotonic() - started)
 
     def _lose_with(self, why: str) -> str:
         self._lose(f"{why}; the session's state went with it")

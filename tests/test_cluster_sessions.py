@@ -28,6 +28,9 @@ from .helpers import execute_from_cell, need, wait_until
 
 TIMEOUT = 120
 
+#: Node 2's memory ceiling, below the client's default of 2048 MB.
+NODE_MEMORY_MB = 256
+
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory):
@@ -46,7 +49,11 @@ def cluster(tmp_path_factory: pytest.TempPathFactory):
     finally:
         probe.close()
     base = tmp_path_factory.mktemp("cluster-sessions")
+    node_config = base / "node2.toml"
+    node_config.write_text(f"[native_execution]\nmax_memory_mb = {NODE_MEMORY_MB}\n")
     args = ("--nodes", "2", "--tiers", "docker", "--tiers", "docker,gvisor", "--slots", "1")
+    args += ("--config", str(base / "head.toml"), "--config", str(node_config))
+    (base / "head.toml").write_text("")
     with trial_cluster(base, *args) as made:
         yield made
 
@@ -198,6 +205,13 @@ def test_a_kernel_session_lives_on_a_node(cluster):
         completed = kc.get_shell_msg(timeout=TIMEOUT)
         assert completed["parent_header"]["msg_id"] == msg_id
         assert "x.bit_length" in completed["content"]["matches"]
+        # jupyter-resource-usage's request: the node's figures of the worker's sandbox.
+        asked = kc.session.msg("usage_request", {})
+        kc.control_channel.send(asked)
+        usage = kc.get_control_msg(timeout=TIMEOUT)
+        assert usage["parent_header"]["msg_id"] == asked["header"]["msg_id"]
+        sandbox = usage["content"]["sandbox"]
+        assert sandbox["tier"] == "Tier1" and sandbox["memory_bytes"] > 0
         # The interrupt goes to the node; the cell stops there and the state stays.
         msg_id = start(kc, "import time\nprint('sleeping', flush=True)\ntime.sleep(120)")
         wait_for_output(kc, msg_id, "sleeping")
@@ -221,6 +235,64 @@ def test_a_client_that_goes_away_leaves_no_session_worker(cluster, client):
         assert wait_until(lambda: container(host) is None, 60)
     for node in cluster.state["nodes"]:
         assert agent_info(client, node["node_id"])["sessions"] == 0
+
+
+def test_a_session_runs_under_the_stricter_policy(cluster, client, tmp_path):
+    """The node's lower ceiling holds for a session, and a session asked above it is
+    refused by the node, which says so; both audited in the client's chain."""
+    import json
+
+    from symbi_jupyter.errors import PolicyViolation
+    from symbi_jupyter.limits import ResourceLimits
+
+    audit = tmp_path / "audit.jsonl"
+    client.audit_log_path = str(audit)
+    session = client.open_session("gvisor")  # Tier2: node 2 only
+    try:
+        assert session.node == cluster.node2
+        assert session.limits.max_memory_mb == NODE_MEMORY_MB < client.max_memory_mb
+        outcome = session.execute("print('ok')", lambda message: None)
+        assert outcome.status == "ok" and outcome.result.node == cluster.node2
+    finally:
+        session.close()
+    started = json.loads(audit.read_text().splitlines()[-1])
+    assert started["event"] == "session-start" and started["outcome"] == "started"
+    assert started["node"] == cluster.node2 and started["node_audit_hash"]
+    with pytest.raises(PolicyViolation) as refused:
+        client.open_session("gvisor", ResourceLimits(max_memory_mb=512))
+    assert f"node {cluster.node2} refused the session" in str(refused.value)
+    assert f"ceiling of {NODE_MEMORY_MB}" in str(refused.value)
+    record = json.loads(audit.read_text().splitlines()[-1])
+    assert record["outcome"] == "refused" and record["node"] == cluster.node2
+
+
+def test_an_agent_lost_mid_cell(cluster, client):
+    """Node 2's agent process killed mid-cell (Ray restarts it, without the session):
+    the kernel says the session is lost, naming the node, and its next cell runs."""
+    blocker = _session_on(client, cluster.head)
+    try:
+        with cluster_kernel(cluster) as (_, kc):
+            reply, out = run(kc, "import socket\nprint(socket.gethostname())")
+            assert reply["status"] == "ok", reply
+            assert short(cluster.node2) in shown(out)
+            host = stream(out).strip()
+            node2 = cluster.state["nodes"][1]["node_id"]
+            pid = agent_info(client, node2)["pid"]
+            msg_id = start(kc, "import time\nprint('running', flush=True)\ntime.sleep(120)")
+            wait_for_output(kc, msg_id, "running")
+            os.kill(pid, signal.SIGKILL)
+            reply, out = finish(kc, msg_id)
+            said = stream(out, "stderr")
+            assert reply["status"] == "error" and reply["ename"] == "NodeLost"
+            assert f"node {cluster.node2}" in said and "state went with it" in said
+            # Its container went with the agent (the agent's reaper removed it).
+            assert wait_until(lambda: container(host) is None, 60)
+            blocker.close()
+            reply, out = run(kc, "print('again')", timeout=240)
+            assert reply["status"] == "ok" and stream(out) == "again\n"
+    finally:
+        blocker.close()
+    assert wait_until(lambda: agent_info(client, node2)["pid"] != pid, 60)
 
 
 def _session_on(client: SandboxOrchestrator, label: str):

@@ -195,6 +195,14 @@ def test_a_kernel_session_lives_on_a_node(cluster):
         reply, out = run(kc, "x + 1")
         assert reply["status"] == "ok" and result_text(out) == "42"
         assert short(node) in shown(out)
+        # Rich display, as the worker on the node publishes it.
+        code = "class H:\n    def _repr_html_(self): return '<b>rich</b>'\ndisplay(H())"
+        reply, out = run(kc, code)
+        assert reply["status"] == "ok", reply
+        html = [
+            m["content"]["data"].get("text/html") for m in out if m["msg_type"] == "display_data"
+        ]
+        assert "<b>rich</b>" in html
         # A %%symbi cell: a one-shot run through the cluster, at a tier only node 2 has.
         reply, out = run(kc, "%%symbi --tier gvisor\nprint('hello from a node')")
         assert reply["status"] == "ok", reply

@@ -213,7 +213,7 @@ class NodeAgent:
         return self.sessions.usage(session_id)
 
     def session_lost(self, session_id: str) -> str | None:
-        return self.sessions.alive(session_id)
+        return self.sessions.lost(session_id)
 
     def session_close(self, session_id: str) -> bool:
         return self.sessions.close(session_id)

@@ -217,7 +217,7 @@ class SessionHost:
         session = self._get(session_id)
         return session.usage() if session is not None else {}
 
-    def alive(self, session_id: str) -> str | None:
+    def lost(self, session_id: str) -> str | None:
         """None while the session lives; why it is gone otherwise."""
         session = self._get(session_id)
         if session is None:

@@ -21,6 +21,7 @@ one SIGINT takes (:class:`~symbi_jupyter.sandboxes._sigint.StopButton`).
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import logging
 import os
 import queue
@@ -68,6 +69,34 @@ def stricter(
             value = min(ceilings) if ceilings else None
         limits[name] = value
     return ResourceLimits(**limits)
+
+
+def network_refusal(tier: SecurityTier, node_address: str) -> str | None:
+    """Why a run of ``tier`` on the node at ``node_address`` may not have the network,
+    or None where it may: whatever the node's operator allows, a run's network must
+    not reach Ray's ports. Tier None with the network runs in the node's own network
+    namespace, where every port of Ray's is; Tier1's bridge network reaches the
+    node's own addresses, where Ray listens unless it listens on loopback only (a
+    trial cluster). Tier2 and Tier3 never reach the host's network."""
+    if tier is SecurityTier.NONE:
+        return (
+            "tier None with the network would run in this node's own network namespace, "
+            "where Ray's ports are; on a cluster, ask for the network at Tier1, or run "
+            "without it"
+        )
+    if tier is SecurityTier.TIER1 and not _loopback(node_address):
+        return (
+            f"Tier1's bridge network reaches this node's address {node_address}, where "
+            "Ray listens; on this cluster, run without the network"
+        )
+    return None
+
+
+def _loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address.strip("[]")).is_loopback
+    except ValueError:
+        return address == "localhost"
 
 
 class _Run:
@@ -244,12 +273,19 @@ class NodeAgent:
                     error = TierUnavailable(f"this node does not offer {tier.display_name}")
                     orch.audit_refusal(tier, error, client_job=request["job_id"])
                     raise error
+                limits = stricter(request["limits"], request["ceilings"], orch.ceilings())
+                if limits.network:
+                    why = network_refusal(tier, self.address)
+                    if why is not None:
+                        denied = PolicyViolation(why)
+                        orch.audit_refusal(tier, denied, client_job=request["job_id"])
+                        raise denied
                 result = orch.execute_code(
                     tier,
                     request["code"],
                     env=request["env"],
                     language=request["language"],
-                    limits=stricter(request["limits"], request["ceilings"], orch.ceilings()),
+                    limits=limits,
                     first_line=request["first_line"],
                     on_output=lambda name, chunk: run.put(("output", name, chunk)),
                     on_sample=lambda sample: run.put(("sample", sample)),

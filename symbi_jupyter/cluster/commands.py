@@ -120,6 +120,7 @@ def _node_start(args: argparse.Namespace) -> int:
             port=args.port,
         )
         print(f"node {started.node_id} is up in the cluster at {started.address}")
+        print(f"Ray's directory of this node (its logs, closed to others): {started.temp_dir}")
         if not args.address:
             print(f"join it: symbi-jupyter node start --address {started.address}")
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import policy
-from ..errors import SymbiError, TierUnavailable
+from ..errors import ConfigError, SymbiError, TierUnavailable
 from ..limits import host_cores
 from ..tiers import SecurityTier
 from . import auth, processes, rayctl, resource_name
@@ -53,6 +53,7 @@ def plan_tiers(
     tiers = [SecurityTier.parse(t) for t in asked] if asked else list(SecurityTier)
     orch = configured_orchestrator(config)
     try:
+        check_passthrough(orch.env_passthrough)
         refused: dict[SecurityTier, str] = {}
         for tier in dict.fromkeys(tiers):
             try:
@@ -80,6 +81,44 @@ def plan_tiers(
     return plan
 
 
+def check_passthrough(names: Sequence[str]) -> None:
+    """:class:`ConfigError` if the node's operator lets a Ray variable through to
+    tier None runs: on a node they hold the cluster's token (``RAY_AUTH_TOKEN``), or
+    name it, and a run that has it can run code anywhere on the cluster."""
+    ray_names = [name for name in names if name.upper().startswith("RAY_")]
+    if ray_names:
+        raise ConfigError(
+            f"env_passthrough names {', '.join(ray_names)}: on a cluster node Ray's "
+            "variables hold or name the cluster's token, and no run may have them; "
+            "remove them from env_passthrough"
+        )
+
+
+def closed_directory(temp_dir: str | None) -> str:
+    """Ray's directory for a node: ``temp_dir``, or ``ray`` in a new directory only
+    this user can enter. Ray opens its directory to everyone (mode 0777; its logs and
+    session files 0644, its sockets 0755), so only a closed directory above it keeps
+    its logs, sockets and session files from a tier None run's own uid and from the
+    machine's other users: :class:`ConfigError` if no directory above ``temp_dir`` is
+    closed to them."""
+    if not temp_dir:
+        return os.path.join(tempfile.mkdtemp(prefix="symbi-ray-"), "ray")
+    path = Path(os.path.abspath(temp_dir))
+    for above in path.resolve().parents:
+        try:
+            info = above.stat()
+        except OSError:
+            continue  # not made yet: Ray makes it
+        if info.st_uid in (0, os.geteuid()) and not info.st_mode & 0o077:
+            return str(path)
+    raise ConfigError(
+        f"--temp-dir {temp_dir}: Ray opens its directory to every user (mode 0777), "
+        "and no directory above it is closed to other users, so a tier None run of "
+        "this node could read Ray's logs and session files; put it in a directory "
+        f"only you can enter (mkdir -m 700 {path.parent}), or leave --temp-dir out"
+    )
+
+
 def start_node(
     address: str | None = None,
     *,
@@ -99,11 +138,13 @@ def start_node(
     agent. ``shared_host``: other nodes run on this machine too (a trial cluster), so
     no fixed port of Ray's is used. On failure, what it started is stopped again."""
     config = os.path.abspath(config) if config else None
+    if temp_dir:
+        temp_dir = closed_directory(temp_dir)
     plan = plan_tiers(tiers, slots or host_cores(), config)
     rayctl.import_ray()
     token = auth.ensure_token() if address is None else auth.checked_token(auth.token_path())
     env = {**os.environ, **auth.ray_environment(token)}
-    directory = temp_dir or tempfile.mkdtemp(prefix="symbi-ray-")
+    directory = temp_dir or closed_directory(None)
     args = ["start", "--temp-dir", directory, "--disable-usage-stats"]
     args += [
         "--resources",

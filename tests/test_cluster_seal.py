@@ -429,3 +429,18 @@ def test_node_start_refuses_to_pass_ray_variables_to_runs(tmp_path):
         assert not (tmp_path / "state" / "symbi-jupyter" / "cluster").exists()  # no token
     finally:
         shutil.rmtree(closed, ignore_errors=True)
+
+
+def test_which_runs_may_have_the_network_on_a_node():
+    """Without a cluster: the rule the agent applies above, for a node on a routable
+    address too (the trial cluster listens on loopback only)."""
+    from symbi_jupyter.cluster.agent import network_refusal
+
+    for address in ("127.0.0.1", "10.0.0.7"):
+        assert "own network namespace" in str(network_refusal(SecurityTier.NONE, address))
+    assert network_refusal(SecurityTier.TIER1, "127.0.0.1") is None
+    assert network_refusal(SecurityTier.TIER1, "[::1]") is None
+    for tier in (SecurityTier.TIER1, SecurityTier.TIER2):
+        said = network_refusal(tier, "10.0.0.7")
+        assert said is not None and "reaches this node's address 10.0.0.7" in said
+    assert network_refusal(SecurityTier.TIER3, "10.0.0.7") is None  # no network device

@@ -75,19 +75,20 @@ def network_refusal(tier: SecurityTier, node_address: str) -> str | None:
     """Why a run of ``tier`` on the node at ``node_address`` may not have the network,
     or None where it may: whatever the node's operator allows, a run's network must
     not reach Ray's ports. Tier None with the network runs in the node's own network
-    namespace, where every port of Ray's is; Tier1's bridge network reaches the
-    node's own addresses, where Ray listens unless it listens on loopback only (a
-    trial cluster). Tier2 and Tier3 never reach the host's network."""
+    namespace, where every port of Ray's is; a container's bridge network (Tier1, and
+    Tier2 where the engine's runsc is not ``--network=none``) reaches the node's own
+    addresses, where Ray listens unless it listens on loopback only (a trial
+    cluster). Tier3's guest has no network device."""
     if tier is SecurityTier.NONE:
         return (
             "tier None with the network would run in this node's own network namespace, "
-            "where Ray's ports are; on a cluster, ask for the network at Tier1, or run "
-            "without it"
+            "where Ray's ports are; on a cluster, ask for the network in a container "
+            "tier, or run without it"
         )
-    if tier is SecurityTier.TIER1 and not _loopback(node_address):
+    if tier in (SecurityTier.TIER1, SecurityTier.TIER2) and not _loopback(node_address):
         return (
-            f"Tier1's bridge network reaches this node's address {node_address}, where "
-            "Ray listens; on this cluster, run without the network"
+            f"a container's bridge network reaches this node's address {node_address}, "
+            "where Ray listens; on this cluster, run without the network"
         )
     return None
 

@@ -129,7 +129,7 @@ def _ray_pids(root: str) -> dict[str, list[int]]:
             name, cmdline = proc.name(), " ".join(proc.cmdline())
         except psutil.Error:
             continue
-        if proc.uids().real != 0:
+        if proc.uids().real != os.getuid():
             continue  # a sandbox of a run, not Ray
         found["all"].append(pid)
         if name == "raylet":
@@ -159,7 +159,7 @@ def targets(cluster: Cluster) -> dict:
         for a in addrs
         if a.family.name == "AF_INET" and not a.address.startswith("127.")
     )
-    hosts = ["127.0.0.1", *sorted(others)]
+    hosts = ["127.0.0.1", "::1", *sorted(others)]
     dirs, sockets, files = [root], [], []
     for node in cluster.state["nodes"]:
         session = Path(node["temp_dir"], "session_latest").resolve()
@@ -169,7 +169,7 @@ def targets(cluster: Cluster) -> dict:
     token = cluster.token
     return {
         "token_files": [token, "/root/.ray/auth_token", os.path.expanduser("~/.ray/auth_token")],
-        "pids": pids["raylet"] + pids["gcs"] + pids["agent"],
+        "pids": pids["all"],
         "dirs": dirs,
         "sockets": sockets,
         "hosts": hosts,

@@ -9,6 +9,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -256,6 +257,16 @@ def _runsc_sandbox_pids(container_id: str) -> list[str]:
     return found
 
 
+def _seccomp(pid: int) -> str | None:
+    """The Seccomp field of a process's status; None if it is gone."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    found = re.search(r"^Seccomp:\s*(\d+)", status, re.M)
+    return found.group(1) if found else None
+
+
 def _vmm_children() -> list[int]:
     """QEMU processes this test process started (the pool's booted VM among them)."""
     found = []
@@ -279,6 +290,9 @@ def test_the_vmm_runs_deprivileged(orch, root_only):
     assert res.success, res.stderr
     assert "of its own" in res.enforcement["vmm_privileges"]
     assert wait_until(lambda: bool(_vmm_children()))  # the pooled VM, booted for the next
+    # QEMU enters its seccomp sandbox early in its start, not at exec: a VMM seen in
+    # that first moment (on a loaded machine) has not yet.
+    assert wait_until(lambda: all(_seccomp(pid) != "0" for pid in _vmm_children()))
     for pid in _vmm_children():
         status = dict(
             line.split(":\t", 1)

@@ -31,7 +31,7 @@ def _audit_verify(args: argparse.Namespace) -> int:
 
 def _add_audit(subparsers: argparse._SubParsersAction) -> None:
     audit = subparsers.add_parser("audit", help="inspect the hash-chained audit log")
-    audit.set_defaults(func=_needs_subcommand(audit))
+    audit.set_defaults(func=needs_subcommand(audit))
     actions = audit.add_subparsers(title="actions", metavar="ACTION")
     check = actions.add_parser(
         "verify",
@@ -203,7 +203,7 @@ def _add_image(subparsers: argparse._SubParsersAction) -> None:
     from .setup.images.container import DEFAULT_IMAGE, PACKAGES, PROFILES, profile_image
 
     image = subparsers.add_parser("image", help="the container tiers' sandbox image")
-    image.set_defaults(func=_needs_subcommand(image))
+    image.set_defaults(func=needs_subcommand(image))
     actions = image.add_subparsers(title="actions", metavar="ACTION")
     build = actions.add_parser(
         "build",
@@ -312,14 +312,16 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run notebook code under Symbiont's security-tier model.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.set_defaults(func=_needs_subcommand(parser))
+    parser.set_defaults(func=needs_subcommand(parser))
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
     for add in _SUBCOMMANDS:
         add(subparsers)
     return parser
 
 
-def _needs_subcommand(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
+def needs_subcommand(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
+    """What a command of subcommands does when given none: its usage, exit 2."""
+
     def run(args: argparse.Namespace) -> int:
         parser.print_usage(sys.stderr)
         print(f"{parser.prog}: error: a command is required", file=sys.stderr)

@@ -19,8 +19,10 @@ _TIERS_HELP = "none, tier1/docker, tier2/gvisor, tier3/microvm"
 
 def add_node(subparsers: argparse._SubParsersAction) -> None:
     """Register ``node start``."""
+    from ..cli import needs_subcommand
+
     node = subparsers.add_parser("node", help="make this machine a node of a Ray cluster")
-    node.set_defaults(func=_needs_action(node))
+    node.set_defaults(func=needs_subcommand(node))
     actions = node.add_subparsers(title="actions", metavar="ACTION")
     start = actions.add_parser(
         "start",
@@ -60,8 +62,10 @@ def add_node(subparsers: argparse._SubParsersAction) -> None:
 
 def add_cluster(subparsers: argparse._SubParsersAction) -> None:
     """Register ``cluster up|down|status``."""
+    from ..cli import needs_subcommand
+
     cluster = subparsers.add_parser("cluster", help="a trial Ray cluster on this machine")
-    cluster.set_defaults(func=_needs_action(cluster))
+    cluster.set_defaults(func=needs_subcommand(cluster))
     actions = cluster.add_subparsers(title="actions", metavar="ACTION")
     up = actions.add_parser(
         "up",
@@ -179,12 +183,3 @@ def _run(command: str, body: Callable[[], object]) -> int:
         print(f"symbi-jupyter {command}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_REFUSED
     return EXIT_OK
-
-
-def _needs_action(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        parser.print_usage(sys.stderr)
-        print(f"{parser.prog}: error: an action is required", file=sys.stderr)
-        return EXIT_USAGE
-
-    return run

@@ -66,6 +66,30 @@ def node_env(state_dir: Path, jupyter_dir: Path) -> dict[str, str]:
     return env
 
 
+def need_cluster() -> None:
+    """Skip (or fail, where CI requires the tier) without Ray, Docker or runsc: every
+    trial cluster of the tests offers Tier1 and Tier2."""
+    import importlib.util
+
+    from symbi_jupyter.orchestrator import SandboxOrchestrator
+    from symbi_jupyter.tiers import SecurityTier
+
+    from .helpers import need
+
+    need(
+        importlib.util.find_spec("ray") is not None,
+        "Ray is not installed (pip install 'symbi-jupyter[cluster]')",
+        tier="cluster",
+    )
+    probe = SandboxOrchestrator(audit_log_path="")
+    try:
+        for tier, name in ((SecurityTier.TIER1, "docker"), (SecurityTier.TIER2, "gvisor")):
+            found = probe.sandbox(tier).availability()
+            need(found.ok, found.reason, tier=name)
+    finally:
+        probe.close()
+
+
 @contextlib.contextmanager
 def trial_cluster(base: Path, *up_args: str) -> Iterator[Cluster]:
     """A cluster of ``cluster up UP_ARGS`` with its state under ``base``, down after;

@@ -23,7 +23,7 @@ from symbi_jupyter.orchestrator import SandboxOrchestrator
 from symbi_jupyter.result import ExecutionResult
 from symbi_jupyter.tiers import SecurityTier
 
-from .cluster_fixtures import Cluster
+from .cluster_fixtures import Cluster, need_cluster, trial_cluster
 from .cluster_fixtures import node_env as _node_env
 from .helpers import need, run_cell, wait_until
 
@@ -33,49 +33,17 @@ NODE_MEMORY_MB = 256
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory):
-    need(
-        importlib.util.find_spec("ray") is not None,
-        "Ray is not installed (pip install 'symbi-jupyter[cluster]')",
-        tier="cluster",
-    )
-    probe = SandboxOrchestrator(audit_log_path="")
-    try:
-        for tier, name in ((SecurityTier.TIER1, "docker"), (SecurityTier.TIER2, "gvisor")):
-            found = probe.sandbox(tier).availability()
-            need(found.ok, found.reason, tier=name)
-    finally:
-        probe.close()
+    need_cluster()
     base = tmp_path_factory.mktemp("cluster")
     head_config = base / "head.toml"
     head_config.write_text("[native_execution]\nenabled = true\n")
     node_config = base / "node2.toml"
     node_config.write_text(f"[native_execution]\nmax_memory_mb = {NODE_MEMORY_MB}\n")
-    (base / "jupyter").mkdir()
-    env = _node_env(base / "state", base / "jupyter")
-    saved = {
-        k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH", "RAY_CLIENT_MODE")
-    }
-    made = Cluster("", env, {}, base / "state")
-    up = made.cli(
-        "cluster", "up", "--nodes", "2", "--tiers", "none,docker", "--tiers", "docker,gvisor",
-        "--config", str(head_config), "--config", str(node_config), "--slots", "2",
-    )  # fmt: skip
-    try:
-        assert up.returncode == 0, up.stdout + up.stderr
-        state_file = base / "state" / "symbi-jupyter" / "cluster" / "local.json"
-        made.state = json.loads(state_file.read_text())
-        made.address = made.state["address"]
+    args = ("--nodes", "2", "--tiers", "none,docker", "--tiers", "docker,gvisor", "--slots", "2")
+    with trial_cluster(
+        base, *args, "--config", str(head_config), "--config", str(node_config)
+    ) as made:
         yield made
-    finally:
-        from symbi_jupyter.cluster import rayctl
-
-        rayctl.disconnect()
-        made.cli("cluster", "down")
-        for key, value in saved.items():  # what connecting set in this process
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 @pytest.fixture

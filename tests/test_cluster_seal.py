@@ -25,8 +25,10 @@ from symbi_jupyter.limits import ResourceLimits
 from symbi_jupyter.orchestrator import SandboxOrchestrator
 from symbi_jupyter.tiers import SecurityTier
 
+from .cluster_fixtures import Cluster, need_cluster, trial_cluster
+from .cluster_fixtures import node_env as _node_env
 from .helpers import need
-from .test_cluster import CLIENT, Cluster, _node_env
+from .test_cluster import CLIENT
 
 #: Run inside the sandbox: each attempt prints ``NAME: REACHED ...`` where it got
 #: something, ``NAME: denied (ERROR)`` where the system refused, ``NAME: nothing``
@@ -185,18 +187,7 @@ def outcomes(stdout: str) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory):
-    need(
-        importlib.util.find_spec("ray") is not None,
-        "Ray is not installed (pip install 'symbi-jupyter[cluster]')",
-        tier="cluster",
-    )
-    probe = SandboxOrchestrator(audit_log_path="")
-    try:
-        for tier, name in ((SecurityTier.TIER1, "docker"), (SecurityTier.TIER2, "gvisor")):
-            found = probe.sandbox(tier).availability()
-            need(found.ok, found.reason, tier=name)
-    finally:
-        probe.close()
+    need_cluster()
     base = tmp_path_factory.mktemp("seal")
     head_config = base / "head.toml"
     head_config.write_text("[native_execution]\nenabled = true\n")
@@ -205,31 +196,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory):
     (base / "jupyter" / "jupyter_symbi_config.py").write_text(
         "c.SandboxOrchestrator.allow_network = True\n"
     )
-    env = _node_env(base / "state", base / "jupyter")
-    saved = {
-        k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH", "RAY_CLIENT_MODE")
-    }
-    made = Cluster("", env, {}, base / "state")
-    up = made.cli(
-        "cluster", "up", "--nodes", "2", "--tiers", "none,docker", "--tiers", "docker,gvisor",
-        "--config", str(head_config), "--slots", "1",
-    )  # fmt: skip
-    try:
-        assert up.returncode == 0, up.stdout + up.stderr
-        state_file = base / "state" / "symbi-jupyter" / "cluster" / "local.json"
-        made.state = json.loads(state_file.read_text())
-        made.address = made.state["address"]
+    args = ("--nodes", "2", "--tiers", "none,docker", "--tiers", "docker,gvisor", "--slots", "1")
+    with trial_cluster(base, *args, "--config", str(head_config)) as made:
         yield made
-    finally:
-        from symbi_jupyter.cluster import rayctl
-
-        rayctl.disconnect()
-        made.cli("cluster", "down")
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 @pytest.fixture

@@ -21,10 +21,9 @@ from jupyter_client.manager import start_new_kernel
 from symbi_jupyter.cli import main
 from symbi_jupyter.errors import TierUnavailable
 from symbi_jupyter.orchestrator import SandboxOrchestrator
-from symbi_jupyter.tiers import SecurityTier
 
-from .cluster_fixtures import Cluster, trial_cluster
-from .helpers import execute_from_cell, need, wait_until
+from .cluster_fixtures import Cluster, need_cluster, trial_cluster
+from .helpers import execute_from_cell, wait_until
 
 TIMEOUT = 120
 
@@ -34,20 +33,7 @@ NODE_MEMORY_MB = 256
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory):
-    import importlib.util
-
-    need(
-        importlib.util.find_spec("ray") is not None,
-        "Ray is not installed (pip install 'symbi-jupyter[cluster]')",
-        tier="cluster",
-    )
-    probe = SandboxOrchestrator(audit_log_path="")
-    try:
-        for tier, name in ((SecurityTier.TIER1, "docker"), (SecurityTier.TIER2, "gvisor")):
-            found = probe.sandbox(tier).availability()
-            need(found.ok, found.reason, tier=name)
-    finally:
-        probe.close()
+    need_cluster()
     base = tmp_path_factory.mktemp("cluster-sessions")
     node_config = base / "node2.toml"
     node_config.write_text(f"[native_execution]\nmax_memory_mb = {NODE_MEMORY_MB}\n")

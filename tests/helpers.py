@@ -94,3 +94,19 @@ class NotebookFrontEnd(NotebookClient):
         kc = await super().async_start_new_kernel_client()
         kc.execute = functools.partial(execute_from_cell, kc)
         return kc
+
+
+def start_kernel(name: str, env: dict[str, str]):
+    """``start_new_kernel(name)`` with ``env``, its kernelspec found through
+    ``env["JUPYTER_PATH"]`` (which jupyter_client reads from this process)."""
+    from jupyter_client.manager import start_new_kernel
+
+    saved = os.environ.get("JUPYTER_PATH")
+    os.environ["JUPYTER_PATH"] = env["JUPYTER_PATH"]
+    try:
+        return start_new_kernel(kernel_name=name, env=env)
+    finally:
+        if saved is None:
+            del os.environ["JUPYTER_PATH"]
+        else:
+            os.environ["JUPYTER_PATH"] = saved

@@ -16,14 +16,13 @@ import time
 from pathlib import Path
 
 import pytest
-from jupyter_client.manager import start_new_kernel
 
 from symbi_jupyter.cli import main
 from symbi_jupyter.errors import TierUnavailable
 from symbi_jupyter.orchestrator import SandboxOrchestrator
 
 from .cluster_fixtures import Cluster, need_cluster, trial_cluster
-from .helpers import execute_from_cell, wait_until
+from .helpers import execute_from_cell, start_kernel, wait_until
 
 TIMEOUT = 120
 
@@ -69,15 +68,7 @@ def cluster_kernel(cluster: Cluster):
         "RAY_AUTH_TOKEN_PATH": cluster.token,
         "SYMBI_KERNEL_TIER": "docker",
     }
-    saved = os.environ.get("JUPYTER_PATH")
-    os.environ["JUPYTER_PATH"] = env["JUPYTER_PATH"]  # where the kernelspec is found
-    try:
-        km, kc = start_new_kernel(kernel_name="symbi", env=env)
-    finally:
-        if saved is None:
-            del os.environ["JUPYTER_PATH"]
-        else:
-            os.environ["JUPYTER_PATH"] = saved
+    km, kc = start_kernel("symbi", env)
     try:
         yield km, kc
     finally:

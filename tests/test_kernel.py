@@ -26,7 +26,7 @@ from symbi_jupyter.sandboxes.docker import HOST_LABEL
 from symbi_jupyter.sandboxes.supervisor.proctree import host_tag, pid_alive
 from symbi_jupyter.tiers import SecurityTier
 
-from .helpers import NotebookFrontEnd, execute_from_cell, leased, need, wait_until
+from .helpers import NotebookFrontEnd, execute_from_cell, leased, need, start_kernel, wait_until
 
 TIMEOUT = 60
 
@@ -61,15 +61,7 @@ def symbi_kernel(tier: str, config: dict | None = None):
     env = {k: v for k, v in os.environ.items() if not k.startswith("SYMBIONT_")}
     env |= _kernel_environment(prefix, workdir, tier)
     env |= {"JUPYTER_CONFIG_DIR": str(prefix / "config"), "JUPYTER_CONFIG_PATH": ""}
-    saved = os.environ.get("JUPYTER_PATH")
-    os.environ["JUPYTER_PATH"] = env["JUPYTER_PATH"]  # where the kernelspec is found
-    try:
-        km, client = start_new_kernel(kernel_name="symbi", env=env)
-    finally:
-        if saved is None:
-            del os.environ["JUPYTER_PATH"]
-        else:
-            os.environ["JUPYTER_PATH"] = saved
+    km, client = start_kernel("symbi", env)
     try:
         assert run(client, "%symbi_stats off", timeout=180)[0]["status"] == "ok"
         yield client

@@ -32,6 +32,16 @@ class TierUnavailable(SymbiError):
     provide it. Never answered by running at another tier."""
 
 
+class NodeLost(TierUnavailable):
+    """A cluster lost the node a run was on, mid-run: the run's result and state are
+    gone with it. ``node`` is that node (``ADDRESS/NODE_ID``), or None if the run was
+    lost before a node took it."""
+
+    def __init__(self, message: str, node: str | None = None) -> None:
+        super().__init__(message)
+        self.node = node
+
+
 class ConfigError(SymbiError):
     """A bad configuration value, file, environment variable or tier name."""
 

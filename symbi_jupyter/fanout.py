@@ -11,7 +11,8 @@ running item through the runs' own stop path (:class:`~.sandboxes._sigint.StopBu
 and starts no other: nothing is left running.
 
 Where the items run is an :class:`Executor`: this host's orchestrator here; a cluster
-plugs in its own (how many at once, what it can run), and the rest is unchanged.
+plugs in its own (:class:`~.cluster.fanout.ClusterExecutor`: how many at once, what
+it can run, a node lost mid-item), and the rest is unchanged.
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ class Plan:
     limits: ResourceLimits
     language: str | None
     env: dict[str, str]
+    #: Run an item whose node the cluster lost once more, on another node.
+    retry_lost: bool = False
 
 
 class Executor:
@@ -105,6 +108,7 @@ def run_map(
     *,
     progress: bool | None = None,
     concurrency: int | None = None,
+    retry_lost: bool = False,
 ) -> list[ExecutionResult]:
     """Run ``items`` on ``executor`` and return their results in input order (see
     :meth:`.SandboxOrchestrator.map`)."""
@@ -117,7 +121,12 @@ def run_map(
         record["items"] = len(listed)
         pairs = [_item(i, item) for i, item in enumerate(listed)]
         width = _concurrency(concurrency)
-        plan = _admit(executor, tier, limits, env, language, record)
+        if type(retry_lost) is not bool:
+            raise ConfigError(
+                f"retry_lost={retry_lost!r}: give True (an item whose node the cluster "
+                "loses runs once more, on another node) or False (it is a failed result)"
+            )
+        plan = _admit(executor, tier, limits, env, language, record, retry_lost)
         width = width or executor.slots(plan)
     except SymbiError as exc:
         orch._audit_refused(record, exc)
@@ -157,7 +166,7 @@ def _fan_out(
             except Exception as exc:
                 if not isinstance(exc, SymbiError):
                     executor.orchestrator.log.warning("map item %d failed", index, exc_info=True)
-                return _failed(code, plan, exc)
+                return failed(code, plan, exc)
 
     bar = _bar(len(pairs), plan.tier, show)
     pool = concurrent.futures.ThreadPoolExecutor(width, thread_name_prefix="symbi-map")
@@ -253,6 +262,7 @@ def _admit(
     env: Mapping[str, str] | None,
     language: str | None,
     record: dict[str, Any],
+    retry_lost: bool = False,
 ) -> Plan:
     """The policy decisions every item shares, made once (noted in ``record``);
     raises the refusal."""
@@ -263,12 +273,12 @@ def _admit(
         policy.language_spec(language)
     if env is not None and not isinstance(env, Mapping):
         raise ConfigError(f"env must be a dict of strings, not {type(env).__name__}")
-    plan = Plan(chosen, effective, language, policy.check_env(env or {}))
+    plan = Plan(chosen, effective, language, policy.check_env(env or {}), retry_lost)
     executor.check(plan)
     return plan
 
 
-def _failed(code: str | bytes, plan: Plan, exc: Exception) -> ExecutionResult:
+def failed(code: str | bytes, plan: Plan, exc: Exception) -> ExecutionResult:
     """The result of an item that never ran: ``error`` says why."""
     data = code.encode("utf-8", "surrogateescape") if isinstance(code, str) else code
     return ExecutionResult(

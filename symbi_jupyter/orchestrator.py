@@ -241,6 +241,7 @@ class SandboxOrchestrator(OrchestratorSettings):
         *,
         progress: bool | None = None,
         concurrency: int | None = None,
+        retry_lost: bool = False,
     ) -> list[ExecutionResult]:
         """Run many snippets at ``tier`` and return their results in input order.
 
@@ -258,6 +259,13 @@ class SandboxOrchestrator(OrchestratorSettings):
         its own env, a backend failure) gives a result with ``success`` False and the
         reason in ``error``. The stop button stops every running item and starts no
         other, then raises :class:`~.errors.MapInterrupted` with the results so far.
+
+        With :attr:`cluster_address` set, the items go to the cluster: by default as
+        many at once as its nodes have free slots of the tier when the map starts, each
+        placed by Ray. An item whose node the cluster loses mid-run is a failed result
+        whose ``node`` is that node; ``retry_lost=True`` runs it once more, on another
+        node that offers the tier (the code then may run twice: use it for code that
+        can be repeated).
         """
         from .fanout import run_map
 
@@ -270,10 +278,16 @@ class SandboxOrchestrator(OrchestratorSettings):
             language,
             progress=progress,
             concurrency=concurrency,
+            retry_lost=retry_lost,
         )
 
     def _fanout_executor(self) -> fanout.Executor:
-        """Where :meth:`map` runs its items: here, on this host."""
+        """Where :meth:`map` runs its items: the cluster at :attr:`cluster_address`,
+        else this host."""
+        if self.cluster_address:
+            from .cluster.fanout import ClusterExecutor
+
+            return ClusterExecutor(self)
         from .fanout import Executor
 
         return Executor(self)

@@ -11,11 +11,13 @@ locally: its output so far and its statistics.
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from ..errors import ConfigError, PolicyViolation, SymbiError, TierUnavailable
+from ..errors import ConfigError, NodeLost, PolicyViolation, SymbiError, TierUnavailable
 from ..limits import ResourceLimits
 from ..result import ExecutionResult
 from ..sampling import UsageSample
@@ -64,15 +66,51 @@ class ClusterClient:
 
     def __init__(self, address: str) -> None:
         self.address = address
+        # Per calling thread: the node its next dispatch must not go to (a retry).
+        self._avoiding = threading.local()
 
     def ray(self) -> Any:
         return rayctl.connect(self.address)
 
     def offered(self) -> dict[SecurityTier, float]:
         """The tiers the cluster's nodes advertise, with their slots in all."""
-        totals = self.ray().cluster_resources()
-        found = {tier_of_resource(name): amount for name, amount in totals.items()}
-        return {tier: amount for tier, amount in found.items() if tier is not None}
+        return _tiers(self.ray().cluster_resources())
+
+    def free(self, tier: SecurityTier) -> float:
+        """The slots of ``tier`` no run holds now, in all (Ray's view of them, which
+        follows the nodes' reports by a moment)."""
+        return _tiers(self.ray().available_resources()).get(tier, 0.0)
+
+    def require(self, tier: SecurityTier) -> None:
+        """:class:`TierUnavailable` naming what the cluster offers, if no node offers
+        ``tier``."""
+        offered = self.offered()
+        if tier not in offered:
+            which = ", ".join(f"{t.display_name} ({n:g} slots)" for t, n in sorted(offered.items()))
+            raise TierUnavailable(
+                f"no node of the cluster at {self.address} offers {tier.display_name}; it "
+                f"offers {which or 'no tier (no node agent is running)'}; nothing runs at "
+                "another tier in its place"
+            )
+
+    def offered_elsewhere(self, tier: SecurityTier, node: str | None) -> bool:
+        """Whether a live node other than ``node`` (``ADDRESS/NODE_ID``) offers ``tier``."""
+        skip = node.rpartition("/")[2] if node else None
+        wanted = resource_name(tier)
+        return any(
+            n.get("Alive") and n.get("NodeID") != skip and n.get("Resources", {}).get(wanted)
+            for n in self.ray().nodes()
+        )
+
+    @contextlib.contextmanager
+    def avoiding(self, node: str | None) -> Iterator[None]:
+        """Within this block, this thread's dispatches go to any node but ``node``
+        (``ADDRESS/NODE_ID``; None: any node), chosen by Ray's label selector."""
+        self._avoiding.node_id = node.rpartition("/")[2] if node else None
+        try:
+            yield
+        finally:
+            self._avoiding.node_id = None
 
     def execute(
         self,
@@ -96,14 +134,7 @@ class ClusterClient:
         global _task
         ray = self.ray()
         record["cluster"] = self.address
-        offered = self.offered()
-        if tier not in offered:
-            which = ", ".join(f"{t.display_name} ({n:g} slots)" for t, n in sorted(offered.items()))
-            raise TierUnavailable(
-                f"no node of the cluster at {self.address} offers {tier.display_name}; it "
-                f"offers {which or 'no tier (no node agent is running)'}; nothing runs at "
-                "another tier in its place"
-            )
+        self.require(tier)
         request = {
             "run_id": uuid.uuid4().hex,
             "job_id": ray.get_runtime_context().get_job_id(),
@@ -118,6 +149,10 @@ class ClusterClient:
         if _task is None:
             _task = ray.remote(run_on_node)
         follow = _Follower(self.address, record, on_output, on_sample, on_admitted)
+        options: dict[str, Any] = {}
+        avoid = getattr(self._avoiding, "node_id", None)
+        if avoid:
+            options["label_selector"] = {"ray.io/node-id": f"!{avoid}"}
         stream = None
         try:
             stream = _task.options(
@@ -126,12 +161,18 @@ class ClusterClient:
                 resources={resource_name(tier): 1},
                 # A run is never repeated behind its caller's back.
                 max_retries=0,
+                **options,
             ).remote(request)
             return follow.events(ray, stream)
         except KeyboardInterrupt:
             if stream is None:
                 raise
             return follow.interrupted(ray, stream, request["run_id"])
+
+
+def _tiers(resources: dict[str, float]) -> dict[SecurityTier, float]:
+    found = {tier_of_resource(name): amount for name, amount in resources.items()}
+    return {tier: amount for tier, amount in found.items() if tier is not None}
 
 
 class _Follower:
@@ -196,8 +237,9 @@ class _Follower:
         except RayError as exc:
             where = f" on node {self.node}" if self.node else ""
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            raise TierUnavailable(
-                f"the cluster at {self.address} lost the run{where}: {type(exc).__name__}: {first}"
+            raise NodeLost(
+                f"the cluster at {self.address} lost the run{where}: {type(exc).__name__}: {first}",
+                self.node,
             ) from None
 
     def _final(self, event: Event) -> ExecutionResult:

@@ -142,7 +142,8 @@ def test_map_fills_the_free_slots_of_both_nodes_and_keeps_input_order(client, cl
     keeper = Gatekeeper(token, 6, 3)
     try:
         assert wait_until(lambda: waiting(other), 120), "the holding run never started"
-        assert wait_until(lambda: ray.available_resources().get(resource_name(SecurityTier.TIER1)) == 3, 30)
+        slot = resource_name(SecurityTier.TIER1)
+        assert wait_until(lambda: ray.available_resources().get(slot) == 3, 30)
         items: list = gated_items(token, 6)
         items.insert(3, "raise ValueError('a bad item')")
         keeper.start()

@@ -166,7 +166,7 @@ def _fan_out(
             except Exception as exc:
                 if not isinstance(exc, SymbiError):
                     executor.orchestrator.log.warning("map item %d failed", index, exc_info=True)
-                return failed(code, plan, exc)
+                return failed_result(code, plan, exc)
 
     bar = _bar(len(pairs), plan.tier, show)
     pool = concurrent.futures.ThreadPoolExecutor(width, thread_name_prefix="symbi-map")
@@ -278,7 +278,7 @@ def _admit(
     return plan
 
 
-def failed(code: str | bytes, plan: Plan, exc: Exception) -> ExecutionResult:
+def failed_result(code: str | bytes, plan: Plan, exc: Exception) -> ExecutionResult:
     """The result of an item that never ran: ``error`` says why."""
     data = code.encode("utf-8", "surrogateescape") if isinstance(code, str) else code
     return ExecutionResult(

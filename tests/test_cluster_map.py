@@ -106,7 +106,9 @@ def node_of_item(pid: int, cluster: Cluster) -> str | None:
         ancestry.add(pid)
         with open(f"/proc/{pid}/stat") as f:
             pid = int(f.read().rsplit(")", 1)[1].split()[1])
-    for container in docker.from_env().containers.list(filters={"label": HOST_LABEL}):
+    for container in docker.from_env().containers.list(
+        filters={"label": HOST_LABEL}, ignore_removed=True
+    ):
         if container.attrs["State"]["Pid"] in ancestry:
             return tags.get(container.labels[HOST_LABEL])
     return None

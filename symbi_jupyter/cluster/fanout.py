@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..errors import NodeLost
-from ..fanout import Executor, Plan, failed
+from ..fanout import Executor, Plan, failed_result
 from ..result import ExecutionResult
 
 if TYPE_CHECKING:
@@ -66,7 +66,7 @@ class ClusterExecutor(Executor):
     @staticmethod
     def _lost(code: str | bytes, plan: Plan, lost: NodeLost, note: str) -> ExecutionResult:
         """The failed result of an item whose node was lost: ``node`` is that node."""
-        result = failed(code, plan, lost)
+        result = failed_result(code, plan, lost)
         result.error = f"{result.error}; {note}"
         result.node = lost.node
         return result

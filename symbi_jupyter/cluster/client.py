@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -29,6 +30,9 @@ from .agent import Event, run_on_node
 _ERRORS: dict[str, type[SymbiError]] = {
     cls.__name__: cls for cls in (PolicyViolation, TierUnavailable, ConfigError)
 }
+
+#: Seconds :meth:`ClusterClient.free` waits for Ray's view of held slots to settle.
+SETTLE_SECONDS = 0.3
 
 _task: Any = None  # run_on_node as a Ray remote function, exported once per process
 
@@ -76,10 +80,18 @@ class ClusterClient:
         """The tiers the cluster's nodes advertise, with their slots in all."""
         return _tiers(self.ray().cluster_resources())
 
-    def free(self, tier: SecurityTier) -> float:
-        """The slots of ``tier`` no run holds now, in all (Ray's view of them, which
-        follows the nodes' reports by a moment)."""
-        return _tiers(self.ray().available_resources()).get(tier, 0.0)
+    def free(self, tier: SecurityTier, settle: float = SETTLE_SECONDS) -> float:
+        """The slots of ``tier`` no run holds now, in all. Ray's view of them follows
+        the nodes' reports (every 100 ms): a run that has just ended may still hold
+        its slot there. While some look held, look again for ``settle`` seconds and
+        take the most seen free."""
+        ray = self.ray()
+        free = _tiers(ray.available_resources()).get(tier, 0.0)
+        deadline = time.monotonic() + settle
+        while free < self.offered().get(tier, 0.0) and time.monotonic() < deadline:
+            time.sleep(0.05)
+            free = max(free, _tiers(ray.available_resources()).get(tier, 0.0))
+        return free
 
     def require(self, tier: SecurityTier) -> None:
         """:class:`TierUnavailable` naming what the cluster offers, if no node offers

@@ -19,6 +19,7 @@ up``/``cluster down``, under a state directory of its own), one CPU per node.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -119,17 +120,39 @@ def _noop() -> None:
     return None
 
 
-def fan_out(
-    orch: SandboxOrchestrator, tier: SecurityTier, cells: int, n: int
-) -> tuple[float, list[Any]]:
-    """Seconds of one map of ``cells`` CPU-bound cells, and its results."""
+def cpu_busy() -> tuple[float, float]:
+    """The machine's CPU seconds (all cores) busy and idle so far, from /proc/stat."""
+    with open("/proc/stat") as f:
+        fields = [int(v) for v in f.readline().split()[1:]]
+    tick = os.sysconf("SC_CLK_TCK")
+    idle = fields[3] + fields[4]  # idle, iowait
+    return (sum(fields[:8]) - idle) / tick, idle / tick
+
+
+@dataclasses.dataclass
+class Fanned:
+    seconds: float
+    results: list[Any]
+    busy: float  # the machine's busy CPU seconds during the map, all work
+    idle: float
+
+    @property
+    def cells_cpu(self) -> float:
+        return sum(r.cpu_seconds or 0.0 for r in self.results)
+
+
+def fan_out(orch: SandboxOrchestrator, tier: SecurityTier, cells: int, n: int) -> Fanned:
+    """One map of ``cells`` CPU-bound cells: its seconds, results, and the machine's
+    CPU time meanwhile (the cells' own, and everything else's)."""
     code = LOOP.format(n=n) + "print(x)\n"
     orch.execute_code(tier, code)  # warm-up: the node's image and interpreter
+    busy, idle = cpu_busy()
     seconds, results = timed(lambda: orch.map([code] * cells, tier=tier, progress=False))
+    busy2, idle2 = cpu_busy()
     failed = [str(r) for r in results if not r.success]
     if failed:
         raise SystemExit(f"{len(failed)} cells failed, e.g. {failed[0]}")
-    return seconds, results
+    return Fanned(seconds, results, busy2 - busy, idle2 - idle)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -166,31 +189,34 @@ def main(argv: list[str] | None = None) -> int:
                 one = orchestrator("one", address)
                 try:
                     medians = latency(local, one, args.runs, args.idle)
-                    single, results = fan_out(one, tier, args.cells, n)
+                    single = fan_out(one, tier, args.cells, n)
                 finally:
                     one.close()
             with trial_cluster(root, 2, tier) as address:
                 two = orchestrator("two", address)
                 try:
-                    double, results2 = fan_out(two, tier, args.cells, n)
+                    double = fan_out(two, tier, args.cells, n)
                 finally:
                     two.close()
         finally:
             local.close()
-    cpu = statistics.median(r.cpu_seconds for r in results + results2 if r.cpu_seconds)
-    nodes = len({r.node for r in results2})
+    everything = single.results + double.results
+    cpu = statistics.median(r.cpu_seconds for r in everything if r.cpu_seconds)
+    nodes = len({r.node for r in double.results})
     added = (medians["cluster"] - medians["local"]) * 1000
     print(f"trivial {TIER.display_name} cell, median of {args.runs}, alternating:")
     print(f"  on this host                          {medians['local'] * 1000:7.1f} ms")
     print(f"  through a one-node cluster            {medians['cluster'] * 1000:7.1f} ms")
     print(f"  added by the cluster                  {added:+7.1f} ms  (target <= +10 ms)")
     print(f"  a no-op Ray task on the tier's slot   {medians['ray'] * 1000:7.1f} ms")
-    print(
-        f"map of {args.cells} CPU-bound {tier.display_name} cells ({cpu:.2f} s CPU each, median):"
-    )
-    print(f"  one node, one slot                    {single:7.1f} s")
-    print(f"  two nodes ({nodes} used), one slot each     {double:7.1f} s")
-    print(f"  speed-up                              {single / double:7.2f}x  (target >= 1.8x)")
+    print(f"map of {args.cells} CPU-bound {tier.display_name} cells ({cpu:.2f} s CPU each):")
+    for label, fanned in (("one node, one slot", single), (f"two nodes ({nodes} used)", double)):
+        print(
+            f"  {label:<24} {fanned.seconds:6.1f} s   machine CPU busy {fanned.busy:6.1f} s, "
+            f"idle {fanned.idle:5.1f} s; the cells' own {fanned.cells_cpu:5.1f} s"
+        )
+    speedup = single.seconds / double.seconds
+    print(f"  speed-up                 {speedup:6.2f}x   (target >= 1.8x)")
     print(f"load average {os.getloadavg()[0]:.2f} at the end")
     return 0
 

@@ -318,7 +318,9 @@ def test_cluster_down_leaves_no_ray_process_and_no_container(cluster):
         socket.create_connection((host, int(port)), timeout=2).close()
     import docker
 
-    left = docker.from_env().containers.list(all=True, filters={"label": LABEL})
+    left = docker.from_env().containers.list(
+        all=True, filters={"label": LABEL}, ignore_removed=True
+    )
     assert not [c.short_id for c in left if c.labels.get(HOST_LABEL) in owners]
     assert not Path(root).exists(), sorted(str(p) for p in Path(root).rglob("*"))[:20]
     assert cluster.cli("cluster", "status").returncode == 1

@@ -110,3 +110,18 @@ def start_kernel(name: str, env: dict[str, str]):
             del os.environ["JUPYTER_PATH"]
         else:
             os.environ["JUPYTER_PATH"] = saved
+
+
+def finish(kc, msg_id: str, timeout: float = 60) -> tuple[dict, list[dict]]:
+    """The reply content of request ``msg_id`` and its iopub messages until idle."""
+    reply = kc.get_shell_msg(timeout=timeout)
+    while reply["parent_header"].get("msg_id") != msg_id:
+        reply = kc.get_shell_msg(timeout=timeout)
+    outputs = []
+    while True:
+        msg = kc.get_iopub_msg(timeout=timeout)
+        if msg["parent_header"].get("msg_id") != msg_id:
+            continue
+        if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+            return reply["content"], outputs
+        outputs.append(msg)

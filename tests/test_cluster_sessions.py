@@ -22,7 +22,7 @@ from symbi_jupyter.errors import TierUnavailable
 from symbi_jupyter.orchestrator import SandboxOrchestrator
 
 from .cluster_fixtures import Cluster, need_cluster, trial_cluster
-from .helpers import execute_from_cell, start_kernel, wait_until
+from .helpers import execute_from_cell, finish, start_kernel, wait_until
 
 TIMEOUT = 120
 
@@ -80,21 +80,6 @@ def cluster_kernel(cluster: Cluster):
 
 def start(kc, code: str) -> str:
     return execute_from_cell(kc, code, cell_id=None)
-
-
-def finish(kc, msg_id: str, timeout: float = TIMEOUT) -> tuple[dict, list[dict]]:
-    """The reply of request ``msg_id`` and its iopub messages until idle."""
-    reply = kc.get_shell_msg(timeout=timeout)
-    while reply["parent_header"].get("msg_id") != msg_id:
-        reply = kc.get_shell_msg(timeout=timeout)
-    outputs = []
-    while True:
-        msg = kc.get_iopub_msg(timeout=timeout)
-        if msg["parent_header"].get("msg_id") != msg_id:
-            continue
-        if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
-            return reply["content"], outputs
-        outputs.append(msg)
 
 
 def run(kc, code: str, timeout: float = TIMEOUT) -> tuple[dict, list[dict]]:
@@ -201,7 +186,7 @@ def test_a_kernel_session_lives_on_a_node(cluster):
         msg_id = start(kc, "import time\nprint('sleeping', flush=True)\ntime.sleep(120)")
         wait_for_output(kc, msg_id, "sleeping")
         km.interrupt_kernel()
-        reply, out = finish(kc, msg_id)
+        reply, out = finish(kc, msg_id, TIMEOUT)
         assert reply["status"] == "error" and reply["ename"] == "KeyboardInterrupt"
         assert "interrupted; state kept" in shown(out)
         reply, out = run(kc, "print(x)")
@@ -266,7 +251,7 @@ def test_an_agent_lost_mid_cell(cluster, client):
             msg_id = start(kc, "import time\nprint('running', flush=True)\ntime.sleep(120)")
             wait_for_output(kc, msg_id, "running")
             os.kill(pid, signal.SIGKILL)
-            reply, out = finish(kc, msg_id)
+            reply, out = finish(kc, msg_id, TIMEOUT)
             said = stream(out, "stderr")
             assert reply["status"] == "error" and reply["ename"] == "NodeLost"
             assert f"node {cluster.node2}" in said and "state went with it" in said
@@ -325,7 +310,7 @@ def test_a_node_lost_mid_cell(cluster, client):
         wait_for_output(kc, msg_id, "running")
         [raylet] = [p for p in processes_of(node2_dir) if _program(p) == "raylet"]
         os.kill(raylet, signal.SIGKILL)
-        reply, out = finish(kc, msg_id)
+        reply, out = finish(kc, msg_id, TIMEOUT)
         said = stream(out, "stderr")
         assert reply["status"] == "error" and reply["ename"] == "NodeLost"
         assert f"node {cluster.node2}" in said and "was lost" in said

@@ -26,7 +26,15 @@ from symbi_jupyter.sandboxes.docker import HOST_LABEL
 from symbi_jupyter.sandboxes.supervisor.proctree import host_tag, pid_alive
 from symbi_jupyter.tiers import SecurityTier
 
-from .helpers import NotebookFrontEnd, execute_from_cell, leased, need, start_kernel, wait_until
+from .helpers import (
+    NotebookFrontEnd,
+    execute_from_cell,
+    finish,
+    leased,
+    need,
+    start_kernel,
+    wait_until,
+)
 
 TIMEOUT = 60
 
@@ -331,19 +339,7 @@ def run(
 ) -> tuple[dict, list[dict]]:
     """Execute ``code`` as a notebook front end sends it (``cell_id=None``: as a
     console does); return the reply content and the cell's iopub messages."""
-    msg_id = execute_from_cell(kc, code, cell_id)
-    reply = kc.get_shell_msg(timeout=timeout)
-    while reply["parent_header"].get("msg_id") != msg_id:
-        reply = kc.get_shell_msg(timeout=timeout)
-    outputs = []
-    while True:
-        msg = kc.get_iopub_msg(timeout=timeout)
-        if msg["parent_header"].get("msg_id") != msg_id:
-            continue
-        if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
-            break
-        outputs.append(msg)
-    return reply["content"], outputs
+    return finish(kc, execute_from_cell(kc, code, cell_id), timeout)
 
 
 def stdout(outputs: list[dict]) -> str:

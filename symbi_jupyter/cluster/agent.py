@@ -27,7 +27,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from ..errors import PolicyViolation, SymbiError, TierUnavailable
@@ -52,6 +52,26 @@ Event = tuple[Any, ...]
 
 #: The kinds of event that end a run's stream.
 FINAL = frozenset({"done", "interrupted", "refused", "failed"})
+
+
+def watched(
+    run: _Run, final: Iterable[str], client_alive: Callable[[], bool]
+) -> Iterator[list[Event]]:
+    """``run``'s events in batches as they come, until one of the kinds in ``final``;
+    the run is stopped if Ray cancels the stream or its client's job has ended."""
+    import ray
+
+    context = ray.get_runtime_context()
+    while True:
+        batch = run.take(timeout=WATCH_SECONDS)
+        if batch:
+            yield batch
+            if batch[-1][0] in final:  # the last event of a run is its last
+                return
+        if context.is_canceled():
+            run.stop("the client cancelled it")
+        elif not client_alive():
+            run.stop("its client went away")
 
 
 def stricter(
@@ -186,7 +206,6 @@ class NodeAgent:
         class, message, node, hash)`` or ``("failed", message)``; ``node`` is this
         node (ADDRESS/NODE_ID), ``hash`` the hash of the node's audit record of the
         run (None if the node audits nothing)."""
-        import ray
 
         run = _Run(request["run_id"])
         with self._lock:
@@ -195,18 +214,8 @@ class NodeAgent:
             target=self._work, args=(run, request), name=f"symbi-run-{run.run_id}", daemon=True
         )
         worker.start()
-        context = ray.get_runtime_context()
         try:
-            while True:
-                batch = run.take(timeout=WATCH_SECONDS)
-                if batch:
-                    yield batch
-                    if batch[-1][0] in FINAL:  # the last event of a run is its last
-                        return
-                if context.is_canceled():
-                    run.stop("the client cancelled it")
-                elif not self._client_alive(request["job_id"]):
-                    run.stop("its client went away")
+            yield from watched(run, FINAL, lambda: self._client_alive(request["job_id"]))
         finally:
             # However the stream ends (even closed unread), nothing of the run stays.
             run.stop("its stream ended")

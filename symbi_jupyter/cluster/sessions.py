@@ -121,9 +121,8 @@ class SessionHost:
     def execute(self, session_id: str, cell: dict[str, Any]) -> Iterator[list[Event]]:
         """Run one cell, streaming ``("message", msg)`` events and last ``("outcome",
         CellOutcome, state)`` or ``("lost", why)``."""
-        import ray
 
-        from .agent import WATCH_SECONDS, _Run
+        from .agent import _Run, watched
 
         hosted = self._sessions.get(session_id)
         if hosted is None:
@@ -139,18 +138,10 @@ class SessionHost:
             daemon=True,
         )
         worker.start()
-        context = ray.get_runtime_context()
         try:
-            while True:
-                batch = run.take(timeout=WATCH_SECONDS)
-                if batch:
-                    yield batch
-                    if batch[-1][0] in ("outcome", "lost"):
-                        return
-                if context.is_canceled():
-                    run.stop("the client cancelled it")
-                elif not self.agent._client_alive(hosted.job_id):
-                    run.stop("its client went away")
+            yield from watched(
+                run, ("outcome", "lost"), lambda: self.agent._client_alive(hosted.job_id)
+            )
         finally:
             run.stop("its stream ended")
             worker.join()

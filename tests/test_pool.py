@@ -47,8 +47,9 @@ def test_an_unusable_sandbox_is_destroyed_not_handed_out() -> None:
 
 
 def test_close_destroys_waiting_and_late_sandboxes() -> None:
-    p, gate, late = pool(), threading.Event(), Box(9)
-    p.refill("k", 1, lambda: (gate.wait(5), late)[1])
+    p, gate, making, late = pool(), threading.Event(), threading.Event(), Box(9)
+    p.refill("k", 1, lambda: (making.set(), gate.wait(5), late)[2])
+    assert making.wait(5)
     closer = threading.Thread(target=p.close)
     closer.start()
     gate.set()  # the one being made right now finishes after close() began
@@ -56,3 +57,42 @@ def test_close_destroys_waiting_and_late_sandboxes() -> None:
     assert late.discarded
     p.refill("k", 1, lambda: Box(10))  # a closed pool makes nothing more
     assert p.take("k") is None
+
+
+def hand_over_together(p: ReadyPool[Box], callers: int) -> list[int]:
+    """``callers`` threads hand a removal each to ``p`` at the same moment; the list
+    the removals append their numbers to once done."""
+    done: list[int] = []
+    barrier = threading.Barrier(callers)
+
+    def removal(n: int) -> None:
+        threading.Event().wait(0.05)
+        done.append(n)
+
+    def hand_over(n: int) -> None:
+        barrier.wait()
+        p.later(lambda: removal(n))
+
+    threads = [threading.Thread(target=hand_over, args=(n,)) for n in range(callers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return done
+
+
+def test_close_waits_for_every_removal_handed_over_at_once() -> None:
+    """Runs that end together hand their removals over together (a map's stopped
+    items): close() returns only once every one of them is done."""
+    for _ in range(20):
+        p = pool()
+        done = hand_over_together(p, 8)
+        p.close()
+        assert sorted(done) == list(range(8))
+
+
+def test_a_removal_handed_over_after_close_is_done_before_later_returns() -> None:
+    p, done = pool(), []
+    p.close()
+    p.later(lambda: (threading.Event().wait(0.2), done.append(1)))
+    assert done == [1]

@@ -78,17 +78,27 @@ class ReadyPool(Generic[T]):
                 with self._lock:
                     self._filling.discard(key)
 
-        self._start(fill, f"symbi-{self._name}-pool")
+        if not self._start(fill, f"symbi-{self._name}-pool"):
+            with self._lock:
+                self._filling.discard(key)
 
     def later(self, job: Callable[[], None]) -> None:
-        """Run ``job`` (a removal) in the background; :meth:`close` waits for it."""
-        self._start(job, f"symbi-{self._name}-cleanup")
+        """Run ``job`` (a removal) in the background; :meth:`close` waits for it. Once
+        closed, run it here: nothing waits for a thread started after close."""
+        if not self._start(job, f"symbi-{self._name}-cleanup"):
+            job()
 
-    def _start(self, target: Callable[[], None], name: str) -> None:
+    def _start(self, target: Callable[[], None], name: str) -> bool:
+        """Start ``target`` in a thread :meth:`close` waits for; False once closed."""
         thread = threading.Thread(target=target, name=name, daemon=True)
         with self._lock:
+            if self._closed:
+                return False
+            # Started under the lock: another caller's pruning below must not take a
+            # thread not yet started for one already finished.
+            thread.start()
             self._threads = [t for t in self._threads if t.is_alive()] + [thread]
-        thread.start()
+        return True
 
     def close(self) -> None:
         """Destroy every waiting sandbox, including those being made right now, and

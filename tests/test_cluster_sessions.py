@@ -305,6 +305,7 @@ def test_a_node_lost_mid_cell(cluster, client):
         runner = threading.Thread(target=gvisor)
         runner.start()
         node2_dir = cluster.state["nodes"][1]["temp_dir"]
+        node2 = agent_info(client, cluster.state["nodes"][1]["node_id"])
         assert wait_until(lambda: agent_info(client, cluster.state["nodes"][1]["node_id"])["runs"])
         msg_id = start(kc, "import time\nprint('running', flush=True)\ntime.sleep(120)")
         wait_for_output(kc, msg_id, "running")
@@ -324,18 +325,23 @@ def test_a_node_lost_mid_cell(cluster, client):
         reply, out = run(kc, "print(y if 'y' in dir() else 'fresh')", timeout=240)
         assert reply["status"] == "ok", reply
         assert stream(out) == "fresh\n" and short(cluster.head) in shown(out)
-    # Nothing left: the lost session's container (its agent's reaper removed it), and
-    # on the surviving head neither a session nor a container of the kernel's.
+    # Nothing left: the lost session's container, the one-shot run's and node 2's
+    # pooled ones (its agent's reaper removed them, though Ray's worker ended by
+    # killing its children), and on the surviving head neither a session nor a
+    # container of the kernel's.
     assert wait_until(lambda: container(host) is None, 60)
-    head_id = cluster.state["nodes"][0]["node_id"]
-    assert wait_until(lambda: agent_info(client, head_id)["sessions"] == 0, 30)
-    head = agent_info(client, head_id)
     import docker
 
-    owned = docker.from_env().containers.list(
-        all=True, filters={"label": [LABEL, f"{HOST_LABEL}={host_tag(head['pid'])}"]}
-    )
-    assert owned == []
+    engine = docker.from_env()
+
+    def left_by(pid: int) -> list:
+        labels = [LABEL, f"{HOST_LABEL}={host_tag(pid)}"]
+        return engine.containers.list(all=True, filters={"label": labels}, ignore_removed=True)
+
+    assert wait_until(lambda: not left_by(node2["pid"]), 60), left_by(node2["pid"])
+    head_id = cluster.state["nodes"][0]["node_id"]
+    assert wait_until(lambda: agent_info(client, head_id)["sessions"] == 0, 30)
+    assert left_by(agent_info(client, head_id)["pid"]) == []
 
 
 def _program(pid: int) -> str:

@@ -2,7 +2,10 @@
 and removes that host's containers, running or pooled, at once.
 
 Started by the host with ``python -I -S -B -c BOOTSTRAP PACKAGE_DIR reaper SOCKET
-LABEL``, in a session of its own, reading a pipe from the host. ``q`` on the pipe: the
+LABEL``, in a session of its own, reading a pipe from the host; it leaves the host's
+process tree at once (forks, and the parent exits), since a host that ends may take its
+children with it (a Ray worker kills its children as it exits, and a node agent is
+one) before this process has removed anything. ``q`` on the pipe: the
 host closed normally and removed its own containers; end quietly. End of file without
 it: the host is gone; remove every container labelled ``LABEL`` through the engine's
 unix socket ``SOCKET``. Runs cannot signal it: it runs as root, they as uids of their
@@ -14,6 +17,7 @@ from __future__ import annotations
 import http.client
 import io
 import json
+import os
 import socket
 import sys
 import time
@@ -53,6 +57,8 @@ def remove_labelled(engine_socket: str, label: str) -> list[str]:
 
 def main(argv: list[str]) -> None:
     engine_socket, label = argv[:2]
+    if os.fork():
+        os._exit(0)  # the host waits for this one; the child, init's now, reads on
     said = b""
     stdin = sys.stdin.buffer
     assert isinstance(stdin, io.BufferedReader)  # the pipe from the host

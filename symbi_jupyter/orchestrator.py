@@ -375,6 +375,7 @@ class SandboxOrchestrator(OrchestratorSettings):
             env=env,
             interrupt_grace_seconds=interrupt_grace_seconds,
             record=record,
+            audit=lambda fields: self._audit({}, **fields),
         )
         self._audit(record, outcome="started", duration_seconds=time.monotonic() - started)
         return session

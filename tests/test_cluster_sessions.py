@@ -209,7 +209,8 @@ def test_a_client_that_goes_away_leaves_no_session_worker(cluster, client):
 
 def test_a_session_runs_under_the_stricter_policy(cluster, client, tmp_path):
     """The node's lower ceiling holds for a session, and a session asked above it is
-    refused by the node, which says so; both audited in the client's chain."""
+    refused by the node, which says so; both audited in the client's chain, and each
+    cell too, naming the node's record of it."""
     import json
 
     from symbi_jupyter.errors import PolicyViolation
@@ -225,9 +226,14 @@ def test_a_session_runs_under_the_stricter_policy(cluster, client, tmp_path):
         assert outcome.status == "ok" and outcome.result.node == cluster.node2
     finally:
         session.close()
-    started = json.loads(audit.read_text().splitlines()[-1])
+    started, cell = [json.loads(line) for line in audit.read_text().splitlines()]
     assert started["event"] == "session-start" and started["outcome"] == "started"
     assert started["node"] == cluster.node2 and started["node_audit_hash"]
+    assert cell["event"] == "session-cell" and cell["cell"] == 1
+    assert cell["node"] == cluster.node2 and cell["cluster"] == cluster.address
+    on_node = cluster.node_audit()[cell["node_audit_hash"]]
+    assert on_node["event"] == "session-cell" and on_node["cell"] == 1
+    assert cell["outcome"] == on_node["outcome"] and cell["wall_seconds"] == on_node["wall_seconds"]
     with pytest.raises(PolicyViolation) as refused:
         client.open_session("gvisor", ResourceLimits(max_memory_mb=512))
     assert f"node {cluster.node2} refused the session" in str(refused.value)

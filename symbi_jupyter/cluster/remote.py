@@ -21,8 +21,10 @@ import collections
 import contextlib
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
+from ..audit import CHAIN_FIELDS
 from ..errors import ConfigError, PolicyViolation, SymbiError, TierUnavailable
 from ..limits import ResourceLimits
 from ..result import ExecutionResult
@@ -63,8 +65,10 @@ class RemoteSession(WorkerSession):
         env: dict[str, str],
         interrupt_grace_seconds: float,
         record: dict[str, Any],
+        audit: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         # Not WorkerSession.__init__: there is no worker here, only its node's.
+        self._audit = audit or (lambda record: None)
         ray = client.ray()
         self.ray = ray
         self.tier = tier
@@ -265,6 +269,7 @@ class RemoteSession(WorkerSession):
             if state["lost"] is not None:
                 self._lose(state["lost"])
             outcome: CellOutcome = event[1]
+            self._audit_cell(outcome.status, state.get("audit"))
             return outcome
         return self._lost_cell(self._lose_with(event[1]), time.monotonic() - started)
 
@@ -273,7 +278,23 @@ class RemoteSession(WorkerSession):
         assert self.lost is not None
         return self.lost
 
+    def _audit_cell(self, outcome: str, node_record: dict[str, Any] | None) -> None:
+        """This side's record of a cell: the node's own record of it (its figures,
+        how it ended), with the cluster, the node and that record's hash."""
+        fields = {"tier": self.tier.value, "event": "session-cell", "cell": self.cells}
+        if node_record is not None:
+            fields.update({k: v for k, v in node_record.items() if k not in CHAIN_FIELDS})
+        else:
+            fields["outcome"] = outcome
+        fields.update(
+            cluster=self.address,
+            node=self.node,
+            node_audit_hash=node_record.get("hash") if node_record else None,
+        )
+        self._audit(fields)
+
     def _lost_cell(self, why: str, wall: float) -> CellOutcome:
+        self._audit_cell("lost", None)
         result = ExecutionResult(
             tier=self.tier,
             exit_code=-1,

@@ -164,7 +164,11 @@ class SessionHost:
                     source=cell["source"],
                 )
                 outcome.result.node = self.agent.label
-                run.end(("outcome", outcome, self.state(session)))
+                state = self.state(session)
+                # The node's record of this cell (written in this thread), which the
+                # client's own record names.
+                state["audit"] = self.agent.orchestrator.last_audit_record()
+                run.end(("outcome", outcome, state))
             except BaseException as exc:
                 why = f"node {self.agent.label}: {type(exc).__name__}: {exc}"
                 with contextlib.suppress(Exception):

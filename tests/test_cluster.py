@@ -289,6 +289,35 @@ def test_a_cancelled_task_leaves_no_run(client, cluster):
     assert ended() == ["interrupted"]
 
 
+def test_an_agent_runs_on_the_cluster_from_the_command_line(cluster, tmp_path):
+    """`symbi-jupyter run AGENT_FILE` in a shell whose environment names the cluster:
+    the agent's Tier2 action (node 2 only) runs there, its output and statistics line
+    as locally, the line naming the node."""
+    (tmp_path / "agent.dsl").write_text(
+        "agent Probe {\n"
+        "  security { tier: Tier2 sandbox: Strict capabilities: [] }\n"
+        '  on trigger "go" { run_code("python3", "print(6 * 7)") }\n'
+        "}\n"
+    )
+    env = {
+        **cluster.env,
+        "SYMBIONT_CLUSTER_ADDRESS": cluster.address,
+        "RAY_AUTH_TOKEN_PATH": cluster.token,
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "symbi_jupyter.cli", "run", "agent.dsl"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "42\n"
+    [stats] = [line for line in done.stderr.splitlines() if line.startswith("[symbi]")]
+    assert f"on node 127.0.0.1/{cluster.state['nodes'][1]['node_id'][:8]}" in stats, stats
+
+
 def test_cluster_status_names_each_node_and_its_tiers(cluster):
     shown = cluster.cli("cluster", "status")
     assert shown.returncode == 0, shown.stderr

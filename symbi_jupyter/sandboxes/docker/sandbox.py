@@ -194,6 +194,9 @@ class DockerSandbox(Sandbox):
             # Out of the kernel's process group, so that it outlives the kernel.
             start_new_session=True,
         )
+        # The reaper forks and this child exits at once: waited for, it leaves no
+        # zombie under the kernel.
+        threading.Thread(target=self._reaper.wait, name="symbi-reaper-wait", daemon=True).start()
 
     def _measurable(self) -> bool:
         """Whether a container's figures can be read from a cgroup parent of ours: a

@@ -133,6 +133,12 @@ class _Run:
     def put(self, event: Event) -> None:
         self.events.put(event)
 
+    def put_output(self, stream: str, chunk: bytes) -> None:
+        self.events.put(("output", stream, chunk))
+
+    def put_sample(self, sample: Any) -> None:
+        self.events.put(("sample", sample))
+
     def end(self, event: Event) -> None:
         self.finished.set()
         self.events.put(event)
@@ -205,7 +211,8 @@ class NodeAgent:
         hash)``, ``("interrupted", result | None, node, hash)``, ``("refused", error
         class, message, node, hash)`` or ``("failed", message)``; ``node`` is this
         node (ADDRESS/NODE_ID), ``hash`` the hash of the node's audit record of the
-        run (None if the node audits nothing)."""
+        run (None if the node audits nothing). Output and samples come only where the
+        request's ``follow`` asks for them (the result has them all)."""
 
         run = _Run(request["run_id"])
         with self._lock:
@@ -290,6 +297,7 @@ class NodeAgent:
                         denied = PolicyViolation(why)
                         orch.audit_refusal(tier, denied, client_job=request["job_id"])
                         raise denied
+                follow = request.get("follow", {"output": True, "samples": True})
                 result = orch.execute_code(
                     tier,
                     request["code"],
@@ -297,8 +305,8 @@ class NodeAgent:
                     language=request["language"],
                     limits=limits,
                     first_line=request["first_line"],
-                    on_output=lambda name, chunk: run.put(("output", name, chunk)),
-                    on_sample=lambda sample: run.put(("sample", sample)),
+                    on_output=run.put_output if follow["output"] else None,
+                    on_sample=run.put_sample if follow["samples"] else None,
                     on_admitted=lambda chosen, limits: run.put(
                         ("admitted", chosen.value, limits, self.label)
                     ),

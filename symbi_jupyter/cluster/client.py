@@ -157,6 +157,9 @@ class ClusterClient:
             "limits": limits,
             "ceilings": ceilings,
             "first_line": first_line,
+            # What this side follows as it comes; the rest is only in the result, so
+            # that a map's runs do not send four samples a second each for nothing.
+            "follow": {"output": on_output is not None, "samples": on_sample is not None},
         }
         if _task is None:
             _task = ray.remote(run_on_node)

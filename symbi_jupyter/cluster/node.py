@@ -24,7 +24,7 @@ from .. import policy
 from ..errors import ConfigError, SymbiError, TierUnavailable
 from ..limits import host_cores
 from ..tiers import SecurityTier
-from . import auth, processes, rayctl, resource_name
+from . import auth, processes, rayctl, resource_name, tls
 
 
 @dataclasses.dataclass
@@ -138,6 +138,7 @@ def start_node(
     agent. ``shared_host``: other nodes run on this machine too (a trial cluster), so
     no fixed port of Ray's is used. On failure, what it started is stopped again."""
     config = os.path.abspath(config) if config else None
+    tls.environment()  # a TLS key others could read: refused before anything starts
     if temp_dir:
         temp_dir = closed_directory(temp_dir)
     plan = plan_tiers(tiers, slots or host_cores(), config)

@@ -22,7 +22,7 @@ from types import ModuleType
 from typing import Any
 
 from ..errors import ConfigError, TierUnavailable
-from . import INSTALL_HINT, MIN_RAY_VERSION, NAMESPACE, auth
+from . import INSTALL_HINT, MIN_RAY_VERSION, NAMESPACE, auth, tls
 
 _connect_lock = threading.Lock()
 _connected: str | None = None
@@ -70,9 +70,12 @@ def ray_command(*args: str) -> list[str]:
 
 def connect(address: str, *, temp_dir: str | None = None) -> Any:
     """Connect this process to the cluster at ``address`` (once; a second cluster in
-    the same process is a :class:`ConfigError`) with the project's token, and return
-    the ``ray`` module. ``temp_dir``: attach to the node started with it (a node's own
-    ``node start``), not to any node of this machine."""
+    the same process is a :class:`ConfigError`) with the project's token, and TLS
+    where ``RAY_USE_TLS`` and the ``RAY_TLS_*`` files are in this process's
+    environment by then (Ray reads them when it connects: set them before the first
+    run on the cluster), and return the ``ray`` module. ``temp_dir``: attach to the
+    node started with it (a node's own ``node start``), not to any node of this
+    machine."""
     global _connected
     ray = import_ray()
     with _connect_lock:
@@ -133,7 +136,9 @@ def use_token() -> None:
 
 def probe(address: str, timeout: float = 5.0) -> None:
     """Fail fast, and say why, where Ray would retry for a minute: nothing listening at
-    ``address`` (:class:`TierUnavailable`), or a token it refuses (:class:`ConfigError`)."""
+    ``address`` (:class:`TierUnavailable`), TLS on one side only or certificates the
+    other side does not accept (:class:`ConfigError`, :func:`.tls.check_peer`), or a
+    token it refuses (:class:`ConfigError`)."""
     host, _, port = address.rpartition(":")
     try:
         with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
@@ -143,6 +148,7 @@ def probe(address: str, timeout: float = 5.0) -> None:
             f"no Ray cluster answers at {address} ({exc.strerror or exc}); start one with "
             "`symbi-jupyter cluster up` or `symbi-jupyter node start`"
         ) from None
+    tls.check_peer(address, timeout)
     from ray.exceptions import AuthenticationError
 
     try:

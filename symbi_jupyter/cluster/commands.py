@@ -72,7 +72,8 @@ def add_cluster(subparsers: argparse._SubParsersAction) -> None:
         help="start a trial cluster on 127.0.0.1 and print its address",
         description="Start a head and NODES-1 more nodes on this machine, reachable on "
         "127.0.0.1 only, each a `node start` of its own with token authentication, and "
-        "print the cluster's address (for SYMBIONT_CLUSTER_ADDRESS). --tiers and "
+        "print the cluster's address (for SYMBIONT_CLUSTER_ADDRESS); --tls: with TLS "
+        "on Ray's channels too. --tiers and "
         "--config are given once for every node, or once per node, the head first. "
         "Exit 0 on success, 2 on a usage or configuration error, 3 if a tier cannot run.",
     )
@@ -90,12 +91,20 @@ def add_cluster(subparsers: argparse._SubParsersAction) -> None:
     up.add_argument(
         "--num-cpus", type=int, default=1, metavar="N", help="CPUs Ray counts per node (1)"
     )
+    up.add_argument(
+        "--tls",
+        action="store_true",
+        help="TLS on Ray's gRPC channels: make a private CA and a certificate for "
+        "127.0.0.1 (openssl) next to the token, start every node with them, and print "
+        "the RAY_USE_TLS/RAY_TLS_* variables a client needs",
+    )
     up.set_defaults(func=_cluster_up)
     down = actions.add_parser(
         "down",
         help="stop what `cluster up` started, and nothing else",
         description="Stop each node's agent (its runs, pooled containers), then every "
-        "process of the trial cluster's nodes, then any container an agent left. Ray "
+        "process of the trial cluster's nodes, then any container an agent left, and "
+        "remove its TLS files, if any. Ray "
         "processes that `cluster up` did not start are left alone. Exit 0 if nothing "
         "is left, 1 if a process could not be stopped.",
     )
@@ -142,6 +151,7 @@ def _cluster_up(args: argparse.Namespace) -> int:
             configs=args.config,
             slots=args.slots,
             num_cpus=args.num_cpus,
+            use_tls=args.tls,
         ),
     )
 

@@ -7,7 +7,10 @@ What ``up`` started is written to a state file (``$XDG_STATE_HOME/symbi-jupyter/
 cluster/local.json``), so that ``down`` stops exactly that: each agent first (its
 runs, pooled containers and helpers), then every process of the nodes' directories,
 then any container an agent left; Ray's processes elsewhere on the machine, whoever
-started them, are left alone.
+started them, are left alone. ``up --tls`` also makes the cluster's CA, certificate
+and key (:func:`.tls.make_files`) next to the state file, starts every node with
+them, and records them there; ``down`` and ``status`` connect with them, and
+``down`` removes them.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import shutil
 import tempfile
 import time
@@ -23,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from . import NAMESPACE, agent_name, auth, processes, rayctl
+from . import NAMESPACE, agent_name, auth, processes, rayctl, tls
 from .node import start_node
 
 #: Where nodes of a trial cluster listen: this machine only.
@@ -76,11 +80,13 @@ def up(
     slots: int | None = None,
     num_cpus: int = 1,
     object_store_mb: int = 128,
+    use_tls: bool = False,
     say: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Start a trial cluster of ``nodes`` nodes on 127.0.0.1 and return its state.
     ``tiers`` (comma-separated lists) and ``configs`` (config.toml files) are given
-    once for every node or once per node, the head first."""
+    once for every node or once per node, the head first. ``use_tls``: TLS on Ray's
+    gRPC channels, with certificates made for it (this process then uses them too)."""
     if nodes < 1:
         raise ConfigError(f"--nodes {nodes}: a cluster has at least one node (its head)")
     tier_lists = per_node(tiers, nodes, "--tiers")
@@ -97,6 +103,10 @@ def up(
     state = {"address": None, "root": root, "nodes": [], "token": str(auth.ensure_token())}
     _write_state(state)
     try:
+        if use_tls:
+            state["tls"] = tls.make_files(state_path().parent, LOOPBACK)
+            _write_state(state)
+            _use_tls(state)
         for index in range(nodes):
             directory = os.path.join(root, f"n{index}")
             os.mkdir(directory, 0o700)
@@ -128,7 +138,13 @@ def up(
         raise
     plural = "s" if nodes > 1 else ""
     say(f"cluster up at {state['address']} ({nodes} node{plural}); token {state['token']}")
-    say(f"use it: SYMBIONT_CLUSTER_ADDRESS={state['address']}")
+    if state.get("tls"):
+        say(
+            "TLS on its gRPC channels: a client needs the RAY_TLS_* files (the key is as "
+            "secret as the token; it stays 0600)"
+        )
+    client_env = {**state.get("tls", {}), "SYMBIONT_CLUSTER_ADDRESS": state["address"]}
+    say("use it: " + " ".join(f"{k}={shlex.quote(v)}" for k, v in client_env.items()))
     return state
 
 
@@ -139,6 +155,7 @@ def down(say: Callable[[str], None] = print) -> bool:
         say("no trial cluster is up")
         return True
     agent_pids = {n["agent_pid"] for n in state["nodes"] if n.get("agent_pid")}
+    _use_tls(state)
     if state.get("address"):
         agent_pids |= _shut_agents(state)
     left: set[int] = set()
@@ -163,6 +180,7 @@ def status(say: Callable[[str], None] = print) -> bool:
     if state is None or not state.get("address"):
         say("no trial cluster is up")
         return False
+    _use_tls(state)
     ray = rayctl.connect(state["address"])
     try:
         say(f"cluster at {state['address']}")
@@ -219,11 +237,19 @@ def _remove_containers(agent_pids: set[int]) -> list[str]:
     return removed
 
 
+def _use_tls(state: dict[str, Any]) -> None:
+    """This process connects to a cluster ``up --tls`` started with its files (Ray
+    reads them from the environment)."""
+    if state.get("tls"):
+        os.environ.update(state["tls"])
+
+
 def _forget(state: dict[str, Any]) -> None:
     for _ in range(5):  # a daemon's last log line may land while the tree goes
         shutil.rmtree(state["root"], ignore_errors=True)
         if not os.path.exists(state["root"]):
             break
         time.sleep(0.2)
+    tls.remove_files(state.get("tls", {}))
     with contextlib.suppress(FileNotFoundError):
         state_path().unlink()

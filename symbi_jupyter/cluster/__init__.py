@@ -5,7 +5,9 @@ Ray (the optional extra ``symbi-jupyter[cluster]``) is imported only here, and o
 when a cluster is used. The modules:
 
 ``auth``     the token every cluster the project starts requires (Ray's token
-             authentication); TLS through Ray's own ``RAY_USE_TLS``/``RAY_TLS_*``
+             authentication)
+``tls``      TLS through Ray's own ``RAY_USE_TLS``/``RAY_TLS_*``: their key checked,
+             a trial cluster's certificates made, a mismatch said at once
 ``rayctl``   importing Ray, running its CLI and connecting to a cluster
 ``node``     ``symbi-jupyter node start``: advertise the tiers that work here, start
              or join Ray, start this node's agent

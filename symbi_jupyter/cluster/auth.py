@@ -12,7 +12,9 @@ a cluster, or runs a client of it, once the head's token file is copied to it.
 
 TLS on Ray's gRPC channels is Ray's own: ``RAY_USE_TLS=1`` with
 ``RAY_TLS_SERVER_CERT``, ``RAY_TLS_SERVER_KEY`` and ``RAY_TLS_CA_CERT`` in the
-environment of every node and client; they pass through unchanged.
+environment of every node and client; they pass through unchanged, checked by
+:mod:`.tls` (its key as this module checks the token); ``cluster up --tls`` makes
+them for a trial cluster.
 """
 
 from __future__ import annotations

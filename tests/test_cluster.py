@@ -225,6 +225,18 @@ def test_a_client_without_the_token_is_refused(cluster, tmp_path):
     assert allowed.communicate(timeout=120)[0] == "in\n"
 
 
+def test_a_tls_client_of_a_cluster_without_tls_is_told_at_once(cluster, tmp_path):
+    """RAY_USE_TLS on one side only: said on connecting, where Ray would retry for a
+    minute and then say only that the cluster does not answer."""
+    from symbi_jupyter.cluster import tls
+
+    files = tls.make_files(tmp_path / "tls")
+    told = _client(cluster, "print(1)", RAY_AUTH_TOKEN_PATH=cluster.token, **files)
+    said = told.communicate(timeout=120)[0]
+    assert said.startswith(f"ConfigError: the cluster at {cluster.address} does not use TLS")
+    assert "this client has RAY_USE_TLS=1" in said
+
+
 def test_a_client_that_goes_away_leaves_no_run(cluster):
     """Killed mid-run, its node stops the sandbox by the stop path: the node's record
     of the run says interrupted, long before the code would have ended."""

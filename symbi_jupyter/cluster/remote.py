@@ -281,7 +281,11 @@ class RemoteSession(WorkerSession):
     def _audit_cell(self, outcome: str, node_record: dict[str, Any] | None) -> None:
         """This side's record of a cell: the node's own record of it (its figures,
         how it ended), with the cluster, the node and that record's hash."""
-        fields = {"tier": self.tier.value, "event": "session-cell", "cell": self.cells}
+        fields: dict[str, Any] = {
+            "tier": self.tier.value,
+            "event": "session-cell",
+            "cell": self.cells,
+        }
         if node_record is not None:
             fields.update({k: v for k, v in node_record.items() if k not in CHAIN_FIELDS})
         else:

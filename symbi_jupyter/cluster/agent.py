@@ -20,6 +20,7 @@ one SIGINT takes (:class:`~symbi_jupyter.sandboxes._sigint.StopButton`).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import ipaddress
 import logging
@@ -35,7 +36,7 @@ from ..limits import CEILING_TRAITS, ResourceLimits
 from ..result import ExecutionResult
 from ..sandboxes._sigint import StopButton
 from ..tiers import SecurityTier
-from . import NAMESPACE, agent_name
+from . import NAMESPACE, agent_name, rayctl
 from .sessions import SessionHost
 
 logger = logging.getLogger(__name__)
@@ -408,6 +409,27 @@ def start_agent(
     agent: Any = actor.remote(config, node_id, address, tiers)
     ray.get(agent.info.remote(), timeout=120)
     return agent
+
+
+def shut_down_agents(address: str, node_ids: Iterable[str]) -> set[int]:
+    """Ask the agents of ``node_ids`` on the cluster at ``address`` to stop their runs,
+    sessions and pooled containers (:meth:`NodeAgent.shutdown`), then end them for
+    good (a detached agent is otherwise restarted); their pids, for the containers
+    they may have left. A cluster or an agent that does not answer is passed over:
+    the processes of its node are stopped after this anyway."""
+    pids: set[int] = set()
+    with contextlib.suppress(Exception):  # a dead head: no agent answers
+        ray = rayctl.connect(address)
+        try:
+            for node_id in node_ids:
+                with contextlib.suppress(Exception):
+                    agent = ray.get_actor(agent_name(node_id), namespace=NAMESPACE)
+                    pids.add(ray.get(agent.info.remote(), timeout=30)["pid"])
+                    ray.get(agent.shutdown.remote(), timeout=60)
+                    ray.kill(agent, no_restart=True)
+        finally:
+            rayctl.disconnect()
+    return pids
 
 
 def describe(info: dict[str, Any]) -> str:

@@ -28,6 +28,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from . import NAMESPACE, agent_name, auth, processes, rayctl, tls
+from .agent import shut_down_agents
 from .node import start_node
 
 #: Where nodes of a trial cluster listen: this machine only.
@@ -157,11 +158,13 @@ def down(say: Callable[[str], None] = print) -> bool:
     agent_pids = {n["agent_pid"] for n in state["nodes"] if n.get("agent_pid")}
     _use_tls(state)
     if state.get("address"):
-        agent_pids |= _shut_agents(state)
+        agent_pids |= shut_down_agents(
+            state["address"], [n["node_id"] for n in state["nodes"] if n.get("node_id")]
+        )
     left: set[int] = set()
     for node in reversed(state["nodes"]):  # the head last
         left |= processes.stop_all(node["temp_dir"])
-    containers = _remove_containers(agent_pids)
+    containers = processes.remove_containers(agent_pids)
     if containers:
         say(f"removed {len(containers)} container(s) the agents left: {', '.join(containers)}")
     if left:
@@ -193,48 +196,6 @@ def status(say: Callable[[str], None] = print) -> bool:
     finally:
         rayctl.disconnect()
     return True
-
-
-def _shut_agents(state: dict[str, Any]) -> set[int]:
-    """Ask each agent to stop its runs and close its orchestrator; their pids."""
-    pids: set[int] = set()
-    with contextlib.suppress(Exception):  # a dead head: its processes go below anyway
-        ray = rayctl.connect(state["address"])
-        try:
-            for node in state["nodes"]:
-                if not node.get("node_id"):
-                    continue
-                with contextlib.suppress(Exception):
-                    agent = ray.get_actor(agent_name(node["node_id"]), namespace=NAMESPACE)
-                    pids.add(ray.get(agent.info.remote(), timeout=30)["pid"])
-                    ray.get(agent.shutdown.remote(), timeout=60)
-        finally:
-            rayctl.disconnect()
-    return pids
-
-
-def _remove_containers(agent_pids: set[int]) -> list[str]:
-    """Remove the project's containers whose owner is one of ``agent_pids``."""
-    if not agent_pids:
-        return []
-    from ..sandboxes.docker.options import HOST_LABEL, LABEL
-    from ..sandboxes.supervisor.proctree import host_tag
-
-    try:
-        import docker
-
-        client = docker.from_env()
-        found = client.containers.list(all=True, filters={"label": LABEL}, ignore_removed=True)
-    except Exception:
-        return []  # no engine: no container either
-    owners = {host_tag(pid) for pid in agent_pids}
-    removed = []
-    for container in found:
-        if container.labels.get(HOST_LABEL) in owners:
-            with contextlib.suppress(Exception):
-                container.remove(force=True)
-                removed.append(container.short_id)
-    return removed
 
 
 def _use_tls(state: dict[str, Any]) -> None:

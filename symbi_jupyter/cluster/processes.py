@@ -3,7 +3,8 @@
 ``ray stop`` stops every Ray process of the machine, whoever started it; a node the
 project starts has a directory of its own (Ray's ``--temp-dir``), which the command
 line of each of its daemons names, and its workers and their sandboxes are their
-descendants. Those, and only those, are stopped.
+descendants. Those, and only those, are stopped; then the containers their agent
+left.
 """
 
 from __future__ import annotations
@@ -63,6 +64,31 @@ def stop_all(directory: str, rounds: int = 5) -> set[int]:
         if left:
             return left
     return processes_of(directory)
+
+
+def remove_containers(agent_pids: set[int]) -> list[str]:
+    """Remove the project's containers whose owner is one of ``agent_pids`` (a node's
+    agents, whose reaper may not have come round yet); their short ids."""
+    if not agent_pids:
+        return []
+    from ..sandboxes.docker.options import HOST_LABEL, LABEL
+    from ..sandboxes.supervisor.proctree import host_tag
+
+    try:
+        import docker
+
+        client = docker.from_env()
+        found = client.containers.list(all=True, filters={"label": LABEL}, ignore_removed=True)
+    except Exception:
+        return []  # no engine: no container either
+    owners = {host_tag(pid) for pid in agent_pids}
+    removed = []
+    for container in found:
+        if container.labels.get(HOST_LABEL) in owners:
+            with contextlib.suppress(Exception):
+                container.remove(force=True)
+                removed.append(container.short_id)
+    return removed
 
 
 def _ancestry() -> set[int]:

@@ -10,7 +10,7 @@ when a cluster is used. The modules:
              a trial cluster's certificates made, a mismatch said at once
 ``rayctl``   importing Ray, running its CLI and connecting to a cluster
 ``node``     ``symbi-jupyter node start``: advertise the tiers that work here, start
-             or join Ray, start this node's agent
+             or join Ray, start this node's agent; ``node stop``: leave the cluster
 ``agent``    the node agent (a Ray actor): a local orchestrator configured by the
              node's operator files; runs requests under the stricter of both policies
 ``client``   a client's dispatch: the task that needs the tier's resource, the

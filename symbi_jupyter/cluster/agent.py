@@ -52,7 +52,11 @@ LOST_SECONDS = 30.0
 Event = tuple[Any, ...]
 
 #: The kinds of event that end a run's stream.
-FINAL = frozenset({"done", "interrupted", "refused", "failed"})
+FINAL = frozenset({"done", "interrupted", "refused", "failed", "lost"})
+
+#: Why :meth:`NodeAgent.shutdown` stops a run: the node leaves the cluster, and its
+#: client is told the node was lost, not that it interrupted the run.
+SHUTTING_DOWN = "the node is shutting down"
 
 
 def watched(
@@ -210,7 +214,8 @@ class NodeAgent:
         ``("admitted", tier, limits, node)``, ``("output", stream, bytes)``,
         ``("sample", UsageSample)``, and last one of ``("done", result, node,
         hash)``, ``("interrupted", result | None, node, hash)``, ``("refused", error
-        class, message, node, hash)`` or ``("failed", message)``; ``node`` is this
+        class, message, node, hash)``, ``("lost", message, node)`` (the node is
+        leaving the cluster) or ``("failed", message)``; ``node`` is this
         node (ADDRESS/NODE_ID), ``hash`` the hash of the node's audit record of the
         run (None if the node audits nothing). Output and samples come only where the
         request's ``follow`` asks for them (the result has them all)."""
@@ -272,10 +277,10 @@ class NodeAgent:
         with self._lock:
             runs = list(self._runs.values())
         for run in runs:
-            run.stop("the node is shutting down")
+            run.stop(SHUTTING_DOWN)
         for run in runs:
             run.finished.wait(timeout=30)
-        self.sessions.close_all("the node is shutting down")
+        self.sessions.close_all(SHUTTING_DOWN)
         self.orchestrator.close()
         return len(runs)
 
@@ -315,6 +320,10 @@ class NodeAgent:
                 result.node = self.label
                 run.end(("done", result, self.label, _hash(orch.last_audit_record())))
             except KeyboardInterrupt as exc:
+                why = self.lost_because(run)
+                if why is not None:
+                    run.end(("lost", why, self.label))
+                    return
                 partial = exc.args[0] if exc.args else None
                 if isinstance(partial, ExecutionResult):
                     partial.node = self.label
@@ -328,6 +337,13 @@ class NodeAgent:
                 run.end(("refused", type(exc).__name__, message, self.label, _hash(record)))
             except BaseException as exc:
                 run.end(("failed", f"node {self.label}: {type(exc).__name__}: {exc}"))
+
+    def lost_because(self, run: _Run) -> str | None:
+        """Why ``run`` was stopped, if the node went (the client is told it lost the
+        run, not that it interrupted it); None otherwise."""
+        if run.stopped_because == SHUTTING_DOWN:
+            return f"node {self.label} left the cluster mid-run (node stop, cluster down)"
+        return None
 
     def _client_alive(self, job_id: str) -> bool:
         """Whether the client's job is alive, by Ray's job table (looked at most once

@@ -221,6 +221,11 @@ class _Follower:
                     self.on_admitted(SecurityTier.parse(event[1]), event[2])
             elif kind in ("done", "interrupted", "refused"):
                 return self._final(event)
+            elif kind == "lost":
+                raise NodeLost(
+                    f"the cluster at {self.address} lost the run on node {event[2]}: {event[1]}",
+                    event[2],
+                )
             elif kind == "failed":
                 raise TierUnavailable(f"the cluster at {self.address} could not run it: {event[1]}")
         raise TierUnavailable(f"the cluster at {self.address} ended the run without a result")

@@ -18,7 +18,7 @@ _TIERS_HELP = "none, tier1/docker, tier2/gvisor, tier3/microvm"
 
 
 def add_node(subparsers: argparse._SubParsersAction) -> None:
-    """Register ``node start``."""
+    """Register ``node start|stop``."""
     from ..cli import needs_subcommand
 
     node = subparsers.add_parser("node", help="make this machine a node of a Ray cluster")
@@ -58,6 +58,20 @@ def add_node(subparsers: argparse._SubParsersAction) -> None:
         "--temp-dir", metavar="DIR", help="Ray's directory for this node (default: a new one)"
     )
     start.set_defaults(func=_node_start)
+    stop = actions.add_parser(
+        "stop",
+        help="stop the node this machine started, and nothing else",
+        description="Stop a node that `node start` (or `cluster up`) started on this "
+        "machine: its agent (its runs, sessions, pooled containers), then every process "
+        "of its Ray directory, then any container its agent left. Its clients' runs end "
+        "with NodeLost. Ray processes of other nodes are left alone. Without --temp-dir, "
+        "the one node `node start` recorded here. Exit 0 if nothing of it is left, 1 if "
+        "a process could not be stopped, 2 if no such node is known.",
+    )
+    stop.add_argument(
+        "--temp-dir", metavar="DIR", help="Ray's directory of the node (as `node start` printed)"
+    )
+    stop.set_defaults(func=_node_stop)
 
 
 def add_cluster(subparsers: argparse._SubParsersAction) -> None:
@@ -119,7 +133,7 @@ def add_cluster(subparsers: argparse._SubParsersAction) -> None:
 
 def _node_start(args: argparse.Namespace) -> int:
     from . import check_address
-    from .node import start_node
+    from .node import record_node, start_node
 
     def start() -> None:
         started = start_node(
@@ -132,12 +146,27 @@ def _node_start(args: argparse.Namespace) -> int:
             node_ip=args.node_ip_address,
             port=args.port,
         )
+        record_node(started)
         print(f"node {started.node_id} is up in the cluster at {started.address}")
         print(f"Ray's directory of this node (its logs, closed to others): {started.temp_dir}")
         if not args.address:
             print(f"join it: symbi-jupyter node start --address {started.address}")
+        print(f"stop it: symbi-jupyter node stop --temp-dir {started.temp_dir}")
 
     return _run("node start", start)
+
+
+def _node_stop(args: argparse.Namespace) -> int:
+    from .node import stop_node
+
+    status = EXIT_OK
+
+    def stop() -> None:
+        nonlocal status
+        if not stop_node(args.temp_dir):
+            status = EXIT_FAILED
+
+    return _run("node stop", stop) or status
 
 
 def _cluster_up(args: argparse.Namespace) -> int:

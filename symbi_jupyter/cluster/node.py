@@ -7,11 +7,19 @@ configures one: ``$SYMBIONT_CONFIG``, ``--config``, the Jupyter config files,
 node's agent, pinned to the node. A tier asked for that does not work here is an
 error saying why; tier None is offered only where this node's operator allows native
 execution.
+
+``symbi-jupyter node stop``: the node leaves the cluster. ``node start`` records each
+node it starts (``$XDG_STATE_HOME/symbi-jupyter/cluster/nodes/``, one 0600 file per
+Ray directory), so that ``stop`` stops exactly that node: its agent first (runs,
+sessions, pooled containers), then every process of its Ray directory, then any
+container its agent left; the machine's other Ray processes are left alone.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import hashlib
 import json
 import os
 import subprocess
@@ -198,3 +206,108 @@ def _start_agent(
         rayctl.disconnect()
     say(describe(info))
     return StartedNode(address=address, node_id=node_id, temp_dir=directory, info=info)
+
+
+def nodes_path() -> Path:
+    """Where ``node start`` records the nodes it started, one file per Ray directory."""
+    return auth.default_token_path().parent / "nodes"
+
+
+def _record_path(temp_dir: str) -> Path:
+    digest = hashlib.sha256(os.fsencode(os.path.realpath(temp_dir))).hexdigest()[:16]
+    return nodes_path() / f"{digest}.json"
+
+
+def record_node(started: StartedNode) -> Path:
+    """Record ``started`` for ``node stop`` (0600, in a 0700 directory)."""
+    path = _record_path(started.temp_dir)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    record = {
+        "address": started.address,
+        "node_id": started.node_id,
+        "temp_dir": started.temp_dir,
+        "agent_pid": started.info["pid"],
+    }
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(record, f, indent=1)
+    os.replace(tmp, path)
+    return path
+
+
+def recorded_nodes() -> list[dict[str, Any]]:
+    """The nodes ``node start`` recorded, each with ``record`` (its file)."""
+    found = []
+    for path in sorted(nodes_path().glob("*.json")):
+        try:
+            found.append({**json.loads(path.read_text()), "record": str(path)})
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"{path}: unreadable ({exc}); remove it") from None
+    return found
+
+
+def find_node(temp_dir: str | None) -> dict[str, Any]:
+    """The node this machine started with Ray directory ``temp_dir`` (a ``node start``
+    or a node of the trial cluster), or the one ``node start`` recorded if
+    ``temp_dir`` is None; :class:`ConfigError` naming what is known otherwise."""
+    from .local import read_state
+
+    started = recorded_nodes()
+    if temp_dir is None:
+        if len(started) == 1:
+            return started[0]
+        if not started:
+            raise ConfigError(
+                f"no node started here with `symbi-jupyter node start` is running "
+                f"(none is recorded in {nodes_path()}); a trial cluster stops with "
+                "`symbi-jupyter cluster down`"
+            )
+        raise ConfigError(
+            f"{len(started)} nodes were started here; say which with --temp-dir: "
+            + ", ".join(n["temp_dir"] for n in started)
+        )
+    wanted = os.path.realpath(temp_dir)
+    trial = read_state() or {}
+    trial_nodes = [
+        {**n, "address": trial["address"]} for n in trial.get("nodes", []) if n.get("node_id")
+    ]
+    for node in started + trial_nodes:
+        if os.path.realpath(node["temp_dir"]) == wanted:
+            return node
+    known = [n["temp_dir"] for n in started + trial_nodes]
+    raise ConfigError(
+        f"--temp-dir {temp_dir}: no node this machine started has that Ray directory "
+        f"(known: {', '.join(known) or 'none'}); `node stop` stops only nodes that "
+        "`node start` or `cluster up` started here"
+    )
+
+
+def stop_node(temp_dir: str | None = None, say: Callable[[str], None] = print) -> bool:
+    """Stop the node :func:`find_node` finds: its agent (runs, sessions, pooled
+    containers), then every process of its Ray directory, then any container its
+    agent left. True if nothing of it is left."""
+    node = find_node(temp_dir)
+    directory = node["temp_dir"]
+    agent_pids = {node["agent_pid"]} if node.get("agent_pid") else set()
+    running = processes.processes_of(directory)
+    if running:  # a node whose processes are gone has no agent to ask
+        from .agent import shut_down_agents
+
+        agent_pids |= shut_down_agents(node["address"], [node["node_id"]])
+    left = processes.stop_all(directory)
+    containers = processes.remove_containers(agent_pids)
+    label = f"node {node['node_id']} (Ray directory {directory})"
+    if running:
+        say(f"stopped {label}: its agent, then {len(running)} process(es)")
+    else:
+        say(f"{label} had no process running")
+    if containers:
+        say(f"removed {len(containers)} container(s) its agent left: {', '.join(containers)}")
+    if left:
+        say(f"could not stop processes {sorted(left)}")
+        return False
+    if "record" in node:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(node["record"])
+    return True

@@ -164,13 +164,21 @@ class SessionHost:
                     source=cell["source"],
                 )
                 outcome.result.node = self.agent.label
+                lost = self.agent.lost_because(run)
+                if lost is not None:  # the node went, not the cell
+                    with contextlib.suppress(Exception):
+                        session.close()
+                    run.end(("lost", lost))
+                    return
                 state = self.state(session)
                 # The node's record of this cell (written in this thread), which the
                 # client's own record names.
                 state["audit"] = self.agent.orchestrator.last_audit_record()
                 run.end(("outcome", outcome, state))
             except BaseException as exc:
-                why = f"node {self.agent.label}: {type(exc).__name__}: {exc}"
+                why = self.agent.lost_because(run) or (
+                    f"node {self.agent.label}: {type(exc).__name__}: {exc}"
+                )
                 with contextlib.suppress(Exception):
                     session.close()
                 run.end(("lost", why))

@@ -1,13 +1,15 @@
-"""A node that leaves the cluster, for real: trial clusters of `symbi-jupyter cluster
-up` on 127.0.0.1 (a head offering Tier2 only and a node offering Tier1 only, so every
-Tier1 run and session goes to node 2), one per test, since each test stops part of
-its cluster; and `node start`/`node stop` of a single node."""
+"""A node that leaves the cluster, and a cluster that loses its head, for real: trial
+clusters of `symbi-jupyter cluster up` on 127.0.0.1 (a head offering Tier2 only and a
+node offering Tier1 only, so every Tier1 run and session goes to node 2), one per
+test, since each test stops part of its cluster; and `node start`/`node stop` of a
+single node."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -16,6 +18,8 @@ from pathlib import Path
 import pytest
 
 from .cluster_fixtures import Cluster, need_cluster, node_env, trial_cluster
+from .helpers import wait_until
+from .test_cluster_sessions import cluster_kernel, finish, start, stream, wait_for_output
 
 TIMEOUT = 180
 
@@ -175,3 +179,35 @@ def test_node_start_records_its_node_and_node_stop_stops_it(tmp_path):
 
         stop_all(directory)
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_the_head_lost(cluster):
+    """Every process of the head killed outright while a kernel cell and a one-shot run
+    are on node 2: both calls end with NodeLost saying the head was lost, and node 2
+    leaves no container (its agent stops the run and the session, and its reaper
+    removes the rest when Ray ends the node)."""
+    from symbi_jupyter.cluster.processes import processes_of
+    from symbi_jupyter.sandboxes.supervisor.proctree import pid_alive
+
+    node2 = cluster.state["nodes"][1]
+    head_dir = cluster.state["nodes"][0]["temp_dir"]
+    with cluster_kernel(cluster) as (_, kc):
+        msg_id = start(kc, "import time\nprint('running', flush=True)\ntime.sleep(600)")
+        wait_for_output(kc, msg_id, "running")
+        client = tier1_client(cluster)
+        try:
+            for pid in processes_of(head_dir):
+                os.kill(pid, signal.SIGKILL)
+            reply, out = finish(kc, msg_id, TIMEOUT)
+            said = client.communicate(timeout=TIMEOUT)[0]
+        finally:
+            client.kill()
+    head = f"the cluster's head ({cluster.address}) was lost: node {cluster.node2}"
+    assert reply["status"] == "error" and reply["ename"] == "NodeLost", reply
+    assert head in stream(out, "stderr"), stream(out, "stderr")
+    lost = f"NodeLost: the cluster at {cluster.address} lost the run on node {cluster.node2}: "
+    assert said.startswith(lost + head), said
+    # Ray ends node 2 (its raylet, then its agent, whose reaper removes the pool).
+    assert wait_until(lambda: not containers_of(node2["agent_pid"]), TIMEOUT)
+    assert wait_until(lambda: "raylet" not in programs(node2["temp_dir"]), TIMEOUT)
+    assert wait_until(lambda: not pid_alive(node2["agent_pid"]), TIMEOUT)

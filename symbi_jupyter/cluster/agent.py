@@ -58,12 +58,17 @@ FINAL = frozenset({"done", "interrupted", "refused", "failed", "lost"})
 #: client is told the node was lost, not that it interrupted the run.
 SHUTTING_DOWN = "the node is shutting down"
 
+#: Why a run stops when Ray's GCS (the head) has not answered for LOST_SECONDS: the
+#: cluster is gone, and Ray ends this node's processes, and its clients', soon after.
+HEAD_LOST = "the head of the cluster does not answer"
+
 
 def watched(
-    run: _Run, final: Iterable[str], client_alive: Callable[[], bool]
+    run: _Run, final: Iterable[str], gone: Callable[[], str | None]
 ) -> Iterator[list[Event]]:
     """``run``'s events in batches as they come, until one of the kinds in ``final``;
-    the run is stopped if Ray cancels the stream or its client's job has ended."""
+    the run is stopped if Ray cancels the stream or ``gone`` says why its client is
+    gone (:meth:`NodeAgent.client_gone`)."""
     import ray
 
     context = ray.get_runtime_context()
@@ -75,8 +80,8 @@ def watched(
                 return
         if context.is_canceled():
             run.stop("the client cancelled it")
-        elif not client_alive():
-            run.stop("its client went away")
+        elif (why := gone()) is not None:
+            run.stop(why)
 
 
 def stricter(
@@ -228,7 +233,7 @@ class NodeAgent:
         )
         worker.start()
         try:
-            yield from watched(run, FINAL, lambda: self._client_alive(request["job_id"]))
+            yield from watched(run, FINAL, lambda: self.client_gone(request["job_id"]))
         finally:
             # However the stream ends (even closed unread), nothing of the run stays.
             run.stop("its stream ended")
@@ -339,11 +344,23 @@ class NodeAgent:
                 run.end(("failed", f"node {self.label}: {type(exc).__name__}: {exc}"))
 
     def lost_because(self, run: _Run) -> str | None:
-        """Why ``run`` was stopped, if the node went (the client is told it lost the
-        run, not that it interrupted it); None otherwise."""
+        """Why ``run`` was stopped, if the node or the cluster went (the client is told
+        it lost the run, not that it interrupted it); None otherwise."""
         if run.stopped_because == SHUTTING_DOWN:
             return f"node {self.label} left the cluster mid-run (node stop, cluster down)"
+        if run.stopped_because == HEAD_LOST:
+            return (
+                f"the cluster's head ({self._gcs_address()}) was lost: node {self.label} "
+                f"had no answer from it for {LOST_SECONDS:g} s and stopped it"
+            )
         return None
+
+    def client_gone(self, job_id: str) -> str | None:
+        """None while the client's job is alive (:meth:`_client_alive`); why it is
+        taken for gone otherwise: it went away, or the head no longer answers."""
+        if self._client_alive(job_id):
+            return None
+        return HEAD_LOST if self._unanswered_since is not None else "its client went away"
 
     def _client_alive(self, job_id: str) -> bool:
         """Whether the client's job is alive, by Ray's job table (looked at most once
@@ -371,6 +388,15 @@ class NodeAgent:
         alive = any(key.hex() == job_id and not data.is_dead for key, data in jobs.items())
         self._jobs[job_id] = (now, alive)
         return alive
+
+    @staticmethod
+    def _gcs_address() -> str:
+        import ray
+
+        worker: Any = ray._private.worker.global_worker
+        with contextlib.suppress(Exception):
+            return str(worker.gcs_client.address)
+        return "its GCS"
 
 
 def _hash(record: dict[str, Any] | None) -> str | None:

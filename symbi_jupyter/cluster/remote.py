@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -137,13 +138,22 @@ class RemoteSession(WorkerSession):
             )
         return group
 
-    def _release(self) -> None:
+    def _release(self, wait: bool = True) -> None:
+        """Free the session's slot; ``wait`` False: in a thread of its own (a lost
+        head does not answer, and Ray retries the removal until it ends this process:
+        the lost cell's reply must not wait for it)."""
         group, self._group = getattr(self, "_group", None), None
         if group is not None:
             from ray.util.placement_group import remove_placement_group
 
-            with contextlib.suppress(Exception):
-                remove_placement_group(group)
+            def remove() -> None:
+                with contextlib.suppress(Exception):
+                    remove_placement_group(group)
+
+            if wait:
+                remove()
+            else:
+                threading.Thread(target=remove, name="symbi-release", daemon=True).start()
 
     def _call(self, method: str, *args: Any, timeout: float = CALL_SECONDS) -> Any:
         """A call to the node's agent; a RayError says the node or its agent is gone."""
@@ -152,7 +162,7 @@ class RemoteSession(WorkerSession):
     def _lose(self, why: str) -> None:
         if self.lost is None:
             self.lost = why
-        self._release()
+        self._release(wait=False)
 
     def _node_lost(self, exc: BaseException) -> str:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""

@@ -140,7 +140,7 @@ class SessionHost:
         worker.start()
         try:
             yield from watched(
-                run, ("outcome", "lost"), lambda: self.agent._client_alive(hosted.job_id)
+                run, ("outcome", "lost"), lambda: self.agent.client_gone(hosted.job_id)
             )
         finally:
             run.stop("its stream ended")
@@ -165,7 +165,7 @@ class SessionHost:
                 )
                 outcome.result.node = self.agent.label
                 lost = self.agent.lost_because(run)
-                if lost is not None:  # the node went, not the cell
+                if lost is not None:  # the node or the cluster went, not the cell
                     with contextlib.suppress(Exception):
                         session.close()
                     run.end(("lost", lost))
@@ -255,5 +255,6 @@ class SessionHost:
                 hosted = list(self._sessions.items())
             for session_id, entry in hosted:
                 with contextlib.suppress(Exception):
-                    if not self.agent._client_alive(entry.job_id):
-                        self.close(session_id, "its client went away")
+                    why = self.agent.client_gone(entry.job_id)
+                    if why is not None:
+                        self.close(session_id, why)

@@ -134,6 +134,19 @@ def test_a_sandboxed_cell_cannot_read_the_key(cluster, tier):
         assert res["node"] == cluster.head  # the only node offering tier None
 
 
+def test_node_stop_reaches_the_agent_over_tls_from_a_shell_without_it(cluster):
+    """`node stop` in a shell with no RAY_TLS_* (the node's environment here) still
+    asks node 2's agent to shut down, over TLS: the cluster recorded its files."""
+    from symbi_jupyter.cluster.processes import processes_of
+
+    assert not any(k.startswith("RAY_") for k in cluster.env)
+    node2 = cluster.state["nodes"][1]
+    stopped = cluster.cli("node", "stop", "--temp-dir", node2["temp_dir"])
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    assert ": its agent, then" in stopped.stdout, stopped.stdout
+    assert processes_of(node2["temp_dir"]) == set()
+
+
 def test_cluster_down_leaves_no_tls_file_and_no_ray_process(cluster):
     """Last: the module's cluster goes down here (its fixture then finds nothing)."""
     from symbi_jupyter.cluster.processes import processes_of

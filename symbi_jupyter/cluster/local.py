@@ -107,7 +107,7 @@ def up(
         if use_tls:
             state["tls"] = tls.make_files(state_path().parent, LOOPBACK)
             _write_state(state)
-            _use_tls(state)
+            tls.use(state.get("tls"))
         for index in range(nodes):
             directory = os.path.join(root, f"n{index}")
             os.mkdir(directory, 0o700)
@@ -156,7 +156,7 @@ def down(say: Callable[[str], None] = print) -> bool:
         say("no trial cluster is up")
         return True
     agent_pids = {n["agent_pid"] for n in state["nodes"] if n.get("agent_pid")}
-    _use_tls(state)
+    tls.use(state.get("tls"))
     if state.get("address"):
         agent_pids |= shut_down_agents(
             state["address"], [n["node_id"] for n in state["nodes"] if n.get("node_id")]
@@ -183,7 +183,7 @@ def status(say: Callable[[str], None] = print) -> bool:
     if state is None or not state.get("address"):
         say("no trial cluster is up")
         return False
-    _use_tls(state)
+    tls.use(state.get("tls"))
     ray = rayctl.connect(state["address"])
     try:
         say(f"cluster at {state['address']}")
@@ -196,13 +196,6 @@ def status(say: Callable[[str], None] = print) -> bool:
     finally:
         rayctl.disconnect()
     return True
-
-
-def _use_tls(state: dict[str, Any]) -> None:
-    """This process connects to a cluster ``up --tls`` started with its files (Ray
-    reads them from the environment)."""
-    if state.get("tls"):
-        os.environ.update(state["tls"])
 
 
 def _forget(state: dict[str, Any]) -> None:

@@ -227,6 +227,9 @@ def record_node(started: StartedNode) -> Path:
         "node_id": started.node_id,
         "temp_dir": started.temp_dir,
         "agent_pid": started.info["pid"],
+        # The TLS files it started with (paths only), for a `node stop` in a shell
+        # without RAY_TLS_*: its agent is asked to shut down over TLS too.
+        "tls": tls.environment(),
     }
     tmp = path.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
@@ -270,7 +273,9 @@ def find_node(temp_dir: str | None) -> dict[str, Any]:
     wanted = os.path.realpath(temp_dir)
     trial = read_state() or {}
     trial_nodes = [
-        {**n, "address": trial["address"]} for n in trial.get("nodes", []) if n.get("node_id")
+        {**n, "address": trial["address"], "tls": trial.get("tls")}
+        for n in trial.get("nodes", [])
+        if n.get("node_id")
     ]
     for node in started + trial_nodes:
         if os.path.realpath(node["temp_dir"]) == wanted:
@@ -291,15 +296,21 @@ def stop_node(temp_dir: str | None = None, say: Callable[[str], None] = print) -
     directory = node["temp_dir"]
     agent_pids = {node["agent_pid"]} if node.get("agent_pid") else set()
     running = processes.processes_of(directory)
+    answered: set[int] = set()
     if running:  # a node whose processes are gone has no agent to ask
         from .agent import shut_down_agents
 
-        agent_pids |= shut_down_agents(node["address"], [node["node_id"]])
+        tls.use(node.get("tls"))
+        answered = shut_down_agents(node["address"], [node["node_id"]])
+        agent_pids |= answered
     left = processes.stop_all(directory)
     containers = processes.remove_containers(agent_pids)
     label = f"node {node['node_id']} (Ray directory {directory})"
     if running:
-        say(f"stopped {label}: its agent, then {len(running)} process(es)")
+        if answered:
+            say(f"stopped {label}: its agent, then {len(running)} process(es)")
+        else:
+            say(f"stopped {label}: {len(running)} process(es); its agent did not answer")
     else:
         say(f"{label} had no process running")
     if containers:

@@ -139,6 +139,13 @@ def make_files(directory: Path, host: str = "127.0.0.1") -> dict[str, str]:
     return {USE_ENV: "1", CERT_ENV: str(cert), KEY_ENV: str(key), CA_ENV: str(ca)}
 
 
+def use(env: dict[str, str] | None) -> None:
+    """Connect this process with the TLS files of ``env`` (what a cluster or node
+    recorded; nothing if None or empty): Ray reads them from the environment."""
+    if env:
+        os.environ.update(env)
+
+
 def remove_files(env: dict[str, str]) -> None:
     """Remove the files :func:`make_files` made (a trial cluster gone)."""
     for name in FILE_ENVS:

@@ -296,11 +296,7 @@ class NodeAgent:
         orch = self.orchestrator
         with run.button.applied():
             try:
-                tier = SecurityTier.parse(request["tier"])
-                if tier not in self.tiers:
-                    error = TierUnavailable(f"this node does not offer {tier.display_name}")
-                    orch.audit_refusal(tier, error, client_job=request["job_id"])
-                    raise error
+                tier = self.offered_tier(request)
                 limits = stricter(request["limits"], request["ceilings"], orch.ceilings())
                 if limits.network:
                     why = network_refusal(tier, self.address)
@@ -342,6 +338,16 @@ class NodeAgent:
                 run.end(("refused", type(exc).__name__, message, self.label, _hash(record)))
             except BaseException as exc:
                 run.end(("failed", f"node {self.label}: {type(exc).__name__}: {exc}"))
+
+    def offered_tier(self, request: dict[str, Any]) -> SecurityTier:
+        """The tier ``request`` asks for, if this node offers it; else the refusal,
+        audited in the node's chain, is raised (:class:`TierUnavailable`)."""
+        tier = SecurityTier.parse(request["tier"])
+        if tier not in self.tiers:
+            error = TierUnavailable(f"this node does not offer {tier.display_name}")
+            self.orchestrator.audit_refusal(tier, error, client_job=request["job_id"])
+            raise error
+        return tier
 
     def lost_because(self, run: _Run) -> str | None:
         """Why ``run`` was stopped, if the node or the cluster went (the client is told

@@ -121,14 +121,7 @@ class RemoteSession(WorkerSession):
         """A slot of ``tier`` on a node of Ray's choice: a placement group."""
         from ray.util.placement_group import placement_group, remove_placement_group
 
-        offered = client.offered()
-        if tier not in offered:
-            which = ", ".join(f"{t.display_name} ({n:g} slots)" for t, n in sorted(offered.items()))
-            raise TierUnavailable(
-                f"no node of the cluster at {self.address} offers {tier.display_name}; it "
-                f"offers {which or 'no tier (no node agent is running)'}; nothing runs at "
-                "another tier in its place"
-            )
+        client.require(tier)
         group = placement_group([{resource_name(tier): 1}], strategy="STRICT_PACK")
         if not group.wait(timeout_seconds=SLOT_WAIT_SECONDS):
             remove_placement_group(group)

@@ -22,10 +22,9 @@ import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from ..errors import PolicyViolation, SymbiError, TierUnavailable
+from ..errors import PolicyViolation, SymbiError
 from ..limits import ResourceLimits
 from ..sandboxes.worker import WorkerSession
-from ..tiers import SecurityTier
 
 if TYPE_CHECKING:
     from .agent import Event, NodeAgent, _Run
@@ -79,11 +78,7 @@ class SessionHost:
 
         agent, orch = self.agent, self.agent.orchestrator
         try:
-            tier = SecurityTier.parse(request["tier"])
-            if tier not in agent.tiers:
-                error = TierUnavailable(f"this node does not offer {tier.display_name}")
-                orch.audit_refusal(tier, error, client_job=request["job_id"])
-                raise error
+            tier = agent.offered_tier(request)
             session = orch.open_session(
                 tier,
                 stricter(request["limits"], request["ceilings"], orch.ceilings()),

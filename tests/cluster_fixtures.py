@@ -66,9 +66,10 @@ def node_env(state_dir: Path, jupyter_dir: Path) -> dict[str, str]:
     return env
 
 
-def need_cluster() -> None:
-    """Skip (or fail, where CI requires the tier) without Ray, Docker or runsc: every
-    trial cluster of the tests offers Tier1 and Tier2."""
+def need_cluster(tiers: tuple[str, ...] = ("docker", "gvisor")) -> None:
+    """Skip (or fail, where CI requires the tier) without Ray or a tier of ``tiers``
+    (default: Docker and runsc; most trial clusters of the tests offer Tier1 and
+    Tier2)."""
     import importlib.util
 
     from symbi_jupyter.orchestrator import SandboxOrchestrator
@@ -83,8 +84,8 @@ def need_cluster() -> None:
     )
     probe = SandboxOrchestrator(audit_log_path="")
     try:
-        for tier, name in ((SecurityTier.TIER1, "docker"), (SecurityTier.TIER2, "gvisor")):
-            found = probe.sandbox(tier).availability()
+        for name in tiers:
+            found = probe.sandbox(SecurityTier.parse(name)).availability()
             need(found.ok, found.reason, tier=name)
     finally:
         probe.close()

@@ -8,7 +8,6 @@ a machine that dies would be: SIGKILL to every process of its Ray directory."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
@@ -26,7 +25,8 @@ from symbi_jupyter.sandboxes.docker import HOST_LABEL, host_tag
 from symbi_jupyter.sandboxes.supervisor.proctree import pid_alive
 from symbi_jupyter.tiers import SecurityTier
 
-from .helpers import need, wait_until
+from .cluster_fixtures import need_cluster
+from .helpers import wait_until
 from .test_cluster import Cluster, _node_env
 from .test_map import GATED, ITEM, Gatekeeper, gated_items, items_in_proc
 
@@ -37,17 +37,7 @@ LIMITS = ResourceLimits(timeout_seconds=180)
 def cluster(request: pytest.FixtureRequest, tmp_path: Path):
     """Two nodes offering Tier1 with ``slots`` slots each (the test's parameter, 2 by
     default), and this process connected to them."""
-    need(
-        importlib.util.find_spec("ray") is not None,
-        "Ray is not installed (pip install 'symbi-jupyter[cluster]')",
-        tier="cluster",
-    )
-    probe = SandboxOrchestrator(audit_log_path="")
-    try:
-        found = probe.sandbox(SecurityTier.TIER1).availability()
-        need(found.ok, found.reason, tier="docker")
-    finally:
-        probe.close()
+    need_cluster(("docker",))
     slots = getattr(request, "param", 2)
     (tmp_path / "jupyter").mkdir()
     env = _node_env(tmp_path / "state", tmp_path / "jupyter")

@@ -101,8 +101,12 @@ def run_cgroup_dirs() -> list[str]:
     """Per-run cgroups of this test process that exist now (run ids start with the
     host's pid; the parent groups stay)."""
     found = []
-    for parent in Path("/sys/fs/cgroup").glob("*/**/symbi-jupyter"):
-        found += [str(p) for p in parent.iterdir() if p.name.startswith(host_tag() + "-")]
+    # os.walk, not Path.glob: other programs' groups come and go during the walk,
+    # and glob fails on one that vanished under it.
+    for top in Path("/sys/fs/cgroup").iterdir():
+        for where, dirs, _ in os.walk(top):
+            if os.path.basename(where) == "symbi-jupyter" and where != str(top):
+                found += [os.path.join(where, d) for d in dirs if d.startswith(host_tag() + "-")]
     return found
 
 
